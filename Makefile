@@ -1,0 +1,44 @@
+# One command to run the dashboard, one to run the tests; each creates the environment if missing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: run test test-all setup system-deps bench clean
+
+$(STAMP): requirements.txt requirements-nodeps.txt
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Debian packages: chromium for the end-to-end test, fortunes for the SAE training corpus.
+system-deps:
+	@if ! command -v chromium >/dev/null 2>&1 || [ ! -d /usr/share/games/fortunes ]; then \
+		(apt-get update -qq && apt-get install -y -qq chromium fortunes >/dev/null) || \
+		echo "warning: could not install chromium/fortunes with apt-get (end-to-end test will be skipped)"; fi
+
+run: $(STAMP)
+	$(BIN)/python -m backend prepare
+	$(BIN)/streamlit run app.py
+
+test: $(STAMP) system-deps
+	$(BIN)/python -m pytest -q
+
+test-all: $(STAMP) system-deps
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+bench: $(STAMP)
+	$(BIN)/python bench/embed_throughput.py
+	$(BIN)/python bench/feature_queries.py
+	$(BIN)/python bench/analysis_speed.py
+	$(BIN)/python bench/steer_speed.py
+
+clean:
+	rm -rf $(VENV) .cache workspaces

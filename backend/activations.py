@@ -1,0 +1,170 @@
+"""The pure embedding step: texts in, sparse per-(document, feature) rows out.
+
+No I/O and no global state, so a distributed engine can map it over batches unchanged."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from backend.models import EncodedDoc, ReaderModel, residuals
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """How documents become SAE embeddings."""
+
+    formatting: Literal["raw", "chat"] = "raw"
+    max_tokens: int = 512
+    batch_tokens: int = 8192  # padded tokens per forward
+    encode_chunk: int = 2048  # tokens per SAE encode (bounds the dense pre-activation buffer)
+
+
+@dataclass
+class SparseRows:
+    """Per-(document, active feature) pooling statistics for one batch.
+
+    `doc` indexes the batch's documents; positions count from the formatted document's start."""
+
+    doc: np.ndarray  # int32
+    feature: np.ndarray  # int32
+    max_act: np.ndarray  # float32
+    argmax_pos: np.ndarray  # int32
+    n_active: np.ndarray  # int32, tokens where the feature fired
+    sum_act: np.ndarray  # float32, for mean and sum pooling
+    n_tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # counted tokens per document
+    truncated: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+
+    def __len__(self) -> int:
+        return len(self.doc)
+
+
+def sparse_encode(sae: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Encode rows of x; return (row, feature, value) of the non-zero activations.
+
+    TopK SAEs skip building the dense activation matrix; other architectures go through `sae.encode`."""
+    from sae_lens import TopKSAE
+
+    x = x.to(sae.W_enc.dtype)
+    if isinstance(sae, TopKSAE) and not sae.cfg.rescale_acts_by_decoder_norm:
+        pre = sae.process_sae_in(x) @ sae.W_enc + sae.b_enc
+        vals, idx = pre.topk(sae.cfg.k, dim=-1, sorted=False)
+        vals = vals.relu()
+        rows = torch.arange(len(x), device=x.device).unsqueeze(1).expand_as(idx)
+        keep = vals > 0
+        return rows[keep], idx[keep], vals[keep].float()
+    acts = sae.encode(x)
+    rows, feats = acts.nonzero(as_tuple=True)
+    return rows, feats, acts[rows, feats].float()
+
+
+def pool_sparse(
+    tok_doc: torch.Tensor, tok_pos: torch.Tensor, feats: torch.Tensor, vals: torch.Tensor, d_sae: int
+) -> tuple[torch.Tensor, ...]:
+    """Group token-level activations by (document, feature): max, argmax position, count, sum."""
+    key = tok_doc.long() * d_sae + feats.long()
+    uniq, inv = torch.unique(key, return_inverse=True)
+    n = len(uniq)
+    mx = torch.full((n,), float("-inf"), device=vals.device).scatter_reduce(0, inv, vals, "amax")
+    cnt = torch.zeros(n, dtype=torch.long, device=vals.device).scatter_add_(0, inv, torch.ones_like(inv))
+    sm = torch.zeros(n, device=vals.device).scatter_add_(0, inv, vals)
+    big = torch.iinfo(torch.long).max
+    at_max = vals >= mx[inv]
+    pos = torch.where(at_max, tok_pos.long(), torch.full_like(tok_pos.long(), big))
+    argpos = torch.full((n,), big, dtype=torch.long, device=vals.device).scatter_reduce(0, inv, pos, "amin")
+    return uniq // d_sae, uniq % d_sae, mx, argpos, cnt, sm
+
+
+def plan_batches(docs: list[EncodedDoc], batch_tokens: int) -> list[list[int]]:
+    """Group documents (shortest first) so each padded batch holds at most batch_tokens tokens."""
+    order = sorted(range(len(docs)), key=lambda i: len(docs[i].ids))
+    batches: list[list[int]] = [[]]
+    for i in order:
+        width = len(docs[i].ids)  # sorted ascending: the newest is the widest
+        if batches[-1] and width * (len(batches[-1]) + 1) > batch_tokens:
+            batches.append([])
+        batches[-1].append(i)
+    return [b for b in batches if b]
+
+
+def pad_batch(docs: list[EncodedDoc], batch: list[int], pad: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded token ids and the count mask (padding never counts; causal attention ignores it)."""
+    width = max(len(docs[i].ids) for i in batch)
+    ids = torch.tensor([docs[i].ids + [pad] * (width - len(docs[i].ids)) for i in batch], device=device)
+    mask = torch.tensor([docs[i].count_mask + [False] * (width - len(docs[i].ids)) for i in batch], device=device)
+    return ids, mask
+
+
+def embed_encoded(reader: ReaderModel, sae: Any, hook_name: str, docs: list[EncodedDoc], cfg: EmbedConfig) -> SparseRows:
+    """Embed already-tokenized documents (one padded forward per token budget)."""
+    d_sae = int(sae.cfg.d_sae)
+    pad = reader.tokenizer.pad_token_id or 0
+    parts: list[tuple[torch.Tensor, ...]] = []
+    with torch.inference_mode():
+        for batch in plan_batches(docs, cfg.batch_tokens):
+            ids, mask = pad_batch(docs, batch, pad, reader.device)
+            x = residuals(reader, ids, hook_name)
+            b_idx, p_idx = mask.nonzero(as_tuple=True)
+            x = x[b_idx, p_idx]
+            doc_of = torch.tensor(batch, device=reader.device)[b_idx]
+            for s in range(0, len(x), cfg.encode_chunk):
+                rows, feats, vals = sparse_encode(sae, x[s : s + cfg.encode_chunk])
+                if len(rows):
+                    parts.append(pool_sparse(doc_of[s:][rows], p_idx[s:][rows], feats, vals, d_sae))
+    n_tokens = np.array([d.n_counted for d in docs], np.int32)
+    truncated = np.array([d.truncated for d in docs], bool)
+    if not parts:
+        e = np.zeros(0, np.int32)
+        return SparseRows(e, e, e.astype(np.float32), e, e, e.astype(np.float32), n_tokens, truncated)
+    # Chunks may split one document: merge partial statistics of the same (doc, feature).
+    doc, feat, mx, pos, cnt, sm = (torch.cat(t) for t in zip(*parts))
+    if len(parts) > 1:
+        doc, feat, mx, pos, cnt, sm = _merge(doc, feat, mx, pos, cnt, sm, d_sae)
+    return SparseRows(
+        doc.cpu().numpy().astype(np.int32),
+        feat.cpu().numpy().astype(np.int32),
+        mx.cpu().numpy().astype(np.float32),
+        pos.cpu().numpy().astype(np.int32),
+        cnt.cpu().numpy().astype(np.int32),
+        sm.cpu().numpy().astype(np.float32),
+        n_tokens,
+        truncated,
+    )
+
+
+def _merge(doc, feat, mx, pos, cnt, sm, d_sae: int):
+    key = doc * d_sae + feat
+    uniq, inv = torch.unique(key, return_inverse=True)
+    n = len(uniq)
+    m = torch.full((n,), float("-inf"), device=mx.device).scatter_reduce(0, inv, mx, "amax")
+    c = torch.zeros(n, dtype=torch.long, device=mx.device).scatter_add_(0, inv, cnt)
+    s = torch.zeros(n, device=mx.device).scatter_add_(0, inv, sm)
+    big = torch.iinfo(torch.long).max
+    p = torch.where(mx >= m[inv], pos, torch.full_like(pos, big))
+    p = torch.full((n,), big, dtype=torch.long, device=mx.device).scatter_reduce(0, inv, p, "amin")
+    return uniq // d_sae, uniq % d_sae, m, p, c, s
+
+
+def embed_texts(reader: ReaderModel, sae: Any, hook_name: str, texts: list[str], cfg: EmbedConfig) -> SparseRows:
+    """The pure batch function: texts in, sparse rows out."""
+    docs = reader.encode_documents(list(texts), cfg.formatting, cfg.max_tokens)
+    return embed_encoded(reader, sae, hook_name, docs, cfg)
+
+
+def token_activations(
+    reader: ReaderModel, sae: Any, hook_name: str, text: str, cfg: EmbedConfig, features: list[int] | None = None
+) -> tuple[list[str], np.ndarray, list[bool]]:
+    """Token strings of one document, its activations [n_tokens, len(features) or d_sae], and the count mask."""
+    doc = reader.encode_documents([text], cfg.formatting, cfg.max_tokens)[0]
+    with torch.inference_mode():
+        x = residuals(reader, torch.tensor([doc.ids], device=reader.device), hook_name)[0]
+        rows, feats, vals = sparse_encode(sae, x)
+        dense = torch.zeros(len(doc.ids), int(sae.cfg.d_sae), device=x.device)
+        dense[rows, feats] = vals
+        mask = torch.tensor(doc.count_mask, device=x.device)
+        dense[~mask] = 0.0  # position 0 and template tokens never count
+        if features is not None:
+            dense = dense[:, torch.tensor(features, dtype=torch.long, device=x.device)]
+    return reader.token_strings(doc.ids), dense.cpu().numpy(), doc.count_mask

@@ -1,0 +1,64 @@
+"""Analysis backend: pure functions over sparse SAE activation matrices.
+
+Every function takes ``X``, a ``scipy.sparse.csr_matrix`` of shape (n_docs, n_features)
+holding max-pooled feature activations; a feature "fires" in a document when its
+activation is ``> threshold``. Nothing here builds a dense n_docs x n_features or
+n_features x n_features matrix for large feature counts.
+
+Modules (imported lazily so ``import backend.analysis`` stays cheap):
+
+- ``diff``      dataset diff with two-proportion z-tests, BH q-values and a CMH length control
+- ``cluster``   spectral / k-means / HDBSCAN clustering on chosen features, UMAP, cluster summaries
+- ``correlate`` NPMI co-occurrence between features and with metadata
+- ``retrieve``  property-based and vector retrieval
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = ["binarize", "feature_counts", "as_csr", "diff", "cluster", "correlate", "retrieve"]
+
+_SUBMODULES = {"diff", "cluster", "correlate", "retrieve"}
+
+
+def as_csr(X) -> sp.csr_matrix:
+    """Return ``X`` as a canonical CSR matrix (sorted indices, no duplicates), copying only if needed."""
+    X = X if sp.isspmatrix_csr(X) else sp.csr_matrix(X)
+    if not X.has_canonical_format:
+        X = X.copy()
+        X.sum_duplicates()
+    return X
+
+
+def binarize(X, threshold: float = 0.0, dtype=np.int32) -> sp.csr_matrix:
+    """Binary CSR matrix of ``X > threshold`` (threshold must be >= 0 so zeros stay zero).
+
+    Shares the index arrays of ``X`` when no stored entry is dropped.
+    """
+    if threshold < 0:
+        raise ValueError("threshold must be >= 0 (implicit zeros would fire otherwise)")
+    X = as_csr(X)
+    keep = X.data > threshold
+    if keep.all():
+        return sp.csr_matrix((np.ones(X.nnz, dtype=dtype), X.indices, X.indptr), shape=X.shape, copy=False)
+    ck = np.zeros(X.nnz + 1, dtype=np.int64)
+    np.cumsum(keep, out=ck[1:])
+    indptr = ck[X.indptr]
+    return sp.csr_matrix(
+        (np.ones(int(keep.sum()), dtype=dtype), X.indices[keep], indptr), shape=X.shape, copy=False
+    )
+
+
+def feature_counts(B: sp.csr_matrix) -> np.ndarray:
+    """Number of documents in which each feature fires, for a binarized CSR matrix."""
+    return np.bincount(B.indices, minlength=B.shape[1]).astype(np.int64)
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(name)

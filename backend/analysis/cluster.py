@@ -1,0 +1,506 @@
+"""Clustering documents along chosen SAE features (the paper's "cluster by concept").
+
+Each document is represented by the binarized activations of the chosen features only. With a
+few dozen features many documents share an identical binary pattern, so all methods work on the
+*unique patterns* weighted by how many documents carry them and map the result back:
+
+- ``spectral`` (the paper's method): spectral clustering on Jaccard similarity. For up to
+  ``DENSE_PATTERN_MAX`` unique patterns the pattern affinity is dense and the reduction is
+  exact (the top eigenvectors of the n x n normalized Jaccard affinity are constant on
+  duplicate rows and equal those of ``D^-1/2 C^1/2 W C^1/2 D^-1/2`` on patterns, with C the
+  pattern counts and D = W c). Above that a sparse k-nearest-neighbour Jaccard graph over
+  patterns (computed in blocks) replaces W.
+- ``kmeans``: count-weighted k-means on the unique binary patterns (exact k-means on docs).
+- ``hdbscan``: HDBSCAN on the documents' spectral embedding (noise gets ``NOISE_LABEL``).
+
+Documents where none of the chosen features fires get ``NONE_LABEL`` (-1) and are excluded
+from clustering. Cluster labels 0..k-1 are ordered by size, largest first.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy.sparse.linalg import eigsh
+
+from backend.analysis import as_csr, binarize
+
+NONE_LABEL = -1  # no chosen feature fires in the document
+NOISE_LABEL = -2  # HDBSCAN noise
+DENSE_PATTERN_MAX = 3000  # unique patterns up to which the Jaccard affinity is dense (exact)
+KNN_NEIGHBORS = 30
+MAX_CHOSEN_FEATURES = 2000
+K_MAX = 15
+
+
+@dataclass
+class ClusterResult:
+    """Cluster assignment per document plus diagnostics."""
+
+    labels: np.ndarray
+    n_clusters: int
+    method: str
+    suggested_k: int | None
+    silhouette: float
+    feature_ids: list[int]
+    n_unique_patterns: int
+    n_empty: int
+    eigenvalues: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    exact: bool = True  # False when the kNN affinity approximation was used
+
+
+@dataclass
+class Patterns:
+    """Unique non-empty binary patterns and the map from documents to them."""
+
+    U: np.ndarray  # (u, k) bool, unique non-empty patterns
+    counts: np.ndarray  # (u,) documents per pattern
+    doc_pattern: np.ndarray  # (n,) pattern index per document, -1 for empty documents
+
+
+# --------------------------------------------------------------------------- patterns & affinity
+
+
+def _unique_rows(A: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(unique rows, inverse, counts) of a 2-D array via a byte view (fast for bool/float)."""
+    A = np.ascontiguousarray(A)
+    if A.shape[1] == 0:
+        return A[:1], np.zeros(A.shape[0], np.int64), np.array([A.shape[0]])
+    packed = np.packbits(A, axis=1) if A.dtype == bool else A
+    packed = np.ascontiguousarray(packed)
+    view = packed.view(np.dtype((np.void, packed.dtype.itemsize * packed.shape[1]))).ravel()
+    _, first, inverse, counts = np.unique(view, return_index=True, return_inverse=True, return_counts=True)
+    return A[first], inverse.ravel(), counts
+
+
+def chosen_patterns(X, feature_ids, threshold: float = 0.0) -> Patterns:
+    """Binarize the chosen columns of X and deduplicate document patterns."""
+    feature_ids = [int(f) for f in feature_ids]
+    if not feature_ids:
+        raise ValueError("choose at least one feature")
+    if len(feature_ids) > MAX_CHOSEN_FEATURES:
+        raise ValueError(f"at most {MAX_CHOSEN_FEATURES} features can be chosen for clustering")
+    dense = binarize(as_csr(X)[:, feature_ids], threshold).toarray().astype(bool)
+    U, inverse, counts = _unique_rows(dense)
+    nonempty = U.any(axis=1)
+    remap = np.full(U.shape[0], -1, np.int64)
+    remap[nonempty] = np.arange(int(nonempty.sum()))
+    return Patterns(U=U[nonempty], counts=counts[nonempty], doc_pattern=remap[inverse])
+
+
+def _jaccard_block(Ub: np.ndarray, U: np.ndarray, sizes_b: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    inter = Ub.astype(np.float32) @ U.astype(np.float32).T
+    return inter / (sizes_b[:, None] + sizes[None, :] - inter)
+
+
+def knn_blocked(U: np.ndarray, k: int, metric: str = "jaccard", block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours (self excluded) by blocked matrix products.
+
+    ``jaccard`` on boolean rows (no all-zero rows expected) or ``cosine`` on real rows.
+    Returns (indices (u, k), similarities (u, k)), most similar first. Memory is
+    ``block x u`` floats at a time.
+    """
+    u = U.shape[0]
+    k = int(min(k, u - 1))
+    if metric == "jaccard":
+        A = U.astype(np.float32)
+        sizes = A.sum(axis=1)
+    else:
+        A = U.astype(np.float32)
+        A = A / np.maximum(np.linalg.norm(A, axis=1, keepdims=True), 1e-12)
+    idx_out = np.empty((u, k), np.int64)
+    sim_out = np.empty((u, k), np.float32)
+    for start in range(0, u, block):
+        stop = min(start + block, u)
+        sims = A[start:stop] @ A.T
+        if metric == "jaccard":
+            sims /= np.maximum(sizes[start:stop, None] + sizes[None, :] - sims, 1e-12)
+        sims[np.arange(stop - start), np.arange(start, stop)] = -np.inf  # exclude self
+        nn = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        vals = np.take_along_axis(sims, nn, axis=1)
+        order = np.argsort(-vals, axis=1, kind="stable")
+        idx_out[start:stop] = np.take_along_axis(nn, order, axis=1)
+        sim_out[start:stop] = np.take_along_axis(vals, order, axis=1)
+    return idx_out, sim_out
+
+
+def pattern_affinity(U: np.ndarray, n_neighbors: int = KNN_NEIGHBORS) -> tuple[sp.spmatrix | np.ndarray, bool]:
+    """Jaccard affinity between unique non-empty patterns: dense if small, else symmetric kNN.
+
+    Returns (W, exact). The diagonal is 1 (a pattern is identical to itself).
+    """
+    u = U.shape[0]
+    sizes = U.sum(axis=1).astype(np.float32)
+    if u <= DENSE_PATTERN_MAX:
+        return _jaccard_block(U, U, sizes, sizes).astype(np.float64), True
+    idx, sim = knn_blocked(U, n_neighbors, "jaccard")
+    rows = np.repeat(np.arange(u), idx.shape[1])
+    W = sp.csr_matrix((sim.ravel().astype(np.float64), (rows, idx.ravel())), shape=(u, u))
+    W = W.maximum(W.T) + sp.identity(u, format="csr")
+    W.eliminate_zeros()
+    return W.tocsr(), False
+
+
+def _normalized(W, counts: np.ndarray):
+    """M = D^-1/2 C^1/2 W C^1/2 D^-1/2 with D = W c (document-level degrees)."""
+    c = counts.astype(float)
+    deg = np.asarray(W @ c).ravel()
+    s = np.sqrt(c) / np.sqrt(np.maximum(deg, 1e-12))
+    if sp.issparse(W):
+        S = sp.diags(s)
+        return (S @ W @ S).tocsr()
+    return W * s[:, None] * s[None, :]
+
+
+def _top_eigen(M, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Largest ``k`` eigenpairs of symmetric M, eigenvalues descending."""
+    u = M.shape[0]
+    k = max(1, min(k, u))
+    if u <= 500 or k >= u - 1:
+        dense = M.toarray() if sp.issparse(M) else M
+        vals, vecs = np.linalg.eigh(dense)
+        vals, vecs = vals[::-1][:k], vecs[:, ::-1][:, :k]
+    else:
+        v0 = np.random.default_rng(seed).random(u)
+        vals, vecs = eigsh(M, k=k, which="LA", v0=v0, tol=1e-6, maxiter=u * 20)
+        order = np.argsort(-vals)
+        vals, vecs = vals[order], vecs[:, order]
+    return vals, vecs
+
+
+def eigengap_k(eigenvalues: np.ndarray, k_max: int = K_MAX) -> int:
+    """Number of clusters from the largest gap among the top affinity eigenvalues (k >= 2)."""
+    ev = np.sort(np.asarray(eigenvalues))[::-1]
+    if ev.size < 3:
+        return max(1, min(2, ev.size))
+    kk = min(k_max, ev.size - 1)  # candidate k = 2..kk, gap_k = lambda_k - lambda_{k+1}
+    gaps = ev[1:kk] - ev[2 : kk + 1]
+    return int(np.argmax(gaps)) + 2 if gaps.size else 2
+
+
+def suggest_k(X, feature_ids, threshold: float = 0.0, k_max: int = K_MAX, seed: int = 0) -> int:
+    """Eigengap heuristic on the count-weighted normalized Jaccard affinity of patterns."""
+    pats = chosen_patterns(X, feature_ids, threshold)
+    if pats.U.shape[0] < 2:
+        return pats.U.shape[0]
+    with _few_threads(pats.U.shape[0]):
+        W, _ = pattern_affinity(pats.U)
+        vals, _ = _top_eigen(_normalized(W, pats.counts), k_max + 1, seed)
+    return min(eigengap_k(vals, k_max), pats.U.shape[0])
+
+
+# --------------------------------------------------------------------------- clustering
+
+
+def _weighted_kmeans(points: np.ndarray, weights: np.ndarray, k: int, seed: int) -> np.ndarray:
+    from sklearn.cluster import KMeans
+
+    km = KMeans(n_clusters=k, n_init=10, random_state=seed)
+    with _few_threads(points.shape[0]):
+        return km.fit_predict(points, sample_weight=weights)
+
+
+def _few_threads(n_points: int):
+    """One OpenMP/BLAS thread for small problems: sklearn's thread start-up and spinning cost
+    seconds on a busy machine, far more than the work itself."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1) if n_points < 50_000 else contextlib.nullcontext()
+
+
+def _order_by_size(labels: np.ndarray) -> np.ndarray:
+    """Relabel non-negative labels 0..k-1 by decreasing size; negative labels are kept."""
+    out = labels.copy()
+    pos = labels >= 0
+    if not pos.any():
+        return out
+    uniq, cnt = np.unique(labels[pos], return_counts=True)
+    order = uniq[np.lexsort((uniq, -cnt))]
+    mapping = {old: new for new, old in enumerate(order)}
+    out[pos] = np.array([mapping[v] for v in labels[pos]])
+    return out
+
+
+def _silhouette(pats: Patterns, labels: np.ndarray, seed: int, sample: int = 2000) -> float:
+    from sklearn.metrics import silhouette_score
+
+    keep = np.flatnonzero(labels >= 0)
+    if keep.size < 3 or np.unique(labels[keep]).size < 2:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    if keep.size > sample:
+        keep = rng.choice(keep, sample, replace=False)
+    lab = labels[keep]
+    if np.unique(lab).size < 2 or np.unique(lab).size >= keep.size:
+        return float("nan")
+    rows = pats.U[pats.doc_pattern[keep]]
+    try:
+        return float(silhouette_score(rows, lab, metric="jaccard"))
+    except ValueError:
+        return float("nan")
+
+
+def cluster_documents(
+    X,
+    feature_ids,
+    method: str = "spectral",
+    n_clusters: int | None = None,
+    threshold: float = 0.0,
+    seed: int = 0,
+    min_cluster_size: int | None = None,
+) -> ClusterResult:
+    """Cluster documents by which of ``feature_ids`` fire (binarized at ``threshold``).
+
+    ``n_clusters=None`` uses the eigengap suggestion (ignored by ``hdbscan``). Documents with
+    no chosen feature active get label ``NONE_LABEL`` (-1); HDBSCAN noise gets ``NOISE_LABEL``.
+    ``min_cluster_size`` (HDBSCAN only) defaults to max(15, 5% of the clustered documents).
+    """
+    if method not in {"spectral", "kmeans", "hdbscan"}:
+        raise ValueError(f"unknown method {method!r}")
+    feature_ids = [int(f) for f in feature_ids]
+    pats = chosen_patterns(X, feature_ids, threshold)
+    n = pats.doc_pattern.size
+    n_empty = int((pats.doc_pattern < 0).sum())
+    u = pats.U.shape[0]
+    labels = np.full(n, NONE_LABEL, np.int64)
+    base = dict(method=method, feature_ids=feature_ids, n_unique_patterns=u, n_empty=n_empty)
+    if u == 0:
+        return ClusterResult(labels=labels, n_clusters=0, suggested_k=0, silhouette=float("nan"), **base)
+    if u == 1:
+        labels[pats.doc_pattern >= 0] = 0
+        return ClusterResult(labels=labels, n_clusters=1, suggested_k=1, silhouette=float("nan"), **base)
+
+    with _few_threads(u):
+        W, exact = pattern_affinity(pats.U)
+        M = _normalized(W, pats.counts)
+        k_req = None if n_clusters is None else max(1, min(int(n_clusters), u))
+        n_eig = max(K_MAX + 1, (k_req or 0))
+        vals, vecs = _top_eigen(M, min(n_eig, u), seed)
+    suggested = min(eigengap_k(vals, K_MAX), u)
+    k = k_req or suggested
+
+    if method == "kmeans":
+        plab = _weighted_kmeans(pats.U.astype(float), pats.counts, k, seed) if k > 1 else np.zeros(u, int)
+        labels[pats.doc_pattern >= 0] = plab[pats.doc_pattern[pats.doc_pattern >= 0]]
+    elif method == "spectral":
+        emb = vecs[:, :k]
+        emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        plab = _weighted_kmeans(emb, pats.counts, k, seed) if k > 1 else np.zeros(u, int)
+        labels[pats.doc_pattern >= 0] = plab[pats.doc_pattern[pats.doc_pattern >= 0]]
+    else:
+        from sklearn.cluster import HDBSCAN
+
+        dims = max(2, k)
+        emb = vecs[:, :dims]
+        emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        docs = np.flatnonzero(pats.doc_pattern >= 0)
+        min_size = min_cluster_size or max(15, docs.size // 20)
+        with _few_threads(docs.size):
+            hl = HDBSCAN(min_cluster_size=min_size, copy=True).fit_predict(emb[pats.doc_pattern[docs]])
+        labels[docs] = np.where(hl < 0, NOISE_LABEL, hl)
+    labels = _order_by_size(labels)
+    n_found = int(np.unique(labels[labels >= 0]).size)
+    return ClusterResult(
+        labels=labels,
+        n_clusters=n_found,
+        suggested_k=suggested,
+        silhouette=_silhouette(pats, labels, seed),
+        eigenvalues=vals,
+        exact=exact,
+        **base,
+    )
+
+
+# --------------------------------------------------------------------------- projection & description
+
+
+def umap_2d(
+    X_or_dense,
+    seed: int = 0,
+    metric: str = "jaccard",
+    feature_ids=None,
+    threshold: float = 0.0,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    n_epochs: int | None = None,
+) -> np.ndarray:
+    """2-D UMAP layout, one row per document.
+
+    Input is a sparse activation matrix (optionally restricted to ``feature_ids``; binarized
+    for ``jaccard``) or a dense array (e.g. sentence embeddings, use ``cosine``). Identical rows
+    are embedded once (exact blocked kNN passed to UMAP) and duplicates get a small seeded
+    jitter, which keeps 20k documents over a few dozen features fast. Rows with nothing active,
+    and points UMAP leaves disconnected, share one spot below-left of the layout.
+    ``umap`` is imported lazily (the import is slow).
+    """
+    if metric not in {"jaccard", "cosine"}:
+        raise ValueError("metric must be 'jaccard' or 'cosine'")
+    if sp.issparse(X_or_dense):
+        Xs = as_csr(X_or_dense)
+        if feature_ids is not None:
+            Xs = Xs[:, [int(f) for f in feature_ids]]
+        if Xs.shape[1] > MAX_CHOSEN_FEATURES:
+            raise ValueError("restrict to a few chosen features before a UMAP layout")
+        data = binarize(Xs, threshold).toarray().astype(bool) if metric == "jaccard" else Xs.toarray()
+    else:
+        data = np.asarray(X_or_dense)
+        if feature_ids is not None:
+            data = data[:, [int(f) for f in feature_ids]]
+        data = data > threshold if metric == "jaccard" else data.astype(np.float32)
+    uniq, inverse, counts = _unique_rows(data)
+    rng = np.random.default_rng(seed)
+    # rows with nothing active (jaccard) or zero norm (cosine) have no neighbours: laid out apart
+    empty = ~(uniq != 0).any(axis=1)
+    base = np.full((uniq.shape[0], 2), np.nan)
+    base[~empty] = _layout_unique(uniq[~empty], metric, seed, n_neighbors, min_dist, n_epochs)
+    lost = ~np.isfinite(base).all(axis=1)  # empty rows and vertices UMAP left disconnected (NaN)
+    if lost.any():
+        ok = base[~lost]
+        lo = ok.min(axis=0) if ok.size else np.zeros(2)
+        span = (ok.max(axis=0) - lo) if ok.size else np.ones(2)
+        base[lost] = lo - 0.1 * np.maximum(span, 1e-3)  # one spot below-left of the layout
+    out = base[inverse].astype(np.float64)
+    dup = (counts[inverse] > 1) | lost[inverse]
+    if dup.any():
+        scale = 0.02 * max(float(np.nanstd(base)), 1e-3)
+        out[dup] += rng.normal(scale=scale, size=(int(dup.sum()), 2))
+    return out
+
+
+def _layout_unique(
+    uniq: np.ndarray, metric: str, seed: int, n_neighbors: int, min_dist: float, n_epochs: int | None
+) -> np.ndarray:
+    """UMAP on distinct non-empty rows with an exact precomputed kNN (tiny inputs: a circle)."""
+    u = uniq.shape[0]
+    if u <= 3:
+        angle = 2 * np.pi * np.arange(u) / max(u, 1)
+        return np.c_[np.cos(angle), np.sin(angle)] if u > 1 else np.zeros((u, 2))
+    import umap  # lazy: importing umap/numba costs seconds
+
+    nn = int(min(n_neighbors, u - 1))
+    with _few_threads(u):
+        idx, sim = knn_blocked(uniq, nn - 1, metric)  # UMAP's kNN lists include the point itself first
+    knn_idx = np.c_[np.arange(u), idx]
+    knn_dist = np.c_[np.zeros(u, np.float32), np.clip(1.0 - sim, 0.0, None)].astype(np.float32)
+    if n_epochs is None:
+        n_epochs = 200 if u <= 10_000 else 120
+    reducer = umap.UMAP(
+        n_components=2,
+        metric=metric,
+        n_neighbors=nn,
+        min_dist=min_dist,
+        random_state=seed,
+        n_epochs=n_epochs,
+        init="spectral" if u > nn + 2 else "random",
+        precomputed_knn=(knn_idx, knn_dist, None),
+        low_memory=True,
+        verbose=False,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return reducer.fit_transform(uniq.astype(np.float32))
+
+
+def describe_clusters(
+    X,
+    labels: np.ndarray,
+    feature_ids=None,
+    top: int = 10,
+    threshold: float = 0.0,
+    smoothing: float = 1.0,
+) -> pd.DataFrame:
+    """Over-represented features per cluster, computed with one sparse product.
+
+    Columns: cluster, cluster_size, feature_id, n_in, in_share, out_share, diff (in - out),
+    ratio ((n_in+s)/(size+s) over (n_out+s)/(rest+s), s=smoothing), rank within cluster
+    (by diff). ``feature_ids`` restricts the candidate features.
+    """
+    B = binarize(as_csr(X), threshold)
+    fids = np.arange(B.shape[1]) if feature_ids is None else np.asarray([int(f) for f in feature_ids])
+    if feature_ids is not None:
+        B = B[:, fids]
+    labels = np.asarray(labels)
+    n = B.shape[0]
+    clusters, inv = np.unique(labels, return_inverse=True)
+    ind = sp.csr_matrix((np.ones(n, np.int32), (inv.ravel(), np.arange(n))), shape=(clusters.size, n))
+    counts = np.asarray((ind @ B).toarray(), dtype=float)  # (n_clusters, F)
+    total = counts.sum(axis=0)
+    sizes = np.bincount(inv.ravel(), minlength=clusters.size).astype(float)
+    frames = []
+    for ci, c in enumerate(clusters):
+        size, rest = sizes[ci], n - sizes[ci]
+        n_in = counts[ci]
+        in_share = n_in / size
+        out_share = (total - n_in) / rest if rest > 0 else np.zeros_like(n_in)
+        diff = in_share - out_share
+        ratio = ((n_in + smoothing) / (size + smoothing)) / ((total - n_in + smoothing) / (rest + smoothing))
+        k = min(top, diff.size)
+        sel = np.argpartition(-diff, k - 1)[:k] if k < diff.size else np.arange(diff.size)
+        sel = sel[np.lexsort((fids[sel], -diff[sel]))]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "cluster": c,
+                    "cluster_size": int(size),
+                    "feature_id": fids[sel].astype(np.int64),
+                    "n_in": n_in[sel].astype(np.int64),
+                    "in_share": in_share[sel],
+                    "out_share": out_share[sel],
+                    "diff": diff[sel],
+                    "ratio": ratio[sel],
+                    "rank": np.arange(1, sel.size + 1),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+# --------------------------------------------------------------------------- dense baselines
+
+
+def dense_cluster(embeddings: np.ndarray, n_clusters: int, method: str = "kmeans", seed: int = 0) -> np.ndarray:
+    """Cluster dense (e.g. MiniLM) embeddings, L2-normalized first so Euclidean ~ cosine.
+
+    Methods: kmeans, spectral (kNN affinity), agglomerative (Ward), hdbscan (n_clusters ignored,
+    noise = NOISE_LABEL).
+    """
+    from sklearn import cluster as skc
+
+    E = np.asarray(embeddings, dtype=np.float64)
+    E = E / np.maximum(np.linalg.norm(E, axis=1, keepdims=True), 1e-12)
+    with _few_threads(E.shape[0]):
+        return _dense_cluster(E, n_clusters, method, seed)
+
+
+def _dense_cluster(E: np.ndarray, n_clusters: int, method: str, seed: int) -> np.ndarray:
+    from sklearn import cluster as skc
+
+    if method == "kmeans":
+        return skc.KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(E)
+    if method == "spectral":
+        nn = max(2, min(10, E.shape[0] - 1))
+        return skc.SpectralClustering(
+            n_clusters=n_clusters, affinity="nearest_neighbors", n_neighbors=nn, random_state=seed
+        ).fit_predict(E)
+    if method == "agglomerative":
+        return skc.AgglomerativeClustering(n_clusters=n_clusters, linkage="ward").fit_predict(E)
+    if method == "hdbscan":
+        lab = skc.HDBSCAN(min_cluster_size=max(5, E.shape[0] // 100)).fit_predict(E)
+        return np.where(lab < 0, NOISE_LABEL, lab)
+    raise ValueError(f"unknown method {method!r}")
+
+
+def agreement(labels: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Adjusted Rand index and normalized mutual information between two labelings."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    labels, truth = np.asarray(labels), np.asarray(truth)
+    return {
+        "ari": float(adjusted_rand_score(truth, labels)),
+        "nmi": float(normalized_mutual_info_score(truth, labels)),
+        "n": int(labels.size),
+    }

@@ -1,0 +1,104 @@
+"""Shared fixtures: a tiny model + SAE workspace (fast) and the real default model (integration)."""
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+from pathlib import Path  # noqa: E402
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from tests.tiny import make_tiny_model_dir, make_tiny_sae  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_reader(tiny_model_dir):
+    from backend.models import load_reader
+
+    return load_reader(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_sae(tiny_reader):
+    return make_tiny_sae(tiny_reader.name)
+
+
+@pytest.fixture(scope="session")
+def tiny_sae_dir(tiny_sae, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny_sae")
+    tiny_sae.save_model(folder)
+    return folder
+
+
+TINY_DOCS = pd.DataFrame(
+    {
+        "text": [
+            "the movie was great and funny", "a terrible boring film", "the plot of the story is about a family",
+            "python code with a function that will return a value", "the dog and the cat in the house",
+            "police and crime in the city at night", "i love this movie", "i hate this film",
+            "the actor and the actress were good", "error in the file data list",
+            "hello world", "the music at the ending was great",
+        ],
+        "label": ["fresh", "rotten", "plot", "code", "plot", "plot", "fresh", "rotten", "fresh", "code", "code", "fresh"],
+    }
+)
+
+
+@pytest.fixture()
+def tiny_workspace(tmp_path, tiny_reader, tiny_sae, tiny_sae_dir):
+    """A fresh workspace with the tiny model and SAE (not embedded yet)."""
+    from backend.workspace import Workspace, WorkspaceSpec
+
+    ws = Workspace.create(tmp_path / "ws.duckdb", WorkspaceSpec(model=tiny_reader.name, sae=str(tiny_sae_dir)),
+                          device="cpu", reader=tiny_reader, sae=tiny_sae)
+    yield ws
+    ws.close()
+
+
+@pytest.fixture()
+def tiny_docs() -> pd.DataFrame:
+    return TINY_DOCS.copy()
+
+
+@pytest.fixture(scope="session")
+def tiny_workspace_file(tmp_path_factory, tiny_reader, tiny_sae, tiny_sae_dir) -> Path:
+    """A workspace file with the tiny model: corpus 't' (12 labelled docs) embedded and finalized."""
+    from backend.workspace import Workspace, WorkspaceSpec
+
+    path = tmp_path_factory.mktemp("tiny_ws") / "tiny.duckdb"
+    ws = Workspace.create(path, WorkspaceSpec(model=tiny_reader.name, sae=str(tiny_sae_dir)), device="cpu",
+                          reader=tiny_reader, sae=tiny_sae)
+    ws.add_corpus("t", TINY_DOCS, "text")
+    ws.embed("t")
+    ws.close()
+    return path
+
+
+REAL_DOCS = 40
+
+
+@pytest.fixture(scope="session")
+def real_workspace_file(tmp_path_factory) -> Path:
+    """A workspace file with the real default model and SAE: 40 demo documents embedded and finalized.
+
+    Built once per test session (about a minute on 2 cores)."""
+    from backend.builtin_data import demo_corpus
+    from backend.config import DEFAULT_SAE_DIR
+    from backend.workspace import Workspace, WorkspaceSpec
+
+    if not (DEFAULT_SAE_DIR / "cfg.json").exists():
+        pytest.skip("the default SAE is not in data/ yet")
+    path = tmp_path_factory.mktemp("real_ws") / "real.duckdb"
+    ws = Workspace.create(path, WorkspaceSpec(sae=str(DEFAULT_SAE_DIR)), device="cpu")
+    ws.add_corpus("demo", demo_corpus(REAL_DOCS, seed=3), "text")
+    ws.embed("demo")
+    ws.close()
+    return path

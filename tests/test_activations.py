@@ -1,0 +1,82 @@
+"""The pure batch function: pooled sparse rows equal a dense token-level computation."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from backend.activations import EmbedConfig, embed_texts, pool_sparse, sparse_encode, token_activations
+from backend.models import residuals
+from tests.tiny import HOOK
+
+
+def dense_reference(reader, sae, text, cfg):
+    doc = reader.encode_documents([text], cfg.formatting, cfg.max_tokens)[0]
+    with torch.inference_mode():
+        x = residuals(reader, torch.tensor([doc.ids]), HOOK)[0]
+        acts = sae.encode(x).numpy()  # sae_lens's own dense TopK encode
+    acts[~np.array(doc.count_mask)] = 0.0
+    return acts, doc
+
+
+def test_pooling_matches_dense_sae_lens_encode(tiny_reader, tiny_sae, tiny_docs):
+    cfg = EmbedConfig(batch_tokens=24, encode_chunk=5)  # force several batches and split chunks
+    texts = tiny_docs["text"].tolist()
+    rows = embed_texts(tiny_reader, tiny_sae, HOOK, texts, cfg)
+    for i, text in enumerate(texts):
+        acts, doc = dense_reference(tiny_reader, tiny_sae, text, cfg)
+        sel = rows.doc == i
+        got = dict(zip(rows.feature[sel], zip(rows.max_act[sel], rows.argmax_pos[sel], rows.n_active[sel], rows.sum_act[sel])))
+        active = np.flatnonzero(acts.max(0) > 0)
+        assert sorted(got) == sorted(active.tolist())
+        for f in active:
+            mx, pos, cnt, sm = got[f]
+            assert np.isclose(mx, acts[:, f].max(), atol=1e-5)
+            assert pos == int(np.argmax(acts[:, f]))
+            assert cnt == int((acts[:, f] > 0).sum())
+            assert np.isclose(sm, acts[:, f].sum(), atol=1e-4)
+        assert rows.n_tokens[i] == doc.n_counted
+
+
+def test_position_zero_and_template_tokens_never_count(tiny_reader, tiny_sae):
+    text = "the movie was great"
+    for formatting in ("raw", "chat"):
+        cfg = EmbedConfig(formatting=formatting)
+        doc = tiny_reader.encode_documents([text], formatting)[0]
+        rows = embed_texts(tiny_reader, tiny_sae, HOOK, [text], cfg)
+        counted = [p for p, m in enumerate(doc.count_mask) if m]
+        assert not doc.count_mask[0]
+        assert set(rows.argmax_pos.tolist()) <= set(counted)
+        assert rows.n_tokens[0] == 4
+    chat = tiny_reader.encode_documents([text], "chat")[0]
+    assert len(chat.ids) > 5 and sum(chat.count_mask) == 4
+
+
+def test_truncation_is_recorded(tiny_reader, tiny_sae):
+    rows = embed_texts(tiny_reader, tiny_sae, HOOK, ["the " * 50, "a film"], EmbedConfig(max_tokens=10))
+    assert rows.truncated.tolist() == [True, False]
+    assert rows.n_tokens[0] == 9
+
+
+def test_pool_sparse_ties_take_first_position():
+    doc = torch.tensor([0, 0, 0, 1])
+    pos = torch.tensor([3, 1, 2, 5])
+    feat = torch.tensor([7, 7, 7, 7])
+    val = torch.tensor([2.0, 2.0, 1.0, 0.5])
+    d, f, mx, p, c, s = pool_sparse(doc, pos, feat, val, d_sae=10)
+    assert d.tolist() == [0, 1] and f.tolist() == [7, 7]
+    assert mx.tolist() == [2.0, 0.5] and p.tolist() == [1, 5] and c.tolist() == [3, 1]
+    assert torch.allclose(s, torch.tensor([5.0, 0.5]))
+
+
+def test_sparse_encode_equals_dense_encode(tiny_sae):
+    x = torch.randn(9, 32, generator=torch.Generator().manual_seed(1))
+    r, f, v = sparse_encode(tiny_sae, x)
+    dense = torch.zeros(9, 64)
+    dense[r, f] = v
+    assert torch.allclose(dense, tiny_sae.encode(x), atol=1e-6)
+
+
+def test_token_activations_for_highlighting(tiny_reader, tiny_sae):
+    tokens, acts, mask = token_activations(tiny_reader, tiny_sae, HOOK, "the dog and the cat", EmbedConfig(), [3, 5])
+    assert tokens[1:] == ["the", "dog", "and", "the", "cat"]
+    assert acts.shape == (6, 2) and (acts[0] == 0).all()
