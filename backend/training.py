@@ -157,8 +157,11 @@ def evaluate(sae: TopKTrainer, x: torch.Tensor, batch: int = 4096) -> tuple[floa
     return 1.0 - err / tot, l0 / len(x), fires
 
 
+EpochFn = Callable[[int, "TopKTrainer", float, float], None]  # (epoch, sae, scale, held-out FVE)
+
+
 def train_topk(
-    acts: torch.Tensor, cfg: TrainConfig, progress: ProgressFn | None = None
+    acts: torch.Tensor, cfg: TrainConfig, progress: ProgressFn | None = None, on_epoch: EpochFn | None = None
 ) -> tuple[TopKTrainer, float, TrainReport]:
     """Train on acts (rows shuffled with the seed); returns the SAE on the scaled space, the scale, the report."""
     t0 = time.time()
@@ -204,6 +207,8 @@ def train_topk(
                 progress(step, total_steps, f"epoch {epoch + 1}/{cfg.epochs} loss {float(loss):.4f}")
         fve, l0, fires = evaluate(sae, hold.float() * scale)
         log.info("epoch %d held-out FVE %.4f L0 %.1f dead %.4f", epoch + 1, fve, l0, float((fires == 0).float().mean()))
+        if on_epoch is not None:
+            on_epoch(epoch + 1, sae, scale, fve)
     fve, l0, fires = evaluate(sae, hold.float() * scale)
     # dead = never fires on train sample + held-out
     _, _, fires_train = evaluate(sae, train[:200_000].float() * scale)

@@ -47,7 +47,7 @@ if upload is not None:
         st.error(f"Cannot read **{upload.name}**: {exc} Nothing was stored.")
         st.stop()
     st.caption(f"{len(df):,} rows, columns: {', '.join(map(str, df.columns))}")
-    st.dataframe(df.head(10), hide_index=True, use_container_width=True)
+    st.dataframe(df.head(10), hide_index=True, width="stretch")
     cols = [str(c) for c in df.columns]
     try:
         guess = guess_text_column(df)

@@ -60,7 +60,7 @@ if not s["corpora"]:
 else:
     df = pd.DataFrame(s["corpora"])[["name", "n_docs", "n_embedded", "n_tokens", "status", "meta_columns", "source"]]
     df = df.rename(columns={"n_docs": "documents", "n_embedded": "embedded", "n_tokens": "tokens", "meta_columns": "metadata"})
-    st.dataframe(df, hide_index=True, use_container_width=True)
+    st.dataframe(df, hide_index=True, width="stretch")
 
 st.subheader("What next")
 st.markdown(

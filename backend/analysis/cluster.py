@@ -426,6 +426,8 @@ def describe_clusters(
     labels = np.asarray(labels)
     n = B.shape[0]
     clusters, inv = np.unique(labels, return_inverse=True)
+    if clusters.size * B.shape[1] > 100_000_000:
+        raise ValueError("too many clusters x features to describe; pass feature_ids or fewer clusters")
     ind = sp.csr_matrix((np.ones(n, np.int32), (inv.ravel(), np.arange(n))), shape=(clusters.size, n))
     counts = np.asarray((ind @ B).toarray(), dtype=float)  # (n_clusters, F)
     total = counts.sum(axis=0)

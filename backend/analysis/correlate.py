@@ -347,17 +347,19 @@ def npmi_with(
     threshold: float = 0.0,
     min_count: int = 5,
     min_cooccur: int = 1,
+    counts: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Features most associated (by NPMI) with one feature: one sparse row gather + bincount.
 
-    Columns: feature_id, count, count_ab, npmi (partner features with >= ``min_count``
+    ``counts`` (documents per feature at this threshold) can be passed to skip one O(nnz)
+    pass. Columns: feature_id, count, count_ab, npmi (partner features with >= ``min_count``
     documents, sorted by npmi descending; the feature itself is excluded).
     """
     X = as_csr(X)
     B = binarize(X, threshold)
     n = B.shape[0]
     f = int(feature_id)
-    counts = feature_counts(B)
+    counts = feature_counts(B) if counts is None else np.asarray(counts)
     col = X[:, [f]].tocoo()
     rows = col.row[col.data > threshold]
     if rows.size == 0:

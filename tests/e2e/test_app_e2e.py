@@ -1,0 +1,79 @@
+"""The real app in headless Chromium: upload a CSV, embed it, open a feature, see highlighted, escaped documents."""
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
+
+pytestmark = pytest.mark.e2e
+
+XSS = "<script>alert(1)</script> <img src=x onerror=alert(1)> the movie"
+CSV = ("text,label\n"
+       "the movie was great and funny,fresh\n"
+       "a terrible boring film,rotten\n"
+       "the plot of the story is about a family,plot\n"
+       f"\"{XSS}\",xss\n").encode()
+
+HIGHLIGHTED = """() => Array.from(document.querySelectorAll('.saedash-doc span')).some(s => {
+    const m = getComputedStyle(s).backgroundColor.match(/rgba?\\(([^)]*)\\)/);
+    if (!m) return false;
+    const p = m[1].split(',').map(Number);
+    return p.length === 3 || p[3] > 0;
+})"""
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed")
+def test_upload_embed_and_browse_features(app_server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, kind = app_server
+    t0 = time.time()
+    dialogs: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.goto(f"{url}/corpora")
+            expect(page.get_by_text("Add a corpus")).to_be_visible(timeout=60_000)
+
+            page.locator('input[type="file"]').set_input_files(files=[{"name": "e2e.csv", "mimeType": "text/csv", "buffer": CSV}])
+            expect(page.get_by_text("4 rows, columns: text, label")).to_be_visible(timeout=30_000)
+            page.get_by_role("button", name="Add and embed").click()
+            expect(page.get_by_text("embedding runs in the background")).to_be_visible(timeout=30_000)
+            # the progress list refreshes every second until the corpus is embedded and finalized
+            expect(page.locator("code", has_text=re.compile(r"^ready$"))).to_be_visible(timeout=180_000)
+            t_embedded = time.time() - t0
+
+            page.locator('[data-testid="stSidebarNav"] a', has_text="Features").click()
+            table = page.locator('[data-testid="stDataFrame"]').first
+            expect(table).to_be_visible(timeout=60_000)
+            expect(page.get_by_text("Select a feature in the table")).to_be_visible()
+            box = table.bounding_box()
+            page.mouse.click(box["x"] + 14, box["y"] + 35 + 17)  # the first row's selection cell (densest feature)
+            expect(page.locator("h3", has_text="Feature #")).to_be_visible(timeout=120_000)
+            docs = page.locator(".saedash-doc")
+            expect(docs.first).to_be_visible(timeout=120_000)
+            assert page.evaluate(HIGHLIGHTED), "no highlighted token (non-zero rgba background)"
+            assert page.locator(".saedash-doc span[style*='outline']").count() == docs.count()  # strongest token marked
+
+            # the densest feature fires on every document, so the one with markup is shown: as text
+            texts = docs.all_inner_texts()
+            shown = next((t for t in texts if "alert(" in t), None)
+            assert shown is not None, texts
+            if kind == "real":
+                assert "<script>alert(1)</script>" in shown and "<img src=x onerror=alert(1)>" in shown
+            else:  # the tiny word-level tokenizer shows unknown words as [UNK] and tokens without spaces
+                assert "<script>alert(" in shown and "<img" in shown and "onerror" in shown
+            assert page.locator(".saedash-doc script, .saedash-doc img, .saedash-doc [onerror]").count() == 0
+
+            page.locator("h3", has_text="Feature #").scroll_into_view_if_needed()
+            shot = tmp_path / "features.png"
+            page.screenshot(path=str(shot), full_page=True)
+            print(f"screenshot: {shot} ({kind} workspace; embedded after {t_embedded:.0f} s, total {time.time() - t0:.0f} s)")
+        finally:
+            browser.close()
+    assert dialogs == []

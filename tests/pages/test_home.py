@@ -1,0 +1,65 @@
+"""The home page (pages/home.py) and the app shell (app.py) under AppTest."""
+from __future__ import annotations
+
+import shutil
+import time
+
+from backend import demo
+from backend.jobs import REGISTRY
+from backend.store import Store
+from tests.pages.conftest import ROOT, assert_no_errors
+
+
+def test_workspace_summary(page, tiny_ws_path):
+    at = page("home", tiny_ws_path).run()
+    assert_no_errors(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["SAE features"] == "64" and metrics["Hook"] == "blocks.1.hook_resid_post"
+    corpora = at.dataframe[0].value
+    row = corpora.set_index("name").loc["t"]
+    assert (row["documents"], row["embedded"], row["status"]) == (12, 12, "ready")
+    assert "label" in str(row["metadata"]) and row["tokens"] > 12
+
+
+def test_empty_workspace_points_to_the_corpora_page(page, tiny_ws_path):
+    Store(tiny_ws_path).close()  # make sure the copy is a plain file, then drop its corpus via the page's workspace
+    from pages import widgets
+
+    widgets.open_workspace(str(tiny_ws_path)).delete_corpus("t")
+    at = page("home", tiny_ws_path).run()
+    assert any("No corpus yet" in i.value for i in at.info) and not at.dataframe
+
+
+def test_first_launch_builds_the_default_workspace(tmp_path, tiny_pristine, monkeypatch):
+    """No workspace: the app offers to build the default one; the build runs as a background job with a
+    progress bar, and once it is done the app opens the new workspace."""
+    from streamlit.testing.v1 import AppTest
+
+    folder = tmp_path / "workspaces"
+    folder.mkdir()
+    target = folder / "default.duckdb"
+    monkeypatch.setenv("SAEDASH_WORKSPACES", str(folder))
+    monkeypatch.setattr(demo, "default_workspace_path", lambda: target)
+
+    def fake_build(progress=None):  # stands in for preparing the model and embedding 3,000 documents
+        time.sleep(1.5)
+        shutil.copy(tiny_pristine, target)
+
+    monkeypatch.setattr(demo, "ensure_default_workspace", fake_build)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    assert_no_errors(at)
+    assert [s.value for s in at.subheader] == ["First launch"]
+    assert any("No workspace yet" in i.value for i in at.sidebar.info)
+    at.button[0].click().run()
+    job = REGISTRY.get(str(target), 0)
+    assert job is not None and job.running
+    assert at.progress and "movie-reviews: 0/3,000 documents" in at.progress[0].proto.text
+    t0 = time.time()
+    while job.running and time.time() - t0 < 30:
+        time.sleep(0.1)
+    assert not job.running and job.error is None
+    # A fresh session (AppTest re-runs only the page of a st.navigation app, without app.py's sidebar)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    assert_no_errors(at)
+    assert at.sidebar.selectbox[0].value == "default" and at.sidebar.selectbox[1].value == "t"
+    assert {m.label: m.value for m in at.metric}["SAE features"] == "64"

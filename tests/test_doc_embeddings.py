@@ -1,0 +1,79 @@
+"""Dense MiniLM document embeddings stored per corpus (backend.doc_embeddings)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from backend import doc_embeddings as DE
+from backend import search as S
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return S.load_model()
+
+
+@pytest.fixture()
+def ws(tiny_workspace, minilm):
+    docs = pd.DataFrame({"text": ["the movie was great", "python code with a function", "the movie was great",
+                                  "the dog and the cat", "error in the file"],
+                         "label": ["a", "b", "a", "c", "b"]})
+    tiny_workspace.add_corpus("d", docs, "text")
+    tiny_workspace.add_corpus("other", docs.iloc[:2], "text")
+    return tiny_workspace
+
+
+def test_vectors_stored_once_and_reused(ws, monkeypatch):
+    calls: list[int] = []
+    real = S.embed_texts
+    monkeypatch.setattr(S, "embed_texts", lambda texts, batch_size=64: calls.append(len(texts)) or real(texts, batch_size))
+    seen: list[tuple[int, int]] = []
+    E = DE.doc_vectors(ws, "d", progress=lambda d, t: seen.append((d, t)), batch_size=2)
+    assert E.shape == (5, DE.DIM) and E.dtype == np.float32
+    assert np.linalg.norm(E, axis=1) == pytest.approx(np.ones(5), abs=1e-5)
+    assert calls == [2, 2, 1]  # batched
+    assert seen == [(0, 5), (2, 5), (4, 5), (5, 5)]
+    assert DE.n_stored(ws, "d") == 5 and DE.is_complete(ws, "d")
+    # Rows follow doc_id: identical texts (docs 0 and 2) have cosine 1, different ones less.
+    assert float(E[0] @ E[2]) == pytest.approx(1.0, abs=1e-5)
+    assert float(E[0] @ E[1]) < 0.9
+    assert float(E[0] @ DE.embed_query("the movie was great")) == pytest.approx(1.0, abs=1e-5)
+    # Second call: nothing is recomputed, the same vectors come back.
+    calls.clear()
+    E2 = DE.doc_vectors(ws, "d")
+    assert calls == [] and np.array_equal(E, E2)
+    assert DE.build_doc_embeddings(ws, "d") == 0
+    # The other corpus is independent.
+    assert DE.n_stored(ws, "other") == 0
+    assert np.allclose(DE.doc_vectors(ws, "other"), E[:2], atol=1e-5)
+
+
+def test_resumes_after_a_partial_pass(ws):
+    import threading
+
+    stop = threading.Event()
+
+    def progress(done, total):
+        if done >= 2:
+            stop.set()
+
+    assert DE.build_doc_embeddings(ws, "d", batch_size=2, progress=progress, cancel=stop) == 2  # stopped after one batch
+    assert DE.n_stored(ws, "d") == 2
+    assert not DE.doc_vectors(ws, "d", compute=False)[2:].any()
+    E = DE.doc_vectors(ws, "d", batch_size=2)
+    assert DE.n_stored(ws, "d") == 5
+    assert ws.store.query_one("SELECT count(DISTINCT doc_id) FROM doc_embeddings")[0] == 5
+    assert float(E[0] @ E[2]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_deleted_with_the_corpus(ws):
+    DE.doc_vectors(ws, "d")
+    DE.doc_vectors(ws, "other")
+    cid = ws.store.corpus_id("d")
+    assert "doc_embeddings" in ws.store.corpus_tables()
+    ws.delete_corpus("d")
+    assert ws.store.query_one("SELECT count(*) FROM doc_embeddings WHERE corpus_id = ?", [cid])[0] == 0
+    assert DE.n_stored(ws, "other") == 2
+    DE.delete_doc_embeddings(ws, "other")
+    assert DE.n_stored(ws, "other") == 0
