@@ -26,7 +26,7 @@ system-deps:
 
 run: $(STAMP)
 	$(BIN)/python -m backend prepare
-	$(BIN)/streamlit run app.py
+	$(BIN)/python app.py
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q

@@ -1,8 +1,24 @@
-"""Dashboard entry point: `streamlit run app.py` (navigation over pages/, sidebar workspace picker)."""
+"""Dashboard entry point (navigation over pages/, sidebar workspace picker).
+
+Launch with `python app.py [streamlit options]` (what `make run` does) or `streamlit run app.py`."""
 from __future__ import annotations
+
+import sys
 
 import backend  # noqa: F401  (sets offline environment defaults before anything else loads)
 import streamlit as st
+from streamlit import runtime
+
+if __name__ == "__main__" and not runtime.exists():
+    # Launcher: Streamlit treats a folder named pages/ as old-style multipage pages until the first
+    # st.navigation call, so a fresh server's first visit to a deep link (/features?feature=3) would run
+    # that page alone. Turning the legacy mode off before the server starts routes every URL through here.
+    from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.web import cli as stcli
+
+    PagesManager.uses_pages_directory = False
+    sys.argv = ["streamlit", "run", __file__, *sys.argv[1:]]
+    sys.exit(stcli.main())
 
 from pages import widgets
 

@@ -139,6 +139,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from backend.training import TrainConfig
+
     p = argparse.ArgumentParser(prog="python -m backend", description="SAE embeddings of text corpora, offline.")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
@@ -154,11 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="output folder (default: the default SAE folder)")
     s.add_argument("--corpus", help="a corpus file; default: the offline training mix")
     s.add_argument("--text-column")
-    s.add_argument("--d-sae", type=int, default=8192)
-    s.add_argument("--k", type=int, default=32)
-    s.add_argument("--n-tokens", type=int, default=700_000)
-    s.add_argument("--epochs", type=int, default=6)
-    s.add_argument("--seed", type=int, default=0)
+    recipe = TrainConfig()
+    s.add_argument("--d-sae", type=int, default=recipe.d_sae)
+    s.add_argument("--k", type=int, default=recipe.k)
+    s.add_argument("--n-tokens", type=int, default=recipe.n_tokens)
+    s.add_argument("--epochs", type=int, default=recipe.epochs)
+    s.add_argument("--seed", type=int, default=recipe.seed)
     s.add_argument("--formatting", choices=["raw", "chat"], default="raw")
     s.add_argument("--fp16", action="store_true", help="save fp16 weights (the shipped default SAE)")
     s.add_argument("--device")

@@ -36,4 +36,14 @@ def ensure_default_workspace(progress: ProgressCallback | None = None, n_docs: i
     info = ws.store.corpus(DEMO_CORPUS)
     if info.n_embedded < info.n_docs or info.status != "ready":
         ws.embed(DEMO_CORPUS, progress=progress)
+    prepare_search(ws, DEMO_CORPUS)
     return ws
+
+
+def prepare_search(ws: Workspace, corpus: str) -> None:
+    """MiniLM vectors of the documents and of the features' labels and contexts (dense comparisons, search)."""
+    from backend.doc_embeddings import build_doc_embeddings
+    from backend.search import build_feature_embeddings
+
+    build_doc_embeddings(ws, corpus)
+    build_feature_embeddings(ws, corpus)

@@ -612,6 +612,7 @@ class TextFeatures:
     features: pd.DataFrame  # feature_id, max_act, argmax_token, n_tokens_active, label
     tokens: list[str]
     acts: np.ndarray  # [n_tokens, len(features)], columns in the order of `features`
+    count_mask: list[bool] = field(default_factory=list)  # False for position 0 and template tokens
 
 
 def features_of_text(ws: Any, text: str, top: int = 20, corpus: str | int | None = None) -> TextFeatures:
@@ -628,4 +629,4 @@ def features_of_text(ws: Any, text: str, top: int = 20, corpus: str | int | None
         "n_tokens_active": (acts[:, order] > 0).sum(axis=0).astype(int) if order else np.zeros(0, int),
         "label": [lab.get(f) for f in order],
     })
-    return TextFeatures(df, list(ta.tokens), acts[:, order])
+    return TextFeatures(df, list(ta.tokens), acts[:, order], list(ta.count_mask))

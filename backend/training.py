@@ -25,13 +25,13 @@ class TrainConfig:
     """Recipe of a TopK SAE; everything that decides the result is here."""
 
     d_sae: int = 8192
-    k: int = 32
+    k: int = 48
     n_tokens: int = 700_000
     max_doc_tokens: int = 256
     batch_tokens: int = 4096
-    epochs: int = 6
+    epochs: int = 5
     batch_size: int = 1024
-    lr: float = 4e-4
+    lr: float = 1e-3
     aux_k: int = 256
     aux_coef: float = 1 / 32
     dead_after_tokens: int = 200_000

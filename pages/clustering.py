@@ -54,12 +54,17 @@ k_mode = c2.radio("Number of clusters", ["suggested", "choose"], key="clu_k_mode
                   disabled=method == "hdbscan")
 k = c3.number_input("Clusters", 2, 50, 4, key="clu_k", disabled=k_mode != "choose" or method == "hdbscan")
 threshold = c4.number_input("Activation threshold", 0.0, value=0.0, step=0.1, key="clu_threshold")
+min_size = None
+if method == "hdbscan":
+    min_size = int(st.number_input("HDBSCAN: minimum cluster size (documents)", 2, max(2, info.n_docs),
+                                   min(max(5, info.n_docs // 20), max(2, info.n_docs // 2)), key="clu_min_size"))
 
 
 @st.cache_data(show_spinner="Clustering…", max_entries=16)
 def run_cluster(_ws: Workspace, version: tuple, corpus: str, fids: tuple, method: str, k: int | None,
-                threshold: float) -> ClusterResult:
-    return cluster_documents(_ws.latents(corpus, "max"), list(fids), method=method, n_clusters=k, threshold=threshold)
+                threshold: float, min_size: int | None = None) -> ClusterResult:
+    return cluster_documents(_ws.latents(corpus, "max"), list(fids), method=method, n_clusters=k, threshold=threshold,
+                             min_cluster_size=min_size)
 
 
 @st.cache_data(show_spinner="Describing clusters…", max_entries=16)
@@ -88,7 +93,11 @@ def cluster_name(c: int) -> str:
 
 
 want_k = None if (k_mode == "suggested" or method == "hdbscan") else int(k)
-res = run_cluster(ws, version, corpus, tuple(chosen), method, want_k, float(threshold))
+try:
+    res = run_cluster(ws, version, corpus, tuple(chosen), method, want_k, float(threshold), min_size)
+except ValueError as exc:  # e.g. fewer documents with the chosen features than the minimum cluster size
+    st.warning(f"Cannot cluster with these settings: {exc}")
+    st.stop()
 m1, m2, m3, m4 = st.columns(4)
 m1.metric("Clusters found", res.n_clusters)
 m2.metric("Suggested k", res.suggested_k if res.suggested_k is not None else "n/a")
@@ -97,7 +106,11 @@ m4.metric("Documents with none of them", f"{res.n_empty:,}")
 if not res.exact:
     st.caption("Many distinct patterns: the Jaccard affinity uses a nearest-neighbour graph (approximate).")
 if res.n_clusters == 0:
-    st.warning("None of the chosen features fires in this corpus; choose others or lower the threshold.")
+    if (res.labels == NONE_LABEL).all():
+        st.warning("None of the chosen features fires in this corpus; choose others or lower the threshold.")
+    else:
+        st.warning(f"HDBSCAN put every document in noise (it needs dense groups of at least {min_size} documents); "
+                   "try spectral clustering.")
     st.stop()
 
 sizes = pd.Series(res.labels).value_counts().sort_index()
@@ -138,7 +151,7 @@ else:
     if st.button("Compute MiniLM embeddings", key="clu_dense_compute"):
         E = aw.dense_vectors(ws, corpus, allow_compute=True)
 dense_labels = None
-if E is not None:
+if E is not None and E.shape[0] >= 3:
     d1, d2 = st.columns(2)
     dense_method = d1.selectbox("Dense method", list(DENSE_METHODS), format_func=DENSE_METHODS.get, key="clu_dense_method")
     dense_k = max(2, min(res.n_clusters, E.shape[0] - 1))

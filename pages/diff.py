@@ -171,6 +171,8 @@ st.markdown(
     + (f" {int(sig['length_confounded'].sum()):,} of them are flagged as length-confounded." if "length_confounded" in sig else "")
 )
 if lines:
+    if sig.empty:
+        st.caption("None of these differences is significant; the largest ones are:")
     st.markdown("\n".join(lines))
 
 # -- ranked table and volcano ---------------------------------------------------------

@@ -76,14 +76,16 @@ def label_changed(message: str) -> None:
 def pick_table(df: pd.DataFrame, key: str, **kwargs: Any) -> None:
     """A single-row-selectable table of features; selecting a row opens its feature.
 
-    Only a new selection opens a feature, so a stale selection never overrides one opened elsewhere."""
-    event = st.dataframe(df, key=key, on_select="rerun", selection_mode="single-row", hide_index=True, **kwargs)
-    rows = event.selection.rows
-    fid = int(df.iloc[rows[0]]["feature_id"]) if rows and rows[0] < len(df) else None
-    last = f"_{key}_opened"
-    if fid is not None and st.session_state.get(last) != fid:
-        open_here(fid)
-    st.session_state[last] = fid
+    Only a changed selection opens a feature: a selection left in place never overrides one opened elsewhere,
+    and new table contents under an old selection open nothing."""
+    config = {"feature_id": st.column_config.NumberColumn("feature", format="%d"), **kwargs.pop("column_config", {})}
+    event = st.dataframe(df, key=key, on_select="rerun", selection_mode="single-row", hide_index=True,
+                         column_config=config, **kwargs)
+    rows, last = tuple(event.selection.rows), f"_{key}_rows"
+    if rows != st.session_state.get(last):
+        st.session_state[last] = rows
+        if rows and rows[0] < len(df):
+            open_here(int(df.iloc[rows[0]]["feature_id"]))
 
 
 def open_buttons(ids: list[int], key: str) -> None:
@@ -130,7 +132,6 @@ with tab_all:
         table[["feature_id", "label", "density", "n_docs_active", "max_act", "mean_act", "top_tokens"]], "feature_table",
         height=420,
         column_config={
-            "feature_id": st.column_config.NumberColumn("feature", format="%d"),
             "density": st.column_config.NumberColumn("density", format="%.4f"),
             "n_docs_active": st.column_config.NumberColumn("documents"),
             "max_act": st.column_config.NumberColumn("max act", format="%.3f"),
@@ -189,7 +190,7 @@ with tab_example:
             h2.button("Open this feature", key="example_open", on_click=open_here, args=(shown,))
             col = ids.index(shown)
             acts = res.acts[:, col]
-            mask = getattr(res, "count_mask", None)  # hides template tokens once the backend reports them
+            mask = res.count_mask or None  # hides position 0 and template tokens
             widgets.show_html(widgets.highlight_html(res.tokens, acts, count_mask=mask, mark_pos=int(acts.argmax())))
 
 # -- feature detail -------------------------------------------------------------------------------
@@ -210,7 +211,7 @@ except StoreError as exc:
 
 st.subheader(f"Feature #{fid}")
 widgets.show_html(title_html(label_of(d.label)))
-widgets.feature_links(fid, key="detail")
+widgets.feature_links(fid, key="detail", exclude="features")
 
 with st.expander("Labels", expanded=False):
     if d.labels.empty:
@@ -275,7 +276,7 @@ with left:
     st.plotly_chart(fig, key=f"hist_{fid}")
 with right:
     st.markdown("**Tokens at the strongest activation**")
-    st.dataframe(d.top_tokens, hide_index=True, height=260,
+    st.dataframe(d.top_tokens, hide_index=True,
                  column_config={"mean_act": st.column_config.NumberColumn("mean act", format="%.3f")})
 
 st.markdown("**Top-activating documents**")

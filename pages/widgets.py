@@ -116,9 +116,10 @@ def open_feature(feature_id: int, page: str = "features") -> None:
         st.switch_page(f"pages/{page}.py")
 
 
-def feature_links(feature_id: int, key: str) -> None:
-    """Buttons that open this feature in the other pages that exist."""
+def feature_links(feature_id: int, key: str, exclude: str | None = None) -> None:
+    """Buttons that open this feature in the other pages that exist (not `exclude`, the current page)."""
     targets = [("features", "Feature page"), ("clustering", "Cluster on it"), ("diff", "Diff"), ("steering", "Steer with it")]
+    targets = [t for t in targets if t[0] != exclude]
     cols = st.columns(len(targets))
     for col, (page, label) in zip(cols, targets):
         if (PAGES_DIR / f"{page}.py").exists():

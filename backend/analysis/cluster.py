@@ -257,7 +257,7 @@ def cluster_documents(
 
     ``n_clusters=None`` uses the eigengap suggestion (ignored by ``hdbscan``). Documents with
     no chosen feature active get label ``NONE_LABEL`` (-1); HDBSCAN noise gets ``NOISE_LABEL``.
-    ``min_cluster_size`` (HDBSCAN only) defaults to max(15, 5% of the clustered documents).
+    ``min_cluster_size`` (HDBSCAN only) defaults to max(15, 5% of the clustered documents), capped at their number.
     """
     if method not in {"spectral", "kmeans", "hdbscan"}:
         raise ValueError(f"unknown method {method!r}")
@@ -298,7 +298,7 @@ def cluster_documents(
         emb = vecs[:, :dims]
         emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
         docs = np.flatnonzero(pats.doc_pattern >= 0)
-        min_size = min_cluster_size or max(15, docs.size // 20)
+        min_size = min_cluster_size or max(2, min(docs.size, max(15, docs.size // 20)))
         with _few_threads(docs.size):
             hl = HDBSCAN(min_cluster_size=min_size, copy=True).fit_predict(emb[pats.doc_pattern[docs]])
         labels[docs] = np.where(hl < 0, NOISE_LABEL, hl)
@@ -491,7 +491,7 @@ def _dense_cluster(E: np.ndarray, n_clusters: int, method: str, seed: int) -> np
     if method == "agglomerative":
         return skc.AgglomerativeClustering(n_clusters=n_clusters, linkage="ward").fit_predict(E)
     if method == "hdbscan":
-        lab = skc.HDBSCAN(min_cluster_size=max(5, E.shape[0] // 100)).fit_predict(E)
+        lab = skc.HDBSCAN(min_cluster_size=max(2, min(E.shape[0], max(5, E.shape[0] // 100)))).fit_predict(E)
         return np.where(lab < 0, NOISE_LABEL, lab)
     raise ValueError(f"unknown method {method!r}")
 

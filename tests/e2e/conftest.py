@@ -1,4 +1,4 @@
-"""End-to-end fixtures: a workspace folder for the real app and a `streamlit run app.py` server on a free port."""
+"""End-to-end fixtures: a workspace folder for the real app and the app server (`python app.py`) on a free port."""
 from __future__ import annotations
 
 import os
@@ -48,14 +48,14 @@ def free_port() -> int:
 
 @pytest.fixture()
 def app_server(e2e_workspaces, tmp_path):
-    """Base URL of the real app served by `streamlit run app.py`; its log is printed when the test fails."""
+    """Base URL of the real app served by `python app.py` (as `make run` does); its log is printed when the test fails."""
     folder, kind = e2e_workspaces
     port = free_port()
     env = dict(os.environ, SAEDASH_WORKSPACES=str(folder), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2")
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
+        [sys.executable, "app.py", "--server.port", str(port), "--server.headless", "true",
          "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

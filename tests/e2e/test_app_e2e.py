@@ -37,8 +37,12 @@ def test_upload_embed_and_browse_features(app_server, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            # The first visit to a fresh server is a deep link: it must still go through app.py's navigation
+            # and sidebar (not Streamlit's legacy pages/ mode, which would run the page file alone).
             page.goto(f"{url}/corpora")
             expect(page.get_by_text("Add a corpus")).to_be_visible(timeout=60_000)
+            expect(page.locator('[data-testid="stSidebarNav"] a', has_text="Features")).to_be_visible()
+            expect(page.get_by_text("Workspace", exact=True).first).to_be_visible()
 
             page.locator('input[type="file"]').set_input_files(files=[{"name": "e2e.csv", "mimeType": "text/csv", "buffer": CSV}])
             expect(page.get_by_text("4 rows, columns: text, label")).to_be_visible(timeout=30_000)
@@ -60,17 +64,26 @@ def test_upload_embed_and_browse_features(app_server, tmp_path):
             assert page.evaluate(HIGHLIGHTED), "no highlighted token (non-zero rgba background)"
             assert page.locator(".saedash-doc span[style*='outline']").count() == docs.count()  # strongest token marked
 
-            # the densest feature fires on every document, so the one with markup is shown: as text
-            texts = docs.all_inner_texts()
-            shown = next((t for t in texts if "alert(" in t), None)
-            assert shown is not None, texts
-            if kind == "real":
-                assert "<script>alert(1)</script>" in shown and "<img src=x onerror=alert(1)>" in shown
-            else:  # the tiny word-level tokenizer shows unknown words as [UNK] and tokens without spaces
-                assert "<script>alert(" in shown and "<img" in shown and "onerror" in shown
+            # open the strongest feature on the markup document through search by example: it fires on that document
+            page.get_by_role("tab", name="Search by example").click()
+            page.get_by_label("Paste a text").fill(XSS)
+            page.get_by_role("button", name="Find features").click()
+            expect(page.get_by_role("button", name="Open this feature")).to_be_visible(timeout=120_000)
+            page.get_by_role("button", name="Open this feature").click()
+            page.wait_for_function("() => Array.from(document.querySelectorAll('.saedash-doc'))"
+                                   ".filter(d => d.innerText.includes('alert(')).length >= 2", timeout=120_000)
+            shown = [t for t in docs.all_inner_texts() if "alert(" in t]  # the example and the stored document
+            for text in shown:
+                if kind == "real":
+                    assert "<script>alert(1)</script>" in text and "<img src=x onerror=alert(1)>" in text, text
+                else:  # the tiny word-level tokenizer shows unknown words as [UNK] and tokens without spaces
+                    assert "<script>alert(" in text and "<imgsrc=" in text and "onerror=alert(" in text, text
             assert page.locator(".saedash-doc script, .saedash-doc img, .saedash-doc [onerror]").count() == 0
+            assert page.locator("script", has_text="alert(").count() == 0 and page.locator("img[src='x']").count() == 0
 
-            page.locator("h3", has_text="Feature #").scroll_into_view_if_needed()
+            page.set_viewport_size({"width": 1400, "height": 2000})
+            page.get_by_text("Top-activating documents").scroll_into_view_if_needed()
+            time.sleep(1)  # let the charts settle
             shot = tmp_path / "features.png"
             page.screenshot(path=str(shot), full_page=True)
             print(f"screenshot: {shot} ({kind} workspace; embedded after {t_embedded:.0f} s, total {time.time() - t0:.0f} s)")

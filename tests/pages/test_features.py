@@ -92,6 +92,11 @@ def test_selecting_a_row_opens_it_and_a_stale_selection_does_not_reopen(page, ti
     assert opened(at) == target != fid  # the table still has row 2 selected, but that is not a new selection
     at.run()
     assert opened(at) == target
+    at.toggle(key="hide_dead").set_value(False).run()  # new rows under the old selection open nothing
+    assert opened(at) == target
+    at.session_state["feature_table"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
+    at.run()
+    assert opened(at) == int(table(at)["feature_id"].iloc[0])
 
 
 def test_detail_matches_backend_and_highlights_top_documents(page, tiny_ws_path):
@@ -317,7 +322,8 @@ def test_real_workspace_table_detail_and_example(page, real_ws_path):
     assert opened(at) == fid
     docs = doc_html(at)
     assert len(docs) == min(5, len(d.top_documents))
-    assert squash(visible_text(docs[0])).endswith(squash(d.top_documents["text"].iloc[0])[-40:])
+    alnum = lambda t: re.sub(r"[^a-z0-9]", "", t.lower())  # noqa: E731  (byte-level tokens may split accents)
+    assert alnum(d.top_documents["text"].iloc[0])[:60] in alnum(visible_text(docs[0]))
     assert docs[0].count(OUTLINE) == 1
     assert at.selectbox(key="meta_column").options == ["label", "movie"]
     assert set(at.dataframe[-1].value["value"]) <= {"fresh", "rotten", "plot"}

@@ -6,7 +6,7 @@ import time
 
 from backend import demo
 from backend.jobs import REGISTRY
-from backend.store import Store
+from pages import widgets
 from tests.pages.conftest import ROOT, assert_no_errors
 
 
@@ -21,10 +21,17 @@ def test_workspace_summary(page, tiny_ws_path):
     assert "label" in str(row["metadata"]) and row["tokens"] > 12
 
 
-def test_empty_workspace_points_to_the_corpora_page(page, tiny_ws_path):
-    Store(tiny_ws_path).close()  # make sure the copy is a plain file, then drop its corpus via the page's workspace
-    from pages import widgets
+def test_real_workspace_summary(page, real_ws_path):
+    at = page("home", real_ws_path).run()
+    assert_no_errors(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Reader model"] == "smollm2-135m-instruct" and metrics["Hook"] == "blocks.15.hook_resid_post"
+    assert metrics["SAE features"] == f"{widgets.open_workspace(str(real_ws_path)).d_sae:,}"
+    row = at.dataframe[0].value.set_index("name").loc["demo"]
+    assert (row["documents"], row["embedded"]) == (40, 40) and "movie" in str(row["metadata"])
 
+
+def test_empty_workspace_points_to_the_corpora_page(page, tiny_ws_path):
     widgets.open_workspace(str(tiny_ws_path)).delete_corpus("t")
     at = page("home", tiny_ws_path).run()
     assert any("No corpus yet" in i.value for i in at.info) and not at.dataframe
