@@ -11,7 +11,7 @@ from backend.saes import SAEError
 from backend.workspace import Workspace, WorkspaceSpec
 
 DEMO_CORPUS = "movie-reviews"
-DEMO_DOCS = 3000
+DEMO_DOCS = 2000
 
 
 def default_workspace_path() -> Path:
@@ -41,9 +41,7 @@ def ensure_default_workspace(progress: ProgressCallback | None = None, n_docs: i
 
 
 def prepare_search(ws: Workspace, corpus: str) -> None:
-    """MiniLM vectors of the documents and of the features' labels and contexts (dense comparisons, search)."""
+    """MiniLM vectors of the documents (dense comparisons); feature vectors are built on the first search."""
     from backend.doc_embeddings import build_doc_embeddings
-    from backend.search import build_feature_embeddings
 
     build_doc_embeddings(ws, corpus)
-    build_feature_embeddings(ws, corpus)

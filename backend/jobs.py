@@ -45,7 +45,7 @@ ProgressCallback = Callable[[Progress], None]
 
 @dataclass
 class JobConfig:
-    docs_per_batch: int = 64
+    docs_per_batch: int = 256
     overlap_writes: bool = True  # write batch i while computing batch i+1
 
 

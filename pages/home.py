@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from backend.demo import DEMO_CORPUS, default_workspace_path, ensure_default_workspace
+from backend.demo import DEMO_CORPUS, DEMO_DOCS, default_workspace_path, ensure_default_workspace
 from backend.jobs import REGISTRY
 from pages import widgets
 
@@ -25,7 +25,7 @@ if ws is None:
     path = str(default_workspace_path())
     job = REGISTRY.get(path, 0)
     if job is None and st.button("Build the default workspace", type="primary"):
-        job = REGISTRY.start(path, 0, DEMO_CORPUS, 3000, lambda cb, cancel: ensure_default_workspace(cb))
+        job = REGISTRY.start(path, 0, DEMO_CORPUS, DEMO_DOCS, lambda cb, cancel: ensure_default_workspace(cb))
 
     @st.fragment(run_every=1.0)
     def _progress() -> None:
