@@ -5,6 +5,7 @@ import shutil
 import time
 
 from backend import demo
+from backend.demo import DEMO_DOCS
 from backend.jobs import REGISTRY
 from pages import widgets
 from tests.pages.conftest import ROOT, assert_no_errors
@@ -48,7 +49,7 @@ def test_first_launch_builds_the_default_workspace(tmp_path, tiny_pristine, monk
     monkeypatch.setenv("SAEDASH_WORKSPACES", str(folder))
     monkeypatch.setattr(demo, "default_workspace_path", lambda: target)
 
-    def fake_build(progress=None):  # stands in for preparing the model and embedding 3,000 documents
+    def fake_build(progress=None):  # stands in for preparing the model and embedding the demo documents
         time.sleep(1.5)
         shutil.copy(tiny_pristine, target)
 
@@ -60,7 +61,7 @@ def test_first_launch_builds_the_default_workspace(tmp_path, tiny_pristine, monk
     at.button[0].click().run()
     job = REGISTRY.get(str(target), 0)
     assert job is not None and job.running
-    assert at.progress and "movie-reviews: 0/3,000 documents" in at.progress[0].proto.text
+    assert at.progress and f"movie-reviews: 0/{DEMO_DOCS:,} documents" in at.progress[0].proto.text
     t0 = time.time()
     while job.running and time.time() - t0 < 30:
         time.sleep(0.1)
