@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -189,7 +189,3 @@ def job_status(job: BackgroundJob | None) -> None:
 
 def running_job(ws: Workspace, corpus: str) -> BackgroundJob | None:
     return REGISTRY.get(str(ws.store.path), ws.store.corpus_id(corpus))
-
-
-def fmt_int(x: Any) -> str:
-    return f"{int(x):,}"

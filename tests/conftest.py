@@ -14,6 +14,17 @@ import pytest  # noqa: E402
 from tests.tiny import make_tiny_model_dir, make_tiny_sae  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: a tiny model gains nothing from threads, and the CPUs are shared."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_model"))

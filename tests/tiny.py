@@ -1,7 +1,6 @@
 """Tiny, deterministic model and SAE for unit tests (built from configs, no downloads)."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
@@ -76,7 +75,3 @@ def make_tiny_sae(model_name: str, d_sae: int = 64, k: int = 4, seed: int = 0, h
         sae.b_enc.copy_(torch.linspace(-0.1, 0.1, d_sae))
         sae.b_dec.zero_()
     return sae
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
