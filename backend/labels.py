@@ -11,6 +11,8 @@ then scored by asking the LLM to predict, for held-out activating and non-activa
 whether the feature fires (score = accuracy on a balanced held-out set)."""
 from __future__ import annotations
 
+from backend.errors import UnavailableError
+
 import json
 import math
 import os
@@ -223,7 +225,7 @@ def auto_labels(ctx: ContextSet, background: list[list[int]], decode: Decoder, n
 
 
 # -- LLM labels ------------------------------------------------------------------------------------
-class LLMError(RuntimeError):
+class LLMError(UnavailableError):
     """The LLM endpoint is not configured, unreachable or answered something unusable."""
 
 

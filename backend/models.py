@@ -2,6 +2,8 @@
 and document formatting (raw or chat) with the mask of positions that count in pooling."""
 from __future__ import annotations
 
+from backend.errors import UnavailableError
+
 import importlib.util
 import json
 import logging
@@ -24,7 +26,7 @@ Formatting = Literal["raw", "chat"]
 HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_mid|resid_post|mlp_out|attn_out)$")
 
 
-class ModelNotAvailable(RuntimeError):
+class ModelNotAvailable(UnavailableError):
     """The requested reader model cannot be loaded offline."""
 
 

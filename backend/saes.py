@@ -1,6 +1,8 @@
 """SAE loading (SAELens folders, SAELens releases when online) and model pairing checks."""
 from __future__ import annotations
 
+from backend.errors import UserError
+
 import hashlib
 import json
 from dataclasses import dataclass
@@ -12,7 +14,7 @@ import torch
 from backend.config import pick_device
 
 
-class SAEError(ValueError):
+class SAEError(UserError):
     """An SAE that cannot be used as asked, with the reason."""
 
 

@@ -8,6 +8,8 @@ Each feature gets two embeddings per corpus, stored in
 re-embedded on the next search and nothing else is."""
 from __future__ import annotations
 
+from backend.errors import UnavailableError
+
 import importlib.util
 from functools import lru_cache
 from pathlib import Path
@@ -29,7 +31,7 @@ CREATE TABLE IF NOT EXISTS feature_embeddings (
 """
 
 
-class SearchModelMissing(RuntimeError):
+class SearchModelMissing(UnavailableError):
     """The offline sentence-embedding package is not installed."""
 
 

@@ -3,6 +3,8 @@
 This is the one module that writes SQL for the core tables; every query is parameterized."""
 from __future__ import annotations
 
+from backend.errors import UserError
+
 import json
 import threading
 from contextlib import contextmanager
@@ -37,7 +39,7 @@ CREATE TABLE IF NOT EXISTS doc_features (
 """
 
 
-class StoreError(ValueError):
+class StoreError(UserError):
     """A request the workspace refuses, with a message for the user."""
 
 
