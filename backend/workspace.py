@@ -17,11 +17,17 @@ import scipy.sparse as sp
 
 from backend.activations import EmbedConfig, embed_texts, token_activations
 from backend.config import DEFAULT_MODEL, DEFAULT_SAE_DIR
-from backend.corpora import ReadOptions, guess_text_column, read_corpus, validate_text_column
+from backend.corpora import ReadOptions, prepare_documents, read_corpus, validate_corpus_name
+from backend.feature_precompute import FinalizeProgress
 from backend.jobs import JobConfig, Progress, ProgressCallback, embed_corpus
-from backend.models import ReaderModel, hook_layer, load_reader
-from backend.saes import SAEError, check_pairing, load_sae, sae_info
-from backend.store import Pooling, Store, StoreError
+from backend.models import ModelDims, ReaderModel, load_reader, model_dims
+from backend.saes import SAEError, check_pairing, check_sae_fits_model, load_sae, sae_info
+from backend.store import Corpus, Pooling, Store, StoreError
+
+
+DEFAULT_MAX_TOKENS = 512
+FORMATTINGS = ("raw", "chat")
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -31,8 +37,52 @@ class WorkspaceSpec:
     model: str = DEFAULT_MODEL
     sae: str = str(DEFAULT_SAE_DIR)
     formatting: str | None = None  # None: what the SAE was trained with
-    max_tokens: int = 512
+    max_tokens: int = DEFAULT_MAX_TOKENS
     dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.formatting is not None and self.formatting not in FORMATTINGS:
+            raise StoreError(f"Formatting must be one of {', '.join(FORMATTINGS)}, not {self.formatting!r}.")
+        if not 8 <= int(self.max_tokens) <= 32768:
+            raise StoreError(f"max_tokens must be between 8 and 32768, not {self.max_tokens}.")
+        if self.dtype not in DTYPES:
+            raise StoreError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}.")
+
+
+@dataclass(frozen=True)
+class WorkspaceSettings:
+    """What a workspace file records about its model and SAE, read once when it opens."""
+
+    model: str
+    hook: str
+    sae_source: str
+    d_sae: int
+    d_in: int | None = None
+    sae_sha256: str | None = None
+    architecture: str | None = None
+    formatting: str = "raw"
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    dtype: str = "float32"
+    sae_report: dict | None = None
+    schema_version: int = 0
+
+    def __post_init__(self) -> None:
+        if self.formatting not in FORMATTINGS:
+            raise StoreError(f"This workspace records an unknown formatting {self.formatting!r}.")
+        if self.d_sae <= 0:
+            raise StoreError("This workspace records no SAE width.")
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], path: Path) -> "WorkspaceSettings":
+        if "hook" not in meta or "model" not in meta:
+            raise StoreError(f"{path} is not a workspace (no model/SAE recorded).")
+        return cls(
+            model=str(meta["model"]), hook=str(meta["hook"]), sae_source=str(meta.get("sae_source")),
+            d_sae=int(meta.get("d_sae") or 0), d_in=meta.get("d_in"), sae_sha256=meta.get("sae_sha256"),
+            architecture=meta.get("architecture"), formatting=meta.get("formatting") or "raw",
+            max_tokens=int(meta.get("max_tokens") or DEFAULT_MAX_TOKENS), dtype=meta.get("dtype") or "float32",
+            sae_report=meta.get("sae_report"), schema_version=int(meta.get("schema_version") or 0),
+        )
 
 
 @dataclass
@@ -44,7 +94,7 @@ class TokenActivations:
 
 
 class Workspace:
-    """A DuckDB workspace and the reader model + SAE it was built with."""
+    """A DuckDB workspace and the reader model + SAE it was built with: the notebook's and the pages' front door."""
 
     def __init__(self, store: Store, device: str | None = None, reader: ReaderModel | None = None, sae: Any = None):
         self.store = store
@@ -52,9 +102,7 @@ class Workspace:
         self._reader = reader
         self._sae = sae
         self._load_lock = threading.Lock()
-        self.meta = store.meta()
-        if "hook" not in self.meta:
-            raise StoreError(f"{store.path} is not a workspace (no model/SAE recorded).")
+        self.settings = WorkspaceSettings.from_meta(store.meta(), store.path)
 
     # -- opening -------------------------------------------------------------
     @classmethod
@@ -73,7 +121,9 @@ class Workspace:
             check_pairing(info, model_name, reader.d_model)
         elif info.model_name and info.model_name != model_name:
             raise SAEError(f"This SAE was trained on {info.model_name!r}, not {model_name!r}; pair it with its own model.")
-        hook_layer(info.hook_name)  # refuses hooks we cannot stop at
+        dims = ModelDims(reader.n_layers, reader.d_model) if reader is not None else model_dims(model_name)
+        check_sae_fits_model(info, dims.n_layers if dims else None, dims.d_model if dims else None,
+                             repr(model_name))  # refuses a hook, layer or width the model does not have
         store = Store(path)
         store.set_meta(
             model=model_name, hook=info.hook_name, sae_source=info.source, sae_sha256=info.sha256,
@@ -84,11 +134,18 @@ class Workspace:
         return cls(store, device, reader, sae)
 
     @classmethod
-    def open(cls, path: str | Path, device: str | None = None, reader: ReaderModel | None = None, sae: Any = None) -> "Workspace":
+    def open(cls, path: str | Path, device: str | None = None, reader: ReaderModel | None = None, sae: Any = None,
+             idle_release_s: float | None = None) -> "Workspace":
+        """Open an existing workspace; `idle_release_s` lets other processes in while it sits idle (the dashboard)."""
         path = Path(path)
         if not path.exists():
             raise StoreError(f"No workspace at {path}.")
-        return cls(Store(path), device, reader, sae)
+        store = Store(path, idle_release_s=idle_release_s)
+        try:
+            return cls(store, device, reader, sae)
+        except BaseException:
+            store.close()
+            raise
 
     @classmethod
     def open_or_create(cls, path: str | Path, spec: WorkspaceSpec = WorkspaceSpec(), device: str | None = None) -> "Workspace":
@@ -97,24 +154,33 @@ class Workspace:
     def close(self) -> None:
         self.store.close()
 
+    @property
+    def path(self) -> Path:
+        return self.store.path
+
     # -- model and SAE, loaded on first use ------------------------------------
     @property
+    def meta(self) -> dict[str, Any]:
+        """Deprecated: the settings as a dict; use `ws.settings`."""
+        return asdict(self.settings)
+
+    @property
     def hook(self) -> str:
-        return self.meta["hook"]
+        return self.settings.hook
 
     @property
     def d_sae(self) -> int:
-        return int(self.meta["d_sae"])
+        return self.settings.d_sae
 
     @property
     def embed_config(self) -> EmbedConfig:
-        return EmbedConfig(formatting=self.meta.get("formatting", "raw"), max_tokens=int(self.meta.get("max_tokens", 512)))
+        return EmbedConfig(formatting=self.settings.formatting, max_tokens=self.settings.max_tokens)
 
     @property
     def sae(self) -> Any:
         with self._load_lock:
             if self._sae is None:
-                self._sae = load_sae(self.meta["sae_source"], device=self.device)
+                self._sae = load_sae(self.settings.sae_source, device=self.device)
                 if int(self._sae.cfg.d_sae) != self.d_sae:
                     raise SAEError("The SAE on disk no longer matches this workspace (its size changed).")
             return self._sae
@@ -126,11 +192,25 @@ class Workspace:
             if self._reader is None:
                 from backend.saes import model_kwargs
 
-                self._reader = load_reader(self.meta["model"], device=self.device, dtype=self.meta.get("dtype", "float32"),
+                self._reader = load_reader(self.settings.model, device=self.device, dtype=self.settings.dtype,
                                            from_pretrained_kwargs=model_kwargs(sae))
-                check_pairing(sae_info(sae, self.meta["sae_source"]), self._reader.name, self._reader.d_model,
+                check_pairing(sae_info(sae, self.settings.sae_source), self._reader.name, self._reader.d_model,
                               allow_other_model=True)
             return self._reader
+
+    # -- typed corpus handles -------------------------------------------------
+    def corpus(self, corpus: "str | int | Corpus") -> Corpus:
+        """The current handle of one corpus, by name, id or an older handle (raises StoreError if absent)."""
+        key = corpus.corpus_id if isinstance(corpus, Corpus) else corpus
+        if key is None or not isinstance(key, (str, int, np.integer)) or isinstance(key, bool):
+            raise StoreError(f"A corpus is named by its name or id, not {type(key).__name__}.")
+        return self.store.corpus(key)
+
+    def corpus_list(self) -> list[Corpus]:
+        return self.store.corpora()
+
+    def has_corpus(self, name: str) -> bool:
+        return self.store.corpus_exists(name)
 
     # -- corpora -------------------------------------------------------------
     def add_corpus(
@@ -138,9 +218,9 @@ class Workspace:
         file_name: str | None = None, options: ReadOptions = ReadOptions(),
     ) -> int:
         """Validate and store a corpus from a DataFrame or a file; returns its id. Nothing is stored on error."""
+        name = validate_corpus_name(name)
         df = data if isinstance(data, pd.DataFrame) else read_corpus(data, file_name, options)
-        column = text_column or guess_text_column(df)
-        df = validate_text_column(df, column)
+        df, column = prepare_documents(df, text_column, options)  # one per-document limit; optional windows
         source = file_name or (str(data) if isinstance(data, (str, Path)) else "dataframe")
         return self.store.add_corpus(name, df, column, source=source)
 
@@ -148,38 +228,63 @@ class Workspace:
         return pd.DataFrame([asdict(c) for c in self.store.corpora()])
 
     def embed(
-        self, corpus: str | int, progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
-        job_cfg: JobConfig = JobConfig(),
+        self, corpus: "str | int | Corpus", progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
+        job_cfg: JobConfig = JobConfig(), finalize_progress: FinalizeProgress | None = None,
     ) -> Progress:
-        """Embed what is not embedded yet (resumable), then compute the corpus's feature statistics."""
-        state = embed_corpus(self.store, corpus, self.reader, self.sae, self.hook, self.embed_config, job_cfg, progress, cancel)
+        """Embed what is not embedded yet (resumable), then compute the corpus's feature statistics.
+
+        The corpus is followed by id: renaming it meanwhile is harmless. Its status moves
+        pending → embedding → finalizing → ready, and turns ready only when finalizing has committed."""
+        corpus_id = self.corpus(corpus).corpus_id
+        state = embed_corpus(self.store, corpus_id, self.reader, self.sae, self.hook, self.embed_config, job_cfg, progress,
+                             cancel)
         if state.status == "done":
-            self.finalize(corpus)
+            self.finalize(corpus_id, finalize_progress)
         return state
 
-    def finalize(self, corpus: str | int) -> None:
-        """Per-corpus feature statistics and labels (backend.features), once embedding is complete."""
-        from backend import features
+    def finalize(self, corpus: "str | int | Corpus", progress: FinalizeProgress | None = None) -> None:
+        """Per-corpus feature statistics and labels, once embedding is complete (idempotent, resumable)."""
+        from backend.feature_precompute import finalize_corpus
 
-        features.finalize_corpus(self, self.store.corpus_id(corpus))
+        handle = self.corpus(corpus)
+        if handle.n_embedded < handle.n_docs:
+            raise StoreError(f"Corpus {handle.name!r} is not fully embedded yet ({handle.n_embedded:,} of "
+                             f"{handle.n_docs:,} documents); embed it first.")
+        self.store.set_status(handle.corpus_id, "finalizing")
+        try:
+            finalize_corpus(self, handle.corpus_id, progress=progress)
+        except BaseException as exc:
+            self.store.set_status(handle.corpus_id, "finalizing", f"Finishing failed: {type(exc).__name__}: {exc}")
+            raise
+        self.store.set_status(handle.corpus_id, "ready")
 
-    def delete_corpus(self, corpus: str | int) -> None:
-        self.store.delete_corpus(corpus)
+    def needs_finalize(self, corpus: "str | int | Corpus") -> bool:
+        """Fully embedded but its statistics/labels are missing (an interrupted or failed finishing step)."""
+        handle = self.corpus(corpus)
+        if handle.n_docs == 0 or handle.n_embedded < handle.n_docs:
+            return False
+        if handle.status != "ready":
+            return True
+        row = self.store.query_one("SELECT count(*) FROM feature_stats WHERE corpus_id = ?", [handle.corpus_id])
+        return not row or row[0] == 0
 
-    def rename_corpus(self, corpus: str | int, new_name: str) -> None:
-        self.store.rename_corpus(corpus, new_name)
+    def delete_corpus(self, corpus: "str | int | Corpus") -> None:
+        self.store.delete_corpus(self.corpus(corpus).corpus_id)
+
+    def rename_corpus(self, corpus: "str | int | Corpus", new_name: str) -> None:
+        self.store.rename_corpus(self.corpus(corpus).corpus_id, new_name)
 
     # -- reading embeddings ------------------------------------------------------
-    def latents(self, corpus: str | int, pooling: Pooling = "max", threshold: float = 0.0) -> sp.csr_matrix:
+    def latents(self, corpus: "str | int | Corpus", pooling: Pooling = "max", threshold: float = 0.0) -> sp.csr_matrix:
         return self.store.latents(corpus, pooling, self.d_sae, threshold)
 
-    def documents(self, corpus: str | int, doc_ids: list[int] | np.ndarray | None = None, limit: int | None = None) -> pd.DataFrame:
+    def documents(self, corpus: "str | int | Corpus", doc_ids: list[int] | np.ndarray | None = None, limit: int | None = None) -> pd.DataFrame:
         return self.store.documents(corpus, doc_ids, limit)
 
-    def top_documents(self, corpus: str | int, feature_id: int, n: int = 10) -> pd.DataFrame:
+    def top_documents(self, corpus: "str | int | Corpus", feature_id: int, n: int = 10) -> pd.DataFrame:
         return self.store.top_documents(corpus, feature_id, n)
 
-    def token_activations(self, corpus: str | int, doc_id: int, features: list[int] | int | None = None) -> TokenActivations:
+    def token_activations(self, corpus: "str | int | Corpus", doc_id: int, features: list[int] | int | None = None) -> TokenActivations:
         """Recompute token-level activations of one stored document (for highlighting)."""
         text = self.store.texts(corpus, [int(doc_id)])
         if not text:
@@ -196,6 +301,33 @@ class Workspace:
         """Max-pooled feature activations of one text: {feature_id: max_act}."""
         rows = embed_texts(self.reader, self.sae, self.hook, [text], self.embed_config)
         return {int(f): float(a) for f, a in zip(rows.feature, rows.max_act)}
+
+    def doc_lengths(self, corpus: "str | int | Corpus") -> np.ndarray:
+        """Counted tokens per doc_id (what the diff's length control stratifies on)."""
+        return self.store.doc_lengths(self.corpus(corpus).corpus_id)
+
+    def metadata(self, corpus: "str | int | Corpus", column: str) -> pd.Series:
+        """One metadata column as strings, indexed by doc_id."""
+        return self.store.metadata(self.corpus(corpus).corpus_id, column)
+
+    def labels(self, corpus: "str | int | Corpus | None" = None, feature_ids: list[int] | None = None) -> dict[int, str]:
+        """{feature_id: best label} (hand > LLM > auto), preferring labels derived from `corpus`."""
+        from backend.labels import labels as best_labels
+
+        return best_labels(self, self.corpus(corpus) if corpus is not None else None, feature_ids)
+
+    def label_revision(self) -> tuple[int, str]:
+        """Changes whenever any label is written (a cache key for pages that show labels)."""
+        from backend.labels import label_revision
+
+        return label_revision(self.store)
+
+    def active_features(self, corpus: "str | int | Corpus") -> pd.DataFrame:
+        """feature_id, n_docs (documents where it fires), densest first, from the stored statistics."""
+        cid = self.corpus(corpus).corpus_id
+        return self.store.query_df(
+            "SELECT feature_id, n_docs_active AS n_docs FROM feature_stats WHERE corpus_id = ? AND n_docs_active > 0 "
+            "ORDER BY n_docs_active DESC, feature_id", [cid])
 
     def summary(self) -> dict[str, Any]:
         """Model, hook, SAE size and quality figures, corpora with document and token counts."""

@@ -164,7 +164,7 @@ def main() -> None:
         ws = Workspace(Store(path)) if path.exists() else build_workspace(path, args.docs, seed=args.seed)
         print(f"workspace ready: {path} ({time.perf_counter() - t0:.1f} s, {path.stat().st_size / 2**30:.2f} GiB)", flush=True)
         if args.threads:
-            ws.store.con.execute(f"SET threads = {int(args.threads)}")
+            ws.store.set_threads(args.threads)
         threads = ws.store.query_one("SELECT current_setting('threads')")[0]
         cid = ws.store.corpus_id("bench")
         t0 = time.perf_counter()

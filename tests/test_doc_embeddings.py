@@ -26,8 +26,8 @@ def ws(tiny_workspace, minilm):
 
 def test_vectors_stored_once_and_reused(ws, monkeypatch):
     calls: list[int] = []
-    real = S.embed_texts
-    monkeypatch.setattr(S, "embed_texts", lambda texts, batch_size=64: calls.append(len(texts)) or real(texts, batch_size))
+    real = S.sentence_embed
+    monkeypatch.setattr(S, "sentence_embed", lambda texts, batch_size=64: calls.append(len(texts)) or real(texts, batch_size))
     seen: list[tuple[int, int]] = []
     E = DE.doc_vectors(ws, "d", progress=lambda d, t: seen.append((d, t)), batch_size=2)
     assert E.shape == (5, DE.DIM) and E.dtype == np.float32

@@ -22,11 +22,8 @@ def plant(ws, corpus: str, feature: int, docs: dict[int, float], positions: dict
     cid = ws.store.corpus_id(corpus)
     df = pd.DataFrame({"doc_id": list(docs), "max_act": list(docs.values())})
     df["argmax_pos"] = [(positions or {}).get(d, 1) for d in df["doc_id"]]
-    with ws.store.transaction() as con:
-        con.execute("DELETE FROM doc_features WHERE corpus_id = ? AND feature_id = ?", [cid, feature])
-        con.register("_p", df)
-        con.execute("INSERT INTO doc_features SELECT ?, doc_id, ?, max_act, argmax_pos, 1, max_act FROM _p", [cid, feature])
-        con.unregister("_p")
+    rows = df.assign(feature_id=feature, n_active=1, sum_act=df["max_act"])
+    ws.store.replace_rows("doc_features", rows, where={"corpus_id": cid, "feature_id": feature}, fixed={"corpus_id": cid})
 
 
 def rebuild(ws, corpus: str = "t") -> int:

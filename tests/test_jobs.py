@@ -31,9 +31,9 @@ KILL_SCRIPT = textwrap.dedent(
             return original(self, corpus_id, doc_ids, rows)
         # die inside the transaction, after the feature rows are inserted and before the commit
         import pandas as pd
-        with self.transaction() as con:
-            con.register("_f", pd.DataFrame({"d": doc_ids[rows.doc], "f": rows.feature}))
-            con.execute("INSERT INTO doc_features (corpus_id, doc_id, feature_id) SELECT ?, d, f FROM _f", [corpus_id])
+        with self.transaction() as tx:
+            tx.insert_df("doc_features", pd.DataFrame({"doc_id": doc_ids[rows.doc], "feature_id": rows.feature}),
+                         fixed={"corpus_id": corpus_id})
             os.kill(os.getpid(), signal.SIGKILL)
 
     Store.write_embeddings = dying_write

@@ -43,11 +43,11 @@ def test_model_is_bundled_offline(minilm):
 
 
 def test_embed_texts_normalized_and_meaningful(minilm):
-    v = S.embed_texts(["cinema", "movie film", "python code"])
+    v = S.sentence_embed(["cinema", "movie film", "python code"])
     assert v.shape == (3, S.DIM) and v.dtype == np.float32
     assert np.linalg.norm(v, axis=1) == pytest.approx(np.ones(3), abs=1e-5)
     assert v[0] @ v[1] > v[0] @ v[2]
-    assert S.embed_texts([]).shape == (0, S.DIM)
+    assert S.sentence_embed([]).shape == (0, S.DIM)
 
 
 def test_search_ranks_movie_feature_above_code_feature(ws):

@@ -1,0 +1,229 @@
+"""Feature precomputation: everything about a corpus's features that needs the model or a full scan.
+
+`finalize_corpus` runs once a corpus is fully embedded: statistics, histograms and a feature-ordered
+copy of the embeddings (SQL over doc_features), then top tokens, contexts, offline labels (tokenizer)
+and the logit lens (model weights). Each step replaces its own rows, so finalizing is idempotent and
+can be re-run after an interruption. The queries behind the pages are in backend.feature_queries.
+
+Tables written (schema in backend.store.schema): feature_docs, feature_stats, feature_hist,
+feature_top_tokens, feature_contexts, feature_labels (source 'auto'), feature_logits.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from backend import labels as labels_mod
+from backend.feature_queries import DOC_FEATURES, META_CODES
+from backend.store import Store
+
+if TYPE_CHECKING:
+    from backend.workspace import Workspace
+
+N_BINS = 20
+PER_CORPUS_TABLES = ("feature_docs", "feature_stats", "feature_hist")
+FinalizeProgress = Callable[[str, float], None]  # (step name, fraction of the whole finalizing done)
+
+# -- building the per-corpus tables (SQL only) ------------------------------------------------
+def build_feature_tables(store: Store, corpus_id: int, d_sae: int, n_bins: int = N_BINS) -> None:
+    """(Re)build feature_docs, feature_stats and feature_hist of one corpus."""
+    with store.transaction() as tx:
+        for table in PER_CORPUS_TABLES:
+            tx.delete_where(table, {"corpus_id": corpus_id})
+        tx.execute(
+            """INSERT INTO feature_docs
+               SELECT corpus_id, feature_id,
+                      (row_number() OVER (PARTITION BY feature_id ORDER BY max_act DESC, doc_id) - 1)::INTEGER AS rank,
+                      doc_id, max_act, argmax_pos, n_active
+               FROM doc_features WHERE corpus_id = ? AND max_act > 0
+               ORDER BY feature_id, rank""",
+            [corpus_id],
+        )
+        n_docs = int(tx.execute("SELECT count(*) FROM doc_status WHERE corpus_id = ?", [corpus_id])[0][0])
+        tx.execute(
+            """INSERT INTO feature_stats
+               SELECT ?, f.feature_id, ?, coalesce(s.n, 0), coalesce(s.n, 0) / greatest(?, 1)::DOUBLE,
+                      s.mx, s.mean, s.q[1], s.q[2], s.q[3], s.q[4], s.tok
+               FROM range(?) f(feature_id) LEFT JOIN (
+                   SELECT feature_id, count(*) n, max(max_act) mx, avg(max_act) mean,
+                          quantile_cont(max_act, [0.25, 0.5, 0.75, 0.99]) q, avg(n_active) tok
+                   FROM feature_docs WHERE corpus_id = ? GROUP BY feature_id
+               ) s USING (feature_id) ORDER BY f.feature_id""",
+            [corpus_id, n_docs, n_docs, int(d_sae), corpus_id],
+        )
+        tx.execute(
+            """INSERT INTO feature_hist
+               SELECT ?, h.feature_id, h.bin, h.bin * w, (h.bin + 1) * w, h.count FROM (
+                   SELECT d.feature_id, least(floor(d.max_act / s.max_act * ?), ? - 1)::INTEGER bin, count(*)::INTEGER count
+                   FROM feature_docs d JOIN feature_stats s ON s.corpus_id = d.corpus_id AND s.feature_id = d.feature_id
+                   WHERE d.corpus_id = ? GROUP BY ALL
+               ) h JOIN (SELECT feature_id, max_act / ? w FROM feature_stats WHERE corpus_id = ?) USING (feature_id)
+               ORDER BY h.feature_id, h.bin""",
+            [corpus_id, n_bins, n_bins, corpus_id, n_bins, corpus_id],
+        )
+    DOC_FEATURES.invalidate(store, corpus_id)
+    META_CODES.invalidate(store, corpus_id)
+
+
+# -- contexts, top tokens and labels (need the tokenizer) ----------------------------------------
+def collect_contexts(ws: Workspace, corpus_id: int, n_docs: int = 20, before: int = 8, after: int = 4,
+                     chunk: int = 512) -> labels_mod.ContextSet:
+    """Token at argmax and a token window around it, for each feature's top `n_docs` documents."""
+    rows = ws.store.query_df(
+        "SELECT feature_id, rank, doc_id, max_act, argmax_pos FROM feature_docs WHERE corpus_id = ? AND rank < ? "
+        "ORDER BY doc_id, feature_id",
+        [corpus_id, int(n_docs)],
+    )
+    reader, cfg = ws.reader, ws.embed_config
+    tok_ids = np.full(len(rows), -1, np.int64)
+    windows: list[list[int]] = [[] for _ in range(len(rows))]
+    centers = np.zeros(len(rows), np.int64)  # index of the argmax token inside its window
+    doc_ids = rows["doc_id"].to_numpy()
+    positions = rows["argmax_pos"].to_numpy()
+    uniq = np.unique(doc_ids)
+    for s in range(0, len(uniq), chunk):
+        part = uniq[s : s + chunk]
+        enc = dict(zip(part.tolist(), reader.encode_documents(ws.store.texts(corpus_id, part), cfg.formatting, cfg.max_tokens)))
+        lo_row, hi_row = np.searchsorted(doc_ids, part[0], "left"), np.searchsorted(doc_ids, part[-1], "right")
+        for i in range(lo_row, hi_row):
+            doc = enc[int(doc_ids[i])]
+            pos = int(positions[i])
+            if pos >= len(doc.ids):
+                continue
+            counted = [j for j in range(max(0, pos - before), min(len(doc.ids), pos + after + 1)) if doc.count_mask[j] or j == pos]
+            windows[i] = [doc.ids[j] for j in counted]
+            centers[i] = counted.index(pos)
+            tok_ids[i] = doc.ids[pos]
+    keep = tok_ids >= 0
+    return labels_mod.ContextSet(
+        feature_id=rows["feature_id"].to_numpy()[keep].astype(np.int64),
+        rank=rows["rank"].to_numpy()[keep].astype(np.int64),
+        doc_id=doc_ids[keep].astype(np.int64),
+        act=rows["max_act"].to_numpy()[keep].astype(np.float32),
+        token_id=tok_ids[keep],
+        windows=[w for w, k in zip(windows, keep) if k],
+        centers=centers[keep],
+    )
+
+
+def top_tokens_frame(ctx: labels_mod.ContextSet, decode: labels_mod.Decoder, per_feature: int = 10) -> pd.DataFrame:
+    """feature_id, token, count, mean_act: tokens at argmax of the top documents, most frequent first."""
+    df = pd.DataFrame({"feature_id": ctx.feature_id, "token_id": ctx.token_id, "act": ctx.act})
+    if df.empty:
+        return pd.DataFrame({"feature_id": [], "token": [], "count": [], "mean_act": []})
+    g = df.groupby(["feature_id", "token_id"], as_index=False).agg(count=("act", "size"), mean_act=("act", "mean"))
+    g = g.sort_values(["feature_id", "count", "mean_act"], ascending=[True, False, False])
+    g = g.groupby("feature_id").head(per_feature)
+    g["token"] = [decode((int(t),)) for t in g["token_id"]]
+    return g[["feature_id", "token", "count", "mean_act"]].reset_index(drop=True)
+
+
+def contexts_frame(ctx: labels_mod.ContextSet, decode: labels_mod.Decoder, per_feature: int = 5) -> pd.DataFrame:
+    """feature_id, rank, doc_id, max_act, before, token, after for each feature's top contexts."""
+    sel = np.flatnonzero(ctx.rank < per_feature)
+    out = []
+    for i in sel:
+        w, c = ctx.windows[i], int(ctx.centers[i])
+        out.append((int(ctx.feature_id[i]), int(ctx.rank[i]), int(ctx.doc_id[i]), float(ctx.act[i]),
+                    decode(tuple(w[:c])), decode((w[c],)), decode(tuple(w[c + 1:]))))
+    return pd.DataFrame(out, columns=["feature_id", "rank", "doc_id", "max_act", "before", "token", "after"])
+
+
+def write_top_tokens(store: Store, corpus_id: int, df: pd.DataFrame) -> None:
+    """Replace the corpus's feature_top_tokens with df (feature_id, token, count, mean_act)."""
+    data = pd.DataFrame({"feature_id": df["feature_id"].astype(np.int32), "token": df["token"].astype(str),
+                         "count": df["count"].astype(np.int32), "mean_act": df["mean_act"].astype(np.float32)})
+    store.replace_rows("feature_top_tokens", data.sort_values(["feature_id", "count"], ascending=[True, False]),
+                       where={"corpus_id": int(corpus_id)}, fixed={"corpus_id": int(corpus_id)})
+
+
+def write_contexts(store: Store, corpus_id: int, df: pd.DataFrame) -> None:
+    """Replace the corpus's feature_contexts with df (feature_id, rank, doc_id, max_act, before, token, after)."""
+    data = df[["feature_id", "rank", "doc_id", "max_act", "before", "token", "after"]]
+    store.replace_rows("feature_contexts", data.sort_values(["feature_id", "rank"]),
+                       where={"corpus_id": int(corpus_id)}, fixed={"corpus_id": int(corpus_id)})
+
+
+def background_token_ids(ws: Workspace, corpus_id: int, n: int = 500, seed: int = 0) -> list[list[int]]:
+    """Counted token ids of a random sample of the corpus's documents (the TF-IDF background)."""
+    ids = ws.store.query_df("SELECT doc_id FROM documents WHERE corpus_id = ? ORDER BY hash(doc_id + ?) LIMIT ?",
+                            [corpus_id, int(seed), int(n)])["doc_id"].to_numpy()
+    cfg = ws.embed_config
+    docs = ws.reader.encode_documents(ws.store.texts(corpus_id, ids), cfg.formatting, cfg.max_tokens)
+    return [[t for t, m in zip(d.ids, d.count_mask) if m] for d in docs]
+
+
+def finalize_corpus(ws: Workspace, corpus_id: int, n_top_docs: int = 20,
+                    progress: FinalizeProgress | None = None) -> None:
+    """Statistics, histograms, feature-ordered copy, top tokens, contexts, auto labels and logit lens.
+
+    Idempotent: every step replaces its own rows. `progress(step, fraction)` is called before each step."""
+    store = ws.store
+    report = progress or (lambda step, frac: None)
+    report("statistics", 0.0)
+    build_feature_tables(store, corpus_id, ws.d_sae)
+    report("contexts", 0.3)
+    decode = labels_mod.make_decoder(ws.reader.tokenizer)
+    ctx = collect_contexts(ws, corpus_id, n_docs=n_top_docs)
+    write_top_tokens(store, corpus_id, top_tokens_frame(ctx, decode))
+    write_contexts(store, corpus_id, contexts_frame(ctx, decode))
+    report("labels", 0.6)
+    skip = set(getattr(ws.reader.tokenizer, "all_special_ids", []) or [])
+    auto = labels_mod.auto_labels(ctx, background_token_ids(ws, corpus_id), decode, skip_ids=skip)
+    labels_mod.write_labels(store, auto, source="auto", corpus_id=corpus_id)
+    report("logit lens", 0.85)
+    ensure_logits(ws)
+    report("done", 1.0)
+
+
+# -- logit lens (workspace level) ---------------------------------------------------------
+def logit_directions(ws: Workspace) -> tuple[Any, Any]:
+    """(W_dec scaled by the final norm's weight when it has one, W_U) as float32 CPU tensors."""
+    import torch
+
+    model = ws.reader.model
+    w_dec = ws.sae.W_dec.detach().float().cpu()
+    ln_w = getattr(model.ln_final, "w", None)
+    if isinstance(ln_w, torch.Tensor):
+        w_dec = w_dec * ln_w.detach().float().cpu()
+    return w_dec, model.W_U.detach().float().cpu()
+
+
+def compute_logits(ws: Workspace, k: int = 20, block: int = 512) -> pd.DataFrame:
+    """Top-k promoted and suppressed tokens of every feature's decoder direction through the unembedding."""
+    import torch
+
+    w_dec, w_u = logit_directions(ws)
+    decode = labels_mod.make_decoder(ws.reader.tokenizer)
+    k = min(k, w_u.shape[1])
+    parts = []
+    with torch.inference_mode():
+        for s in range(0, w_dec.shape[0], block):
+            logits = w_dec[s : s + block] @ w_u
+            for kind, (vals, idx) in (("promoted", logits.topk(k, dim=1)), ("suppressed", (-logits).topk(k, dim=1))):
+                vals = vals if kind == "promoted" else -vals
+                n = vals.shape[0]
+                parts.append(pd.DataFrame({
+                    "feature_id": np.repeat(np.arange(s, s + n, dtype=np.int32), k),
+                    "rank": np.tile(np.arange(k, dtype=np.int32), n),
+                    "token_id": idx.reshape(-1).numpy(), "value": vals.reshape(-1).numpy().astype(np.float32),
+                    "kind": kind,
+                }))
+    df = pd.concat(parts, ignore_index=True)
+    strings = {int(t): decode((int(t),)) for t in np.unique(df["token_id"])}
+    df["token"] = df["token_id"].map(strings)
+    return df[["feature_id", "rank", "token", "value", "kind"]]
+
+
+def write_logits(store: Store, df: pd.DataFrame) -> None:
+    """Replace feature_logits with df (feature_id, rank, token, value, kind)."""
+    store.replace_rows("feature_logits", df[["feature_id", "rank", "token", "value", "kind"]].sort_values(
+        ["feature_id", "kind", "rank"]), where={})
+
+
+def ensure_logits(ws: Workspace, k: int = 20) -> None:
+    """Compute the logit-lens table once per workspace."""
+    if ws.store.query_one("SELECT count(*) FROM feature_logits")[0] == 0:
+        write_logits(ws.store, compute_logits(ws, k))

@@ -1,0 +1,5 @@
+"""The workspace file's one owner: schema (`schema.py`), connection, locks and writes (`database.py`)."""
+from backend.store.database import Corpus, CorpusInfo, Pooling, Store, StoreError, Transaction, WorkspaceLocked
+from backend.store.schema import SCHEMA_VERSION
+
+__all__ = ["Corpus", "CorpusInfo", "Pooling", "Store", "StoreError", "Transaction", "WorkspaceLocked", "SCHEMA_VERSION"]
