@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from backend.workspace import Workspace
 
 QUANTILE_BUCKETS: tuple[tuple[float, float], ...] = ((0.75, 1.0), (0.5, 0.75), (0.25, 0.5), (0.0, 0.25))
-SORTABLE = ("feature_id", "density", "n_docs_active", "max_act", "mean_act", "p99_act")
+SORTABLE = ("specificity", "feature_id", "density", "n_docs_active", "max_act", "mean_act", "p99_act")
+NEAR_CONSTANT_DENSITY = 0.5  # the features table hides features firing in more documents than this by default
 
 
 # -- queries behind the feature pages (SQL only, no model) ------------------------------------
@@ -62,15 +63,23 @@ def _cid(ws: Workspace, corpus: Corpus) -> int:
 def feature_table(ws: Workspace, corpus: Corpus, min_density: float = 0.0, max_density: float = 1.0, hide_dead: bool = True,
                   sort_by: str = "density", descending: bool = True, limit: int | None = None, offset: int = 0,
                   n_tokens: int = 5) -> pd.DataFrame:
-    """feature_id, label, density, n_docs_active, max_act, mean_act, p99_act, top_tokens (one page, sorted)."""
+    """feature_id, label, label_score, specificity, density, n_docs_active, max_act, mean_act, p99_act, top_tokens.
+
+    One page, sorted. `specificity` orders informative features first: the offline label's score (how
+    well the named words explain where the feature fires; 0.5 when unlabelled) × (1 − density), so
+    near-constant features sink, × min(1, active documents / 10), so one-document noise sinks too."""
     if sort_by not in SORTABLE:
         raise StoreError(f"Cannot sort features by {sort_by!r}; choose one of {', '.join(SORTABLE)}.")
     cid = _cid(ws, corpus)
     order = f"{sort_by} {'DESC' if descending else 'ASC'} NULLS LAST, feature_id"
     sql = f"""
         WITH page AS (
-            SELECT feature_id, density, n_docs_active, max_act, mean_act, p99_act FROM feature_stats
-            WHERE corpus_id = ? AND density BETWEEN ? AND ? AND (NOT ? OR n_docs_active > 0)
+            SELECT s.feature_id, s.density, s.n_docs_active, s.max_act, s.mean_act, s.p99_act,
+                   coalesce(a.score, 0.5) * (1 - s.density) * least(1.0, s.n_docs_active / 10.0) AS specificity
+            FROM feature_stats s LEFT JOIN (
+                SELECT feature_id, max(score) score FROM feature_labels WHERE corpus_id = ? AND source = 'auto'
+                GROUP BY feature_id) a USING (feature_id)
+            WHERE s.corpus_id = ? AND s.density BETWEEN ? AND ? AND (NOT ? OR s.n_docs_active > 0)
             ORDER BY {order} LIMIT ? OFFSET ?
         ), toks AS (
             SELECT feature_id, string_agg(token, ' · ' ORDER BY count DESC, mean_act DESC) top_tokens FROM (
@@ -79,11 +88,12 @@ def feature_table(ws: Workspace, corpus: Corpus, min_density: float = 0.0, max_d
                 FROM feature_top_tokens t SEMI JOIN page p ON p.feature_id = t.feature_id WHERE t.corpus_id = ?
             ) WHERE r <= ? GROUP BY feature_id
         ), lab AS ({labels_mod.BEST_LABEL_SQL.format(filter="feature_id IN (SELECT feature_id FROM page)")})
-        SELECT p.feature_id, lab.label, p.density, p.n_docs_active, p.max_act, p.mean_act, p.p99_act, toks.top_tokens
+        SELECT p.feature_id, lab.label, lab.label_score, p.specificity, p.density, p.n_docs_active, p.max_act,
+               p.mean_act, p.p99_act, toks.top_tokens
         FROM page p LEFT JOIN toks USING (feature_id) LEFT JOIN lab USING (feature_id) ORDER BY {order}"""
     lim = int(limit) if limit is not None else 2**62
-    return ws.store.query_df(sql, [cid, float(min_density), float(max_density), bool(hide_dead), lim, int(offset), cid,
-                                   int(n_tokens), cid])
+    return ws.store.query_df(sql, [cid, cid, float(min_density), float(max_density), bool(hide_dead), lim, int(offset),
+                                   cid, int(n_tokens), cid])
 
 
 def _q_stats(store: Store, cid: int, fid: int) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from backend.jobs import JobConfig, Progress, ProgressCallback, embed_corpus
 from backend.models import ModelDims, ReaderModel, load_reader, model_dims
 from backend.saes import SAEError, check_pairing, check_sae_fits_model, load_sae, sae_info
 from backend.store import Corpus, Pooling, Store, StoreError
+from backend.workspace_analyses import WorkspaceAnalyses
 
 
 DEFAULT_MAX_TOKENS = 512
@@ -93,7 +94,7 @@ class TokenActivations:
     features: list[int] | None
 
 
-class Workspace:
+class Workspace(WorkspaceAnalyses):
     """A DuckDB workspace and the reader model + SAE it was built with: the notebook's and the pages' front door."""
 
     def __init__(self, store: Store, device: str | None = None, reader: ReaderModel | None = None, sae: Any = None):

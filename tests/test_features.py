@@ -182,3 +182,19 @@ def test_delete_corpus_removes_feature_rows(ws):
     ws.delete_corpus("t")
     for table in ("feature_docs", "feature_stats", "feature_hist", "feature_top_tokens", "feature_contexts", "feature_labels"):
         assert ws.store.query_one(f"SELECT count(*) FROM {table} WHERE corpus_id = ?", [cid])[0] == 0
+
+
+def test_specificity_order_puts_a_concept_before_near_constant_features(ws):
+    cid = ws.store.corpus_id("t")
+    n = ws.corpus("t").n_docs
+    plant(ws, "t", 3, {d: 1.0 for d in range(n)})  # fires everywhere: near-constant
+    plant(ws, "t", 4, {0: 2.0, 2: 1.5, 5: 1.0})  # a specific concept
+    rebuild(ws)
+    L.write_labels(ws.store, pd.DataFrame({"feature_id": [3, 4], "label": ["comma", "war / crime"], "score": [0.9, 0.9]}),
+                   source="auto", corpus_id=cid)
+    by_density = F.feature_table(ws, "t", sort_by="density")["feature_id"].tolist()
+    by_specificity = F.feature_table(ws, "t", sort_by="specificity")["feature_id"].tolist()
+    assert by_density.index(3) < by_density.index(4)
+    assert by_specificity.index(4) < by_specificity.index(3)
+    shown = F.feature_table(ws, "t", sort_by="specificity", max_density=F.NEAR_CONSTANT_DENSITY)["feature_id"].tolist()
+    assert 3 not in shown and 4 in shown

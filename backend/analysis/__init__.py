@@ -11,6 +11,8 @@ Modules (imported lazily so ``import backend.analysis`` stays cheap):
 - ``cluster``   spectral / k-means / HDBSCAN clustering on chosen features, UMAP, cluster summaries
 - ``correlate`` NPMI co-occurrence between features and with metadata
 - ``retrieve``  property-based and vector retrieval
+- ``findings``  the diff read as findings: co-firing features grouped, each side's strongest, with examples
+- ``hypotheses`` LLM-written hypotheses from findings, checked on samples of both sides
 """
 from __future__ import annotations
 
@@ -20,9 +22,9 @@ from types import ModuleType
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["binarize", "feature_counts", "as_csr", "diff", "cluster", "correlate", "retrieve"]
+__all__ = ["binarize", "feature_counts", "as_csr", "diff", "cluster", "correlate", "retrieve", "findings", "hypotheses"]
 
-_SUBMODULES = {"diff", "cluster", "correlate", "retrieve"}
+_SUBMODULES = {"diff", "cluster", "correlate", "retrieve", "findings", "hypotheses"}
 
 
 def as_csr(X) -> sp.csr_matrix:

@@ -1,0 +1,64 @@
+"""The analyses a notebook or a page runs on a workspace, one call each (mixed into `Workspace`).
+
+Pages call exactly these methods, so what a page shows and what a notebook gets cannot drift apart.
+Each method loads the corpus's embeddings through the store, then calls the pure functions of
+`backend.analysis` (which take sparse matrices and know nothing of workspaces)."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from backend.analysis.diff import DiffConfig, split_by_column
+from backend.analysis.findings import DiffResult, diff_result
+from backend.errors import UserError
+
+if TYPE_CHECKING:
+    from backend.store import Corpus
+
+CorpusRef = "str | int | Corpus"
+
+
+class WorkspaceAnalyses:
+    """Mixin: needs `corpus()`, `latents()`, `doc_lengths()`, `metadata()`, `labels()` from Workspace."""
+
+    # -- diff ------------------------------------------------------------------------------------
+    def diff(
+        self, a: CorpusRef, b: CorpusRef | None = None, *, length_control: bool = True, column: str | None = None,
+        value_a: Any = None, value_b: Any = None, config: DiffConfig | None = None, **options: Any,
+    ) -> DiffResult:
+        """Which concepts are more common in A than in B, as a table and as grouped findings.
+
+        Two corpora: ``ws.diff("tweets_android", "tweets_iphone")``. Two groups of one corpus by a
+        metadata column: ``ws.diff("reviews", column="label", value_a="fresh", value_b="rotten")``
+        (``value_b=None``: every other document). ``length_control`` ranks by the length-adjusted
+        difference (Cochran-Mantel-Haenszel over token-length bins) and demotes length-confounded
+        features. ``options`` are `DiffConfig` fields (threshold, min_share, max_share, length_bins, …)."""
+        fields = DiffConfig.__dataclass_fields__
+        cfg = config or DiffConfig(length_control=length_control, **{k: v for k, v in options.items() if k in fields})
+        extra = {k: v for k, v in options.items() if k not in fields}
+        corpus_a = self.corpus(a)
+        if column is not None:
+            if b is not None:
+                raise UserError("Give either a second corpus or a metadata column to split one corpus, not both.")
+            if value_a is None:
+                raise UserError(f"Say which value of {column!r} forms group A (value_a=…).")
+            X = self.latents(corpus_a, "max")
+            meta = pd.DataFrame({column: self.metadata(corpus_a, column).to_numpy()})
+            XA, XB, ids_a, ids_b = split_by_column(X, meta, column, value_a, value_b)
+            lengths = self.doc_lengths(corpus_a)
+            la, lb = lengths[ids_a], lengths[ids_b]
+            labels = self.labels(corpus_a)
+        else:
+            if b is None:
+                raise UserError("A diff needs two sides: a second corpus, or column=… to split this one.")
+            corpus_b = self.corpus(b)
+            XA, XB = self.latents(corpus_a, "max"), self.latents(corpus_b, "max")
+            ids_a, ids_b = np.arange(XA.shape[0]), np.arange(XB.shape[0])
+            la, lb = self.doc_lengths(corpus_a), self.doc_lengths(corpus_b)
+            labels = {**self.labels(corpus_b), **self.labels(corpus_a)}
+        if XA.shape[0] == 0 or XB.shape[0] == 0:
+            raise UserError("One side of the diff has no documents.")
+        return diff_result(XA, XB, la, lb, labels, ids_a=ids_a, ids_b=ids_b, **asdict(cfg), **extra)

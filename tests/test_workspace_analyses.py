@@ -1,0 +1,47 @@
+"""The notebook API is the page's API: one Workspace call per analysis, equal to the pure functions."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from backend.analysis.diff import split_by_column
+from backend.analysis.findings import DiffResult, diff_result
+from backend.errors import UserError
+from backend.workspace import Workspace
+
+
+@pytest.fixture()
+def ws(tiny_workspace, tiny_docs):
+    tiny_workspace.add_corpus("t", tiny_docs, "text")
+    tiny_workspace.embed("t")
+    tiny_workspace.add_corpus("u", tiny_docs.iloc[::-1].reset_index(drop=True), "text")
+    tiny_workspace.embed("u")
+    return tiny_workspace
+
+
+def test_diff_of_groups_equals_the_pure_function(ws: Workspace):
+    res = ws.diff("t", column="label", value_a="plot")
+    assert isinstance(res, DiffResult)
+    X = ws.latents("t")
+    meta = pd.DataFrame({"label": ws.metadata("t", "label").to_numpy()})
+    XA, XB, ia, ib = split_by_column(X, meta, "label", "plot")
+    lengths = ws.doc_lengths("t")
+    want = diff_result(XA, XB, lengths[ia], lengths[ib], ws.labels("t"), ids_a=ia, ids_b=ib)
+    pd.testing.assert_frame_equal(res.table, want.table)
+    assert [f.feature_ids for f in res.findings] == [f.feature_ids for f in want.findings]
+    for f in res.findings:  # example documents are real doc ids of the right group
+        assert set(f.examples_a) <= set(ia.tolist()) and set(f.examples_b) <= set(ib.tolist())
+        assert f.side in ("a", "b") and 0 <= f.share_a <= 1 and 0 <= f.share_b <= 1
+
+
+def test_diff_of_two_corpora_and_refusals(ws: Workspace):
+    res = ws.diff("t", "u", length_control=False)
+    assert res.n_a == res.n_b == 12
+    assert np.allclose(res.table["abs_diff"].to_numpy(), 0.0)  # the same documents in another order
+    with pytest.raises(UserError):
+        ws.diff("t")
+    with pytest.raises(UserError):
+        ws.diff("t", "u", column="label", value_a="plot")
+    with pytest.raises(UserError):
+        ws.diff("t", column="label", value_a="no such value")
