@@ -12,6 +12,9 @@ Statistics (all vectorized over features, sparse column counts only):
   risk difference (``adj_diff``) are computed per feature. Under max pooling a longer document
   fires more features, so a difference that disappears within length strata is flagged
   ``length_confounded``.
+
+These are the per-feature statistics; ``backend.analysis.findings.diff_result`` runs them and reads
+the table as findings (co-firing features folded together, both sides, length and formatting aware).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import scipy.sparse as sp
 from scipy import stats
 
 from backend.analysis import as_csr, binarize, feature_counts
+from backend.errors import UserError
 
 FISHER_MAX_TOTAL = 100  # exact test only for features firing in <= this many documents overall
 ALPHA = 0.05
@@ -31,12 +35,42 @@ ALPHA = 0.05
 
 @dataclass(frozen=True)
 class DiffConfig:
-    """Options of :func:`diff_features` (kept as a dataclass for the UI to store)."""
+    """Options of a dataset diff, validated once; the field names are the keyword arguments of
+    :func:`backend.analysis.findings.diff_result`, so ``diff_result(XA, XB, **asdict(config))`` runs it.
+
+    The first four are also :func:`diff_features` arguments. ``length_control`` stratifies by token
+    length (when lengths are given); ``include_confounded`` stops ranking length-confounded findings
+    after the others; features among the ``n_candidates`` strongest of each side whose document sets
+    overlap with Jaccard >= ``jaccard_threshold`` (or whose decoder directions have cosine >=
+    ``cosine_threshold``, when given) fold into one finding; ``n_examples`` example documents per side.
+    """
 
     threshold: float = 0.0
     min_share: float = 0.0
     max_share: float = 1.0
     length_bins: int = 5
+    length_control: bool = True
+    include_confounded: bool = False
+    n_candidates: int = 60
+    jaccard_threshold: float = 0.5
+    cosine_threshold: float = 0.9
+    n_examples: int = 2
+
+    def __post_init__(self) -> None:
+        if self.threshold < 0:
+            raise UserError("The activation threshold must be >= 0.")
+        if not 0.0 <= self.min_share <= self.max_share <= 1.0:
+            raise UserError("Share coverage needs 0 <= min_share <= max_share <= 1.")
+        if self.length_bins < 1:
+            raise UserError("length_bins must be at least 1.")
+        if self.n_candidates < 1:
+            raise UserError("n_candidates must be at least 1.")
+        if not 0.0 < self.jaccard_threshold <= 1.0:
+            raise UserError("jaccard_threshold must lie in (0, 1].")
+        if not -1.0 <= self.cosine_threshold <= 1.0:
+            raise UserError("cosine_threshold must lie in [-1, 1].")
+        if self.n_examples < 0:
+            raise UserError("n_examples must be >= 0.")
 
 
 # --------------------------------------------------------------------------- statistics helpers
@@ -93,7 +127,7 @@ def length_bins_of(lengths: np.ndarray, n_bins: int) -> np.ndarray:
     return np.searchsorted(edges, lengths, side="right")
 
 
-def _stratum_counts(B: sp.csr_matrix, strata: np.ndarray, n_strata: int) -> tuple[np.ndarray, np.ndarray]:
+def stratum_counts(B: sp.csr_matrix, strata: np.ndarray, n_strata: int) -> tuple[np.ndarray, np.ndarray]:
     """(per-stratum feature counts [S, F], per-stratum doc counts [S]) via one sparse product."""
     n = B.shape[0]
     ind = sp.csr_matrix((np.ones(n, np.int32), (strata, np.arange(n))), shape=(n_strata, n))
@@ -224,8 +258,8 @@ def _add_length_control(
         raise ValueError("lengths must have one entry per document")
     strata = length_bins_of(np.concatenate([lengths_a, lengths_b]), max(1, n_bins))
     S = int(strata.max()) + 1
-    a, Na = _stratum_counts(BA, strata[: BA.shape[0]], S)
-    c, Nb = _stratum_counts(BB, strata[BA.shape[0]:], S)
+    a, Na = stratum_counts(BA, strata[: BA.shape[0]], S)
+    c, Nb = stratum_counts(BB, strata[BA.shape[0]:], S)
     res = cmh_test(a[:, fid], Na, c[:, fid], Nb)
     table = table.copy()
     table["cmh_chi2"] = res["cmh_chi2"]
@@ -259,6 +293,16 @@ def length_summary(lengths_a: np.ndarray, lengths_b: np.ndarray) -> dict:
         p = np.nan
     ratio = a["mean"] / b["mean"] if b["n"] and b["mean"] else np.nan
     return {"a": a, "b": b, "mean_ratio": ratio, "mannwhitney_p": p}
+
+
+def lengths_differ(summary: dict, alpha: float = ALPHA) -> bool:
+    """Whether a :func:`length_summary` shows the sides' token lengths differing (Mann-Whitney p < alpha).
+
+    Deliberately sensitive: where lengths barely differ the length-adjusted difference is close to the
+    raw one, so using it costs little, while missing a real length difference ranks length as content.
+    """
+    p = summary.get("mannwhitney_p", np.nan)
+    return bool(np.isfinite(p) and p < alpha)
 
 
 def split_by_column(X, meta: pd.DataFrame, column: str, value_a, value_b=None):
@@ -305,6 +349,9 @@ def summarize_diff(
     distance_threshold: float = 0.7,
 ) -> list[dict]:
     """Short "what differs" summary: top features grouped by label similarity.
+
+    Superseded by ``DiffResult.summary`` (``backend.analysis.findings``), which groups features by the
+    documents they fire on and keeps both sides; kept for existing callers.
 
     Takes the ``top`` rows by rank, splits them by direction, embeds labels with TF-IDF
     over (lightly stemmed, stop-word-free) label tokens and merges them with average-linkage
@@ -367,12 +414,17 @@ def example_documents(X, feature_id: int, n: int = 5, seed: int = 0, threshold: 
     """Row indices where ``feature_id`` fires (> threshold), strongest activation first.
 
     Ties are broken by a seeded random permutation so equal activations are not always the
-    lowest row ids.
+    lowest row ids. A CSC matrix with sorted indices is read without conversion (fast for many
+    features of one matrix).
     """
-    X = as_csr(X)
-    col = X[:, [int(feature_id)]].tocoo()
-    keep = col.data > threshold
-    rows, vals = col.row[keep], col.data[keep]
+    if sp.issparse(X) and X.format == "csc" and X.has_canonical_format:
+        lo, hi = X.indptr[int(feature_id)], X.indptr[int(feature_id) + 1]
+        rows, vals = X.indices[lo:hi], X.data[lo:hi]
+    else:
+        col = as_csr(X)[:, [int(feature_id)]].tocoo()
+        rows, vals = col.row, col.data
+    keep = vals > threshold
+    rows, vals = rows[keep], vals[keep]
     tiebreak = np.random.default_rng(seed).permutation(rows.size)
     order = np.lexsort((tiebreak, -vals))
     return rows[order][:n].astype(np.int64)

@@ -1,0 +1,196 @@
+"""Tests of backend.analysis.findings: planted co-firing copies, a length artefact and a formatting feature."""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from backend.analysis.diff import DiffConfig, diff_features, example_documents, summarize_diff
+from backend.analysis.findings import diff_result, group_features, is_formatting_label
+from backend.errors import UserError
+
+COPIES = list(range(100, 117))  # 17 features that all fire on the "link" documents
+REAL_B = [200, 201, 202]  # three distinct real differences, more common in B
+COPY_LABELS = ["links (t.co URLs)", "https", "slashes", "tco", "domain", "shortener", "hyperlink", "address",
+               "scheme", "path", "hash", "retweet", "media", "pic", "query", "host", "ampersand"]
+
+
+def to_csr(fire: np.ndarray, rng: np.random.Generator) -> sp.csr_matrix:
+    return sp.csr_matrix(np.where(fire, rng.uniform(0.1, 1.0, fire.shape), 0.0).astype(np.float32))
+
+
+def bernoulli_csr(probs: np.ndarray, rng: np.random.Generator) -> sp.csr_matrix:
+    return to_csr(rng.random(probs.shape) < probs, rng)
+
+
+@pytest.fixture(scope="module")
+def copies_corpora():
+    """A: 17 copies of a link feature on 70% of documents (2% in B); B: three real differences."""
+    rng = np.random.default_rng(0)
+    n, F = 2000, 300
+    rates = rng.uniform(0.02, 0.2, F)
+    fire_a, fire_b = rng.random((n, F)) < rates, rng.random((n, F)) < rates
+    link_a, link_b = rng.random(n) < 0.70, rng.random(n) < 0.02
+    for i, c in enumerate(COPIES):
+        keep = 1.0 if i == 0 else 0.95  # the first copy fires on every link document
+        fire_a[:, c] = link_a & (rng.random(n) < keep)
+        fire_b[:, c] = link_b & (rng.random(n) < keep)
+    for f, rate_b in zip(REAL_B, (0.35, 0.30, 0.25)):
+        fire_a[:, f] = rng.random(n) < 0.05
+        fire_b[:, f] = rng.random(n) < rate_b
+    labels = {f: f"topic {f}" for f in range(F)}
+    labels.update(dict(zip(COPIES, COPY_LABELS)))
+    labels.update({200: "emphatic wording", 201: "negative wording", 202: "exclamations of anger"})
+    return to_csr(fire_a, rng), to_csr(fire_b, rng), labels, link_a, link_b
+
+
+def test_cofiring_copies_fold_into_one_finding_and_both_sides_show(copies_corpora):
+    XA, XB, labels, link_a, link_b = copies_corpora
+    table = diff_features(XA, XB)
+    # The naive ranking (what summarize_diff reads) is filled by the copies: B's differences never show.
+    assert set(table["feature_id"].head(17)) == set(COPIES)
+    naive = summarize_diff(table, labels, top=30, n_groups=8)
+    assert len(naive) == 8 and all(g["direction"] == "more in A" for g in naive)
+    assert not {f for g in naive for f in g["feature_ids"]} & set(REAL_B)
+
+    res = diff_result(XA, XB, labels=labels, ids_a=np.arange(XA.shape[0]) + 10_000)
+    link = [f for f in res.findings if set(f.feature_ids) & set(COPIES)]
+    assert len(link) == 1, "every copy lands in one finding"
+    link = link[0]
+    assert set(link.feature_ids) == set(COPIES) and link.lead == COPIES[0] and link.side == "a"
+    assert link.share_a == pytest.approx(link_a.mean()) and link.share_b == pytest.approx(link_b.mean())
+    assert link.diff == pytest.approx(link.share_a - link.share_b)
+    assert link.sentence == (f"More common in A: links (t.co URLs) — {100 * link_a.mean():.0f}% vs "
+                             f"{100 * link_b.mean():.0f}% of documents (17 features)")
+    assert (res.table.set_index("feature_id").loc[COPIES, "finding"] == res.findings.index(link)).all()
+
+    summary = res.summary(n_per_side=4)
+    assert summary[0] == link
+    b_leads = [f.lead for f in summary if f.side == "b"]
+    assert b_leads[:3] == REAL_B  # the other side's real differences, strongest first
+    assert sum(f.side == "a" for f in summary) <= 4 and len(b_leads) <= 4
+    assert [f.label for f in summary if f.side == "b"][:3] == ["emphatic wording", "negative wording",
+                                                             "exclamations of anger"]
+
+    # examples: the two strongest documents of the lead per side, as doc ids, deterministic
+    lead_col = XA[:, [link.lead]].toarray().ravel()
+    assert len(link.examples_a) == 2 and all(lead_col[d - 10_000] > 0 for d in link.examples_a)
+    assert list(link.examples_a) == [int(r) + 10_000 for r in example_documents(XA, link.lead, n=2)]
+    assert diff_result(XA, XB, labels=labels, ids_a=np.arange(XA.shape[0]) + 10_000).findings[0] == link
+    frame = res.to_frame()
+    assert frame.loc[0, "sentence"] == link.sentence and frame.loc[0, "n_features"] == 17
+    assert res.to_frame("phone", "web").loc[0, "sentence"].startswith("More common in phone: links")
+
+
+def test_group_features_by_documents_and_by_decoder_cosine():
+    fire = np.zeros((6, 4), bool)
+    fire[:3, 0] = fire[:3, 1] = True  # 0 and 1 fire on the same documents
+    fire[3:, 2] = True
+    fire[[0, 3], 3] = True
+    X = sp.csr_matrix(fire.astype(float))
+    assert group_features(X, [0, 1, 2, 3]) == [[0, 1], [2], [3]]
+    decoder = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.05], [0.0, 1.0]])
+    assert group_features(X, [2, 0, 1, 3], decoder=decoder) == [[2, 0], [1, 3]]
+
+
+def _length_artefact_corpora(seed: int = 0):
+    """A is longer; feature 0 fires by length only (steeply), feature 1 is a small real content difference."""
+    rng = np.random.default_rng(seed)
+    n, F = 3000, 10
+    la, lb = rng.lognormal(6.2, 0.4, n), rng.lognormal(5.2, 0.4, n)
+
+    def probs(lengths: np.ndarray, content_rate: float) -> np.ndarray:
+        p = np.full((lengths.size, F), 0.1)
+        p[:, 0] = 1 / (1 + np.exp(-(lengths - np.exp(5.7)) / 10))
+        p[:, 1] = content_rate
+        return p
+
+    return bernoulli_csr(probs(la, 0.2), rng), bernoulli_csr(probs(lb, 0.12), rng), la, lb
+
+
+def test_length_adjusted_ranking_demotes_a_length_artefact():
+    XA, XB, la, lb = _length_artefact_corpora()
+    labels = {0: "long-document feature", 1: "hedge words"}
+    assert diff_features(XA, XB).iloc[0]["feature_id"] == 0  # naive ranking: length leads
+    assert diff_result(XA, XB, la, lb, labels, length_control=False).findings[0].lead == 0
+
+    res = diff_result(XA, XB, la, lb, labels)
+    assert res.ranked_by == "adj_diff"
+    row = res.table.set_index("feature_id")
+    assert bool(row.loc[0, "length_confounded"]) and not bool(row.loc[1, "length_confounded"])
+    # still ahead by the adjusted difference alone, so only the demotion puts content first
+    assert abs(row.loc[0, "adj_diff"]) > abs(row.loc[1, "adj_diff"])
+    assert row.loc[1, "rank_adjusted"] == 2 and res.ranked().iloc[0]["feature_id"] == 0
+    lead_of = {f.lead: i for i, f in enumerate(res.findings)}
+    assert res.findings[0].lead == 1 and res.summary()[0].lead == 1
+    artefact = res.findings[lead_of[0]]
+    assert artefact.length_confounded and "[length-confounded]" in artefact.sentence
+    assert artefact.adj_diff is not None and abs(artefact.adj_diff) < 0.5 * abs(artefact.diff)
+    assert all(not f.length_confounded for f in res.findings[: lead_of[0]])
+    # the visible toggle: with confounded findings included, the artefact leads again
+    assert res.summary(include_confounded=True)[0].lead == 0
+    assert diff_result(XA, XB, la, lb, labels, include_confounded=True).findings[0].lead == 0
+
+
+def test_formatting_feature_does_not_lead_while_content_differs():
+    rng = np.random.default_rng(1)
+    n = 2000
+    pa, pb = np.full((n, 4), 0.1), np.full((n, 4), 0.1)
+    pa[:, 2], pb[:, 2] = 0.8, 0.3  # sentence-final period: the largest difference
+    pa[:, 3], pb[:, 3] = 0.3, 0.1  # hedging: a smaller content difference
+    XA, XB = bernoulli_csr(pa, rng), bernoulli_csr(pb, rng)
+    labels = {0: "football", 1: "weather", 2: "sentence-final period", 3: 'some / certain / few — "in «certain» cases"'}
+    assert diff_features(XA, XB).iloc[0]["feature_id"] == 2
+    res = diff_result(XA, XB, labels=labels)
+    assert res.summary()[0].lead == 3 and res.summary()[0].label.startswith("some / certain / few")
+    period = next(f for f in res.findings if f.lead == 2)
+    assert period.is_formatting and res.findings.index(period) > 0
+    # explicit formatting ids replace the label heuristic
+    assert diff_result(XA, XB, labels=labels, formatting_ids=[3]).summary()[0].lead == 2
+    # when no content feature differs, the formatting difference leads
+    pa[:, 3] = pb[:, 3] = 0.1
+    XA, XB = bernoulli_csr(pa, rng), bernoulli_csr(pb, rng)
+    res = diff_result(XA, XB, labels=labels)
+    assert res.table.set_index("feature_id").drop(index=2)["q_value"].min() >= 0.05
+    assert res.summary()[0].lead == 2
+
+
+@pytest.mark.parametrize("label, expected", [
+    ("sentence-final period", True),
+    ("comma", True),
+    ("Commas separating clauses", True),
+    ("newline", True),
+    ("Punctuation at the end of quotes", True),
+    ('"." / "!" — "the end«.»"', True),
+    ("period / comma", True),
+    ("top tokens: '.', ','", True),
+    ("top tokens: '\\n', '2' | ngrams: 'the end'", True),
+    ("top tokens: ' and', ' his', ' from' | ngrams: 'by', ''s'", False),
+    ('some / certain / few — "in «certain» cases"', False),
+    ("links (t.co URLs)", False),
+    ("colonial history", False),
+    ("space exploration", False),
+    ("period of time", False),
+    ("", False),
+    (None, False),
+])
+def test_is_formatting_label(label, expected):
+    assert is_formatting_label(label) is expected
+
+
+def test_config_is_the_keyword_set_and_is_validated(copies_corpora):
+    XA, XB, labels, _, _ = copies_corpora
+    cfg = DiffConfig(min_share=0.01, n_candidates=30, jaccard_threshold=0.6)
+    res = diff_result(XA, XB, labels=labels, **asdict(cfg))
+    assert res.config == cfg and res.ranked_by == "abs_diff" and res.length_summary is None
+    assert (res.table["finding"] >= 0).sum() <= 2 * 30
+    with pytest.raises(UserError):
+        DiffConfig(min_share=0.5, max_share=0.2)
+    with pytest.raises(UserError):
+        diff_result(XA, XB, jaccard_threshold=0.0)
+    with pytest.raises(UserError):
+        diff_result(XA, XB, ids_a=np.arange(3))
+    with pytest.raises(UserError, match="no documents"):
+        diff_result(XA[:0], XB)
