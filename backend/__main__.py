@@ -1,4 +1,7 @@
-"""Command line: `python -m backend <command>` (prepare, train-sae, create, add, embed, show, export)."""
+"""Command line: `python -m backend <command>` (prepare, train-sae, create, add, embed, show, export).
+
+Every problem a user can fix is a `UserError`: `main` prints its message and exits 2, in one place, with no
+traceback. Anything else is a bug and keeps its traceback."""
 from __future__ import annotations
 
 import argparse
@@ -6,8 +9,13 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backend import config
+from backend.errors import UserError
+
+if TYPE_CHECKING:
+    from backend.workspace import Workspace
 
 
 def _tqdm_progress(desc: str):
@@ -42,18 +50,21 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_train_sae(args: argparse.Namespace) -> int:
     from backend.builtin_data import training_texts
-    from backend.corpora import read_corpus, guess_text_column
+    from backend.corpora import prepare_documents, read_corpus
     from backend.models import load_reader
     from backend.saes import save_fp16
-    from backend.training import TrainConfig, to_sae_lens, collect_activations, train_topk
+    from backend.training import TrainConfig, to_sae_lens, collect_activations, output_dir, train_topk
     from tqdm import tqdm
 
+    if args.layer is not None:
+        args.hook = f"blocks.{args.layer}.hook_resid_post"
     cfg = TrainConfig(d_sae=args.d_sae, k=args.k, n_tokens=args.n_tokens, epochs=args.epochs, seed=args.seed,
                       formatting=args.formatting)
-    out = Path(args.out) if args.out else config.DEFAULT_SAE_DIR
+    out = output_dir(args.out, args.model, args.hook, overwrite=args.overwrite)  # refused before any work
+    print(f"The SAE will be saved in {out}", file=sys.stderr)
     if args.corpus:
-        df = read_corpus(args.corpus)
-        texts = df[args.text_column or guess_text_column(df)].astype(str).tolist()
+        df, column = prepare_documents(read_corpus(args.corpus), args.text_column)
+        texts = df[column].tolist()
     else:
         texts = training_texts(args.seed)
     reader = load_reader(args.model, device=args.device)
@@ -80,10 +91,11 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
 
     (out / "training_report.json").write_text(json.dumps({"report": asdict(report), "recipe": asdict(cfg)}, indent=1))
     print(json.dumps(asdict(report), indent=1))
+    print(f"Saved the SAE in {out}; use it with: python -m backend create WS.duckdb --sae {out}", file=sys.stderr)
     return 0
 
 
-def _open(path: str):
+def _open(path: str) -> Workspace:
     from backend.workspace import Workspace
 
     return Workspace.open(path)
@@ -99,20 +111,34 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from backend.corpora import ReadOptions
+    from backend.corpora import ReadOptions, validate_corpus_name
 
+    name = validate_corpus_name(args.name)
+    options = ReadOptions(txt_mode=args.txt_mode, split_long=args.split_long, window_chars=args.window_chars)
     ws = _open(args.workspace)
-    ws.add_corpus(args.name, args.file, text_column=args.text_column, file_name=Path(args.file).name,
-                  options=ReadOptions(txt_mode=args.txt_mode))
-    print(f"Added corpus {args.name!r} ({ws.store.corpus(args.name).n_docs} documents).")
+    ws.add_corpus(name, args.file, text_column=args.text_column, file_name=Path(args.file).name, options=options)
+    corpus = ws.corpus(name)
+    windows = ", after splitting long ones into windows" if args.split_long else ""
+    print(f"Added corpus {name!r} ({corpus.n_docs:,} documents{windows}).")
     if not args.no_embed:
-        ws.embed(args.name, progress=_tqdm_progress(f"Embedding {args.name}"))
+        ws.embed(name, progress=_tqdm_progress(f"Embedding {name}"))
+        _report_truncated(ws, name)
     return 0
+
+
+def _report_truncated(ws: Workspace, name: str) -> None:
+    """Say how many documents the reader model saw only in part (the embedding silently cut them before)."""
+    corpus = ws.corpus(name)
+    if corpus.n_truncated:
+        print(f"{corpus.n_truncated:,} of {corpus.n_docs:,} documents were longer than the reading window "
+              f"({ws.embed_config.max_tokens} tokens) and were read only up to it; add the file again with "
+              "--split-long to read them whole, in windows.", file=sys.stderr)
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
     ws = _open(args.workspace)
     state = ws.embed(args.name, progress=_tqdm_progress(f"Embedding {args.name}"))
+    _report_truncated(ws, args.name)
     return 0 if state.status == "done" else 1
 
 
@@ -123,22 +149,27 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from backend.export import write_export
+    from backend.export import check_feature_ids, export_format, write_export
 
+    fmt = export_format(args.out)  # refused before the workspace is read
+    if args.only_active and not args.feature:
+        raise UserError("--only-active needs at least one --feature.")
     ws = _open(args.workspace)
+    features = check_feature_ids(args.feature or [], ws.d_sae)
     docs = ws.documents(args.name)
-    if args.feature:
+    if features:
         X = ws.latents(args.name)
-        for f in args.feature:
+        for f in features:
             docs[f"f{f}"] = X[:, f].toarray().ravel()[docs["doc_id"].to_numpy()]
         if args.only_active:
-            docs = docs[(docs[[f"f{f}" for f in args.feature]] > 0).any(axis=1)]
-    write_export(docs, Path(args.out))
+            docs = docs[(docs[[f"f{f}" for f in features]] > 0).any(axis=1)]
+    write_export(docs, Path(args.out), fmt)
     print(f"Wrote {len(docs)} documents to {args.out}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from backend.corpora import DEFAULT_WINDOW_CHARS
     from backend.training import TrainConfig
 
     p = argparse.ArgumentParser(prog="python -m backend", description="SAE embeddings of text corpora, offline.")
@@ -152,8 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train-sae", help="train a TopK SAE on a model's hook activations (SAELens format)")
     s.add_argument("--model", default=config.DEFAULT_MODEL)
-    s.add_argument("--hook", default=config.DEFAULT_HOOK)
-    s.add_argument("--out", help="output folder (default: the default SAE folder)")
+    where = s.add_mutually_exclusive_group()
+    where.add_argument("--hook", default=config.DEFAULT_HOOK)
+    where.add_argument("--layer", type=int, help="shortcut for --hook blocks.LAYER.hook_resid_post")
+    s.add_argument("--out", help="output folder (default: a new folder under data/sae/trained/)")
+    s.add_argument("--overwrite", action="store_true", help="replace the SAE already in --out (e.g. the shipped one)")
     s.add_argument("--corpus", help="a corpus file; default: the offline training mix")
     s.add_argument("--text-column")
     recipe = TrainConfig()
@@ -181,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file")
     s.add_argument("--text-column")
     s.add_argument("--txt-mode", choices=["line", "paragraph"], default="line")
+    s.add_argument("--split-long", action="store_true",
+                   help="split documents longer than --window-chars into windows (source_doc, char_offset columns)")
+    s.add_argument("--window-chars", type=int, default=DEFAULT_WINDOW_CHARS)
     s.add_argument("--no-embed", action="store_true")
     s.set_defaults(fn=cmd_add)
 
@@ -206,16 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
-    from backend.corpora import CorpusError
-    from backend.models import ModelNotAvailable
-    from backend.saes import SAEError
-    from backend.store import StoreError
-
     try:
         return args.fn(args)
-    except (CorpusError, StoreError, SAEError, ModelNotAvailable) as exc:
+    except UserError as exc:  # the one place: every problem a user can fix, whatever module found it
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; an embedding resumes with: python -m backend embed WORKSPACE NAME", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""Read CSV, TSV, JSONL, Parquet and TXT corpora into DataFrames with clear validation errors."""
+"""Read CSV, TSV, JSONL, Parquet and TXT corpora into DataFrames with clear validation errors.
+
+One set of limits for every format: a file-size limit (`max_bytes`) checked before parsing, and a
+per-document limit (`max_doc_chars`) checked on the chosen text column, so a document is accepted or
+refused the same way whether it arrives as CSV, TSV, JSONL, Parquet, TXT or a DataFrame."""
 from __future__ import annotations
 
 from backend.errors import UserError
@@ -6,6 +10,7 @@ from backend.errors import UserError
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -13,8 +18,15 @@ from typing import BinaryIO, Literal
 import pandas as pd
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet", "txt")
-DEFAULT_MAX_BYTES = 200 * 1024 * 1024
+DEFAULT_MAX_BYTES = 200 * 1024 * 1024  # a file
+DEFAULT_MAX_DOC_CHARS = 2_000_000  # a document (about a 600-page book)
+# A window when splitting: with SmolLM2's tokenizer, 1,200 characters of the training mix (prose and code) were
+# 296 tokens at the median and 486 at most (300 windows), inside the 511 a 512-token read has room for.
+DEFAULT_WINDOW_CHARS = 1_200
+MAX_NAME_CHARS = 200
 TEXT_COLUMN_GUESSES = ("text", "document", "content", "body", "review", "sentence", "message")
+WINDOW_COLUMNS = ("source_doc", "char_offset")  # metadata added to each window of a split document
+GUESS_SAMPLE_ROWS = 2_000
 
 
 class CorpusError(UserError):
@@ -23,11 +35,61 @@ class CorpusError(UserError):
 
 @dataclass(frozen=True)
 class ReadOptions:
-    """How to parse a file; `fmt` is guessed from the file name when None."""
+    """How to parse a file and which documents to accept; `fmt` is guessed from the file name when None.
+
+    `split_long` turns each document longer than `window_chars` into consecutive windows (cut at
+    whitespace where possible), each its own document with `source_doc` / `char_offset` metadata, instead of
+    letting the reader model see only its first tokens."""
 
     fmt: str | None = None
     txt_mode: Literal["line", "paragraph"] = "line"
     max_bytes: int = DEFAULT_MAX_BYTES
+    max_doc_chars: int = DEFAULT_MAX_DOC_CHARS
+    split_long: bool = False
+    window_chars: int = DEFAULT_WINDOW_CHARS
+
+    def __post_init__(self) -> None:
+        if self.fmt is not None and self.fmt not in FORMATS:
+            raise CorpusError(f"Unknown format {self.fmt!r}; use one of: {', '.join(FORMATS)}.")
+        if self.txt_mode not in ("line", "paragraph"):
+            raise CorpusError(f"Unknown TXT mode {self.txt_mode!r}; use 'line' or 'paragraph'.")
+        for field_name in ("max_bytes", "max_doc_chars", "window_chars"):
+            value = getattr(self, field_name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise CorpusError(f"{field_name} must be a positive whole number, not {value!r}.")
+
+
+def format_size(n_bytes: int) -> str:
+    """A byte count in words a person reads at a glance: "812 bytes", "1.5 KB", "200 MB"."""
+    if n_bytes < 1024:
+        return f"{n_bytes:,} byte{'s' if n_bytes != 1 else ''}"
+    value = float(n_bytes)
+    for unit in ("KB", "MB", "GB", "TB"):
+        value /= 1024
+        if value < 1024 or unit == "TB":
+            break
+    return f"{value:.1f} {unit}" if value < 10 else f"{value:,.0f} {unit}"
+
+
+def _over_limit_message(size: int, limit: int) -> str:
+    shown, shown_limit = format_size(size), format_size(limit)
+    if shown == shown_limit:  # rounding would print "200 MB, over the limit of 200 MB"
+        shown, shown_limit = f"{size:,} bytes", f"{limit:,} bytes"
+    return f"The file is {shown}, over the limit of {shown_limit}."
+
+
+def validate_corpus_name(name: object) -> str:
+    """The corpus name, stripped, or a CorpusError saying why it cannot be one (not text, empty, too long)."""
+    if not isinstance(name, str):
+        raise CorpusError(f"A corpus name must be text, not {type(name).__name__} ({name!r}).")
+    clean = name.strip()
+    if not clean:
+        raise CorpusError("A corpus needs a name.")
+    if len(clean) > MAX_NAME_CHARS:
+        raise CorpusError(f"A corpus name has at most {MAX_NAME_CHARS} characters; this one has {len(clean):,}.")
+    if re.search(r"[\x00-\x1f\x7f]", clean):
+        raise CorpusError("A corpus name cannot hold control characters (tabs, newlines, …).")
+    return clean
 
 
 def guess_format(name: str) -> str:
@@ -49,6 +111,11 @@ def _decode(data: bytes) -> str:
 
 
 def _read_delimited(text: str, sep: str) -> pd.DataFrame:
+    # The csv module refuses fields over 128 KiB by default, which JSONL and TXT never did. No field can be
+    # longer than the text, so a limit of len(text) switches it off and leaves `max_doc_chars` as the one rule.
+    # (The limit is process-wide; it is only ever raised here.)
+    if csv.field_size_limit() <= len(text):
+        csv.field_size_limit(len(text) + 1)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
     try:
         rows = list(reader)
@@ -106,16 +173,24 @@ def read_corpus(source: str | Path | BinaryIO | bytes, name: str | None = None, 
         name = name or path.name
         size = path.stat().st_size
         if size > options.max_bytes:
-            raise CorpusError(f"The file is {size / 1e6:.0f} MB, over the {options.max_bytes / 1e6:.0f} MB limit.")
+            raise CorpusError(_over_limit_message(size, options.max_bytes))
         data = path.read_bytes()
-    elif isinstance(source, bytes):
-        data = source
-    else:
+    elif isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+    elif callable(getattr(source, "read", None)):
         data = source.read(options.max_bytes + 1)
+        if not isinstance(data, bytes):
+            raise CorpusError("Open the file in binary mode ('rb'): a corpus is read as bytes.")
+    else:
+        raise CorpusError(
+            f"A corpus is a DataFrame, a file path, bytes or a binary file object, not {type(source).__name__}."
+        )
     if name is None:
         raise CorpusError("A file name is needed to know its format.")
     if len(data) > options.max_bytes:
-        raise CorpusError(f"The file is over the {options.max_bytes / 1e6:.0f} MB limit.")
+        if isinstance(source, (bytes, bytearray)):
+            raise CorpusError(_over_limit_message(len(data), options.max_bytes))
+        raise CorpusError(f"The file is over the limit of {format_size(options.max_bytes)}.")
     if not data.strip():
         raise CorpusError("The file is empty.")
     fmt = options.fmt or guess_format(name)
@@ -137,25 +212,67 @@ def read_corpus(source: str | Path | BinaryIO | bytes, name: str | None = None, 
     return _read_txt(text, options.txt_mode)
 
 
+def check_columns(df: pd.DataFrame) -> None:
+    """Refuse a frame whose column names repeat: a column must name one series of values."""
+    names = [str(c) for c in df.columns]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise CorpusError(f"Duplicate column name(s): {', '.join(dupes)}; rename them so each column has its own name.")
+
+
+def _string_values(col: pd.Series) -> pd.Series | None:
+    """The stripped, non-empty string values of a column, or None when it mostly holds something else.
+
+    Judged by content, not dtype: pandas 3 gives text the `str` dtype, JSONL mixes give `object`, and a
+    CSV read as text gives every column (ids, star ratings) as strings."""
+    values = col.dropna()
+    if values.empty:
+        return None
+    is_str = values.map(lambda v: isinstance(v, str)).astype(bool)
+    if is_str.mean() < 0.9:
+        return None
+    strings = values[is_str].astype(str).str.strip()
+    strings = strings[strings != ""]
+    if strings.empty or pd.to_numeric(strings, errors="coerce").notna().mean() > 0.5:
+        return None  # mostly numbers written as text
+    return strings
+
+
+def _looks_like_id(strings: pd.Series) -> bool:
+    """Unique single tokens (ids, hashes, URLs, file names) are labels of documents, not their text."""
+    return len(strings) > 1 and strings.is_unique and not strings.str.contains(r"\s", regex=True).any()
+
+
 def guess_text_column(df: pd.DataFrame) -> str:
-    """The column most likely to hold the documents: a known name, else the longest string column."""
-    lower = {str(c).lower(): c for c in df.columns}
-    for g in TEXT_COLUMN_GUESSES:
-        if g in lower:
-            return str(lower[g])
+    """The column most likely to hold the documents.
+
+    A known name ("text", "review", …) holding text wins; otherwise the string column with the longest
+    average value that is mostly non-numeric and not id-like (unique single tokens)."""
+    check_columns(df)
+    sample = df.head(GUESS_SAMPLE_ROWS)
+    lower = {str(c).lower(): c for c in sample.columns}
+    for guess in TEXT_COLUMN_GUESSES:
+        if guess in lower and _string_values(sample[lower[guess]]) is not None:
+            return str(lower[guess])
     best, best_len = None, -1.0
-    for c in df.columns:
-        if df[c].dtype == object:
-            mean_len = df[c].astype(str).str.len().mean()
-            if mean_len > best_len:
-                best, best_len = c, mean_len
+    for c in sample.columns:
+        strings = _string_values(sample[c])
+        if strings is None or _looks_like_id(strings):
+            continue
+        mean_len = float(strings.str.len().mean())
+        if mean_len > best_len:
+            best, best_len = c, mean_len
     if best is None:
-        raise CorpusError("No text column found: the file has no string columns.")
+        raise CorpusError(
+            "No column looks like free text (the columns hold numbers, ids or nothing): "
+            f"name the text column; the columns are: {', '.join(map(str, df.columns))}."
+        )
     return str(best)
 
 
-def validate_text_column(df: pd.DataFrame, column: str) -> pd.DataFrame:
+def validate_text_column(df: pd.DataFrame, column: str, max_doc_chars: int = DEFAULT_MAX_DOC_CHARS) -> pd.DataFrame:
     """Check the chosen column and return the frame with it as clean strings."""
+    check_columns(df)
     if column not in df.columns:
         raise CorpusError(f"No column {column!r}; the columns are: {', '.join(map(str, df.columns))}.")
     col = df[column]
@@ -165,10 +282,77 @@ def validate_text_column(df: pd.DataFrame, column: str) -> pd.DataFrame:
     if bad.any():
         first = int(bad.to_numpy().nonzero()[0][0]) + 1
         raise CorpusError(f"Column {column!r} is empty in {int(bad.sum())} row(s), first at row {first}; fix or drop them.")
-    non_str = col.map(lambda v: not isinstance(v, str))
+    non_str = col.map(lambda v: not isinstance(v, str)).astype(bool)
     if non_str.any():
         first = int(non_str.to_numpy().nonzero()[0][0]) + 1
         raise CorpusError(f"Column {column!r} holds non-text values (first at row {first}); choose a text column.")
+    lengths = col.astype(str).str.len().to_numpy()
+    too_long = lengths > max_doc_chars
+    if too_long.any():
+        first = int(too_long.nonzero()[0][0])
+        raise CorpusError(
+            f"{int(too_long.sum())} document(s) are over the limit of {max_doc_chars:,} characters per document "
+            f"(first at row {first + 1}: {int(lengths[first]):,} characters); shorten or split them."
+        )
     out = df.copy()
     out[column] = col.astype(str)
     return out.reset_index(drop=True)
+
+
+def split_windows(text: str, window_chars: int) -> list[tuple[int, str]]:
+    """Consecutive (char_offset, window) pieces of `text`, each at most `window_chars` characters.
+
+    A window ends at its last whitespace when it has one (no cut words), else at the limit. Windows are
+    stripped; `text[offset:offset + len(window)] == window` always holds."""
+    pieces: list[tuple[int, str]] = []
+    pos, n = 0, len(text)
+    while pos < n:
+        while pos < n and text[pos].isspace():
+            pos += 1
+        if pos >= n:
+            break
+        end = min(pos + window_chars, n)
+        if end < n and not text[end].isspace():
+            cut = max(text.rfind(ch, pos + 1, end) for ch in (" ", "\n", "\t"))
+            if cut > pos:
+                end = cut
+        window = text[pos:end].rstrip()
+        if window:
+            pieces.append((pos, window))
+        pos = end
+    return pieces
+
+
+def split_long_documents(df: pd.DataFrame, text_column: str, window_chars: int = DEFAULT_WINDOW_CHARS) -> pd.DataFrame:
+    """One row per window: long documents become several rows; every row gets `source_doc` (its document's
+    0-based row in the input) and `char_offset` (where the window starts in that document)."""
+    clash = [c for c in WINDOW_COLUMNS if c in df.columns]
+    if clash:
+        raise CorpusError(f"Splitting adds the column(s) {', '.join(clash)}, which the file already has; rename them.")
+    texts = df[text_column].astype(str).tolist()
+    rows, offsets, windows = [], [], []
+    for i, text in enumerate(texts):
+        pieces = split_windows(text, window_chars) if len(text) > window_chars else [(0, text)]
+        for offset, window in pieces:
+            rows.append(i)
+            offsets.append(offset)
+            windows.append(window)
+    out = df.iloc[rows].reset_index(drop=True)
+    out[text_column] = windows
+    out[WINDOW_COLUMNS[0]] = rows
+    out[WINDOW_COLUMNS[1]] = offsets
+    return out
+
+
+def prepare_documents(df: pd.DataFrame, text_column: str | None = None,
+                      options: ReadOptions = ReadOptions()) -> tuple[pd.DataFrame, str]:
+    """The documents to store and their text column: guessed when not given, validated under the
+    per-document limit, and split into windows when `options.split_long`."""
+    if not isinstance(df, pd.DataFrame):
+        raise CorpusError(f"Expected a DataFrame, not {type(df).__name__}.")
+    check_columns(df)
+    column = text_column or guess_text_column(df)
+    out = validate_text_column(df, column, options.max_doc_chars)
+    if options.split_long:
+        out = split_long_documents(out, column, options.window_chars)
+    return out, column

@@ -11,13 +11,43 @@ from __future__ import annotations
 import io
 import re
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from backend.errors import UserError
+
 FORMATS = ("csv", "jsonl", "parquet")
+FORMAT_ALIASES = {"json": "jsonl", "ndjson": "jsonl", "pq": "parquet"}
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+class ExportError(UserError):
+    """An export asked in a way that cannot be honoured (an unknown format, a feature that does not exist)."""
+
+
+def export_format(path: str | Path, fmt: str | None = None) -> str:
+    """The export format for `path` (its suffix unless `fmt` is given), or an ExportError naming the choices."""
+    raw = (fmt or Path(path).suffix).lower().lstrip(".")
+    chosen = FORMAT_ALIASES.get(raw, raw)
+    if chosen not in FORMATS:
+        what = f"format {fmt!r}" if fmt else f"the file name {Path(path).name!r}"
+        raise ExportError(f"Cannot export to {what}: use a .csv, .jsonl or .parquet file.")
+    return chosen
+
+
+def check_feature_ids(feature_ids: Iterable[int], d_sae: int) -> list[int]:
+    """Feature ids as ints, each in 0..d_sae-1; refuse the rest (a negative id would index from the end)."""
+    ids = []
+    for f in feature_ids:
+        if isinstance(f, bool) or not isinstance(f, (int, np.integer)):
+            raise ExportError(f"A feature id is a whole number, not {f!r}.")
+        if not 0 <= int(f) < d_sae:
+            raise ExportError(f"There is no feature {int(f)}: this SAE has features 0 to {d_sae - 1:,}.")
+        ids.append(int(f))
+    return ids
 
 
 def neutralise_cell(value):
@@ -54,16 +84,13 @@ def export_frame(df: pd.DataFrame, fmt: str) -> bytes:
         buf = io.BytesIO()
         df.to_parquet(buf, index=False, engine="pyarrow")
         return buf.getvalue()
-    raise ValueError(f"unknown export format {fmt!r}; use one of {FORMATS}")
+    raise ExportError(f"Unknown export format {fmt!r}; use one of: {', '.join(FORMATS)}.")
 
 
 def write_export(df: pd.DataFrame, path: str | Path, fmt: str | None = None) -> Path:
     """Write ``df`` to ``path``; the format defaults to the file suffix (.csv/.jsonl/.parquet)."""
     path = Path(path)
-    fmt = fmt or path.suffix.lstrip(".").lower()
-    if fmt == "json":
-        fmt = "jsonl"
-    data = export_frame(df, fmt)
+    data = export_frame(df, export_format(path, fmt))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
@@ -84,7 +111,7 @@ def feature_columns(X, rows, feature_ids, names: dict[int, str] | list[str] | No
     """
     X = X.tocsr() if sp.issparse(X) else sp.csr_matrix(X)
     rows = np.asarray(rows, dtype=np.int64)
-    fids = [int(f) for f in feature_ids]
+    fids = check_feature_ids(feature_ids, X.shape[1])
     if isinstance(names, (list, tuple)):
         names = dict(zip(fids, names))
     names = names or {}

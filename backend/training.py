@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,11 +14,54 @@ from typing import Callable
 
 import torch
 
+from backend import config
+from backend.errors import UserError
 from backend.models import ReaderModel, residuals
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int, str], None]  # (done, total, message)
+
+
+class TrainingError(UserError):
+    """A training run refused before it starts (for instance: it would overwrite an SAE)."""
+
+
+def holds_sae(folder: Path) -> bool:
+    return (Path(folder) / "cfg.json").exists() or (Path(folder) / "sae_weights.safetensors").exists()
+
+
+def new_output_dir(model_name: str, hook_name: str, root: Path | None = None) -> Path:
+    """A folder no SAE lives in yet: `<root>/<model>-<hook>-<date-time>` (root: data/sae/trained)."""
+    root = Path(root) if root is not None else config.DATA_DIR / "sae" / "trained"
+    slug = re.sub(r"[^a-z0-9]+", "-", f"{Path(model_name).name}-{hook_name}".lower()).strip("-")
+    base = root / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder, n = base, 2
+    while folder.exists():
+        folder, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return folder
+
+
+def output_dir(out: str | Path | None, model_name: str, hook_name: str, overwrite: bool = False,
+               root: Path | None = None) -> Path:
+    """Where a training run saves its SAE, decided before any work is done.
+
+    No `out`: a new folder (never the shipped default SAE). An `out` that already holds an SAE is refused
+    unless `overwrite`: retraining must not swap the weights under the workspaces built on them."""
+    if out is None:
+        if overwrite:
+            raise TrainingError("--overwrite needs --out: name the SAE folder to replace.")
+        return new_output_dir(model_name, hook_name, root)
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise TrainingError(f"{folder} is a file, not a folder.")
+    if holds_sae(folder) and not overwrite:
+        shipped = " (the shipped default SAE)" if folder.resolve() == config.DEFAULT_SAE_DIR.resolve() else ""
+        raise TrainingError(
+            f"{folder} already holds an SAE{shipped}; workspaces built on it would silently change. "
+            "Choose another --out, leave --out off for a new folder, or pass --overwrite to replace it."
+        )
+    return folder
 
 
 @dataclass
@@ -264,8 +308,12 @@ def train_sae_for_model(
     save_dtype: str = "float32",
     progress: ProgressFn | None = None,
     acts_cache: Path | None = None,
+    overwrite: bool = False,
 ) -> TrainReport:
-    """One command's worth: collect activations (resumable through acts_cache), train, save in SAELens format."""
+    """One command's worth: collect activations (resumable through acts_cache), train, save in SAELens format.
+
+    An out_dir that already holds an SAE is refused unless `overwrite` (checked before any work)."""
+    out_dir = output_dir(out_dir, reader.name, hook_name, overwrite)
     acts = collect_activations(reader, hook_name, texts, cfg, progress, cache_dir=acts_cache)
     sae, scale, report = train_topk(acts, cfg, progress)
     out = to_sae_lens(sae, scale, reader.name, hook_name, cfg.formatting, report, cfg, dtype=save_dtype)

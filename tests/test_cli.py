@@ -2,8 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from backend.__main__ import main
 
@@ -39,3 +46,135 @@ def test_cli_reports_bad_input_with_exit_code_2(tmp_path, tiny_model_dir, tiny_s
     assert main(["add", ws, "x", str(tmp_path / "missing.csv")]) == 2
     assert main(["show", str(tmp_path / "nope.duckdb")]) == 2
     assert main(["create", str(tmp_path / "w2.duckdb"), "--sae", str(tmp_path)]) == 2
+
+
+# -- issue 12, problems 3, 4, 5 and 9: every user error is a message and exit code 2, never a traceback ------
+# Each case runs `python -m backend` in its own process (as a user would), a few at a time.
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _wide_or_deep_sae(folder: Path, model_name: str, d_in: int, hook: str) -> str:
+    from sae_lens import TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    meta = SAEMetadata(model_name=model_name, hook_name=hook, model_from_pretrained_kwargs={})
+    TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=16, k=2, dtype="float32", device="cpu", metadata=meta)).save_model(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory, tiny_workspace_file, tiny_model_dir, tiny_sae_dir):
+    """{case: (argv, CompletedProcess-like (returncode, stderr), expected message)} for every user error."""
+    from backend.store import Store
+    from tests.tiny import HOOK
+
+    tmp = tmp_path_factory.mktemp("cli_errors")
+
+    def ws_copy(name: str) -> str:
+        target = tmp / f"{name}.duckdb"
+        shutil.copy(tiny_workspace_file, target)
+        return str(target)
+
+    not_duckdb = tmp / "notes.duckdb"
+    not_duckdb.write_text("these are my notes, not a database\n")
+    ids_only = tmp / "ids.csv"
+    ids_only.write_text("id,stars\n1,5\n2,4\n")
+    docs = tmp / "docs.csv"
+    docs.write_text("text\nhello world\n")
+    trained = tmp / "trained_sae"
+    shutil.copytree(tiny_sae_dir, trained)
+    model = str(tiny_model_dir)
+    cases = {
+        "export_xlsx": (["export", ws_copy("x"), "t", str(tmp / "out.xlsx")], r"Cannot export to .*out\.xlsx.*\.csv"),
+        "feature_too_big": (["export", ws_copy("big"), "t", str(tmp / "big.csv"), "--feature", "99999"],
+                            r"no feature 99999: this SAE has features 0 to 63"),
+        "feature_negative": (["export", ws_copy("neg"), "t", str(tmp / "neg.csv"), "--feature", "-1"],
+                             r"no feature -1"),
+        "show_not_duckdb": (["show", str(not_duckdb)], r"notes\.duckdb"),
+        "show_locked": (["show", ws_copy("locked")], rf"open in process {os.getpid()}"),
+        "create_wide_sae": (["create", str(tmp / "w.duckdb"), "--model", model, "--sae",
+                             _wide_or_deep_sae(tmp / "wide", model, 48, HOOK)], r"width 48 .* d_model 32"),
+        "create_missing_layer": (["create", str(tmp / "d.duckdb"), "--model", model, "--sae",
+                                  _wide_or_deep_sae(tmp / "deep", model, 32, "blocks.99.hook_resid_post")],
+                                 r"layer 99, but .* has 2 layers"),
+        "train_over_an_sae": (["train-sae", "--model", model, "--hook", HOOK, "--out", str(trained)],
+                              r"already holds an SAE.*--overwrite"),
+        "add_blank_name": (["add", ws_copy("blank"), "   ", str(docs), "--no-embed"], r"needs a name"),
+        "add_no_text_column": (["add", ws_copy("ids"), "ids", str(ids_only), "--no-embed"],
+                               r"No column looks like free text"),
+    }
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "SAEDASH_NO_INSTALL": "1"}
+    holder = Store(tmp / "locked.duckdb")  # this process holds the workspace, as an open dashboard would
+    results = {}
+    try:
+        pending = list(cases.items())
+        while pending:
+            batch, pending = pending[:4], pending[4:]
+            procs = {case: subprocess.Popen([sys.executable, "-m", "backend", *argv], cwd=REPO, env=env, text=True,
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                     for case, (argv, _) in batch}
+            for case, proc in procs.items():
+                try:
+                    _, stderr = proc.communicate(timeout=300)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    _, stderr = proc.communicate()
+                results[case] = (proc.returncode, stderr, cases[case][1])
+    finally:
+        holder.close()
+    results["_files"] = [tmp / "neg.csv", tmp / "big.csv", tmp / "w.duckdb", tmp / "d.duckdb"]
+    results["_trained"] = (trained, sorted((p.name, p.stat().st_mtime_ns) for p in trained.iterdir()),
+                           sorted((p.name, p.stat().st_mtime_ns) for p in tiny_sae_dir.iterdir()))
+    return results
+
+
+CLI_CASES = ["export_xlsx", "feature_too_big", "feature_negative", "show_not_duckdb", "show_locked", "create_wide_sae",
+             "create_missing_layer", "train_over_an_sae", "add_blank_name", "add_no_text_column"]
+
+
+@pytest.mark.parametrize("case", CLI_CASES)
+def test_cli_user_errors_exit_2_with_a_message_and_no_traceback(cli_runs, case):
+    returncode, stderr, expected = cli_runs[case]
+    assert "Traceback" not in stderr, stderr
+    assert returncode == 2, stderr
+    assert stderr.startswith("error: ") and re.search(expected, stderr), stderr
+
+
+def test_refused_commands_leave_nothing_behind(cli_runs):
+    assert not any(path.exists() for path in cli_runs["_files"])  # no export, no half-made workspace
+    trained, after, _ = cli_runs["_trained"]
+    assert after == sorted((p.name, p.stat().st_mtime_ns) for p in trained.iterdir())  # the SAE was not rewritten
+
+
+def test_exported_csv_neutralises_formulas(tmp_path, tiny_workspace_file, capsys):
+    ws = str(tmp_path / "f.duckdb")
+    shutil.copy(tiny_workspace_file, ws)
+    docs = tmp_path / "formulas.csv"
+    pd.DataFrame({"text": ["=HYPERLINK(\"http://x\")", "plain words here"], "note": ["@SUM(A1)", "-2+3"]}).to_csv(
+        docs, index=False)
+    assert main(["add", ws, "formulas", str(docs), "--no-embed"]) == 0
+    out = tmp_path / "f.csv"
+    assert main(["export", ws, "formulas", str(out)]) == 0
+    back = pd.read_csv(out, keep_default_na=False)
+    assert back["text"].tolist() == ["'=HYPERLINK(\"http://x\")", "plain words here"]
+    assert back["note"].tolist() == ["'@SUM(A1)", "'-2+3"]
+
+
+def test_cli_counts_truncated_documents_and_splits_them(tmp_path, tiny_model_dir, tiny_sae_dir, capsys):
+    ws = str(tmp_path / "long.duckdb")
+    assert main(["create", ws, "--model", str(tiny_model_dir), "--sae", str(tiny_sae_dir), "--max-tokens", "16"]) == 0
+    docs = tmp_path / "long.csv"
+    pd.DataFrame({"text": ["the movie was great and funny " * 8, "hello world"], "label": ["a", "b"]}).to_csv(
+        docs, index=False)
+    capsys.readouterr()
+    assert main(["add", ws, "whole", str(docs)]) == 0
+    assert "1 of 2 documents were longer than the reading window (16 tokens)" in capsys.readouterr().err
+    assert main(["add", ws, "windows", str(docs), "--split-long", "--window-chars", "40"]) == 0
+    out = capsys.readouterr()
+    assert "Added corpus 'windows' (7 documents, after splitting long ones into windows)" in out.out and "longer than" not in out.err
+    assert main(["show", ws]) == 0
+    corpora = {c["name"]: c for c in json.loads(capsys.readouterr().out)["corpora"]}
+    assert (corpora["whole"]["n_truncated"], corpora["windows"]["n_truncated"]) == (1, 0)
+    assert main(["add", ws, "bad", str(docs), "--split-long", "--window-chars", "0"]) == 2
+    assert "window_chars must be a positive whole number" in capsys.readouterr().err

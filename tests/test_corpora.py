@@ -7,7 +7,10 @@ import json
 import pandas as pd
 import pytest
 
-from backend.corpora import CorpusError, ReadOptions, guess_text_column, read_corpus, validate_text_column
+from backend.corpora import (
+    CorpusError, ReadOptions, format_size, guess_text_column, prepare_documents, read_corpus, split_windows,
+    validate_corpus_name, validate_text_column,
+)
 
 
 def test_csv_keeps_metadata_and_quoted_newlines():
@@ -73,3 +76,158 @@ def test_text_column_checks():
     with pytest.raises(CorpusError, match="non-text"):
         validate_text_column(pd.DataFrame({"text": ["a", 3]}), "text")
     assert json.dumps(validate_text_column(df, "review")["review"].tolist()) == '["good film", "bad film"]'
+
+
+# -- issue 12, problem 6: the text column is found by content under pandas 3 (no `object` string columns) --
+@pytest.mark.parametrize(
+    "data,expected",
+    [
+        (b"review_body,stars\nthis film was a delight from start to end,5\nflat and far too long,2\n", "review_body"),
+        (b"id,comment,stars\n1,loved every minute of it,5\n2,not for me,1\n", "comment"),
+        (b"uid,note\n3f2a9c1e-77b0-4a52-9a0e-1b2c3d4e5f60,so good\n9b1d2e3f-0000-4a52-9a0e-abcdefabcdef,meh ok\n",
+         "note"),
+        (b"doc_id\tsnippet\nA-000001\ta quiet walk home\nA-000002\train again today\n", "snippet"),
+    ],
+)
+def test_text_column_found_by_content_under_pinned_pandas(data, expected):
+    df = read_corpus(data, "r.tsv" if b"\t" in data else "r.csv")
+    assert not pd.api.types.is_object_dtype(df[expected])  # pandas 3: the `str` dtype, which the old check missed
+    assert guess_text_column(df) == expected
+
+
+def test_text_column_skips_ids_longer_than_the_text():
+    # object dtype (as JSONL mixes give): the old "longest object column" rule picked the uuids
+    df = pd.DataFrame({"uid": ["3f2a9c1e-77b0-4a52-9a0e-1b2c3d4e5f60", "9b1d2e3f-0000-4a52-9a0e-abcdefabcdef"],
+                       "tweet": ["so good", "meh ok"], "n": [1, 2]}, dtype=object)
+    assert guess_text_column(df) == "tweet"
+    jl = b'{"id": 17, "title_of_post": "Hi there", "stars": "4"}\n{"id": 18, "title_of_post": "a b c", "stars": "5"}\n'
+    assert guess_text_column(read_corpus(jl, "a.jsonl")) == "title_of_post"
+
+
+def test_no_text_column_is_refused_not_guessed():
+    with pytest.raises(CorpusError, match="No column looks like free text"):
+        guess_text_column(read_corpus(b"id,stars\n1,5\n2,4\n", "r.csv"))
+    with pytest.raises(CorpusError, match="No column looks like free text"):
+        guess_text_column(read_corpus(b"sha\nab12cd\nef34aa\n", "r.csv"))  # unique single tokens: ids
+
+
+# -- issue 12, problem 8: one document limit for every format, and windows for long documents --------------
+def _as_format(text: str, fmt: str) -> bytes:
+    if fmt == "csv":
+        return f"text,label\n{text},a\n".encode()
+    if fmt == "tsv":
+        return f"text\tlabel\n{text}\ta\n".encode()
+    if fmt == "jsonl":
+        return (json.dumps({"text": text, "label": "a"}) + "\n").encode()
+    if fmt == "txt":
+        return (text + "\n").encode()
+    buf = io.BytesIO()
+    pd.DataFrame({"text": [text], "label": ["a"]}).to_parquet(buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet", "txt"])
+def test_a_one_megabyte_document_is_accepted_in_every_format(fmt):
+    doc = ("word " * 210_000).strip()  # 1,049,999 characters: over the csv module's 131,072-character field limit
+    df, column = prepare_documents(read_corpus(_as_format(doc, fmt), f"a.{fmt}"))
+    assert column == "text" and df[column].tolist() == [doc]
+
+
+def test_the_document_limit_is_the_same_for_every_format():
+    options = ReadOptions(max_doc_chars=1_000)
+    messages = set()
+    for fmt in ["csv", "tsv", "jsonl", "parquet", "txt"]:
+        assert len(prepare_documents(read_corpus(_as_format("y" * 1_000, fmt), f"a.{fmt}"), "text", options)[0]) == 1
+        with pytest.raises(CorpusError, match="over the limit of 1,000 characters per document") as err:
+            prepare_documents(read_corpus(_as_format("y" * 1_001, fmt), f"a.{fmt}"), "text", options)
+        messages.add(str(err.value))
+    assert len(messages) == 1
+    with pytest.raises(CorpusError, match="per document"):  # a DataFrame too
+        prepare_documents(pd.DataFrame({"text": ["z" * 1_001]}), None, options)
+
+
+def test_split_long_documents_into_windows():
+    words = [f"w{i}" for i in range(900)]  # 4,4xx characters
+    long_doc = " ".join(words)
+    df = pd.DataFrame({"text": ["short one", long_doc, "x" * 2_500], "label": ["a", "b", "c"]})
+    out, column = prepare_documents(df, "text", ReadOptions(split_long=True, window_chars=1_000))
+    assert out.loc[0, "text"] == "short one" and (out.loc[0, "source_doc"], out.loc[0, "char_offset"]) == (0, 0)
+    from_long = out[out["source_doc"] == 1]
+    assert len(from_long) == 5 and (from_long["label"] == "b").all()
+    assert all(len(w) <= 1_000 for w in out["text"])
+    for window, offset in zip(from_long["text"], from_long["char_offset"]):
+        assert long_doc[offset:offset + len(window)] == window  # the offset points at the window in its source
+    assert " ".join(from_long["text"]).split() == words  # every word kept, none cut in two
+    no_spaces = out[out["source_doc"] == 2]
+    assert no_spaces["char_offset"].tolist() == [0, 1_000, 2_000] and "".join(no_spaces["text"]) == "x" * 2_500
+    unsplit, _ = prepare_documents(df, "text")
+    assert len(unsplit) == 3 and "source_doc" not in unsplit.columns
+
+
+def test_split_windows_refuses_column_clash_and_bad_options():
+    with pytest.raises(CorpusError, match="source_doc"):
+        prepare_documents(pd.DataFrame({"text": ["a b"], "source_doc": [1]}), "text", ReadOptions(split_long=True))
+    with pytest.raises(CorpusError, match="window_chars"):
+        ReadOptions(window_chars=0)
+    with pytest.raises(CorpusError, match="Unknown format"):
+        ReadOptions(fmt="xlsx")
+
+
+def test_split_windows_offsets_and_whitespace():
+    text = "  alpha beta\n\ngamma   delta epsilon  "
+    pieces = split_windows(text, 12)
+    assert [w for _, w in pieces] == ["alpha beta", "gamma", "delta", "epsilon"]
+    assert all(text[o:o + len(w)] == w for o, w in pieces)
+
+
+def test_workspace_stores_windows_with_their_source(tiny_workspace):
+    df = pd.DataFrame({"text": ["the movie was great " * 20, "hello world"], "label": ["fresh", "code"]})
+    tiny_workspace.add_corpus("win", df, "text", options=ReadOptions(split_long=True, window_chars=100))
+    docs = tiny_workspace.documents("win")
+    assert len(docs) == 5 and docs["source_doc"].astype(int).tolist() == [0, 0, 0, 0, 1]
+    assert docs["char_offset"].astype(int).tolist()[:2] == [0, 100]
+
+
+# -- issue 12, problem 9: clear messages instead of AttributeErrors, sizes in sensible units ----------------
+@pytest.mark.parametrize("name,message", [(None, "must be text, not NoneType"), (123, "must be text, not int"),
+                                          ("   ", "needs a name"), ("a\nb", "control characters"),
+                                          ("x" * 201, "at most 200")])
+def test_bad_corpus_names_are_refused(name, message):
+    with pytest.raises(CorpusError, match=message):
+        validate_corpus_name(name)
+
+
+def test_corpus_name_is_stripped():
+    assert validate_corpus_name("  reviews ") == "reviews"
+
+
+def test_duplicate_dataframe_columns_are_refused():
+    df = pd.DataFrame([["a b", "c d"]], columns=["text", "text"])
+    for call in (lambda: guess_text_column(df), lambda: validate_text_column(df, "text"),
+                 lambda: prepare_documents(df, "text")):
+        with pytest.raises(CorpusError, match="Duplicate column name"):
+            call()
+
+
+def test_workspace_refuses_bad_names_and_duplicate_columns(tiny_workspace):
+    df = pd.DataFrame({"text": ["a b", "c d"]})
+    for name in (None, 123):
+        with pytest.raises(CorpusError, match="must be text"):
+            tiny_workspace.add_corpus(name, df, "text")
+    with pytest.raises(CorpusError, match="Duplicate column"):
+        tiny_workspace.add_corpus("dup", pd.DataFrame([["a", "b"]], columns=["text", "text"]))
+    with pytest.raises(CorpusError, match="not NoneType"):
+        tiny_workspace.add_corpus("none", None, file_name="x.csv")
+    assert tiny_workspace.corpus_list() == []  # nothing stored
+
+
+def test_size_limit_message_uses_sensible_units(tmp_path):
+    p = tmp_path / "big.txt"
+    p.write_bytes(b"x" * 2000)
+    with pytest.raises(CorpusError) as err:
+        read_corpus(p, options=ReadOptions(max_bytes=1000))
+    assert str(err.value) == "The file is 2.0 KB, over the limit of 1,000 bytes."
+    with pytest.raises(CorpusError, match="over the limit of 1,000 bytes"):
+        read_corpus(b"y" * 2000, "big.txt", ReadOptions(max_bytes=1000))
+    assert [format_size(n) for n in (0, 1, 999, 1536, 200 * 1024 * 1024, 5 * 1024**3)] == [
+        "0 bytes", "1 byte", "999 bytes", "1.5 KB", "200 MB", "5.0 GB"]

@@ -6,7 +6,12 @@ import json
 import pytest
 import torch
 
-from backend.saes import SAEError, check_pairing, load_sae, sae_info, save_fp16
+from backend.config import DEFAULT_MODEL
+from backend.models import ModelDims, model_dims, read_gguf_metadata
+from backend.saes import (
+    SAEError, cache_sae, check_pairing, check_sae_fits_model, load_sae, sae_info, save_fp16, verify_sae_folder,
+    weights_hash, weights_sha256,
+)
 from backend.training import TrainConfig, collect_activations, evaluate, to_sae_lens, train_topk
 from tests.tiny import HOOK
 
@@ -53,6 +58,7 @@ def test_training_improves_fve_with_more_epochs(tiny_reader):
 
 def test_fp16_save_loads_and_pairing_is_checked(tiny_sae, tmp_path):
     save_fp16(tiny_sae.to(torch.float32), tmp_path / "h")
+    assert tiny_sae.W_dec.dtype == torch.float32  # the caller's SAE is not turned to fp16 in place
     sae16 = load_sae(tmp_path / "h", device="cpu", dtype="float32")
     assert sae16.W_dec.dtype == torch.float32
     info = sae_info(sae16, tmp_path / "h")
@@ -83,3 +89,135 @@ def test_evaluate_counts_dead_latents():
     x = torch.rand(20, 4) + 0.1
     fve, l0, fires = evaluate(sae, x)
     assert int((fires == 0).sum()) == 6 and l0 == 2.0
+
+
+# -- issue 12, problem 4: an SAE that cannot read the model is refused at `create`, from configs alone ------
+def _sae_for(model_name: str, d_in: int = 32, hook: str = HOOK):
+    from sae_lens import TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    meta = SAEMetadata(model_name=model_name, hook_name=hook, model_from_pretrained_kwargs={})
+    return TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=16, k=2, dtype="float32", device="cpu", metadata=meta))
+
+
+def test_check_sae_fits_model(tiny_sae, tmp_path):
+    info = sae_info(tiny_sae, "in-memory")
+    check_sae_fits_model(info, n_layers=2, d_model=32)
+    check_sae_fits_model(info, n_layers=None, d_model=None)  # unknown offline: nothing to compare
+    with pytest.raises(SAEError, match="width 32 but 'm' has d_model 576"):
+        check_sae_fits_model(info, 30, 576, "'m'")
+    with pytest.raises(SAEError, match="layer 1, but the model has 1 layers"):
+        check_sae_fits_model(info, 1, 32)
+    odd = sae_info(_sae_for("m", hook="blocks.1.attn.hook_z"), "in-memory")
+    with pytest.raises(SAEError, match="hook cannot be read"):
+        check_sae_fits_model(odd, 2, 32)
+
+
+def test_model_dims_from_configs_without_weights(tiny_model_dir, tmp_path):
+    assert model_dims(str(tiny_model_dir)) == ModelDims(n_layers=2, d_model=32)
+    assert model_dims(str(tmp_path / "no-such-model")) is None  # unknown here: the load checks later
+    cached = tmp_path / "models" / DEFAULT_MODEL
+    cached.mkdir(parents=True)
+    (cached / "config.json").write_text(json.dumps({"num_hidden_layers": 7, "hidden_size": 64}))
+    assert model_dims(DEFAULT_MODEL, cache_dir=tmp_path) == ModelDims(7, 64)  # the cached config comes first
+    (cached / "config.json").write_text(json.dumps({"text_config": {"num_hidden_layers": 18, "hidden_size": 640}}))
+    assert model_dims(DEFAULT_MODEL, cache_dir=tmp_path) == ModelDims(18, 640)
+
+
+def test_builtin_model_dims_from_the_gguf_header(tmp_path):
+    from backend.models import BUILTIN_MODELS, ModelNotAvailable, _find_gguf
+
+    try:
+        gguf = _find_gguf(BUILTIN_MODELS[DEFAULT_MODEL])
+    except ModelNotAvailable:
+        pytest.skip("the default model's GGUF package is not installed")
+    meta = read_gguf_metadata(gguf)
+    assert meta["general.architecture"] == "llama"
+    # SmolLM2-135M: 30 blocks of width 576 (its published config.json); no cache in tmp_path, so from the GGUF
+    assert model_dims(DEFAULT_MODEL, cache_dir=tmp_path) == ModelDims(30, 576)
+
+
+@pytest.mark.parametrize("d_in,hook,message", [(48, HOOK, "width 48"),
+                                                (32, "blocks.99.hook_resid_post", "layer 99, but .* has 2 layers")])
+def test_create_refuses_an_sae_that_does_not_fit(tiny_model_dir, tmp_path, d_in, hook, message):
+    from backend.workspace import Workspace, WorkspaceSpec
+
+    folder = tmp_path / "sae"
+    _sae_for(str(tiny_model_dir), d_in, hook).save_model(folder)
+    path = tmp_path / "ws.duckdb"
+    with pytest.raises(SAEError, match=message):
+        Workspace.create(path, WorkspaceSpec(model=str(tiny_model_dir), sae=str(folder)), device="cpu")
+    assert not path.exists()  # refused before the file is made
+
+
+# -- issue 12, problem 3: changed weights are detected; SAEs are cached by content; no silent overwrite ----
+def _other_weights_same_shape(folder):
+    sae = load_sae(folder, device="cpu")
+    with torch.no_grad():
+        sae.W_enc.mul_(-1.0)
+    sae.save_model(folder)
+
+
+def test_changed_weights_are_refused(tiny_sae, tmp_path):
+    folder = tmp_path / "s"
+    tiny_sae.save_model(folder)
+    recorded = sae_info(load_sae(folder, device="cpu"), folder).sha256
+    verify_sae_folder(folder, recorded)
+    verify_sae_folder(folder, weights_sha256(folder))  # the full digest works too
+    load_sae(folder, device="cpu", expected_sha256=recorded)
+    _other_weights_same_shape(folder)
+    with pytest.raises(SAEError, match="not the ones this workspace was built with"):
+        verify_sae_folder(folder, recorded)
+    with pytest.raises(SAEError, match="not the ones"):
+        load_sae(folder, device="cpu", expected_sha256=recorded)
+    with pytest.raises(SAEError, match="not a sha256"):
+        verify_sae_folder(folder, "abc")
+
+
+def test_cache_sae_is_content_addressed(tiny_sae, tmp_path):
+    src = tmp_path / "src"
+    tiny_sae.save_model(src)
+    digest = weights_hash(src)
+    x = torch.randn(3, 32)
+    original = load_sae(src, device="cpu").encode(x)
+    cached = cache_sae(src, tmp_path / "cache")
+    assert cached == tmp_path / "cache" / digest
+    assert sorted(p.name for p in cached.iterdir()) == sorted(p.name for p in src.iterdir())
+    mtime = (cached / "sae_weights.safetensors").stat().st_mtime_ns
+    assert cache_sae(src, tmp_path / "cache") == cached  # already there: not copied again
+    assert (cached / "sae_weights.safetensors").stat().st_mtime_ns == mtime
+    _other_weights_same_shape(src)  # retrained in place: a new entry, the old one untouched
+    assert cache_sae(src, tmp_path / "cache") != cached
+    verify_sae_folder(cached, digest)
+    import shutil
+
+    shutil.rmtree(src)  # the original is gone: the cached copy still loads
+    assert torch.allclose(load_sae(cached, device="cpu", expected_sha256=digest).encode(x), original)
+    (cached / "sae_weights.safetensors").write_bytes(b"damaged")
+    with pytest.raises(SAEError, match="not the ones"):
+        verify_sae_folder(cached, digest)
+
+
+def test_training_never_overwrites_an_sae_unless_asked(tiny_sae, tiny_reader, tmp_path):
+    from backend.config import DEFAULT_SAE_DIR, DEFAULT_HOOK, DEFAULT_MODEL as MODEL
+    from backend.training import TrainingError, output_dir, train_sae_for_model
+
+    new = output_dir(None, MODEL, DEFAULT_HOOK, root=tmp_path / "trained")
+    assert new.parent == tmp_path / "trained" and not new.exists() and "blocks-15-hook-resid-post" in new.name
+    assert output_dir(None, MODEL, DEFAULT_HOOK).resolve() != DEFAULT_SAE_DIR.resolve()
+    if (DEFAULT_SAE_DIR / "cfg.json").exists():
+        with pytest.raises(TrainingError, match="shipped default SAE"):
+            output_dir(DEFAULT_SAE_DIR, MODEL, DEFAULT_HOOK)
+    existing = tmp_path / "mine"
+    tiny_sae.save_model(existing)
+    before = weights_hash(existing)
+    with pytest.raises(TrainingError, match="--overwrite"):
+        output_dir(existing, MODEL, DEFAULT_HOOK)
+    assert output_dir(existing, MODEL, DEFAULT_HOOK, overwrite=True) == existing
+    assert output_dir(tmp_path / "fresh", MODEL, DEFAULT_HOOK) == tmp_path / "fresh"
+    with pytest.raises(TrainingError, match="needs --out"):
+        output_dir(None, MODEL, DEFAULT_HOOK, overwrite=True)
+    cfg = TrainConfig(d_sae=16, k=2, n_tokens=100, epochs=1, batch_size=32, dead_after_tokens=10**9)
+    with pytest.raises(TrainingError, match="already holds an SAE"):
+        train_sae_for_model(tiny_reader, HOOK, ["the dog and the cat"] * 20, existing, cfg)
+    assert weights_hash(existing) == before

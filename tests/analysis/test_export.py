@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from backend.export import export_frame, feature_columns, write_export
+from backend.errors import UserError
+from backend.export import ExportError, check_feature_ids, export_format, export_frame, feature_columns, write_export
 
 
 @pytest.fixture()
@@ -66,3 +67,29 @@ def test_feature_columns_names_and_values():
     assert list(cols.columns) == ["f2_cats_dogs", "f1_python_code", "f0"]
     np.testing.assert_allclose(cols.to_numpy(), [[0.25, 0.0, 2.0], [0.0, 1.5, 0.0]])
     assert list(cols.index) == [0, 1]
+
+
+def test_feature_ids_are_checked_not_wrapped():
+    assert check_feature_ids([0, np.int64(5), 8191], 8192) == [0, 5, 8191]
+    for bad, message in [(-1, "no feature -1"), (8192, "no feature 8192"), (99999, "no feature 99999"),
+                         (True, "whole number"), (1.5, "whole number")]:
+        with pytest.raises(ExportError, match=message):
+            check_feature_ids([bad], 8192)
+    X = sp.csr_matrix(np.array([[1.0, 0.0, 7.0]]))
+    with pytest.raises(ExportError, match="no feature -1"):  # scipy would silently read the last column
+        feature_columns(X, [0], [-1])
+    with pytest.raises(ExportError, match="features 0 to 2"):
+        feature_columns(X, [0], [3])
+
+
+def test_unknown_export_format_is_a_user_error(frame, tmp_path):
+    with pytest.raises(UserError, match="out.xlsx"):
+        write_export(frame, tmp_path / "out.xlsx")
+    assert not (tmp_path / "out.xlsx").exists()
+    with pytest.raises(UserError, match="xlsx"):
+        export_frame(frame, "xlsx")
+    assert [export_format(n) for n in ("a.CSV", "a.json", "a.ndjson", "a.pq", "a.parquet")] == [
+        "csv", "jsonl", "jsonl", "parquet", "parquet"]
+    assert export_format("no_suffix", "csv") == "csv"
+    with pytest.raises(ExportError, match="no_suffix"):
+        export_format("no_suffix")
