@@ -16,12 +16,12 @@ import pandas as pd
 import scipy.sparse as sp
 
 from backend.activations import EmbedConfig, embed_texts, token_activations
-from backend.config import DEFAULT_MODEL, DEFAULT_SAE_DIR
+from backend.config import CACHE_DIR, DEFAULT_MODEL, DEFAULT_SAE_DIR
 from backend.corpora import ReadOptions, prepare_documents, read_corpus, validate_corpus_name
 from backend.feature_precompute import FinalizeProgress
 from backend.jobs import JobConfig, Progress, ProgressCallback, embed_corpus
 from backend.models import ModelDims, ReaderModel, load_reader, model_dims
-from backend.saes import SAEError, check_pairing, check_sae_fits_model, load_sae, sae_info
+from backend.saes import SAEError, cache_sae, check_pairing, check_sae_fits_model, load_sae, sae_info
 from backend.store import Corpus, Pooling, Store, StoreError
 from backend.workspace_analyses import WorkspaceAnalyses
 
@@ -116,7 +116,10 @@ class Workspace(WorkspaceAnalyses):
         if path.exists():
             raise StoreError(f"{path} already exists; open it instead.")
         sae = sae if sae is not None else load_sae(spec.sae, device=device)
-        info = sae_info(sae, spec.sae)
+        # The workspace points at a content-addressed copy, so moving, retraining or deleting the
+        # original folder cannot silently change (or break) what this workspace reads.
+        source = str(cache_sae(spec.sae)) if Path(spec.sae).is_dir() else spec.sae
+        info = sae_info(sae, source)
         model_name = reader.name if reader is not None else spec.model
         if reader is not None:
             check_pairing(info, model_name, reader.d_model)
@@ -127,7 +130,7 @@ class Workspace(WorkspaceAnalyses):
                              repr(model_name))  # refuses a hook, layer or width the model does not have
         store = Store(path)
         store.set_meta(
-            model=model_name, hook=info.hook_name, sae_source=info.source, sae_sha256=info.sha256,
+            model=model_name, hook=info.hook_name, sae_source=info.source, sae_origin=str(spec.sae), sae_sha256=info.sha256,
             d_sae=info.d_sae, d_in=info.d_in, architecture=info.architecture,
             formatting=spec.formatting or info.formatting, max_tokens=spec.max_tokens, dtype=spec.dtype,
             sae_report=info.report,
@@ -181,10 +184,21 @@ class Workspace(WorkspaceAnalyses):
     def sae(self) -> Any:
         with self._load_lock:
             if self._sae is None:
-                self._sae = load_sae(self.settings.sae_source, device=self.device)
+                self._sae = load_sae(self._sae_folder(), device=self.device, expected_sha256=self.settings.sae_sha256)
                 if int(self._sae.cfg.d_sae) != self.d_sae:
                     raise SAEError("The SAE on disk no longer matches this workspace (its size changed).")
             return self._sae
+
+    def _sae_folder(self) -> str:
+        """The recorded SAE, or its content-addressed copy when the recorded folder has gone."""
+        source, digest = self.settings.sae_source, self.settings.sae_sha256
+        if Path(source).exists() or ":" in source and not Path(source).is_absolute() or not digest:
+            return source
+        for candidate in (Path(CACHE_DIR) / "saes" / digest, Path(CACHE_DIR) / "saes" / digest[:16]):
+            if candidate.is_dir():
+                return str(candidate)
+        raise SAEError(f"This workspace's SAE is gone from {source} and is not in the SAE cache; put the SAE folder "
+                       f"(weights sha256 {digest[:16]}…) back there, or create a new workspace.")
 
     @property
     def reader(self) -> ReaderModel:
@@ -273,7 +287,7 @@ class Workspace(WorkspaceAnalyses):
         self.store.delete_corpus(self.corpus(corpus).corpus_id)
 
     def rename_corpus(self, corpus: "str | int | Corpus", new_name: str) -> None:
-        self.store.rename_corpus(self.corpus(corpus).corpus_id, new_name)
+        self.store.rename_corpus(self.corpus(corpus).corpus_id, validate_corpus_name(new_name))
 
     # -- reading embeddings ------------------------------------------------------
     def latents(self, corpus: "str | int | Corpus", pooling: Pooling = "max", threshold: float = 0.0) -> sp.csr_matrix:

@@ -1,6 +1,8 @@
 """Workspace + store: corpora in DuckDB, sparse latents, pooling, bad input changes nothing."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,6 +10,7 @@ import pytest
 from backend.activations import embed_texts
 from backend.corpora import CorpusError
 from backend.store import StoreError
+from backend.workspace import Workspace, WorkspaceSpec
 from tests.tiny import HOOK
 
 
@@ -117,3 +120,34 @@ def test_pairing_refuses_other_model(tmp_path, tiny_reader, tiny_sae_dir):
 def test_empty_text_in_dataframe_is_refused(tiny_workspace):
     with pytest.raises(CorpusError, match="empty in 1 row"):
         tiny_workspace.add_corpus("e", pd.DataFrame({"text": ["ok", None]}), "text")
+
+
+def test_workspace_survives_a_moved_sae_and_refuses_changed_weights(tmp_path, tiny_reader, tiny_sae, monkeypatch):
+    """Issue 12.3: a workspace reads a content-addressed copy of its SAE and checks the weights' hash."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from backend import workspace as workspace_mod
+    from backend.saes import SAEError
+
+    monkeypatch.setattr(workspace_mod, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr("backend.config.CACHE_DIR", tmp_path / "cache")
+    original = tmp_path / "my_sae"
+    tiny_sae.save_model(original)
+    spec = WorkspaceSpec(model=tiny_reader.name, sae=str(original))
+    ws = Workspace.create(tmp_path / "w.duckdb", spec, device="cpu", reader=tiny_reader)
+    assert Path(ws.settings.sae_source).parent == tmp_path / "cache" / "saes"
+    ws.close()
+    shutil.rmtree(original)  # moved away: the workspace still finds its SAE
+    ws = Workspace.open(tmp_path / "w.duckdb", device="cpu", reader=tiny_reader)
+    assert ws.sae.cfg.d_sae == ws.d_sae
+    ws.close()
+    weights = Path(ws.settings.sae_source) / "sae_weights.safetensors"
+    tensors = load_file(weights)
+    save_file({k: torch.randn_like(v) for k, v in tensors.items()}, weights)  # same shapes, other weights
+    ws = Workspace.open(tmp_path / "w.duckdb", device="cpu", reader=tiny_reader)
+    with pytest.raises(SAEError, match="not the ones"):
+        ws.sae
+    ws.close()
