@@ -1,0 +1,576 @@
+"""Readable offline feature labels: say what a feature fires on the way a person would.
+
+Offline labels (no LLM) come from each feature's top contexts: the token at the argmax of its strongest
+documents and a token window around it (`labels.ContextSet`). From the label alone a reader should be
+able to name the concept, so a label reads
+
+    <name> — "<one short context, the firing token marked «like this»>"
+
+where <name> is, in this order of preference:
+  * the words the feature fires on, normalised (leading-space markers stripped, case variants and the
+    pieces of one word and singular/plural merged), most distinctive first (share x log lift against
+    the background token frequency): ``certain / few / some``;
+  * a plain phrase for punctuation, formatting and symbols: ``sentence-final period``, ``line break``,
+    ``possessive 's``, ``links (t.co URLs)``, ``numbers``, ``all-caps words (LOL / OMG)``;
+  * for a feature that fires on a position rather than a token set (many different tokens, none
+    dominant): what the positions share, ``after 'the' (film / plot)``, ``first token of the text``,
+    or else ``varied tokens: a / b / c``.
+
+score in [0, 1]: how much of the feature's top activations the name accounts for, i.e. the
+activation-weighted share of its top contexts whose firing token is one of the named words or
+categories (for position labels: that sit in the named position). 1 = every top context is explained.
+kind: word | symbol (links, handles, numbers) | punctuation | formatting | mixed (position features);
+`is_formatting` is what a summary uses to keep punctuation and formatting from leading it.
+
+Pure: no store, no model; `decode` turns token ids into text (`labels.make_decoder`)."""
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+import pandas as pd
+
+from backend.errors import UserError
+
+Decoder = Callable[[tuple[int, ...]], str]
+KINDS = ("word", "symbol", "punctuation", "formatting", "mixed")
+FORMATTING_KINDS = frozenset({"punctuation", "formatting"})
+LABEL_COLUMNS = ["feature_id", "label", "score", "name", "kind", "example", "n_contexts"]
+EXAMPLE_SEP = ' — "'
+
+
+class Contexts(Protocol):
+    """Where features fire, one entry per (feature, top document); `labels.ContextSet` is one."""
+
+    feature_id: np.ndarray
+    rank: np.ndarray  # 0 = the feature's strongest document
+    act: np.ndarray
+    token_id: np.ndarray
+    windows: list[list[int]]  # token ids around the argmax
+    centers: np.ndarray  # index of the argmax token inside its window
+
+
+@dataclass(frozen=True)
+class LabelTextConfig:
+    """How labels are built.
+
+    max_names: most words/categories a name lists. min_coverage: the named tokens must explain this
+    share of the top contexts, or the feature is labelled by its position instead. min_context_share:
+    a context n-gram ("after 'the'") must sit at this share of the positions. max_name_chars: the
+    name is cut to this length. example_before/after_chars: characters of context either side of the
+    marked token. with_example: append the quoted example to the label."""
+
+    max_names: int = 5
+    min_coverage: float = 0.5
+    min_context_share: float = 0.4
+    max_name_chars: int = 60
+    example_before_chars: int = 28
+    example_after_chars: int = 20
+    with_example: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_names < 1:
+            raise UserError("max_names must be at least 1.")
+        for name in ("min_coverage", "min_context_share"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise UserError(f"{name} must be in (0, 1], not {getattr(self, name)}.")
+        if self.max_name_chars < 10 or self.example_before_chars < 0 or self.example_after_chars < 0:
+            raise UserError("max_name_chars must be at least 10 and the example widths non-negative.")
+
+
+# -- what one firing token is ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Unit:
+    """One firing token as counted: `key` merges variants, `display` is how it reads, `bg_key` finds
+    the same thing in the background counts."""
+
+    key: str
+    display: str
+    kind: str
+    bg_key: str
+
+
+_PUNCT = {
+    ",": "comma", "?": "question mark", "!": "exclamation mark", ":": "colon", ";": "semicolon",
+    "...": "ellipsis", "..": "ellipsis", "…": "ellipsis", "-": "hyphen", "–": "dash", "—": "dash", "--": "dash",
+    '"': "quotation marks", "“": "quotation marks", "”": "quotation marks", "``": "quotation marks",
+    "''": "quotation marks", "'": "quotes or apostrophes", "‘": "quotes or apostrophes", "’": "quotes or apostrophes",
+    "(": "opening parenthesis", ")": "closing parenthesis", "[": "brackets", "]": "brackets", "{": "braces",
+    "}": "braces", "<": "angle brackets", ">": "angle brackets", "*": "asterisk", "/": "slash", "\\": "backslash",
+    "=": "equals sign", "+": "plus sign", "|": "vertical bar", "_": "underscore", "~": "tilde", "^": "caret",
+    "`": "backtick",
+}
+_SYMBOL = {"$": "dollar sign", "€": "euro sign", "£": "pound sign", "%": "percent sign", "&": "ampersand",
+           "@": "@handles (mentions)", "#": "#hashtags"}
+_CONTRACTIONS = {"'s": "possessive 's", "’s": "possessive 's", "'re": "contraction 're", "'ve": "contraction 've",
+                 "'ll": "contraction 'll", "'m": "contraction 'm", "'d": "contraction 'd", "’re": "contraction 're",
+                 "’ve": "contraction 've", "’ll": "contraction 'll", "’m": "contraction 'm", "’d": "contraction 'd"}
+_URL_PIECES = frozenset({"http", "https", "://", "https://", "http://", "www", "www.", ".com", "t.co", ".co", ".org",
+                         ".net", "bit.ly", "://t.co", ".html", ".ly"})
+PERIOD_FINAL, PERIOD_OTHER = "sentence-final period", "period (not sentence-final)"
+LINKS, TCO_LINKS = "links (URLs)", "links (t.co URLs)"
+HANDLES, HASHTAGS, NUMBERS, YEARS = "@handles (mentions)", "#hashtags", "numbers", "years"
+LINE_BREAK, BLANK_LINE, SPACES, BYTES = "line break", "blank line", "spaces", "emoji or symbols"
+ALL_CAPS, CAPITALISED, FIRST_TOKEN = "all-caps words", "capitalised words", "first token of the text"
+
+# Category names a label can be made of, with their kind (used to read the kind back from a stored label).
+CATEGORY_KINDS: dict[str, str] = {
+    **{v: "punctuation" for v in _PUNCT.values()}, **{v: "symbol" for v in _SYMBOL.values()},
+    **{v: "punctuation" for v in _CONTRACTIONS.values()}, "negation n't": "word",
+    "period": "punctuation", PERIOD_FINAL: "punctuation", PERIOD_OTHER: "punctuation",
+    LINKS: "symbol", TCO_LINKS: "symbol", NUMBERS: "symbol", YEARS: "symbol", BYTES: "symbol",
+    LINE_BREAK: "formatting", BLANK_LINE: "formatting", SPACES: "formatting", FIRST_TOKEN: "formatting",
+}
+_PREFIX_KINDS = (("special token ", "formatting"), ("punctuation ", "punctuation"), (ALL_CAPS, "formatting"),
+                 (CAPITALISED, "word"),
+                 ("after ", "mixed"), ("before ", "mixed"), ("varied tokens:", "mixed"))
+
+_URL_RE = re.compile(r"(?:https?:/*|www\.|://)\S*|\b[\w-]+\.(?:com|org|net|co|ly|io|gov|edu)\b(?:/\S*)?", re.I)
+_HANDLE_RE = re.compile(r"(?<!\w)@\w+")
+_HASHTAG_RE = re.compile(r"(?<!\w)#\w+")
+_NUMBER_RE = re.compile(r"\d+(?:[.,:]\d+)*")
+_YEAR_RE = re.compile(r"(?:1[5-9]|20)\d\d")
+_SPAN_HINTS = ("://", "www", "@", "#", ".com", ".org", ".net", ".co", ".ly", ".io", ".gov", ".edu")
+_TOKEN_HINTS = (":", "/", "@", "#", "www", "http")
+_DOMAIN_PIECES = frozenset({"co", "com", "org", "net", "ly", "io", "gov", "edu", ".co", ".com", ".org", ".net"})
+_SPACE_MARKERS = "Ġ▁"
+
+
+def _is_punct(s: str) -> bool:
+    return bool(s) and all(unicodedata.category(ch)[0] in "PS" for ch in s)
+
+
+def token_unit(text: str, special: bool = False) -> Unit:
+    """What a decoded token is, from its text alone."""
+    if special:
+        name = f"special token {text.strip()}"
+        return Unit(name, name, "formatting", name)
+    if "\n" in text or "\r" in text:
+        name = BLANK_LINE if text.count("\n") >= 2 else LINE_BREAK
+        return Unit(name, name, "formatting", name)
+    s = text.translate({ord(m): " " for m in _SPACE_MARKERS}).strip()
+    if not s:
+        return Unit(SPACES, SPACES, "formatting", SPACES) if text else Unit(BYTES, BYTES, "symbol", BYTES)
+    if "\ufffd" in s:
+        return Unit(BYTES, BYTES, "symbol", BYTES)
+    low = s.lower()
+    if low in _URL_PIECES:
+        return Unit(LINKS, LINKS, "symbol", LINKS)
+    if low in _CONTRACTIONS:
+        return Unit(_CONTRACTIONS[low], _CONTRACTIONS[low], "punctuation", _CONTRACTIONS[low])
+    if low in ("n't", "n’t"):
+        return Unit("negation n't", "negation n't", "word", "negation n't")
+    if re.fullmatch(r"[\d.,:/%$-]*\d[\d.,:/%$-]*", s):
+        name = YEARS if _YEAR_RE.fullmatch(s) else NUMBERS
+        return Unit(name, name, "symbol", name)
+    if s == ".":
+        return Unit("period", "period", "punctuation", "period")
+    if s in _SYMBOL:
+        return Unit(_SYMBOL[s], _SYMBOL[s], "symbol", _SYMBOL[s])
+    if _is_punct(s):
+        if s in _PUNCT:
+            name = _PUNCT[s]
+        elif "?" in s:
+            name = _PUNCT["?"]
+        elif "!" in s:
+            name = _PUNCT["!"]
+        elif s.startswith(".") or s.endswith("."):
+            name = PERIOD_FINAL
+        else:
+            name = f"punctuation {s}"
+        return Unit(name, name, "punctuation", name)
+    return Unit(low, s, "word", low)
+
+
+# -- reading one context -------------------------------------------------------------------------
+class _Reader:
+    """Decodes contexts of one ContextSet with caches (the decoder's own cache covers repeated ids)."""
+
+    def __init__(self, decode: Decoder, skip_ids: frozenset[int]):
+        self.decode = decode
+        self.skip_ids = skip_ids
+        self._units: dict[int, Unit] = {}
+        self._texts: dict[int, str] = {}
+        self._hint_ids: set[int] = set()  # learned tokens that may be part of a link, handle or hashtag
+
+    def text(self, token_id: int) -> str:
+        s = self._texts.get(token_id)
+        if s is None:
+            s = self._texts[token_id] = self.decode((int(token_id),))
+        return s
+
+    def unit(self, token_id: int) -> Unit:
+        u = self._units.get(token_id)
+        if u is None:
+            u = self._units[token_id] = token_unit(self.text(token_id), token_id in self.skip_ids)
+        return u
+
+    def continues(self, left: int, right: int) -> bool:
+        """Whether token `right` continues the word that `left` ends (a subword piece, no space between)."""
+        a, b = self.text(left), self.text(right)
+        if not (a and b and a[-1].isalnum() and b[0].isalnum()):
+            return False
+        return self.decode((int(left), int(right))) == a + b
+
+    def word_around(self, window: list[int], c: int) -> tuple[str, bool, bool]:
+        """(the whole word holding window[c], whether a piece precedes it, whether one follows)."""
+        lo, hi = c, c
+        while lo > 0 and c - lo < 4 and self.continues(window[lo - 1], window[lo]):
+            lo -= 1
+        while hi + 1 < len(window) and hi - c < 4 and self.continues(window[hi], window[hi + 1]):
+            hi += 1
+        word = "".join(self.text(t) for t in window[lo : hi + 1])
+        return word.translate({ord(m): " " for m in _SPACE_MARKERS}).strip(), lo < c, hi > c
+
+    def context_units(self, window: list[int], c: int) -> tuple[Unit, Unit]:
+        """(unit keyed by whole words, unit keyed by token pieces) of the firing token window[c]."""
+        tok = int(window[c])
+        base = self.unit(tok)
+        spans = self._span_unit(window, c)
+        if spans is not None:
+            return spans, spans
+        if base.key == "period":
+            nxt = self.text(window[c + 1]) if c + 1 < len(window) else ""
+            s = nxt.lstrip(_SPACE_MARKERS)
+            final = not nxt or nxt[0].isspace() or nxt[0] in _SPACE_MARKERS or s[:1].isupper() or _is_punct(s[:1])
+            name = PERIOD_FINAL if final else PERIOD_OTHER
+            u = Unit(name, name, "punctuation", "period")
+            return u, u
+        if base.kind != "word":
+            return base, base
+        word, piece_before, piece_after = self.word_around(window, c)
+        if not (piece_before or piece_after):
+            return base, base
+        piece = base.display
+        shown = ("-" if piece_before else "") + piece + ("-" if piece_after else "")
+        return Unit(word.lower(), word, "word", word.lower()), Unit("piece " + shown.lower(), shown, "word", base.bg_key)
+
+    def learn(self, token_ids: np.ndarray) -> None:
+        """Decode these tokens once and note those that may belong to a link, handle or hashtag."""
+        for t in np.unique(token_ids).tolist():
+            s = self.text(t)
+            if any(h in s for h in _TOKEN_HINTS) or s.strip().lower() in _DOMAIN_PIECES:
+                self._hint_ids.add(t)
+
+    def _span_unit(self, window: list[int], c: int) -> Unit | None:
+        """Links, handles, hashtags and numbers: found on the window's text, as they span several tokens."""
+        if self._hint_ids.isdisjoint(window) and not any(ch.isdigit() for ch in self.text(window[c])):
+            return None
+        pieces = [self.text(t) for t in window]
+        text = "".join(pieces)
+        if not any(m in text for m in _SPAN_HINTS) and not any(ch.isdigit() for ch in pieces[c]):
+            return None
+        start = sum(len(p) for p in pieces[:c])
+        end = start + len(pieces[c])
+        start += len(pieces[c]) - len(pieces[c].lstrip())
+        if start >= end:
+            return None
+        for regex, name in ((_URL_RE, LINKS), (_HANDLE_RE, HANDLES), (_HASHTAG_RE, HASHTAGS), (_NUMBER_RE, NUMBERS)):
+            for m in regex.finditer(text):
+                if m.start() < end and start < m.end():
+                    if name == NUMBERS and not any(ch.isdigit() for ch in pieces[c]):
+                        continue
+                    if name == LINKS:
+                        return Unit(LINKS, TCO_LINKS if "t.co" in m.group(0).lower() else LINKS, "symbol", LINKS)
+                    if name == NUMBERS and _YEAR_RE.fullmatch(m.group(0)):
+                        name = YEARS
+                    return Unit(name, name, "symbol", name)
+        return None
+
+    def segments(self, window: list[int], c: int) -> tuple[str, str, str]:
+        """(before, token, after) text of a window, cut so that joining them gives the decoded window."""
+        pre, thru, full = self.decode(tuple(window[:c])), self.decode(tuple(window[: c + 1])), self.decode(tuple(window))
+        tok = thru[len(pre):] if thru.startswith(pre) else self.text(window[c])
+        post = full[len(thru):] if full.startswith(thru) else self.decode(tuple(window[c + 1:]))
+        return pre, tok, post
+
+
+# -- evidence: one context with the firing token marked --------------------------------------------
+def _flat(s: str) -> str:
+    """Newlines as ⏎, runs of whitespace as one space (edges kept)."""
+    s = re.sub(r"\r\n|\r|\n", " ⏎ ", s)
+    return re.sub(r"\s+", " ", s)
+
+
+def mark_context(before: str, token: str, after: str, before_chars: int = 32, after_chars: int = 24) -> str:
+    """One line `… in «certain» cases …`: the firing token marked «…», a few words either side.
+
+    Plain text: pages escape it where they render it."""
+    lead = token[: len(token) - len(token.lstrip())]
+    trail = token[len(token.rstrip()):]
+    shown = token.strip()
+    if not shown:
+        shown, lead, trail = ("⏎" if "\n" in token or "\r" in token else "␣"), "", ""
+    left, right = _flat(before + lead), _flat(trail + after)
+    if len(left.strip()) > before_chars:
+        cut = left[-before_chars:]
+        space = cut.find(" ")
+        left = "… " + (cut[space + 1:] if 0 <= space < len(cut) - 1 else cut).lstrip()
+    if len(right.strip()) > after_chars:
+        cut = right[:after_chars]
+        space = cut.rfind(" ")
+        right = (cut[:space] if space > 0 else cut).rstrip() + " …"
+    return (left + "«" + _flat(shown).strip() + "»" + right).strip()
+
+
+def evidence(contexts: pd.DataFrame, feature_id: int | None = None, n: int = 1, before_chars: int = 32,
+             after_chars: int = 24) -> list[str]:
+    """Up to `n` marked contexts, strongest first, from `feature_contexts` rows (rank, before, token, after;
+    with feature_id, pass the feature to pick its rows)."""
+    rows = contexts
+    if feature_id is not None and "feature_id" in rows:
+        rows = rows[rows["feature_id"] == int(feature_id)]
+    if "rank" in rows:
+        rows = rows.sort_values("rank")
+    return [mark_context(str(b or ""), str(t or ""), str(a or ""), before_chars, after_chars)
+            for b, t, a in rows[["before", "token", "after"]].head(n).itertuples(index=False)]
+
+
+def evidence_text(contexts: pd.DataFrame, feature_id: int | None = None, **kwargs: int) -> str:
+    """The feature's strongest context with its firing token marked «…» ("" when there is none)."""
+    found = evidence(contexts, feature_id, n=1, **kwargs)
+    return found[0] if found else ""
+
+
+# -- reading labels back ---------------------------------------------------------------------------
+def split_label(label: str) -> tuple[str, str | None]:
+    """(name, example or None) of a label written by this module."""
+    i = label.find(EXAMPLE_SEP)
+    if i < 0 or not label.endswith('"'):
+        return label, None
+    return label[:i], label[i + len(EXAMPLE_SEP): -1]
+
+
+def label_kind(label: str) -> str:
+    """The kind of a stored label, read from its name; labels not written here (hand, LLM) read as 'word'."""
+    name = split_label(label)[0].strip()
+    for prefix, kind in _PREFIX_KINDS:
+        if name.startswith(prefix):
+            return kind
+    kinds = {CATEGORY_KINDS.get(part.strip()) for part in name.split(" / ")}
+    if None in kinds or not kinds:
+        return "word"
+    for kind in ("word", "symbol", "punctuation"):
+        if kind in kinds:
+            return kind
+    return "formatting"
+
+
+def is_formatting(label_row: Mapping[str, object] | pd.Series | str) -> bool:
+    """Whether a feature is about punctuation or formatting rather than content.
+
+    Takes a row of `readable_labels` (its `kind`) or a stored label string."""
+    if isinstance(label_row, str):
+        return label_kind(label_row) in FORMATTING_KINDS
+    kind = label_row.get("kind") if hasattr(label_row, "get") else None
+    if kind is None or (isinstance(kind, float) and math.isnan(kind)):
+        return label_kind(str(label_row.get("label", ""))) in FORMATTING_KINDS
+    return str(kind) in FORMATTING_KINDS
+
+
+# -- labelling -------------------------------------------------------------------------------------
+@dataclass
+class _Feature:
+    """One feature's top contexts, read."""
+
+    idx: np.ndarray  # rows of the ContextSet, strongest first
+    word_units: list[Unit]
+    piece_units: list[Unit]
+    weights: np.ndarray  # activation share of each context (sums to 1)
+
+
+def _join_fit(parts: list[str], budget: int) -> list[str]:
+    """The leading parts that fit `budget` characters joined with ' / ' (at least one)."""
+    out: list[str] = []
+    for p in parts:
+        if out and len(" / ".join(out + [p])) > budget:
+            break
+        out.append(p)
+    return out
+
+
+def _shown(counter: Counter) -> str:
+    """How a merged key reads: its lowercase form when the feature fires on one, else its commonest form."""
+    lower = [d for d in counter if d == d.lower()]
+    return max(lower, key=lambda d: counter[d]) if lower else counter.most_common(1)[0][0]
+
+
+@dataclass
+class _Tally:
+    """Counts, activation mass and shown forms of one feature's firing units."""
+
+    units: list[Unit]
+    weights: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.count: Counter = Counter(u.key for u in self.units)
+        self.mass: Counter = Counter()
+        self.forms: dict[str, Counter] = {}
+        self.first: dict[str, Unit] = {}
+        for u, w in zip(self.units, self.weights):
+            self.mass[u.key] += float(w)
+            self.forms.setdefault(u.key, Counter())[u.display] += 1
+            self.first.setdefault(u.key, u)
+        self.ranked = sorted(self.count, key=lambda k: (-self.count[k], -self.mass[k]))
+
+    def display(self, key: str) -> str:
+        return _shown(self.forms[key])
+
+
+def _merge_plurals(units: list[Unit]) -> list[Unit]:
+    """Fold a word's plural into its singular when the feature fires on both (power, powers)."""
+    words = {u.key for u in units if u.kind == "word"}
+    out = []
+    for u in units:
+        base = next((u.key[: -len(e)] for e in ("es", "s") if u.key.endswith(e) and u.key[: -len(e)] in words
+                     and len(u.key) > len(e) + 2), None) if u.kind == "word" and not u.key.endswith("ss") else None
+        out.append(Unit(base, u.display, u.kind, u.bg_key) if base else u)
+    return out
+
+
+class _Labeller:
+    def __init__(self, ctx: Contexts, background: list[list[int]], reader: _Reader, cfg: LabelTextConfig):
+        self.ctx, self.reader, self.cfg = ctx, reader, cfg
+        ids, counts = np.unique(np.fromiter((t for doc in background for t in doc), np.int64), return_counts=True)
+        self.bg: Counter = Counter()
+        for t, n in zip(ids.tolist(), counts.tolist()):
+            self.bg[reader.unit(int(t)).bg_key] += n
+        self.bg_total = max(int(counts.sum()) if len(counts) else 0, 1)
+
+    def distinctiveness(self, unit: Unit, share: float) -> float:
+        """share x log(lift), lift = share / background frequency: rare words first, but not a stray
+        rare word before the token the feature mostly fires on."""
+        lift = share / ((self.bg.get(unit.bg_key, 0) + 0.5) / self.bg_total)
+        return share * math.log(max(lift, 1.0))
+
+    def read(self, idx: np.ndarray) -> _Feature:
+        acts = np.maximum(self.ctx.act[idx].astype(np.float64), 0.0)
+        weights = acts / acts.sum() if acts.sum() > 0 else np.full(len(idx), 1.0 / len(idx))
+        pairs = [self.reader.context_units(self.ctx.windows[i], int(self.ctx.centers[i])) for i in idx]
+        return _Feature(idx, [p[0] for p in pairs], [p[1] for p in pairs], weights)
+
+    def label(self, f: _Feature) -> tuple[str, str, float, int]:
+        """(name, kind, score, row of the example context)."""
+        cfg, n = self.cfg, len(f.idx)
+        word_top = Counter(u.key for u in f.word_units).most_common(1)[0][1]
+        piece_top = Counter(u.key for u in f.piece_units).most_common(1)[0][1]
+        t = _Tally(_merge_plurals(f.word_units if word_top >= piece_top else f.piece_units), f.weights)
+        named = [k for k in t.ranked if t.count[k] >= (2 if n >= 5 else 1)][: cfg.max_names]
+        caps = [u.kind == "word" and sum(ch.isalpha() for ch in u.display) >= 2 and u.display.isupper() for u in t.units]
+        if float(np.dot(caps, f.weights)) >= 0.6 and (not named or t.count[named[0]] / n < 0.5):
+            return self._group_label(f, t, ALL_CAPS, "formatting", caps)
+        if not named or sum(t.mass[k] for k in named) < cfg.min_coverage:
+            return self._position_label(f, t)
+        # drop the least frequent until the name fits; show the most distinctive first
+        while len(named) > 1 and len(" / ".join(t.display(k) for k in named)) > cfg.max_name_chars:
+            named.pop()
+        chosen = sorted(named, key=lambda k: (-self.distinctiveness(t.first[k], t.count[k] / n), -t.count[k]))
+        kinds: Counter = Counter()
+        for k in chosen:
+            kinds[t.first[k].kind] += t.count[k]
+        non_word = [(c, k) for k, c in kinds.items() if k != "word"]
+        kind = max(non_word)[1] if non_word and kinds["word"] < sum(kinds.values()) / 3 else "word"
+        hit = [u.key in chosen for u in t.units]
+        name = " / ".join(t.display(k) for k in chosen)[: cfg.max_name_chars]
+        return name, kind, float(np.dot(hit, f.weights)), self._example(f, hit)
+
+    def _group_label(self, f: _Feature, t: _Tally, head: str, kind: str, hit: list[bool]) -> tuple[str, str, float, int]:
+        """`head (a / b / c)`: the three commonest firing units of the contexts in `hit`."""
+        forms: dict[str, Counter] = {}
+        for h, u in zip(hit, t.units):
+            if h:
+                forms.setdefault(u.key, Counter())[u.display] += 1
+        shown = [_shown(forms[k]) for k in t.ranked if k in forms][:3]
+        words = _join_fit(shown, self.cfg.max_name_chars - len(head) - 3)
+        name = f"{head} ({' / '.join(words)})" if head else " / ".join(words)
+        return name, kind, float(np.dot(hit, f.weights)), self._example(f, hit)
+
+    def _position_label(self, f: _Feature, t: _Tally) -> tuple[str, str, float, int]:
+        """For features without a dominant token set: what their positions share."""
+        cfg, n = self.cfg, len(f.idx)
+        at_start = [int(self.ctx.centers[i]) == 0 for i in f.idx]
+        if sum(at_start) / n >= 0.6:
+            return FIRST_TOKEN, "formatting", float(np.dot(at_start, f.weights)), self._example(f, at_start)
+        capital = [u.kind == "word" and u.display[:1].isupper() and not self._sentence_start(i)
+                   for i, u in zip(f.idx, t.units)]
+        if sum(capital) / n >= 0.6:
+            return self._group_label(f, t, CAPITALISED, "word", capital)
+        kinds = Counter(u.kind for u in t.units)
+        for kind in ("punctuation", "formatting", "symbol"):
+            if kinds[kind] / n >= 0.6:
+                return self._group_label(f, t, "punctuation" if kind == "punctuation" else "", kind,
+                                         [u.kind == kind for u in t.units])
+        best: tuple[float, str, list[bool]] | None = None
+        for side, offsets in (("after", (-1,)), ("after", (-2, -1)), ("before", (1,))):
+            keys = [self._gram(self.ctx.windows[i], int(self.ctx.centers[i]), offsets) for i in f.idx]
+            top = Counter(k for k in keys if k is not None).most_common(1)
+            if not top or top[0][1] / n < cfg.min_context_share:
+                continue
+            weight = top[0][1] / n * (1 + 0.25 * (len(offsets) - 1))  # a longer shared context reads better
+            if best is None or weight > best[0]:
+                best = (weight, f"{side} {top[0][0]}", [k == top[0][0] for k in keys])
+        if best is not None:
+            name, kind, score, row = self._group_label(f, t, best[1], "mixed", best[2])
+            return (name if " / " in name else best[1]), kind, score, row
+        top3 = set(t.ranked[:3])
+        words = _join_fit([t.display(k) for k in t.ranked[:3]], cfg.max_name_chars - 15)
+        hit = [u.key in top3 for u in t.units]
+        return "varied tokens: " + " / ".join(words), "mixed", float(np.dot(hit, f.weights)), self._example(f, hit)
+
+    def _sentence_start(self, row: int) -> bool:
+        """Whether the firing token of a context starts a sentence (a capital there says nothing)."""
+        c = int(self.ctx.centers[row])
+        if c == 0:
+            return True
+        prev = self.reader.unit(int(self.ctx.windows[row][c - 1]))
+        return prev.key in ("period", LINE_BREAK, BLANK_LINE, "quotation marks", "question mark", "exclamation mark",
+                            "colon", "ellipsis") or prev.kind == "formatting"
+
+    def _gram(self, window: list[int], c: int, offsets: tuple[int, ...]) -> str | None:
+        """The context n-gram at `offsets` from the firing token, as a label reads it ('the', comma)."""
+        pos = [c + o for o in offsets]
+        if min(pos) < 0 or max(pos) >= len(window):
+            return None
+        if len(pos) == 1:
+            u = self.reader.unit(int(window[pos[0]]))
+            return f"'{u.key}'" if u.kind == "word" else u.key
+        text = _flat(self.reader.decode(tuple(int(window[p]) for p in pos))).strip().lower()
+        return f"'{text}'" if re.search(r"\w", text) else None
+
+    def _example(self, f: _Feature, hit: list[bool]) -> int:
+        """Row of the strongest context the name describes."""
+        for i, h in zip(f.idx, hit):
+            if h:
+                return int(i)
+        return int(f.idx[0])
+
+
+def readable_labels(ctx: Contexts, background: list[list[int]], decode: Decoder,
+                    skip_ids: set[int] | frozenset[int] = frozenset(),
+                    config: LabelTextConfig = LabelTextConfig()) -> pd.DataFrame:
+    """One readable label per feature in `ctx` (see the module docstring).
+
+    background: token ids of sample documents (the lift baseline). skip_ids: special tokens, which
+    are never read as words. Returns feature_id, label (name + quoted example), score, name, kind,
+    example, n_contexts."""
+    reader = _Reader(decode, frozenset(int(t) for t in skip_ids))
+    reader.learn(np.fromiter((t for w in ctx.windows for t in w), np.int64))
+    labeller = _Labeller(ctx, background, reader, config)
+    order = np.lexsort((ctx.rank, ctx.feature_id))
+    fids = np.asarray(ctx.feature_id)[order]
+    starts = np.flatnonzero(np.r_[True, fids[1:] != fids[:-1]]) if len(fids) else np.zeros(0, int)
+    out = []
+    for s, e in zip(starts, np.r_[starts[1:], len(fids)].astype(int)):
+        f = labeller.read(order[s:e])
+        name, kind, score, row = labeller.label(f)
+        w, c = ctx.windows[row], int(ctx.centers[row])
+        example = mark_context(*reader.segments(w, c), config.example_before_chars, config.example_after_chars)
+        label = f"{name}{EXAMPLE_SEP}{example}\"" if config.with_example else name
+        out.append((int(fids[s]), label, float(min(max(score, 0.0), 1.0)), name, kind, example, int(e - s)))
+    return pd.DataFrame(out, columns=LABEL_COLUMNS)

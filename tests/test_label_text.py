@@ -1,0 +1,179 @@
+"""Readable offline labels: hand-built contexts with a GPT-2-style fake decoder (words carry their leading space)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from backend import labels as L
+from backend import label_text as T
+from backend.errors import UserError
+
+VOCAB = [
+    " in", " some", " certain", " few", " Some", "Some", " cases", " the", " film", " movie", " plot", " was", ".", " It",
+    "\n", " good", " and", " a", " of", "https", "://", "t", ".co", "/", "xY", "9", " by", " Tar", "ant", "ino", ",",
+    " is", " Paris", " to", "e", "g", " director", " story", "'s", " I", " LOL", " OMG", " WTF", " OK", "1", "8", " at",
+    " <b>", "</b>", " many", " dog", " cat", " house", " red",
+]
+ID = {t: i for i, t in enumerate(VOCAB)}
+
+
+def decode(ids: tuple[int, ...]) -> str:
+    return "".join(VOCAB[i] for i in ids)
+
+
+def toks(words: list[str]) -> list[int]:
+    return [ID[w] for w in words]
+
+
+def make_contexts(features: dict[int, list[tuple[list[str], int]]]) -> L.ContextSet:
+    """features: feature id -> its top contexts (window tokens, index of the firing token), strongest first."""
+    fid, rank, windows, centers, acts = [], [], [], [], []
+    for f, ctxs in features.items():
+        for r, (words, c) in enumerate(ctxs):
+            fid.append(f), rank.append(r), windows.append(toks(words)), centers.append(c), acts.append(10.0 - 0.1 * r)
+    centers_arr = np.array(centers)
+    return L.ContextSet(feature_id=np.array(fid), rank=np.array(rank), doc_id=np.arange(len(fid)),
+                        act=np.array(acts, np.float32), token_id=np.array([w[c] for w, c in zip(windows, centers)]),
+                        windows=windows, centers=centers_arr)
+
+
+# " some" is common in the background, " certain" and " few" are rare: certain/few are the more distinctive.
+BACKGROUND = [toks([" the", " film", " was", " good", ".", " It", " was", " some", " plot", " and", " a", " of", " the",
+                    " movie", " in", " the", " story", ",", " is", " to"])] * 30
+
+HEDGE = 1  # fires on some / certain / few (with case and space variants), one stray context
+PERIOD = 2  # sentence-final periods
+LINKS = 3  # every piece of t.co links: no single token dominates
+AFTER_THE = 4  # whatever noun follows " the"
+VARIED = 5  # nothing in common
+PIECES = 6  # the last piece of " Tar" "ant" "ino"
+LINE = 7  # line breaks
+NOT_FINAL = 8  # "." inside e.g.
+CAPS = 9  # shouted words
+CONTEXTS = {
+    HEDGE: [([" in", " some", " cases"], 1), ([" in", " certain", " cases"], 1), ([" a", " few", " of"], 1),
+            (["Some", " film"], 0), ([" the", " certain", " film"], 1), ([" in", " few", " cases"], 1),
+            ([" It", " Some", " cases"], 1), ([" in", " certain", " cases"], 1), ([" the", " film", " was"], 1)],
+    PERIOD: [([" film", " was", " good", ".", " It"], 3), ([" the", " plot", ".", "\n"], 2), ([" cases", "."], 1),
+             ([" the", " story", ".", " It", " was"], 2), ([" good", ".", " Some"], 1)],
+    LINKS: [([" at", "https", "://", "t", ".co", "/", "xY"], 1), ([" at", "https", "://", "t", ".co", "/", "xY"], 2),
+            (["https", "://", "t", ".co", "/", "xY", "9"], 3), ([" by", "https", "://", "t", ".co"], 4),
+            ([" is", "https", "://", "t", ".co", "/", "xY"], 6), (["https", "://", "t", ".co", "/"], 4)],
+    AFTER_THE: [([p, " the", w, " was"], 2) for p, w in zip([" in", " at", " of", " is", " to", " by"],
+                                                              [" film", " plot", " director", " story", " house", " dog"])],
+    VARIED: [([p, w, n], 1) for p, w, n in zip([" a", " in", " at", " of", " is", " to", " by", " the"],
+                                               [" red", " dog", " to", " Paris", " cat", " house", " story", " is"],
+                                               [" of", " was", " and", " film", " It", " in", " at", " the"])],
+    PIECES: [([" by", " Tar", "ant", "ino", ","], 3)] * 5,
+    LINE: [([" good", ".", "\n", " It"], 2), ([" plot", "\n", "Some"], 1), ([" was", "\n"], 1), ([" film", ",", "\n"], 2),
+           (["\n", " the"], 0)],
+    NOT_FINAL: [([" a", " film", " by", "e", ".", "g", "."], 4)] * 3 + [([" is", "e", ".", "g", " the"], 2)] * 2,
+    CAPS: [([" I", w, " the"], 1) for w in [" LOL", " OMG", " WTF", " OK", " LOL", " OMG"]],
+}
+
+
+@pytest.fixture(scope="module")
+def labelled() -> pd.DataFrame:
+    return T.readable_labels(make_contexts(CONTEXTS), BACKGROUND, decode).set_index("feature_id")
+
+
+def test_hedge_feature_names_its_words_most_distinctive_first(labelled):
+    row = labelled.loc[HEDGE]
+    parts = row["name"].split(" / ")
+    assert set(parts) == {"some", "certain", "few"}  # " Some"/"Some" folded into "some", the stray " film" left out
+    assert parts.index("some") == 2  # frequent in the background: least distinctive
+    assert row["example"] == "in «some» cases"  # the strongest context, token marked, spaces kept
+    assert row["label"] == f'{row["name"]} — "in «some» cases"'
+    assert row["kind"] == "word" and not T.is_formatting(row)
+    assert row["score"] == pytest.approx(1 - 9.2 / sum(10 - 0.1 * r for r in range(9)))  # all but the stray context
+
+
+def test_punctuation_and_formatting_read_in_plain_words(labelled):
+    assert labelled.loc[PERIOD, "name"] == "sentence-final period"
+    assert labelled.loc[PERIOD, "example"] == "film was good«.» It"
+    assert labelled.loc[NOT_FINAL, "name"] == "period (not sentence-final)"
+    assert labelled.loc[LINE, "name"] == "line break" and "«⏎»" in labelled.loc[LINE, "example"]
+    assert labelled.loc[CAPS, "name"].startswith("all-caps words (") and "LOL" in labelled.loc[CAPS, "name"]
+    for f in (PERIOD, NOT_FINAL, LINE, CAPS):
+        assert T.is_formatting(labelled.loc[f]), labelled.loc[f, "label"]
+        assert T.is_formatting(labelled.loc[f, "label"])  # also from the stored label text
+
+
+def test_link_pieces_fold_into_one_finding(labelled):
+    row = labelled.loc[LINKS]
+    assert row["name"] == "links (t.co URLs)" and row["score"] == pytest.approx(1.0)
+    assert "«https»://t.co/" in row["example"]
+    assert row["kind"] == "symbol" and not T.is_formatting(row)
+    # without reading the link around each token, the firing tokens alone are five different pieces
+    assert len({T.token_unit(VOCAB[ID[w]]).key for w in ["://", "t", "/", "xY"]}) > 1
+
+
+def test_position_features_are_labelled_by_their_context(labelled):
+    assert labelled.loc[AFTER_THE, "name"].startswith("after 'the'")
+    assert labelled.loc[AFTER_THE, "kind"] == "mixed" and labelled.loc[AFTER_THE, "score"] == pytest.approx(1.0)
+    assert labelled.loc[VARIED, "name"].startswith("varied tokens: ")
+    assert labelled.loc[PIECES, "name"] == "Tarantino" and labelled.loc[PIECES, "example"] == "by Tarant«ino»,"
+
+
+def test_no_scaffolding_short_names_and_sensible_scores(labelled):
+    for label in labelled["label"]:
+        assert "top tokens:" not in label and "ngrams:" not in label
+    assert (labelled["name"].str.len() <= 60).all()
+    assert labelled["score"].between(0, 1).all()
+    clean, hedge, varied = (labelled.loc[f, "score"] for f in (PERIOD, HEDGE, VARIED))
+    assert clean > hedge > varied and varied < 0.5
+
+
+def test_auto_labels_delegates_and_keeps_the_stored_columns():
+    ctx = make_contexts(CONTEXTS)
+    auto = L.auto_labels(ctx, BACKGROUND, decode)
+    assert {"feature_id", "label", "score"} <= set(auto.columns)
+    pd.testing.assert_frame_equal(auto, T.readable_labels(ctx, BACKGROUND, decode))
+
+
+def test_special_tokens_are_never_read_as_words():
+    ctx = make_contexts({1: [([" the", " LOL", " film"], 1)] * 3})
+    df = T.readable_labels(ctx, BACKGROUND, decode, skip_ids={ID[" LOL"]})
+    assert df["name"].iloc[0] == "special token LOL" and df["kind"].iloc[0] == "formatting"
+
+
+def test_evidence_marks_the_token_and_trims_the_context():
+    rows = pd.DataFrame({"feature_id": [5, 5, 6], "rank": [1, 0, 0],
+                         "before": ["a long preamble that goes on and on before\nthe <b>", "weak", "x"],
+                         "token": [" certain", " some", " y"], "after": [" cases\n\nof things that follow later on", "", ""]})
+    text = T.evidence_text(rows, feature_id=5)
+    assert text == "weak «some»"  # rank 0 first
+    shown = T.evidence(rows[rows["rank"] == 1], n=1, before_chars=20, after_chars=16)[0]
+    assert shown == "… before ⏎ the <b> «certain» cases ⏎ ⏎ of …"  # HTML left as plain text; pages escape
+    assert T.evidence_text(rows.iloc[:0]) == ""
+    assert T.mark_context("end.", "\n", "Next") == "end.«⏎»Next"
+
+
+def test_stored_labels_read_back():
+    assert T.split_label('some / few — "in «some» cases"') == ("some / few", "in «some» cases")
+    assert T.split_label("my hand label") == ("my hand label", None)
+    assert T.label_kind('comma / sentence-final period — "a«,» b"') == "punctuation"
+    assert T.label_kind("line break") == "formatting"
+    assert T.label_kind('links (t.co URLs) — "«https»"') == "symbol"
+    assert T.label_kind("comma / film") == "word"
+    assert T.label_kind("after 'the' (film / plot)") == "mixed"
+    assert not T.is_formatting("Python code")
+    assert T.is_formatting({"label": "question mark"})
+
+
+def test_config_is_validated():
+    with pytest.raises(UserError):
+        T.LabelTextConfig(min_coverage=0)
+    with pytest.raises(UserError):
+        T.LabelTextConfig(max_names=0)
+    short = T.readable_labels(make_contexts({HEDGE: CONTEXTS[HEDGE]}), BACKGROUND, decode,
+                              config=T.LabelTextConfig(with_example=False, max_names=2))
+    assert short["label"].iloc[0] == short["name"].iloc[0] == "certain / some"  # the two most frequent
+
+
+def test_no_contexts_no_labels():
+    empty = L.ContextSet(feature_id=np.zeros(0, np.int64), rank=np.zeros(0, np.int64), doc_id=np.zeros(0, np.int64),
+                         act=np.zeros(0, np.float32), token_id=np.zeros(0, np.int64), windows=[], centers=np.zeros(0, np.int64))
+    df = T.readable_labels(empty, BACKGROUND, decode)
+    assert df.empty and list(df.columns) == T.LABEL_COLUMNS
