@@ -15,6 +15,11 @@ few dozen features many documents share an identical binary pattern, so all meth
 
 Documents where none of the chosen features fires get ``NONE_LABEL`` (-1) and are excluded
 from clustering. Cluster labels 0..k-1 are ordered by size, largest first.
+
+:func:`cluster_along` is the front door (``Workspace.cluster``): the pattern methods above, or
+``concepts``: the chosen features are first folded into concepts (backend.analysis.concepts) and
+documents are grouped by which concepts they carry, the first split being "carries a concept" vs
+"carries none". Its :class:`DocumentClusters` holds labels in document order and cluster descriptions.
 """
 from __future__ import annotations
 
@@ -28,6 +33,8 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import eigsh
 
 from backend.analysis import as_csr, binarize
+from backend.analysis.concepts import Concept, ConceptConfig, concept_presence, describe_by_concepts, fold_concepts
+from backend.errors import UserError
 
 NONE_LABEL = -1  # no chosen feature fires in the document
 NOISE_LABEL = -2  # HDBSCAN noise
@@ -313,6 +320,131 @@ def cluster_documents(
         exact=exact,
         **base,
     )
+
+
+# --------------------------------------------------------------------------- along concepts (front door)
+
+METHODS = ("concepts", "spectral", "kmeans", "hdbscan")
+CLUSTER_COLUMNS = ["cluster", "name", "size", "share", "top_concepts", "top_features"]
+
+
+def cluster_name(label: int) -> str:
+    """How a cluster label reads: "cluster 0", "none of the chosen concepts", "noise"."""
+    if label == NONE_LABEL:
+        return "none of the chosen concepts"
+    if label == NOISE_LABEL:
+        return "noise"
+    return f"cluster {int(label)}"
+
+
+@dataclass(eq=False)
+class DocumentClusters:
+    """Documents grouped along chosen concepts, with what describes each group.
+
+    ``labels``: one per document, in row (doc_id) order: 0..n_clusters-1 by decreasing size,
+    ``NONE_LABEL`` (-1) for documents carrying none of the chosen concepts (an explicit group, never
+    dropped; under ``concepts``, background concepts do not count), ``NOISE_LABEL`` (-2) for HDBSCAN
+    noise. ``clusters``: one row per group (clusters first,
+    then none, then noise) with name, size, share of documents, and the ids of the concepts (and their
+    lead features) more common inside than outside, strongest first. ``descriptions``: per group, the
+    top concepts with n_in, in_share, out_share, diff (see ``describe_by_concepts``) plus name and
+    cluster_size. ``concepts``: the chosen features folded into concepts (the pattern methods fold
+    them too, for the descriptions). ``suggested_k``: the eigengap suggestion, counted like ``k``.
+    ``detail``: the underlying :class:`ClusterResult` (silhouette, eigenvalues, exactness); under
+    ``concepts`` its "features" are concept ids.
+    """
+
+    labels: np.ndarray
+    method: str
+    concepts: list[Concept]
+    clusters: pd.DataFrame
+    descriptions: pd.DataFrame
+    suggested_k: int | None
+    detail: ClusterResult
+
+    @property
+    def n_clusters(self) -> int:
+        """Clusters of documents that carry something (the none and noise groups not counted)."""
+        return int(np.unique(self.labels[self.labels >= 0]).size)
+
+    @property
+    def n_none(self) -> int:
+        return int((self.labels == NONE_LABEL).sum())
+
+    def rows(self, label: int) -> np.ndarray:
+        """Rows (doc ids) of one group."""
+        return np.flatnonzero(self.labels == int(label))
+
+
+def cluster_along(
+    X,
+    feature_ids,
+    k: int | None = None,
+    method: str = "concepts",
+    groups: list[list[int]] | None = None,
+    config: ConceptConfig = ConceptConfig(),
+    seed: int = 0,
+    min_cluster_size: int | None = None,
+    describe_top: int = 5,
+) -> DocumentClusters:
+    """Cluster documents along chosen features (and explicit concept ``groups``).
+
+    ``method="concepts"``: the features are folded into concepts (each of ``groups`` as given, the
+    rest by co-firing, see ``ConceptConfig``); a document's representation is which non-background
+    concepts it carries. Documents carrying none form the explicit none group, which counts toward
+    ``k``: with ``k=2`` the groups are "carries a chosen concept" vs "carries none", so choosing one
+    concept family (e.g. thirty hedge-word features given as one group, or whose other members are
+    too common to split documents) separates documents that have it from those that do not. It
+    follows the concept as well as the chosen features do: a chosen feature that also fires on
+    unrelated documents pulls them in (its ``out_share`` in the descriptions shows it). Larger ``k``
+    splits the carriers by their concept patterns (spectral on Jaccard). ``k`` is capped by the
+    number of distinct patterns; ``None`` uses the eigengap suggestion (+1 for the none group).
+
+    ``method`` in spectral / kmeans / hdbscan: :func:`cluster_documents` on the raw feature
+    patterns, as before (``k`` counts clusters of documents where some feature fires; the none
+    group comes on top; hdbscan ignores ``k``).
+    """
+    if method not in METHODS:
+        raise UserError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    if k is not None and int(k) < 2:
+        raise UserError("ask for at least 2 clusters (or none, for the suggestion)")
+    X = as_csr(X)
+    concepts = fold_concepts(X, feature_ids, groups, config)
+    presence = concept_presence(X, concepts, config.threshold)
+    if method == "concepts":
+        split = [c.concept_id for c in concepts if not c.background]
+        carries = presence[:, split].getnnz(axis=1) > 0
+        extra = int(not carries.all())  # the none group is one of the k
+        detail = cluster_documents(presence, split, method="spectral", n_clusters=None if k is None else max(1, int(k) - extra),
+                                   threshold=0.0, seed=seed)
+        suggested = None if detail.suggested_k is None else detail.suggested_k + extra
+    else:
+        chosen = list(dict.fromkeys([int(f) for f in feature_ids] + [int(f) for g in groups or [] for f in g]))
+        detail = cluster_documents(X, chosen, method=method, n_clusters=k, threshold=config.threshold, seed=seed,
+                                   min_cluster_size=min_cluster_size)
+        suggested = detail.suggested_k
+    labels = detail.labels
+    desc = describe_by_concepts(presence, labels, concepts, top=describe_top)
+    group = desc["cluster"].to_numpy()
+    desc = desc.iloc[np.lexsort((desc["rank"].to_numpy(), np.abs(group), group < 0))].reset_index(drop=True)
+    sizes = pd.Series(labels).value_counts()
+    desc.insert(1, "name", [cluster_name(int(c)) for c in desc["cluster"]])
+    desc.insert(2, "cluster_size", [int(sizes[int(c)]) for c in desc["cluster"]])
+    return DocumentClusters(labels=labels, method=method, concepts=concepts, clusters=_cluster_table(labels, desc),
+                            descriptions=desc, suggested_k=suggested, detail=detail)
+
+
+def _cluster_table(labels: np.ndarray, desc: pd.DataFrame) -> pd.DataFrame:
+    present = np.unique(labels)
+    order = [int(c) for c in present if c >= 0] + [int(c) for c in (NONE_LABEL, NOISE_LABEL) if c in present]
+    n = max(labels.size, 1)
+    rows = []
+    for c in order:
+        over = desc[(desc["cluster"] == c) & (desc["diff"] > 0)]
+        size = int((labels == c).sum())
+        rows.append((c, cluster_name(c), size, size / n, tuple(int(x) for x in over["concept_id"]),
+                     tuple(int(x) for x in over["lead_feature"])))
+    return pd.DataFrame(rows, columns=CLUSTER_COLUMNS)
 
 
 # --------------------------------------------------------------------------- projection & description

@@ -132,3 +132,124 @@ def test_umap_2d_separates_planted_clusters():
     from sklearn.metrics import silhouette_score
 
     assert silhouette_score(xy[m], truth[m]) > 0.3
+
+
+# -- along concepts ---------------------------------------------------------------------------
+def hedge_corpus(seed: int = 0, n: int = 600, n_hedge: int = 30, n_generic: int = 4):
+    """Planted: half the documents hedge, each with ONE of 30 hedge-word features (0..29), so the hedge
+    features fire on different documents; 4 generic features (30..33, like sentence-final punctuation)
+    fire in 80% of all documents; 40 unchosen noise features. Returns X, truth (1 = hedged), chosen ids."""
+    rng = np.random.default_rng(seed)
+    F = 80
+    hedged = np.zeros(n, bool)
+    hedged[rng.choice(n, n // 2, replace=False)] = True
+    dense = np.zeros((n, F))
+    rows = np.flatnonzero(hedged)
+    dense[rows, rng.integers(0, n_hedge, rows.size)] = rng.uniform(0.5, 2.0, rows.size)
+    generic = np.arange(n_hedge, n_hedge + n_generic)
+    dense[:, generic] = np.where(rng.random((n, n_generic)) < 0.8, rng.uniform(0.5, 2.0, (n, n_generic)), 0.0)
+    noise = np.arange(40, F)
+    dense[:, noise] = np.where(rng.random((n, noise.size)) < 0.1, rng.uniform(0.5, 2.0, (n, noise.size)), 0.0)
+    return sp.csr_matrix(dense), hedged.astype(int), list(range(n_hedge + n_generic))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_concept_clustering_separates_a_planted_concept_family(seed):
+    X, truth, chosen = hedge_corpus(seed)
+    concepts = cl.cluster_along(X, chosen, k=2, method="concepts")
+    patterns = cl.cluster_along(X, chosen, k=2, method="spectral")
+    assert cl.agreement(concepts.labels, truth)["ari"] >= 0.9
+    assert cl.agreement(patterns.labels, truth)["ari"] < 0.2  # grouped by which hedge word, not whether
+    # the two groups: carries a hedge concept (cluster 0) vs the explicit "none" group
+    assert concepts.n_clusters == 1 and set(concepts.labels) == {0, cl.NONE_LABEL}
+    assert (concepts.labels[truth == 0] == cl.NONE_LABEL).all() and (concepts.labels[truth == 1] == 0).all()
+    # the generic features co-fire, fold into one concept, and are set aside as background
+    generic = [c for c in concepts.concepts if set(c.feature_ids) & {30, 31, 32, 33}]
+    assert len(generic) == 1 and set(generic[0].feature_ids) == {30, 31, 32, 33} and generic[0].background
+    assert all(len(c.feature_ids) == 1 and not c.background for c in concepts.concepts if c not in generic)
+
+
+def test_cluster_descriptions_and_the_explicit_none_group_in_both_methods():
+    X, truth, chosen = hedge_corpus(0)
+    res = cl.cluster_along(X, chosen, k=2, describe_top=3)
+    table = res.clusters.set_index("cluster")
+    assert list(res.clusters["cluster"]) == [0, cl.NONE_LABEL]
+    assert table.loc[cl.NONE_LABEL, "name"] == "none of the chosen concepts"
+    assert table.loc[cl.NONE_LABEL, "size"] == res.n_none == (truth == 0).sum()
+    assert table.loc[0, "share"] == pytest.approx(truth.mean())
+    d0 = res.descriptions[res.descriptions["cluster"] == 0]
+    assert list(d0["rank"]) == [1, 2, 3] and (d0["out_share"] == 0).all() and (d0["in_share"] > 0).all()
+    lead = int(d0["lead_feature"].iloc[0])
+    inside = (X[truth == 1][:, lead] > 0).toarray().mean()
+    assert d0["in_share"].iloc[0] == pytest.approx(inside) and lead < 30
+    assert set(table.loc[0, "top_features"]) == set(d0["lead_feature"])
+    assert (res.descriptions["cluster_size"] == res.descriptions["cluster"].map(table["size"])).all()
+    # pattern clustering keeps its k (clusters of carriers) and also names its none group
+    Xp, truth_p, chosen_p = planted(seed=4)
+    pat = cl.cluster_along(Xp, chosen_p, k=3, method="spectral")
+    assert pat.n_clusters == 3 and pat.n_none == (truth_p == -1).sum()
+    assert cl.cluster_name(cl.NONE_LABEL) in set(pat.clusters["name"])
+    assert list(pat.labels) == list(cl.cluster_documents(Xp, chosen_p, n_clusters=3).labels)
+    assert list(pat.rows(cl.NONE_LABEL)) == list(np.flatnonzero(truth_p == -1))
+
+
+def test_co_firing_copies_fold_and_explicit_groups_stay_whole():
+    rng = np.random.default_rng(0)
+    n = 400
+    dense = np.zeros((n, 10))
+    carriers = rng.random(n) < 0.3
+    for f in (0, 1, 2):  # three copies of one concept: same documents, a few misses
+        dense[:, f] = np.where(carriers & (rng.random(n) < 0.95), 1.0, 0.0)
+    dense[:, 3] = np.where(rng.random(n) < 0.3, 1.0, 0.0)  # independent of the copies
+    dense[:, 4] = np.where(rng.random(n) < 0.3, 1.0, 0.0)
+    X = sp.csr_matrix(dense)
+    from backend.analysis.concepts import ConceptConfig, concept_presence, fold_concepts
+
+    concepts = fold_concepts(X, [0, 1, 2, 3, 4])
+    assert sorted(sorted(c.feature_ids) for c in concepts) == [[0, 1, 2], [3], [4]]
+    copies = next(c for c in concepts if c.n_features == 3)
+    P = concept_presence(X, concepts).toarray()
+    np.testing.assert_array_equal(P[:, copies.concept_id], (dense[:, :3] > 0).any(1))
+    assert copies.n_docs == int((dense[:, :3] > 0).any(1).sum())
+    # features that never co-fire (3, 4) fold only when the user gives them as one concept
+    grouped = fold_concepts(X, [0, 1, 2], groups=[[3, 4]])
+    family = next(c for c in grouped if c.explicit)
+    assert set(family.feature_ids) == {3, 4} and len(grouped) == 2
+    # an explicit family is never background, even when most documents carry it
+    wide = fold_concepts(X, [0], groups=[[3, 4]], config=ConceptConfig(max_share=0.2))
+    assert not next(c for c in wide if c.explicit).background
+    assert next(c for c in wide if not c.explicit).background  # 0 fires in ~29% > 20%
+    with pytest.raises(ValueError, match="more than one"):
+        fold_concepts(X, [0], groups=[[3, 4], [4]])
+
+
+def test_folding_does_not_chain_specific_features_into_a_ubiquitous_one():
+    """A (fires in 95% of documents) overlaps B (60%) with Jaccard ~0.6, B overlaps its subset C (45%)
+    with ~0.75, but A and C only ~0.45: average linkage would merge all three; complete linkage keeps
+    C out of A's concept."""
+    rng = np.random.default_rng(0)
+    n = 2000
+    a = rng.random(n) < 0.95
+    b = rng.random(n) < 0.6
+    c = b & (rng.random(n) < 0.75)
+    X = sp.csr_matrix(np.c_[a, b, c].astype(float))
+    from backend.analysis.concepts import feature_jaccard, fold_concepts
+
+    J = feature_jaccard(X)
+    assert J[1, 2] > 0.7 and J[0, 1] > 0.55 and J[0, 2] < 0.5 and (J[0, 1] + J[0, 2]) / 2 > 0.5
+    concepts = fold_concepts(X, [0, 1, 2])
+    assert sorted(sorted(k.feature_ids) for k in concepts) == [[0], [1, 2]]
+
+
+def test_one_explicit_family_gives_carries_vs_not_for_any_k():
+    X, truth, chosen = hedge_corpus(1, n_generic=0)
+    family = cl.cluster_along(X, [], k=3, groups=[chosen])
+    assert len(family.concepts) == 1 and family.n_clusters == 1  # one pattern: k is capped
+    assert cl.agreement(family.labels, truth)["ari"] == pytest.approx(1.0)
+    assert family.suggested_k == 2
+    folded = cl.cluster_along(X, chosen, k=3)  # the same features folded by co-firing: 30 concepts
+    assert len(folded.concepts) == 30 and folded.n_clusters == 2
+    with pytest.raises(ValueError, match="method"):
+        cl.cluster_along(X, chosen, method="ward")
+    with pytest.raises(ValueError, match="at least 2"):
+        cl.cluster_along(X, chosen, k=1)
