@@ -11,8 +11,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from backend.analysis.cluster import DocumentClusters, cluster_along
+from backend.analysis.concepts import ConceptConfig
 from backend.analysis.diff import DiffConfig, split_by_column
 from backend.analysis.findings import DiffResult, diff_result
+from backend.analysis.retrieve import dense_retrieve, query_weights, rank_by_query
 from backend.errors import UserError
 
 if TYPE_CHECKING:
@@ -62,3 +65,43 @@ class WorkspaceAnalyses:
         if XA.shape[0] == 0 or XB.shape[0] == 0:
             raise UserError("One side of the diff has no documents.")
         return diff_result(XA, XB, la, lb, labels, ids_a=ids_a, ids_b=ids_b, **asdict(cfg), **extra)
+
+    # -- retrieval -------------------------------------------------------------------------------
+    def retrieve(self, corpus: CorpusRef, query: str, top: int = 50, weighting: str = "idf") -> pd.DataFrame:
+        """The SAE ranking of documents for a text query: doc_id, score, n_overlap (best first).
+
+        The query is read by the reader model and SAE like a document (max-pooled features); documents
+        are ranked by cosine over features weighted by inverse document frequency (`weighting="idf"`, so
+        features that fire almost everywhere do not drown the rare, topical ones; "none": plain cosine).
+        `query_features` shows the weights."""
+        handle = self.corpus(corpus)
+        ranking = rank_by_query(self.latents(handle, "max"), self.embed_text(query), top=top, weighting=weighting)
+        return ranking.table.rename(columns={"row": "doc_id"}).reset_index(drop=True)
+
+    def query_features(self, corpus: CorpusRef, query: str, weighting: str = "idf") -> pd.DataFrame:
+        """The query's features with their activation, document frequency, idf and weight in `retrieve`."""
+        handle = self.corpus(corpus)
+        return query_weights(self.latents(handle, "max"), self.embed_text(query), weighting=weighting)
+
+    def retrieve_dense(self, corpus: CorpusRef, query: str, top: int = 50) -> pd.DataFrame:
+        """The MiniLM baseline beside it: doc_id, score (cosine; vectors computed and stored on first use)."""
+        from backend.doc_embeddings import doc_vectors, embed_query
+
+        handle = self.corpus(corpus)
+        ranking = dense_retrieve(embed_query(query), doc_vectors(self, handle), top=top)
+        return ranking.rename(columns={"row": "doc_id"}).reset_index(drop=True)
+
+    # -- clustering ------------------------------------------------------------------------------
+    def cluster(
+        self, corpus: CorpusRef, feature_ids: list[int], k: int | None = None, method: str = "concepts",
+        groups: list[list[int]] | None = None, config: ConceptConfig = ConceptConfig(), seed: int = 0,
+    ) -> DocumentClusters:
+        """Cluster documents along the chosen features: per-document labels in document order (-1: none of
+        the chosen concepts, an explicit group) and cluster descriptions.
+
+        method "concepts" folds the features into concepts (features that co-fire, or the user's `groups`)
+        and groups documents by which concepts they carry; with k=2 along one concept family the clusters
+        are "carries it" and "does not". "spectral" / "kmeans" / "hdbscan" cluster the activation patterns."""
+        handle = self.corpus(corpus)
+        return cluster_along(self.latents(handle, "max"), [int(f) for f in feature_ids], k=k, method=method,
+                             groups=groups, config=config, seed=seed)

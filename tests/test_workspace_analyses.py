@@ -45,3 +45,27 @@ def test_diff_of_two_corpora_and_refusals(ws: Workspace):
         ws.diff("t", "u", column="label", value_a="plot")
     with pytest.raises(UserError):
         ws.diff("t", column="label", value_a="no such value")
+
+
+def test_retrieve_ranks_with_idf_and_shows_the_weights(ws: Workspace):
+    from backend.analysis.retrieve import rank_by_query
+
+    query = "python code with a function"
+    got = ws.retrieve("t", query, top=5)
+    assert list(got.columns[:2]) == ["doc_id", "score"] and len(got) == 5
+    want = rank_by_query(ws.latents("t"), ws.embed_text(query), top=5, weighting="idf").table
+    assert got["doc_id"].tolist() == want["row"].tolist()
+    weights = ws.query_features("t", query)
+    assert {"feature_id", "idf", "weight"} <= set(weights.columns) and len(weights) == len(ws.embed_text(query))
+    plain = ws.retrieve("t", query, top=5, weighting="none")
+    assert np.all(plain["score"].to_numpy() <= 1.0 + 1e-9)
+
+
+def test_cluster_labels_follow_document_order(ws: Workspace):
+    X = ws.latents("t")
+    counts = np.asarray((X > 0).sum(axis=0)).ravel()
+    chosen = [int(f) for f in np.argsort(-counts)[5:9]]
+    res = ws.cluster("t", chosen, k=2)
+    assert len(res.labels) == ws.corpus("t").n_docs
+    carries = np.asarray((X[:, chosen] > 0).sum(axis=1)).ravel() > 0
+    assert np.array_equal(res.labels == -1, ~carries)  # "none of the chosen concepts" is explicit

@@ -11,6 +11,7 @@ Modules (imported lazily so ``import backend.analysis`` stays cheap):
 - ``cluster``   spectral / k-means / HDBSCAN clustering on chosen features, UMAP, cluster summaries
 - ``correlate`` NPMI co-occurrence between features and with metadata
 - ``retrieve``  property-based and vector retrieval
+- ``concepts``  chosen features folded into concepts (co-firing families) and concept presence
 - ``findings``  the diff read as findings: co-firing features grouped, each side's strongest, with examples
 - ``hypotheses`` LLM-written hypotheses from findings, checked on samples of both sides
 """
@@ -22,9 +23,9 @@ from types import ModuleType
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["binarize", "feature_counts", "as_csr", "diff", "cluster", "correlate", "retrieve", "findings", "hypotheses"]
+__all__ = ["binarize", "feature_counts", "as_csr", "diff", "cluster", "correlate", "retrieve", "findings", "hypotheses", "concepts"]
 
-_SUBMODULES = {"diff", "cluster", "correlate", "retrieve", "findings", "hypotheses"}
+_SUBMODULES = {"diff", "cluster", "correlate", "retrieve", "findings", "hypotheses", "concepts"}
 
 
 def as_csr(X) -> sp.csr_matrix:
