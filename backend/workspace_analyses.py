@@ -15,10 +15,12 @@ from backend.analysis.cluster import DocumentClusters, cluster_along
 from backend.analysis.concepts import ConceptConfig
 from backend.analysis.diff import DiffConfig, split_by_column
 from backend.analysis.findings import DiffResult, diff_result
+from backend.analysis.hypotheses import ChatFn, HypothesisConfig, HypothesisReport, run_hypotheses, sample_doc_ids
 from backend.analysis.retrieve import dense_retrieve, query_weights, rank_by_query
 from backend.errors import UserError
 
 if TYPE_CHECKING:
+    from backend.labels import LLMConfig
     from backend.store import Corpus
 
 CorpusRef = "str | int | Corpus"
@@ -65,6 +67,29 @@ class WorkspaceAnalyses:
         if XA.shape[0] == 0 or XB.shape[0] == 0:
             raise UserError("One side of the diff has no documents.")
         return diff_result(XA, XB, la, lb, labels, ids_a=ids_a, ids_b=ids_b, **asdict(cfg), **extra)
+
+    def hypotheses(
+        self, result: DiffResult, llm: "LLMConfig | ChatFn", corpus_a: CorpusRef, corpus_b: CorpusRef | None = None,
+        config: HypothesisConfig = HypothesisConfig(), name_a: str = "A", name_b: str = "B",
+    ) -> HypothesisReport:
+        """The paper's last step: 3-5 hypotheses written by an LLM from the diff's top findings and their
+        examples, each checked on a sample of A and of B documents (judged by the LLM; sample size shown).
+
+        ``corpus_a``/``corpus_b``: where the two sides' documents live (one corpus for a split by a column).
+        ``llm``: an OpenAI-compatible server's ``LLMConfig``, or any ChatFn (e.g. backend.reader_llm.reader_chat)."""
+        handle_a = self.corpus(corpus_a)
+        handle_b = self.corpus(corpus_b) if corpus_b is not None else handle_a
+        findings = result.summary(n_per_side=config.n_findings)
+
+        def texts(handle: "Corpus", doc_ids) -> dict[int, str]:
+            ids = [int(d) for d in doc_ids]
+            return dict(zip(ids, self.store.texts(handle.corpus_id, ids))) if ids else {}
+
+        examples_a = texts(handle_a, {d for f in findings for d in f.examples_a})
+        examples_b = texts(handle_b, {d for f in findings for d in f.examples_b})
+        docs_a = texts(handle_a, sample_doc_ids(result.ids_a, config.sample_size, config.seed))
+        docs_b = texts(handle_b, sample_doc_ids(result.ids_b, config.sample_size, config.seed + 1))
+        return run_hypotheses(findings, examples_a, examples_b, docs_a, docs_b, llm, config, name_a, name_b)
 
     # -- retrieval -------------------------------------------------------------------------------
     def retrieve(self, corpus: CorpusRef, query: str, top: int = 50, weighting: str = "idf") -> pd.DataFrame:

@@ -69,3 +69,28 @@ def test_cluster_labels_follow_document_order(ws: Workspace):
     assert len(res.labels) == ws.corpus("t").n_docs
     carries = np.asarray((X[:, chosen] > 0).sum(axis=1)).ravel() > 0
     assert np.array_equal(res.labels == -1, ~carries)  # "none of the chosen concepts" is explicit
+
+
+def test_hypotheses_read_the_right_documents_for_each_side(ws: Workspace):
+    """ws.hypotheses samples A from group A and B from group B and hands the texts to the LLM."""
+    import re
+
+    res = ws.diff("t", column="label", value_a="code")
+    seen: dict[str, list[str]] = {"docs": []}
+
+    def fake_llm(messages):
+        prompt = messages[-1]["content"]
+        if not prompt.startswith("Hypothesis:"):
+            return "1. Documents in A more often mention python code.\n"
+        docs = re.findall(r"^Document (\d+): (.*)$", prompt, flags=re.M)
+        seen["docs"] += [text for _, text in docs]
+        return "\n".join(f"{i}: {'yes' if ('python' in t or 'code' in t or 'function' in t) else 'no'}" for i, t in docs)
+
+    from backend.analysis.hypotheses import HypothesisConfig
+
+    report = ws.hypotheses(res, fake_llm, "t", config=HypothesisConfig(n_hypotheses=1, sample_size=20))
+    (hyp,) = report.hypotheses
+    assert (hyp.n_a, hyp.n_b) == (3, 9)  # every document of each group (fewer than the sample size)
+    assert hyp.share_a > hyp.share_b
+    texts = set(ws.documents("t")["text"])
+    assert seen["docs"] and set(seen["docs"]) <= {" ".join(t.split()) for t in texts} | texts
