@@ -120,13 +120,15 @@ class WorkspaceAnalyses:
     def cluster(
         self, corpus: CorpusRef, feature_ids: list[int], k: int | None = None, method: str = "concepts",
         groups: list[list[int]] | None = None, config: ConceptConfig = ConceptConfig(), seed: int = 0,
+        min_cluster_size: int | None = None,
     ) -> DocumentClusters:
         """Cluster documents along the chosen features: per-document labels in document order (-1: none of
         the chosen concepts, an explicit group) and cluster descriptions.
 
         method "concepts" folds the features into concepts (features that co-fire, or the user's `groups`)
         and groups documents by which concepts they carry; with k=2 along one concept family the clusters
-        are "carries it" and "does not". "spectral" / "kmeans" / "hdbscan" cluster the activation patterns."""
+        are "carries it" and "does not". "spectral" / "kmeans" / "hdbscan" cluster the activation patterns
+        (`min_cluster_size`: HDBSCAN's, in documents; None = max(15, 5% of the clustered documents))."""
         handle = self.corpus(corpus)
         return cluster_along(self.latents(handle, "max"), [int(f) for f in feature_ids], k=k, method=method,
-                             groups=groups, config=config, seed=seed)
+                             groups=groups, config=config, seed=seed, min_cluster_size=min_cluster_size)

@@ -1,219 +1,362 @@
 """Clustering along chosen concepts (the paper's "cluster by concept"), beside a dense MiniLM baseline.
 
-Documents are represented only by which of the chosen SAE features fire; spectral clustering on
-Jaccard similarity groups them. Layout and widgets only; computation is backend.analysis.cluster."""
+The chosen features are first folded into concepts (features that fire on the same documents). The
+"concepts" method groups documents by which concepts they carry, keeping the documents that carry none as
+an explicit group; the pattern methods (spectral on Jaccard, k-means, HDBSCAN) group the raw feature
+patterns. Layout and widgets only: every clustering is one `Workspace.cluster` call, what a notebook gets."""
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import plotly.express as px
 import streamlit as st
 
+from backend import doc_embeddings
 from backend.analysis.cluster import (
-    NOISE_LABEL, NONE_LABEL, ClusterResult, agreement, cluster_documents, dense_cluster, describe_clusters, umap_2d,
+    NONE_LABEL, DocumentClusters, agreement, cluster_name, dense_cluster, describe_clusters, umap_2d,
 )
+from backend.analysis.concepts import Concept, ConceptConfig
+from backend.errors import UserError
+from backend.feature_queries import feature_contexts
+from backend.label_text import evidence_text, split_label
+from backend.store import Corpus
 from backend.workspace import Workspace
-from pages import analysis_widgets as aw
 from pages import widgets
+from pages.analysis_widgets import (
+    corpus_labels, dense_vectors, documents, export_block, feature_name, feature_picker, latents, metadata,
+    open_feature_button, show_documents, snippet,
+)
+from pages.widgets import md_escape
 
-METHODS = {"spectral": "Spectral on Jaccard (the paper's method)", "hdbscan": "HDBSCAN", "kmeans": "k-means"}
+METHODS = {"concepts": "Concepts: which chosen concepts a document carries", "spectral": "Patterns: spectral on Jaccard",
+           "kmeans": "Patterns: k-means", "hdbscan": "Patterns: HDBSCAN"}
+DESCRIBE_SCOPES = {"concepts": "The chosen concepts", "all": "All features", "chosen": "Only the chosen features"}
 DENSE_METHODS = {"kmeans": "k-means", "spectral": "Spectral (kNN)", "agglomerative": "Agglomerative (Ward)"}
 AUTO_DENSE_MAX = 2000  # corpora up to this size get MiniLM embeddings without asking
 SEEN_KEY = "_clu_seen_feature"
-
-st.title("Clustering")
-st.caption(
-    "Cluster documents along the concepts you care about: each document is reduced to which of the chosen "
-    "features fire in it, and documents with similar patterns (Jaccard similarity) are grouped. The same "
-    "corpus clustered on dense MiniLM sentence embeddings is shown beside it for comparison."
-)
-ws, corpus = widgets.require_corpus()
-version = widgets.data_version(ws, corpus)
-info = ws.store.corpus(corpus)
-lab = aw.corpus_labels(ws, corpus)
-
-sel = widgets.selected_feature()
-if sel is not None and sel != st.session_state.get(SEEN_KEY):  # arrived through "Cluster on it"
-    st.session_state[SEEN_KEY] = sel
-    if 0 <= int(sel) < ws.d_sae:
-        cur = list(st.session_state.get("clu_chosen", []))
-        st.session_state["clu_chosen"] = cur + [int(sel)] if int(sel) not in cur else cur
-
-chosen = aw.feature_picker(ws, corpus, key="clu", title="Concepts to cluster along")
-if not chosen:
-    st.info("Choose at least one feature above (search by meaning, paste an example, or pick from the list).")
-    st.stop()
-
-# -- options --------------------------------------------------------------------------
-c1, c2, c3, c4 = st.columns(4)
-method = c1.selectbox("Method", list(METHODS), format_func=METHODS.get, key="clu_method")
-k_mode = c2.radio("Number of clusters", ["suggested", "choose"], key="clu_k_mode", horizontal=True,
-                  format_func={"suggested": "Suggested (eigengap)", "choose": "Choose"}.get,
-                  disabled=method == "hdbscan")
-k = c3.number_input("Clusters", 2, 50, 4, key="clu_k", disabled=k_mode != "choose" or method == "hdbscan")
-threshold = c4.number_input("Activation threshold", 0.0, value=0.0, step=0.1, key="clu_threshold")
-min_size = None
-if method == "hdbscan":
-    min_size = int(st.number_input("HDBSCAN: minimum cluster size (documents)", 2, max(2, info.n_docs),
-                                   min(max(5, info.n_docs // 20), max(2, info.n_docs // 2)), key="clu_min_size"))
+SHARE = st.column_config.NumberColumn(format="%.2f")
 
 
+@dataclass(frozen=True)
+class Options:
+    method: str
+    k: int | None  # None: the suggestion
+    threshold: float
+    min_jaccard: float
+    max_share: float
+    min_size: int | None  # HDBSCAN only
+
+
+# -- labels with evidence ------------------------------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=512)
+def _context_evidence(_ws: Workspace, _corpus: Corpus, key: widgets.CacheKey, feature_id: int) -> str:
+    return evidence_text(feature_contexts(_ws, _corpus, feature_id))
+
+
+def with_evidence(ws: Workspace, corpus: Corpus, frame: pd.DataFrame, labels: dict[int, str],
+                  column: str = "feature_id") -> pd.DataFrame:
+    """The frame with `label` (the feature's name) and `evidence` (one context of its top documents, the
+    firing token marked «…») right after `column`. Table cells render as plain text."""
+    names, examples = [], []
+    for fid in frame[column].astype(int):
+        name, example = split_label(str(labels.get(int(fid), "")))
+        names.append(name)
+        examples.append(example if example is not None
+                        else _context_evidence(ws, corpus, widgets.cache_key(ws, corpus), int(fid)))
+    out = frame.drop(columns=[c for c in ("label", "evidence") if c in frame.columns])
+    pos = list(out.columns).index(column) + 1
+    out.insert(pos, "label", names)
+    out.insert(pos + 1, "evidence", examples)
+    return out
+
+
+def show_table(table: pd.DataFrame, height: int = 320, **column_config) -> None:
+    st.dataframe(table, hide_index=True, width="stretch", height=min(height, 38 + 35 * len(table)),
+                 column_config=column_config)
+
+
+# -- cached backend calls (the workspace and handle are not hashed; the cache key is) ---------------
 @st.cache_data(show_spinner="Clustering…", max_entries=16)
-def run_cluster(_ws: Workspace, version: tuple, corpus: str, fids: tuple, method: str, k: int | None,
-                threshold: float, min_size: int | None = None) -> ClusterResult:
-    return cluster_documents(_ws.latents(corpus, "max"), list(fids), method=method, n_clusters=k, threshold=threshold,
-                             min_cluster_size=min_size)
+def run_cluster(_ws: Workspace, _corpus: Corpus, key: widgets.CacheKey, fids: tuple[int, ...],
+                options: Options) -> DocumentClusters:
+    config = ConceptConfig(min_jaccard=options.min_jaccard, max_share=options.max_share, threshold=options.threshold)
+    return _ws.cluster(_corpus, list(fids), k=options.k, method=options.method, config=config,
+                       min_cluster_size=options.min_size)
 
 
 @st.cache_data(show_spinner="Describing clusters…", max_entries=16)
-def run_describe(_ws: Workspace, version: tuple, corpus: str, labels: tuple, fids: tuple | None, threshold: float) -> pd.DataFrame:
-    return describe_clusters(_ws.latents(corpus, "max"), np.asarray(labels), feature_ids=fids, top=8, threshold=threshold)
+def run_describe(_ws: Workspace, _corpus: Corpus, key: widgets.CacheKey, labels: tuple[int, ...],
+                 fids: tuple[int, ...] | None, threshold: float) -> pd.DataFrame:
+    return describe_clusters(_ws.latents(_corpus, "max"), np.asarray(labels), feature_ids=fids, top=8, threshold=threshold)
 
 
 @st.cache_data(show_spinner="Clustering MiniLM embeddings…", max_entries=16)
-def run_dense(_E: np.ndarray, version: tuple, n_stored: int, k: int, method: str) -> np.ndarray:
-    return dense_cluster(_E, k, method=method)
+def run_dense(_vectors: np.ndarray, key: widgets.CacheKey, n_stored: int, k: int, method: str) -> np.ndarray:
+    return dense_cluster(_vectors, k, method=method)
 
 
 @st.cache_data(show_spinner="Laying out the map (UMAP)…", max_entries=8)
-def run_umap(_data, version: tuple, what: tuple) -> np.ndarray:
+def run_umap(_data, key: widgets.CacheKey, what: tuple) -> np.ndarray:
     if what[0] == "sae":
         return umap_2d(_data, metric="jaccard", feature_ids=list(what[1]), threshold=what[2])
     return umap_2d(_data, metric="cosine")
 
 
-def cluster_name(c: int) -> str:
-    if c == NONE_LABEL:
-        return "none of the chosen features"
-    if c == NOISE_LABEL:
-        return "noise"
-    return f"cluster {c}"
+# -- choosing ------------------------------------------------------------------------------
+def arrive_with_feature(ws: Workspace) -> None:
+    """A feature sent here by "Cluster on it" joins the chosen ones (once)."""
+    sel = widgets.selected_feature()
+    if sel is None or sel == st.session_state.get(SEEN_KEY):
+        return
+    st.session_state[SEEN_KEY] = sel
+    if 0 <= int(sel) < ws.d_sae:
+        current = list(st.session_state.get("clu_chosen", []))
+        st.session_state["clu_chosen"] = current + [int(sel)] if int(sel) not in current else current
 
 
-want_k = None if (k_mode == "suggested" or method == "hdbscan") else int(k)
-try:
-    res = run_cluster(ws, version, corpus, tuple(chosen), method, want_k, float(threshold), min_size)
-except ValueError as exc:  # e.g. fewer documents with the chosen features than the minimum cluster size
-    st.warning(f"Cannot cluster with these settings: {exc}")
-    st.stop()
-m1, m2, m3, m4 = st.columns(4)
-m1.metric("Clusters found", res.n_clusters)
-m2.metric("Suggested k", res.suggested_k if res.suggested_k is not None else "n/a")
-m3.metric("Silhouette (Jaccard)", f"{res.silhouette:.3f}" if np.isfinite(res.silhouette) else "n/a")
-m4.metric("Documents with none of them", f"{res.n_empty:,}")
-if not res.exact:
-    st.caption("Many distinct patterns: the Jaccard affinity uses a nearest-neighbour graph (approximate).")
-if res.n_clusters == 0:
-    if (res.labels == NONE_LABEL).all():
-        st.warning("None of the chosen features fires in this corpus; choose others or lower the threshold.")
+def choose_options(corpus: Corpus) -> Options:
+    c1, c2, c3, c4 = st.columns(4)
+    method = c1.selectbox("Method", list(METHODS), format_func=METHODS.get, key="clu_method")
+    k_mode = c2.radio("Number of clusters", ["suggested", "choose"], key="clu_k_mode", horizontal=True,
+                      format_func={"suggested": "Suggested (eigengap)", "choose": "Choose"}.get,
+                      disabled=method == "hdbscan")
+    k = c3.number_input("Clusters (k)", 2, 50, 2 if method == "concepts" else 4, key="clu_k",
+                        disabled=k_mode != "choose" or method == "hdbscan")
+    threshold = c4.number_input("Activation threshold", 0.0, value=0.0, step=0.1, key="clu_threshold")
+    if method == "concepts":
+        st.caption("With **concepts**, k counts the group of documents that carry *none* of the chosen concepts: "
+                   "k = 2 splits the documents that carry a chosen concept from those that carry none; larger k "
+                   "also splits the carriers by which concepts they carry.")
     else:
-        st.warning(f"HDBSCAN put every document in noise (it needs dense groups of at least {min_size} documents); "
-                   "try spectral clustering.")
-    st.stop()
+        st.caption("With pattern clustering, k counts clusters of documents where some chosen feature fires; the "
+                   "documents where none fires form one more group on top.")
+    with st.expander("How features fold into concepts"):
+        f1, f2 = st.columns(2)
+        min_jaccard = f1.slider("Fold features whose documents overlap at least (Jaccard)", 0.05, 1.0, 0.5, 0.05,
+                                key="clu_min_jaccard")
+        max_share = f2.slider("Background: a concept in more than this share of documents", 0.05, 1.0, 0.5, 0.05,
+                              key="clu_max_share")
+    min_size = None
+    if method == "hdbscan":
+        min_size = int(st.number_input("HDBSCAN: minimum cluster size (documents)", 2, max(2, corpus.n_docs),
+                                       min(max(5, corpus.n_docs // 20), max(2, corpus.n_docs // 2)), key="clu_min_size"))
+    want_k = None if (k_mode == "suggested" or method == "hdbscan") else int(k)
+    return Options(method, want_k, float(threshold), float(min_jaccard), float(max_share), min_size)
 
-sizes = pd.Series(res.labels).value_counts().sort_index()
-st.bar_chart(pd.DataFrame({"documents": sizes.to_numpy()}, index=[cluster_name(int(c)) for c in sizes.index]),
-             height=200, horizontal=True)
 
-# -- descriptions ----------------------------------------------------------------------
-st.subheader("What each cluster is about")
-scope = st.radio("Describe with", ["all", "chosen"], horizontal=True, key="clu_describe_scope",
-                 format_func={"all": "All features", "chosen": "Only the chosen features"}.get)
-desc = run_describe(ws, version, corpus, tuple(int(x) for x in res.labels),
-                    None if scope == "all" else tuple(chosen), float(threshold))
-desc = aw.with_labels(desc, lab)
-for c in [int(x) for x in sizes.index if x >= 0][:20] + [int(x) for x in sizes.index if x < 0]:
-    d = desc[desc["cluster"] == c]
-    top = d[d["diff"] > 0]
-    name = aw.md_escape(lab.get(int(top["feature_id"].iloc[0]), "")) if len(top) else ""
-    st.markdown(f"**{cluster_name(c).capitalize()}** · {int(sizes[c]):,} documents" + (f" · mostly *{name}*" if name else ""))
-    st.dataframe(d[["feature_id", "label", "in_share", "out_share", "diff", "ratio", "n_in"]], hide_index=True,
-                 width="stretch", height=min(320, 38 + 35 * len(d)),
-                 column_config={"in_share": st.column_config.NumberColumn("in share", format="%.2f"),
-                                "out_share": st.column_config.NumberColumn("out share", format="%.2f"),
-                                "diff": st.column_config.NumberColumn("in − out", format="%+.2f"),
-                                "ratio": st.column_config.NumberColumn(format="%.2f")})
-open_pick = st.selectbox("Open a feature", sorted(set(desc["feature_id"].astype(int))), key="clu_open_pick",
-                         format_func=lambda f: aw.feature_name(f, lab))
-aw.open_feature_button(open_pick, "clu")
+# -- what came out ---------------------------------------------------------------------------
+def show_metrics(result: DocumentClusters, options: Options) -> None:
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric("Clusters found", result.n_clusters)
+    m2.metric("Suggested k", result.suggested_k if result.suggested_k is not None else "n/a")
+    silhouette = result.detail.silhouette
+    m3.metric("Silhouette (Jaccard)", f"{silhouette:.3f}" if np.isfinite(silhouette) else "n/a")
+    m4.metric("Documents with none of them", f"{result.n_none:,}")
+    if not result.detail.exact:
+        st.caption("Many distinct patterns: the Jaccard affinity uses a nearest-neighbour graph (approximate).")
+    if result.n_clusters == 0:
+        if (result.labels == NONE_LABEL).all():
+            st.warning("None of the chosen features fires in this corpus; choose others or lower the threshold.")
+        else:
+            st.warning(f"HDBSCAN put every document in noise (it needs dense groups of at least {options.min_size} "
+                       "documents); try another method.")
+        st.stop()
 
-# -- dense baseline and agreement --------------------------------------------------------
-st.subheader("Compared with dense MiniLM embeddings")
-from backend import doc_embeddings as de  # noqa: E402
 
-E = None
-if de.is_complete(ws, corpus) or info.n_docs <= AUTO_DENSE_MAX:
-    E = aw.dense_vectors(ws, corpus, allow_compute=True)
-else:
-    st.caption(f"MiniLM embeddings of the {info.n_docs:,} documents are computed once and stored in the workspace.")
-    if st.button("Compute MiniLM embeddings", key="clu_dense_compute"):
-        E = aw.dense_vectors(ws, corpus, allow_compute=True)
-dense_labels = None
-if E is not None and E.shape[0] >= 3:
+def concept_role(concept: Concept, max_share: float) -> str:
+    if concept.background:
+        return f"background (in over {max_share:.0%} of documents: described, does not split)"
+    if concept.explicit:
+        return "your group"
+    return "co-firing features" if concept.n_features > 1 else "one feature"
+
+
+def show_concepts(ws: Workspace, corpus: Corpus, result: DocumentClusters, labels: dict[int, str],
+                  options: Options) -> None:
+    """The chosen features folded into concepts: one row per concept, its member features behind it."""
+    concepts = result.concepts
+    st.subheader(f"The chosen features as {len(concepts)} concepts")
+    st.caption(f"Features whose document sets overlap (Jaccard ≥ {options.min_jaccard:.2f} for every pair) fold into "
+               "one concept; a document carries a concept when any member fires. Each concept is named by its lead "
+               "feature (the member firing in most documents).")
+    table = pd.DataFrame({
+        "concept": [c.concept_id for c in concepts], "feature_id": [c.lead for c in concepts],
+        "features": [c.n_features for c in concepts], "documents": [c.n_docs for c in concepts],
+        "share": [c.share for c in concepts], "role": [concept_role(c, options.max_share) for c in concepts]})
+    show_table(with_evidence(ws, corpus, table, labels), share=SHARE,
+               feature_id=st.column_config.NumberColumn("lead feature"))
+    with st.expander("Member features of each concept"):
+        members = pd.DataFrame([(c.concept_id, f, f == c.lead) for c in concepts for f in c.feature_ids],
+                               columns=["concept", "feature_id", "lead"])
+        show_table(with_evidence(ws, corpus, members, labels), height=420)
+
+
+def describe_table(ws: Workspace, corpus: Corpus, result: DocumentClusters, scope: str, chosen: list[int],
+                   threshold: float) -> pd.DataFrame:
+    """One row per (group, describing concept or feature) with in/out shares, in the clusters' order."""
+    if scope == "concepts":
+        desc = result.descriptions.rename(columns={"concept_id": "concept", "n_features": "features"})
+        return desc[["cluster", "concept", "lead_feature", "features", "n_in", "in_share", "out_share", "diff",
+                     "background"]]
+    desc = run_describe(ws, corpus, widgets.cache_key(ws, corpus), tuple(int(x) for x in result.labels),
+                        None if scope == "all" else tuple(chosen), threshold)
+    return desc[["cluster", "feature_id", "in_share", "out_share", "diff", "ratio", "n_in"]]
+
+
+def show_descriptions(ws: Workspace, corpus: Corpus, result: DocumentClusters, labels: dict[int, str],
+                      chosen: list[int], threshold: float) -> list[int]:
+    """Per group (clusters, then none, then noise): what is more common inside than outside. Returns the
+    features named."""
+    st.subheader("What each cluster is about")
+    scope = st.radio("Describe with", list(DESCRIBE_SCOPES), horizontal=True, key="clu_describe_scope",
+                     format_func=DESCRIBE_SCOPES.get)
+    desc = describe_table(ws, corpus, result, scope, chosen, threshold)
+    column = "lead_feature" if scope == "concepts" else "feature_id"
+    named: list[int] = []
+    for row in result.clusters.itertuples(index=False):
+        part = with_evidence(ws, corpus, desc[desc["cluster"] == row.cluster].drop(columns="cluster"), labels, column)
+        ahead = part[part["diff"] > 0]
+        mostly = f" · mostly *{md_escape(ahead['label'].iloc[0], 80)}*" if len(ahead) and ahead["label"].iloc[0] else ""
+        what = " (they carry none of the chosen concepts)" if row.cluster == NONE_LABEL else ""
+        st.markdown(f"**{row.name.capitalize()}** · {row.size:,} documents ({row.share:.0%}){what}{mostly}")
+        show_table(part, in_share=st.column_config.NumberColumn("in share", format="%.2f"),
+                   out_share=st.column_config.NumberColumn("out share", format="%.2f"),
+                   diff=st.column_config.NumberColumn("in − out", format="%+.2f"), ratio=SHARE)
+        named.extend(int(f) for f in part[column])
+    st.caption("in share: documents of the group that carry it; out share: documents outside the group that do.")
+    return named
+
+
+# -- dense baseline, agreement, map, export ------------------------------------------------------
+def dense_baseline(ws: Workspace, corpus: Corpus, result: DocumentClusters,
+                   method: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(MiniLM vectors, their clustering into as many groups as the SAE clustering made), when available."""
+    st.subheader("Compared with dense MiniLM embeddings")
+    vectors = None
+    if doc_embeddings.is_complete(ws, corpus) or corpus.n_docs <= AUTO_DENSE_MAX:
+        vectors = dense_vectors(ws, corpus, allow_compute=True)
+    else:
+        st.caption(f"MiniLM embeddings of the {corpus.n_docs:,} documents are computed once and stored in the workspace.")
+        if st.button("Compute MiniLM embeddings", key="clu_dense_compute", icon=":material/calculate:"):
+            vectors = dense_vectors(ws, corpus, allow_compute=True)
+    if vectors is None or vectors.shape[0] < 3:
+        return vectors, None
     d1, d2 = st.columns(2)
-    dense_method = d1.selectbox("Dense method", list(DENSE_METHODS), format_func=DENSE_METHODS.get, key="clu_dense_method")
-    dense_k = max(2, min(res.n_clusters, E.shape[0] - 1))
-    d2.caption(f"Same number of clusters as the SAE clustering: {dense_k}.")
-    dense_labels = run_dense(E, version, de.n_stored(ws, corpus), dense_k, dense_method)
+    dense_method = d1.selectbox("Dense method", list(DENSE_METHODS), format_func=DENSE_METHODS.get,
+                                key="clu_dense_method")
+    groups = result.n_clusters + int(method == "concepts" and result.n_none > 0)  # concepts: k counts the none group
+    dense_k = max(2, min(groups, vectors.shape[0] - 1))
+    d2.caption(f"As many clusters as the SAE clustering made: {dense_k}.")
+    dense_labels = run_dense(vectors, widgets.cache_key(ws, corpus), doc_embeddings.n_stored(ws, corpus), dense_k,
+                             dense_method)
     st.bar_chart(pd.Series(dense_labels).value_counts().sort_index().rename("documents"), height=160)
+    return vectors, dense_labels
 
-if info.meta_columns:
-    default_col = info.meta_columns.index("label") if "label" in info.meta_columns else 0
-    truth_col = st.selectbox("Agreement with metadata column", info.meta_columns, index=default_col, key="clu_truth")
-    truth = aw.metadata(ws, version, corpus, truth_col).to_numpy()
+
+def show_agreement(ws: Workspace, corpus: Corpus, result: DocumentClusters, dense_labels: np.ndarray | None) -> None:
+    if not corpus.meta_columns:
+        return
+    default = corpus.meta_columns.index("label") if "label" in corpus.meta_columns else 0
+    truth_column = st.selectbox("Agreement with metadata column", corpus.meta_columns, index=default, key="clu_truth")
+    truth = metadata(ws, corpus, truth_column).to_numpy()
     known = ~pd.isna(truth)
-    if known.sum() >= 2:
-        sae_ag = agreement(res.labels[known], truth[known].astype(str))
-        a1, a2, a3, a4 = st.columns(4)
-        a1.metric("SAE clusters · ARI", f"{sae_ag['ari']:.3f}")
-        a2.metric("SAE clusters · NMI", f"{sae_ag['nmi']:.3f}")
-        if dense_labels is not None:
-            dense_ag = agreement(dense_labels[known], truth[known].astype(str))
-            a3.metric("MiniLM clusters · ARI", f"{dense_ag['ari']:.3f}")
-            a4.metric("MiniLM clusters · NMI", f"{dense_ag['nmi']:.3f}")
-        st.caption(f"Adjusted Rand index and normalized mutual information against `{aw.md_escape(truth_col)}` over "
-                   f"{int(known.sum()):,} documents with a value (documents with none of the chosen features count as "
-                   "one group). 1 = the same partition, 0 = chance.")
-        xt = pd.crosstab(pd.Series([cluster_name(int(c)) for c in res.labels[known]], name="SAE cluster"),
-                         pd.Series(truth[known].astype(str), name=str(truth_col)))
-        st.dataframe(xt, width="stretch")
+    if known.sum() < 2:
+        return
+    truth = truth[known].astype(str)
+    sae = agreement(result.labels[known], truth)
+    a1, a2, a3, a4 = st.columns(4)
+    a1.metric("SAE clusters · ARI", f"{sae['ari']:.3f}")
+    a2.metric("SAE clusters · NMI", f"{sae['nmi']:.3f}")
+    if dense_labels is not None:
+        dense = agreement(dense_labels[known], truth)
+        a3.metric("MiniLM clusters · ARI", f"{dense['ari']:.3f}")
+        a4.metric("MiniLM clusters · NMI", f"{dense['nmi']:.3f}")
+    st.caption(f"Adjusted Rand index and normalized mutual information against `{md_escape(truth_column)}` over "
+               f"{int(known.sum()):,} documents with a value (documents with none of the chosen concepts count as "
+               "one group). 1 = the same partition, 0 = chance.")
+    crosstab = pd.crosstab(pd.Series([cluster_name(int(c)) for c in result.labels[known]], name="SAE cluster"),
+                           pd.Series(truth, name=str(truth_column)))
+    st.dataframe(crosstab, width="stretch")
 
-# -- UMAP maps ---------------------------------------------------------------------------
-st.subheader("Map")
-if st.button("Draw UMAP maps", key="clu_umap_btn", help="UMAP takes a while the first time (it compiles)."):
-    st.session_state["clu_umap"] = True
-if st.session_state.get("clu_umap"):
-    color_opts = ["cluster"] + list(info.meta_columns)
-    color_by = st.selectbox("Colour by", color_opts, key="clu_color")
-    docs = aw.documents(ws, version, corpus, tuple(range(info.n_docs)))
-    hover = docs["text"].map(lambda t: html.escape(aw.snippet(t, 120))).to_numpy()
-    colour = ([cluster_name(int(c)) for c in res.labels] if color_by == "cluster"
-              else aw.metadata(ws, version, corpus, color_by).fillna("(missing)").astype(str).to_numpy())
-    maps = [("SAE features (Jaccard on the chosen features)", ws.latents(corpus, "max"), ("sae", tuple(chosen), float(threshold)))]
-    if E is not None:
-        maps.append(("MiniLM embeddings (cosine)", E, ("dense",)))
+
+def show_maps(ws: Workspace, corpus: Corpus, result: DocumentClusters, chosen: list[int], threshold: float,
+              vectors: np.ndarray | None) -> None:
+    """UMAP maps of the SAE patterns and the MiniLM vectors, drawn only on request (UMAP is slow to load)."""
+    st.subheader("Map")
+    if st.button("Draw UMAP maps", key="clu_umap_btn", icon=":material/map:",
+                 help="UMAP takes a while the first time (it compiles)."):
+        st.session_state["clu_umap"] = True
+    if not st.session_state.get("clu_umap"):
+        return
+    import plotly.express as px  # lazy: only once a map is asked for
+
+    color_by = st.selectbox("Colour by", ["cluster", *corpus.meta_columns], key="clu_color")
+    hover = documents(ws, corpus, range(corpus.n_docs))["text"].map(lambda t: html.escape(snippet(t, 120))).to_numpy()
+    colour = ([cluster_name(int(c)) for c in result.labels] if color_by == "cluster"
+              else metadata(ws, corpus, color_by).fillna("(missing)").astype(str).to_numpy())
+    maps = [("SAE features (Jaccard on the chosen features)", latents(ws, corpus, "max"), ("sae", tuple(chosen), threshold))]
+    if vectors is not None:
+        maps.append(("MiniLM embeddings (cosine)", vectors, ("dense",)))
     st.caption("Both maps are coloured the same way, so you can see where the SAE clusters fall on the dense map.")
-    cols = st.columns(len(maps))
-    for col, (title, data, what) in zip(cols, maps):
-        xy = run_umap(data, version, what)
-        df = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "colour": colour, "doc_id": np.arange(len(xy)), "text": hover})
-        fig = px.scatter(df, x="x", y="y", color="colour", hover_data={"doc_id": True, "text": True, "x": False, "y": False},
-                         title=title)
+    for col, (title, data, what) in zip(st.columns(len(maps)), maps):
+        xy = run_umap(data, widgets.cache_key(ws, corpus), what)
+        frame = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "colour": colour, "doc_id": np.arange(len(xy)), "text": hover})
+        fig = px.scatter(frame, x="x", y="y", color="colour", title=title,
+                         hover_data={"doc_id": True, "text": True, "x": False, "y": False})
         fig.update_traces(marker=dict(size=6, opacity=0.8))
         fig.update_layout(height=460, margin=dict(l=10, r=10, t=40, b=10), legend_title_text=color_by)
         col.plotly_chart(fig, width="stretch", key=f"clu_umap_{what[0]}")
 
-# -- export ------------------------------------------------------------------------------
-st.subheader("Export a cluster's documents")
-clusters = [int(c) for c in sizes.index if c >= 0] + [int(c) for c in sizes.index if c < 0]
-pick = st.selectbox("Cluster", clusters, key="clu_export_cluster", format_func=lambda c: f"{cluster_name(c)} ({int(sizes[c]):,})")
-rows = np.flatnonzero(res.labels == pick)
-extra = pd.DataFrame({"cluster": res.labels[rows]})
-if dense_labels is not None:
-    extra["minilm_cluster"] = dense_labels[rows]
-aw.export_block(ws, corpus, aw.latents(ws, version, corpus), rows, key="clu_export", stem=f"cluster_{pick}",
-                default_features=chosen, labels=lab, extra=extra)
-with st.expander("Preview"):
-    aw.show_documents(ws, corpus, rows[:5], chosen, key="clu_preview", labels=lab)
+
+def export_cluster(ws: Workspace, corpus: Corpus, result: DocumentClusters, dense_labels: np.ndarray | None,
+                   chosen: list[int], labels: dict[int, str]) -> None:
+    st.subheader("Export a cluster's documents")
+    sizes = dict(zip(result.clusters["cluster"].astype(int), result.clusters["size"].astype(int)))
+    pick = st.selectbox("Cluster", list(sizes), key="clu_export_cluster",
+                        format_func=lambda c: f"{cluster_name(c)} ({sizes[c]:,})")
+    rows = result.rows(pick)
+    extra = pd.DataFrame({"cluster": result.labels[rows]})
+    if dense_labels is not None:
+        extra["minilm_cluster"] = dense_labels[rows]
+    export_block(ws, corpus, latents(ws, corpus), rows, key="clu_export", stem=f"cluster_{pick}",
+                 default_features=chosen, labels=labels, extra=extra)
+    with st.expander("Preview"):
+        show_documents(ws, corpus, rows[:5], chosen, key="clu_preview", labels=labels)
+
+
+def main() -> None:
+    st.title("Clustering")
+    st.caption("Cluster documents along the concepts you care about. The chosen features are folded into concepts "
+               "(features that fire on the same documents); documents are grouped by which concepts they carry, or "
+               "by their raw feature patterns (Jaccard similarity). Documents that carry none of the chosen concepts "
+               "stay one explicit group. The same corpus clustered on dense MiniLM sentence embeddings is shown beside it.")
+    ws, corpus = widgets.require_corpus()
+    labels = corpus_labels(ws, corpus)
+    arrive_with_feature(ws)
+    chosen = feature_picker(ws, corpus, key="clu", title="Concepts to cluster along")
+    if not chosen:
+        st.info("Choose at least one feature above (search by meaning, paste an example, or pick from the list).")
+        st.stop()
+    options = choose_options(corpus)
+    try:
+        result = run_cluster(ws, corpus, widgets.cache_key(ws, corpus), tuple(chosen), options)
+    except (UserError, ValueError) as exc:  # e.g. fewer documents with the chosen features than the minimum size
+        st.warning(f"Cannot cluster with these settings: {md_escape(exc, max_len=None)}")
+        st.stop()
+    show_metrics(result, options)
+    st.bar_chart(pd.DataFrame({"documents": result.clusters["size"].to_numpy()},
+                              index=[str(n) for n in result.clusters["name"]]), height=200, horizontal=True)
+    show_concepts(ws, corpus, result, labels, options)
+    named = show_descriptions(ws, corpus, result, labels, chosen, options.threshold)
+    pick = st.selectbox("Open a feature", sorted(set(chosen) | set(named)), key="clu_open_pick",
+                        format_func=lambda f: feature_name(f, labels))
+    open_feature_button(pick, "clu")
+    vectors, dense_labels = dense_baseline(ws, corpus, result, options.method)
+    show_agreement(ws, corpus, result, dense_labels)
+    show_maps(ws, corpus, result, chosen, options.threshold, vectors)
+    export_cluster(ws, corpus, result, dense_labels, chosen, labels)
+
+
+main()

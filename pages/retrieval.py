@@ -1,143 +1,229 @@
 """Retrieval by property: documents where chosen features fire (AND / OR, per-feature thresholds), or
-documents whose SAE features match a text query, beside dense MiniLM cosine retrieval.
+documents whose SAE features match a text query, beside dense MiniLM retrieval of the same query.
 
-Layout and widgets only; computation is backend.analysis.retrieve."""
+Layout and widgets only. A text query is ranked by `Workspace.retrieve` (IDF-weighted SAE features; the
+weights come from `Workspace.query_features` and are shown) beside `Workspace.retrieve_dense`, so the page
+shows what a notebook gets; feature conditions go through backend.analysis.retrieve on the workspace's latents."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from backend.analysis.retrieve import Condition, dense_retrieve, retrieve, retrieve_by_vector
-from pages import analysis_widgets as aw
+from backend import doc_embeddings
+from backend.analysis.retrieve import Condition, retrieve
+from backend.feature_queries import feature_contexts
+from backend.label_text import evidence_text, split_label
+from backend.store import Corpus
+from backend.workspace import Workspace
 from pages import widgets
+from pages.analysis_widgets import (
+    corpus_labels, dense_vectors, documents, export_block, feature_name, feature_picker, latents,
+    open_feature_button, show_documents, snippet,
+)
+from pages.widgets import md_escape
 
 POOLINGS = {"max": "max activation", "mean": "mean activation per token", "count": "tokens where it fires"}
-AUTO_DENSE_MAX = 2000
+WEIGHTINGS = {"idf": "IDF-weighted (rare features count more)", "none": "None (plain cosine)"}
+AUTO_DENSE_MAX = 2000  # corpora up to this size get MiniLM embeddings without asking
+N_HIGHLIGHT = 5  # the query's heaviest features shaded in the SAE results
+
+
+# -- labels with evidence ------------------------------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=512)
+def _context_evidence(_ws: Workspace, _corpus: Corpus, key: widgets.CacheKey, feature_id: int) -> str:
+    return evidence_text(feature_contexts(_ws, _corpus, feature_id))
+
+
+def with_evidence(ws: Workspace, corpus: Corpus, frame: pd.DataFrame, labels: dict[int, str],
+                  column: str = "feature_id") -> pd.DataFrame:
+    """The frame with `label` (the feature's name) and `evidence` (one context of its top documents, the
+    firing token marked «…») right after `column`. Table cells render as plain text."""
+    names, examples = [], []
+    for fid in frame[column].astype(int):
+        name, example = split_label(str(labels.get(int(fid), "")))
+        names.append(name)
+        examples.append(example if example is not None
+                        else _context_evidence(ws, corpus, widgets.cache_key(ws, corpus), int(fid)))
+    out = frame.drop(columns=[c for c in ("label", "evidence") if c in frame.columns])
+    pos = list(out.columns).index(column) + 1
+    out.insert(pos, "label", names)
+    out.insert(pos + 1, "evidence", examples)
+    return out
+
+
+# -- cached workspace calls (the workspace and handle are not hashed; the cache key is) --------------
+@st.cache_data(show_spinner="Ranking documents by the query's SAE features…", max_entries=32)
+def sae_ranking(_ws: Workspace, _corpus: Corpus, key: widgets.CacheKey, query: str, weighting: str,
+                top: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(ranking: doc_id, score, n_overlap; the query's features with their weights)."""
+    return (_ws.retrieve(_corpus, query, top=top, weighting=weighting),
+            _ws.query_features(_corpus, query, weighting=weighting))
+
+
+@st.cache_data(show_spinner="Ranking documents by MiniLM…", max_entries=32)
+def dense_ranking(_ws: Workspace, _corpus: Corpus, key: widgets.CacheKey, n_stored: int, query: str,
+                  top: int) -> pd.DataFrame:
+    return _ws.retrieve_dense(_corpus, query, top=top)
+
+
+# -- shared layout ---------------------------------------------------------------------------
+def result_table(ws: Workspace, corpus: Corpus, doc_ids: np.ndarray, extra: dict[str, np.ndarray]) -> pd.DataFrame:
+    """rank, doc_id, the extra columns, a text snippet and up to four metadata columns."""
+    ids = [int(d) for d in doc_ids]
+    docs = documents(ws, corpus, ids).set_index("doc_id").reindex(ids)
+    out = pd.DataFrame({"rank": np.arange(1, len(ids) + 1), "doc_id": ids, **extra})
+    out["text"] = [snippet(t, 200) for t in docs["text"].fillna("")]
+    for column in corpus.meta_columns[:4]:
+        out[column] = docs[column].to_numpy()
+    return out
+
+
+def show_table(table: pd.DataFrame, height: int = 420, **column_config) -> None:
+    st.dataframe(table, hide_index=True, width="stretch", height=min(height, 38 + 35 * len(table)),
+                 column_config=column_config)
+
+
+SCORE_FORMAT = st.column_config.NumberColumn(format="%.3f")
+
+
+# -- by features ----------------------------------------------------------------------------
+def conditions_for(chosen: list[int], values, pooling: str, labels: dict[int, str]) -> list[Condition]:
+    """One threshold input per chosen feature (strictly above it fires)."""
+    st.caption(f"Minimum {POOLINGS[pooling]} per feature (the feature must be strictly above it):")
+    cols = st.columns(min(4, len(chosen)))
+    conditions = []
+    for i, fid in enumerate(chosen):
+        col_max = float(values[:, [fid]].max()) if values.nnz else 0.0
+        minimum = cols[i % len(cols)].number_input(
+            md_escape(feature_name(fid, labels), 60), 0.0, value=0.0, step=max(col_max / 20, 0.01), key=f"ret_min_{fid}",
+            help=f"Largest value in this corpus: {col_max:.3f}")
+        conditions.append(Condition(int(fid), float(minimum)))
+    return conditions
+
+
+def by_features(ws: Workspace, corpus: Corpus, labels: dict[int, str]) -> None:
+    chosen = feature_picker(ws, corpus, key="ret", title="Features that must fire")
+    if not chosen:
+        st.info("Choose one or more features above.")
+        return
+    c1, c2, c3 = st.columns(3)
+    mode = c1.radio("Documents must have", ["and", "or"], horizontal=True, key="ret_mode",
+                    format_func={"and": "all of them (AND)", "or": "any of them (OR)"}.get)
+    pooling = c2.selectbox("Compare thresholds against", list(POOLINGS), format_func=POOLINGS.get, key="ret_pooling")
+    top = int(c3.number_input("Documents", 1, 1000, 20, key="ret_top"))
+    values = latents(ws, corpus, pooling)
+    found = retrieve(values, conditions_for(chosen, values, pooling, labels), mode=mode, top=top)
+    st.markdown(f"**{len(found):,} documents** match" + (" (the top ones)." if len(found) == top else "."))
+    if not len(found):
+        return
+    rows, scores = found["row"].to_numpy(), found["score"].to_numpy()
+    show_table(result_table(ws, corpus, rows, {"score": scores, "n_matched": found["n_matched"].to_numpy()}),
+               score=SCORE_FORMAT)
+    n_show = (st.slider("Highlighted documents", 1, min(20, len(found)), min(5, len(found)), key="ret_n_show")
+              if len(found) > 1 else 1)  # a slider needs two values
+    show_documents(ws, corpus, rows[:n_show], chosen, key="ret_docs", labels=labels, scores=scores[:n_show])
+    pick = st.selectbox("Open a feature", chosen, key="ret_open", format_func=lambda f: feature_name(f, labels))
+    open_feature_button(pick, "ret")
+    st.markdown("**Export the result set**")
+    export_block(ws, corpus, values, rows, key="ret_export", stem="retrieval", default_features=chosen, labels=labels,
+                 extra=pd.DataFrame({"rank": np.arange(1, len(found) + 1), "score": scores}))
+    st.caption(f"Activation columns hold the {POOLINGS[pooling]} of each feature.")
+
+
+# -- by a text query -------------------------------------------------------------------------
+def query_weights_block(ws: Workspace, corpus: Corpus, weights: pd.DataFrame, weighting: str,
+                        labels: dict[int, str]) -> None:
+    """The query's features with their weights in the ranking, labels and evidence beside each."""
+    st.markdown(f"**The query's {len(weights):,} features and their weights**")
+    if weighting == "idf":
+        top_idf = np.log((corpus.n_docs + 1) / 2) + 1
+        st.caption("weight = activation in the query × idf, with idf = ln((N + 1) / (df + 1)) + 1 over the "
+                   f"corpus's N = {corpus.n_docs:,} documents (df: documents where the feature fires). A feature "
+                   f"firing in every document weighs ≈ 1, one firing in a single document ≈ {top_idf:.1f}; "
+                   "documents are weighted the same way before the cosine.")
+    else:
+        st.caption("No weighting: idf = 1 for every feature, so the ranking is the plain cosine of activations "
+                   "and features that fire almost everywhere count as much as rare, topical ones.")
+    show_table(with_evidence(ws, corpus, weights, labels), height=320,
+               query_act=st.column_config.NumberColumn("query act", format="%.3f"),
+               doc_freq=st.column_config.NumberColumn("doc freq"),
+               idf=st.column_config.NumberColumn(format="%.2f"), weight=st.column_config.NumberColumn(format="%.3f"))
+
+
+def sae_results(ws: Workspace, corpus: Corpus, ranking: pd.DataFrame, weights: pd.DataFrame, weighting: str,
+                labels: dict[int, str]) -> None:
+    what = "IDF-weighted cosine" if weighting == "idf" else "plain cosine"
+    st.markdown(f"**SAE features** ({what} of feature vectors)")
+    if ranking.empty:
+        st.info("No document shares a feature with the query.")
+        return
+    show_table(result_table(ws, corpus, ranking["doc_id"].to_numpy(),
+                            {"score": ranking["score"].to_numpy(), "n_overlap": ranking["n_overlap"].to_numpy()}),
+               score=SCORE_FORMAT)
+    heaviest = [int(f) for f in weights["feature_id"].head(N_HIGHLIGHT)]
+    st.caption(f"Highlights: the query's {len(heaviest)} heaviest features.")
+    show_documents(ws, corpus, ranking["doc_id"].to_numpy()[:3], heaviest, key="ret_text_docs", labels=labels,
+                   scores=ranking["score"].to_numpy()[:3])
+
+
+def dense_results(ws: Workspace, corpus: Corpus, query: str, top: int) -> pd.DataFrame | None:
+    st.markdown("**Dense MiniLM** (cosine of sentence embeddings)")
+    ready = doc_embeddings.is_complete(ws, corpus) or corpus.n_docs <= AUTO_DENSE_MAX
+    if not ready and not st.button("Compute MiniLM embeddings for the dense comparison", key="ret_dense_compute",
+                                   icon=":material/calculate:"):
+        st.caption(f"MiniLM embeddings of the {corpus.n_docs:,} documents are computed once and stored in the workspace.")
+        return None
+    dense_vectors(ws, corpus, allow_compute=True)  # computes and stores them with a progress bar
+    ranking = dense_ranking(ws, corpus, widgets.cache_key(ws, corpus), doc_embeddings.n_stored(ws, corpus), query, top)
+    show_table(result_table(ws, corpus, ranking["doc_id"].to_numpy(), {"cosine": ranking["score"].to_numpy()}),
+               cosine=SCORE_FORMAT)
+    for doc_id in ranking["doc_id"].to_numpy()[:3]:
+        with st.container(border=True):
+            st.caption(f"Document {int(doc_id)}")
+            st.text(documents(ws, corpus, (int(doc_id),))["text"].iloc[0])
+    return ranking
+
+
+def by_text(ws: Workspace, corpus: Corpus, labels: dict[int, str]) -> None:
+    query = st.text_area("Query text", key="ret_text", height=80,
+                         placeholder="A sentence with the properties you look for; its SAE features become the query.")
+    c1, c2 = st.columns([1, 2])
+    top = int(c1.number_input("Documents", 1, 500, 10, key="ret_text_top"))
+    weighting = c2.radio("Feature weighting", list(WEIGHTINGS), format_func=WEIGHTINGS.get, horizontal=True,
+                         key="ret_text_weighting",
+                         help="IDF: features firing in most documents (punctuation, frequent words) weigh little, "
+                              "so the query's rarer, topical features decide the ranking.")
+    if not query.strip():
+        return
+    ranking, weights = sae_ranking(ws, corpus, widgets.cache_key(ws, corpus), query, weighting, top)
+    query_weights_block(ws, corpus, weights, weighting, labels)
+    left, right = st.columns(2)
+    with left:
+        sae_results(ws, corpus, ranking, weights, weighting, labels)
+    with right:
+        dense = dense_results(ws, corpus, query, top)
+    if dense is not None and len(ranking):
+        both = len(set(ranking["doc_id"]) & set(dense["doc_id"]))
+        st.caption(f"{both} of the top {top} documents are found by both methods.")
+    if len(ranking):
+        st.markdown("**Export the SAE result set**")
+        export_block(ws, corpus, latents(ws, corpus, "max"), ranking["doc_id"].to_numpy(), key="ret_text_export",
+                     stem="text_retrieval", default_features=[int(f) for f in weights["feature_id"].head(10)],
+                     labels=labels, extra=pd.DataFrame({"rank": np.arange(1, len(ranking) + 1),
+                                                        "score": ranking["score"].to_numpy()}))
+
 
 st.title("Retrieval")
 st.caption(
     "Find documents by what is in them: the SAE features that must fire (with thresholds), or the features "
-    "a query text activates. Dense MiniLM retrieval of the same query is shown beside it."
+    "a query text activates, weighted so rare features count more. Dense MiniLM retrieval of the same query "
+    "is shown beside it."
 )
-ws, corpus = widgets.require_corpus()
-version = widgets.data_version(ws, corpus)
-info = ws.store.corpus(corpus)
-lab = aw.corpus_labels(ws, corpus)
-
-
-def result_table(rows: np.ndarray, extra: dict[str, np.ndarray]) -> pd.DataFrame:
-    rows = [int(r) for r in rows]
-    docs = aw.documents(ws, version, corpus, tuple(rows)).set_index("doc_id").reindex(rows)
-    out = pd.DataFrame({"rank": np.arange(1, len(rows) + 1), "doc_id": rows, **extra})
-    out["text"] = [aw.snippet(t, 200) for t in docs["text"].fillna("")]
-    for c in info.meta_columns[:4]:
-        out[c] = docs[c].to_numpy()
-    return out
-
-
-tab_feat, tab_text = st.tabs(["By features", "By a text query"])
-
-# -- by features ----------------------------------------------------------------------------
-with tab_feat:
-    chosen = aw.feature_picker(ws, corpus, key="ret", title="Features that must fire")
-    if not chosen:
-        st.info("Choose one or more features above.")
-    else:
-        c1, c2, c3 = st.columns(3)
-        mode = c1.radio("Documents must have", ["and", "or"], horizontal=True, key="ret_mode",
-                        format_func={"and": "all of them (AND)", "or": "any of them (OR)"}.get)
-        pooling = c2.selectbox("Compare thresholds against", list(POOLINGS), format_func=POOLINGS.get, key="ret_pooling")
-        top = c3.number_input("Documents", 1, 1000, 20, key="ret_top")
-        X = aw.latents(ws, version, corpus, pooling)
-        st.caption(f"Minimum {POOLINGS[pooling]} per feature (the feature must be strictly above it):")
-        cols = st.columns(min(4, len(chosen)))
-        conditions = []
-        for i, f in enumerate(chosen):
-            col_max = float(X[:, [f]].max()) if X.nnz else 0.0
-            v = cols[i % len(cols)].number_input(aw.md_escape(aw.feature_name(f, lab), 60), 0.0, value=0.0, step=max(col_max / 20, 0.01),
-                                                 key=f"ret_min_{f}", help=f"Largest value in this corpus: {col_max:.3f}")
-            conditions.append(Condition(int(f), float(v)))
-        res = retrieve(X, conditions, mode=mode, top=int(top))
-        st.markdown(f"**{len(res):,} documents** match" + (" (the top ones)." if len(res) == int(top) else "."))
-        if len(res):
-            table = result_table(res["row"].to_numpy(), {"score": res["score"].to_numpy(), "n_matched": res["n_matched"].to_numpy()})
-            st.dataframe(table, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(table)),
-                         column_config={"score": st.column_config.NumberColumn(format="%.3f")})
-            n_show = st.slider("Highlighted documents", 1, min(20, len(res)), min(5, len(res)), key="ret_n_show")
-            aw.show_documents(ws, corpus, res["row"].to_numpy()[:n_show], chosen, key="ret_docs", labels=lab,
-                              scores=res["score"].to_numpy()[:n_show])
-            open_pick = st.selectbox("Open a feature", chosen, key="ret_open", format_func=lambda f: aw.feature_name(f, lab))
-            aw.open_feature_button(open_pick, "ret")
-            st.markdown("**Export the result set**")
-            aw.export_block(ws, corpus, X, res["row"].to_numpy(), key="ret_export", stem="retrieval",
-                            default_features=chosen, labels=lab,
-                            extra=pd.DataFrame({"rank": np.arange(1, len(res) + 1), "score": res["score"].to_numpy()}))
-            st.caption(f"Activation columns hold the {POOLINGS[pooling]} of each feature.")
-
-# -- by text -------------------------------------------------------------------------------
+workspace, corpus_handle = widgets.require_corpus()
+corpus_label_map = corpus_labels(workspace, corpus_handle)
+tab_features, tab_text = st.tabs(["By features", "By a text query"])
+with tab_features:
+    by_features(workspace, corpus_handle, corpus_label_map)
 with tab_text:
-    query = st.text_area("Query text", key="ret_text", height=80,
-                         placeholder="A sentence with the properties you look for; its SAE features become the query.")
-    t1, t2 = st.columns(2)
-    top_t = t1.number_input("Documents", 1, 500, 10, key="ret_text_top")
-    n_feat = t2.number_input("Use the query's strongest features (0 = all)", 0, 500, 0, key="ret_text_nfeat")
-    if query.strip():
-        with st.spinner("Reading the query…"):
-            qf = aw.text_features(ws, str(ws.store.path), query)
-        ranked = sorted(qf.items(), key=lambda kv: (-kv[1], kv[0]))
-        if n_feat:
-            ranked = ranked[: int(n_feat)]
-        qsel = dict(ranked)
-        Xmax = aw.latents(ws, version, corpus, "max")
-        qtab = aw.with_labels(pd.DataFrame({"feature_id": [f for f, _ in ranked], "query_act": [a for _, a in ranked]}), lab)
-        with st.expander(f"The query's {len(qtab)} features", expanded=False):
-            st.dataframe(qtab, hide_index=True, width="stretch", height=min(300, 38 + 35 * len(qtab)))
-        sae_res = retrieve_by_vector(Xmax, qsel, top=int(top_t))
-
-        E = None
-        from backend import doc_embeddings as de
-
-        if de.is_complete(ws, corpus) or info.n_docs <= AUTO_DENSE_MAX:
-            E = aw.dense_vectors(ws, corpus, allow_compute=True)
-        elif st.button("Compute MiniLM embeddings for the dense comparison", key="ret_dense_compute"):
-            E = aw.dense_vectors(ws, corpus, allow_compute=True)
-
-        left, right = st.columns(2)
-        with left:
-            st.markdown("**SAE features** (cosine of feature vectors)")
-            if len(sae_res) == 0:
-                st.info("No document shares a feature with the query.")
-            else:
-                sae_tab = result_table(sae_res["row"].to_numpy(), {"score": sae_res["score"].to_numpy(),
-                                                                   "n_overlap": sae_res["n_overlap"].to_numpy()})
-                st.dataframe(sae_tab, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(sae_tab)),
-                             column_config={"score": st.column_config.NumberColumn(format="%.3f")})
-                hl = [f for f, _ in ranked[:5]]
-                st.caption("Highlights: the query's five strongest features.")
-                aw.show_documents(ws, corpus, sae_res["row"].to_numpy()[:3], hl, key="ret_text_docs", labels=lab,
-                                  scores=sae_res["score"].to_numpy()[:3])
-        dense_res = None
-        with right:
-            st.markdown("**Dense MiniLM** (cosine of sentence embeddings)")
-            if E is None:
-                st.caption("Dense embeddings are not computed yet for this corpus.")
-            else:
-                from backend.doc_embeddings import embed_query
-
-                dense_res = dense_retrieve(embed_query(query), E, top=int(top_t))
-                dense_tab = result_table(dense_res["row"].to_numpy(), {"cosine": dense_res["score"].to_numpy()})
-                st.dataframe(dense_tab, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(dense_tab)),
-                             column_config={"cosine": st.column_config.NumberColumn(format="%.3f")})
-                for d in dense_res["row"].to_numpy()[:3]:
-                    with st.container(border=True):
-                        st.caption(f"Document {int(d)}")
-                        st.text(aw.documents(ws, version, corpus, (int(d),))["text"].iloc[0])
-        if dense_res is not None and len(sae_res):
-            both = len(set(sae_res["row"]) & set(dense_res["row"]))
-            st.caption(f"{both} of the top {int(top_t)} documents are found by both methods.")
-        if len(sae_res):
-            st.markdown("**Export the SAE result set**")
-            aw.export_block(ws, corpus, Xmax, sae_res["row"].to_numpy(), key="ret_text_export", stem="text_retrieval",
-                            default_features=[f for f, _ in ranked[:10]], labels=lab,
-                            extra=pd.DataFrame({"rank": np.arange(1, len(sae_res) + 1), "score": sae_res["score"].to_numpy()}))
+    by_text(workspace, corpus_handle, corpus_label_map)
