@@ -122,7 +122,7 @@ def metric(at: AppTest, label: str) -> str:
 
 
 def test_clustering_descriptions_and_agreement(ws_path, ws, concepts):
-    from backend import doc_embeddings as de
+    from backend import doc_embeddings
     from backend.analysis.cluster import agreement, cluster_documents, dense_cluster, describe_clusters
 
     at = app("clustering", ws_path).run()
@@ -131,9 +131,19 @@ def test_clustering_descriptions_and_agreement(ws_path, ws, concepts):
     at.multiselect(key="clu_chosen").set_value(concepts)
     at.run()
     no_errors(at)
+    assert at.selectbox(key="clu_method").value == "concepts"
+    by_concepts = ws.cluster("t", concepts)
+    assert int(metric(at, "Clusters found")) == by_concepts.n_clusters
+    assert int(metric(at, "Documents with none of them")) == by_concepts.n_none
 
+    # the paper's pattern clustering: spectral on Jaccard, described with all features
+    at.selectbox(key="clu_method").set_value("spectral")
+    at.radio(key="clu_describe_scope").set_value("all")
+    at.run()
+    no_errors(at)
     X = ws.latents("t", "max")
-    res = cluster_documents(X, concepts, method="spectral")
+    res = ws.cluster("t", concepts, method="spectral")
+    assert np.array_equal(res.labels, cluster_documents(X, concepts, method="spectral").labels)
     assert int(metric(at, "Clusters found")) == res.n_clusters >= 2
     assert int(metric(at, "Suggested k")) == res.suggested_k
     # descriptions: one table per cluster, equal to describe_clusters over all features
@@ -144,13 +154,14 @@ def test_clustering_descriptions_and_agreement(ws_path, ws, concepts):
         want = desc[desc["cluster"] == c]
         assert list(got["feature_id"]) == list(want["feature_id"])
         assert np.allclose(got["in_share"], want["in_share"]) and np.allclose(got["out_share"], want["out_share"])
+        assert "evidence" in got.columns and got["evidence"].str.contains("«").any()
     # agreement with the `label` column, SAE and MiniLM side by side
-    truth = ws.store.metadata("t", "label").to_numpy().astype(str)
+    truth = ws.metadata("t", "label").to_numpy().astype(str)
     sae = agreement(res.labels, truth)
     assert float(metric(at, "SAE clusters · ARI")) == pytest.approx(sae["ari"], abs=1e-3)
     assert float(metric(at, "SAE clusters · NMI")) == pytest.approx(sae["nmi"], abs=1e-3)
-    assert de.is_complete(ws, "t")  # 12 documents: the dense baseline is computed without asking
-    dense = agreement(dense_cluster(de.doc_vectors(ws, "t"), max(2, res.n_clusters)), truth)
+    assert doc_embeddings.is_complete(ws, ws.corpus("t"))  # 12 documents: the dense baseline is computed without asking
+    dense = agreement(dense_cluster(doc_embeddings.doc_vectors(ws, ws.corpus("t")), max(2, res.n_clusters)), truth)
     assert float(metric(at, "MiniLM clusters · ARI")) == pytest.approx(dense["ari"], abs=1e-3)
     assert float(metric(at, "MiniLM clusters · NMI")) == pytest.approx(dense["nmi"], abs=1e-3)
     assert not [p for p in at.get("plotly_chart")]  # the UMAP map waits for its button
@@ -161,11 +172,48 @@ def test_clustering_descriptions_and_agreement(ws_path, ws, concepts):
     at.selectbox(key="clu_method").set_value("kmeans")
     at.run()
     no_errors(at)
-    res3 = cluster_documents(X, concepts, method="kmeans", n_clusters=3)
+    res3 = ws.cluster("t", concepts, method="kmeans", k=3)
+    assert np.array_equal(res3.labels, cluster_documents(X, concepts, method="kmeans", n_clusters=3).labels)
     assert int(metric(at, "Clusters found")) == res3.n_clusters
     # export of the largest cluster: its documents with the chosen features' activation columns
     rows = np.flatnonzero(res3.labels == 0)
     assert any(f"{len(rows)} rows" in b.label for b in at.get("download_button")), ([b.label for b in at.get("download_button")], len(rows), at.selectbox(key="clu_export_cluster").value, [c.value for c in at.caption])
+
+
+def test_clustering_concepts_keep_none_group(ws_path, ws, concepts):
+    """The concepts method: folded concepts with their member features and evidence, and with k=2 the
+    documents that carry a chosen concept apart from an explicit group of those that carry none."""
+    X = ws.latents("t", "max")
+    counts = np.bincount(X.indices, minlength=X.shape[1])
+    rare = [int(f) for f in np.flatnonzero((counts >= 2) & (counts <= 4))][:3]  # each fires in a few documents
+    at = app("clustering", ws_path, clu_chosen=rare).run()
+    no_errors(at)
+    assert any("k counts the group of documents that carry *none*" in c.value for c in at.caption)
+    at.radio(key="clu_k_mode").set_value("choose").run()
+    at.number_input(key="clu_k").set_value(2).run()
+    no_errors(at)
+    want = ws.cluster("t", rare, k=2)
+    carries = (X[:, rare] > 0).toarray().any(axis=1)
+    assert 0 < carries.sum() < X.shape[0]
+    assert np.array_equal(want.labels >= 0, carries) and set(want.labels) == {0, -1}  # carries vs none, nothing else
+    assert int(metric(at, "Clusters found")) == 1
+    assert int(metric(at, "Documents with none of them")) == int((~carries).sum())
+    heads = [m.value for m in at.markdown if m.value.startswith("**None of the chosen concepts**")]
+    assert heads and heads[0].startswith(f"**None of the chosen concepts** · {int((~carries).sum())} documents")
+    # the folded concepts: one row each, named by the lead feature's label with one marked example
+    overview = frame_with(at, "concept", "features", "role")
+    assert list(overview["concept"]) == [c.concept_id for c in want.concepts]
+    assert list(overview["feature_id"]) == [c.lead for c in want.concepts]
+    assert overview["evidence"].str.contains("«").all()
+    members = frame_with(at, "concept", "lead", "evidence")
+    assert sorted(members["feature_id"]) == sorted(rare)
+    # descriptions by concept, in/out shares as the backend computed them, the none group included
+    shown = [d.value for d in at.dataframe if {"in_share", "out_share", "lead_feature"} <= set(d.value.columns)]
+    assert len(shown) == len(want.clusters)
+    for label, got in zip(want.clusters["cluster"], shown):
+        expect = want.descriptions[want.descriptions["cluster"] == label]
+        assert list(got["lead_feature"]) == list(expect["lead_feature"])
+        assert np.allclose(got["in_share"], expect["in_share"]) and np.allclose(got["out_share"], expect["out_share"])
 
 
 # -- correlations -------------------------------------------------------------------------
@@ -236,22 +284,49 @@ def test_retrieval_by_features_and(ws_path, ws, concepts):
 
 
 def test_retrieval_by_text_query(ws_path, ws):
-    from backend import doc_embeddings as de
+    from backend import doc_embeddings
     from backend.analysis.retrieve import dense_retrieve, retrieve_by_vector
 
     query = "i love this movie"
     at = app("retrieval", ws_path, ret_text=query).run()
     no_errors(at)
+    assert at.radio(key="ret_text_weighting").value == "idf"
     X = ws.latents("t", "max")
-    want = retrieve_by_vector(X, ws.embed_text(query), top=10)
+    want = ws.retrieve("t", query, top=10)
+    assert want.equals(retrieve_by_vector(X, ws.embed_text(query), top=10).rename(columns={"row": "doc_id"}))
     got = frame_with(at, "n_overlap", "score")
-    assert list(got["doc_id"]) == list(want["row"]) and np.allclose(got["score"], want["score"])
-    dense = dense_retrieve(de.embed_query(query), de.doc_vectors(ws, "t"), top=10)
+    assert list(got["doc_id"]) == list(want["doc_id"]) and np.allclose(got["score"], want["score"])
+    dense = ws.retrieve_dense("t", query, top=10)
+    want_d = dense_retrieve(doc_embeddings.embed_query(query), doc_embeddings.doc_vectors(ws, ws.corpus("t")), top=10)
+    assert list(dense["doc_id"]) == list(want_d["row"])
     got_d = frame_with(at, "cosine")
-    assert list(got_d["doc_id"]) == list(dense["row"]) and np.allclose(got_d["cosine"], dense["score"], atol=1e-5)
+    assert list(got_d["doc_id"]) == list(dense["doc_id"]) and np.allclose(got_d["cosine"], dense["score"], atol=1e-5)
     assert int(got_d["doc_id"].iloc[0]) == 6  # the identical document is the nearest dense neighbour
     assert got_d["cosine"].iloc[0] == pytest.approx(1.0, abs=1e-4)
     assert any("found by both methods" in c.value for c in at.caption)
+
+
+def test_retrieval_shows_query_weights(ws_path, ws):
+    """The query's features with their IDF weights, labels and a marked example; switching the weighting
+    off gives the plain-cosine ranking, which differs here."""
+    query = "i love this movie"
+    at = app("retrieval", ws_path, ret_text=query).run()
+    no_errors(at)
+    weights = ws.query_features("t", query)
+    got = frame_with(at, "idf", "weight")
+    assert list(got["feature_id"]) == list(weights["feature_id"])
+    assert np.allclose(got["weight"], weights["weight"]) and np.allclose(got["idf"], weights["idf"])
+    assert (got["idf"] > 1).any() and list(got["doc_freq"]) == list(weights["doc_freq"])
+    assert {"label", "evidence"} <= set(got.columns) and got["evidence"].str.contains("«").all()
+    assert any("idf = ln((N + 1) / (df + 1)) + 1" in c.value for c in at.caption)
+
+    at.radio(key="ret_text_weighting").set_value("none").run()
+    no_errors(at)
+    plain = ws.retrieve("t", query, top=10, weighting="none")
+    assert list(plain["doc_id"]) != list(ws.retrieve("t", query, top=10)["doc_id"])
+    ranked = frame_with(at, "n_overlap", "score")
+    assert list(ranked["doc_id"]) == list(plain["doc_id"]) and np.allclose(ranked["score"], plain["score"])
+    assert np.allclose(frame_with(at, "idf", "weight")["idf"], 1.0)
 
 
 # -- the shared feature picker ---------------------------------------------------------------
@@ -332,3 +407,24 @@ def test_clustering_umap_maps(ws_path, ws, concepts):
     at.selectbox(key="clu_color").set_value("label").run()
     no_errors(at)
     assert len(at.get("plotly_chart")) == 2
+
+
+def test_diff_summary_shows_findings_of_both_sides_with_examples(ws_path, ws):
+    """Issue 9: the summary lists distinct findings of each side, each with marked example documents."""
+    at = app("diff", ws_path).run()
+    at.selectbox(key="diff_column").set_value("label")
+    at.selectbox(key="diff_value_a").set_value("code")
+    at.run()
+    no_errors(at)
+    res = ws.diff("t", column="label", value_a="code")
+    summary = res.summary(n_per_side=4)
+    assert {f.side for f in summary} == {"a", "b"}  # the planted corpus differs both ways
+    lines = [m.value for m in at.markdown if m.value.startswith("More common in")]
+    assert len(lines) == len(summary)
+    assert any("**label = code**" in line for line in lines) and any("**label ≠ code**" in line for line in lines)
+    for line, finding in zip(lines, summary):
+        assert f"{100 * finding.share_a:.0f}% vs {100 * finding.share_b:.0f}%" in line
+    assert len(doc_html(at)) >= len(summary)  # example documents with the firing tokens marked
+    keys = [b.key for b in at.get("download_button")]
+    assert any(str(k).startswith("diff_findings_export") for k in keys)  # the findings can be exported
+    assert any("Hypotheses need an LLM" in c.value and "not worth reading" in c.value for c in at.caption)
