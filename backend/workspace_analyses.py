@@ -21,6 +21,7 @@ from backend.errors import UserError
 
 if TYPE_CHECKING:
     from backend.labels import LLMConfig
+    from backend.steering import SteerConfig, SteerResult
     from backend.store import Corpus
 
 CorpusRef = "str | int | Corpus"
@@ -132,3 +133,28 @@ class WorkspaceAnalyses:
         handle = self.corpus(corpus)
         return cluster_along(self.latents(handle, "max"), [int(f) for f in feature_ids], k=k, method=method,
                              groups=groups, config=config, seed=seed, min_cluster_size=min_cluster_size)
+
+    # -- steering --------------------------------------------------------------------------------
+    def steer(
+        self, prompts: list[str], strengths: dict[int, float], config: "SteerConfig | None" = None,
+        corpus: CorpusRef | None = None, unit: str = "p99_act", on_token: Any = None,
+    ) -> "SteerResult":
+        """Generate from `prompts` with and without adding {feature_id: strength} to the residual stream.
+
+        Strength is in units of the feature's typical activation in `corpus` (its p99, or max), so 1-2 moves
+        text toward the concept and 4+ usually breaks it. Each generation carries its measures: the per-token
+        activation, perplexity under the unsteered model, MiniLM similarity to the feature's top contexts,
+        and `fires`: whether the feature fires anywhere in the output, max-pooled as documents are judged."""
+        from backend.steering.inputs import steer_in_workspace
+
+        return steer_in_workspace(self, list(prompts), dict(strengths), config, corpus, unit, on_token)  # type: ignore[arg-type]
+
+    def steer_sweep(
+        self, feature_id: int, strengths: list[float], prompts: list[str], config: "SteerConfig | None" = None,
+        corpus: CorpusRef | None = None, unit: str = "p99_act", on_progress: Any = None,
+    ) -> pd.DataFrame:
+        """One feature at several strengths: share of generations where it fires, activation, perplexity."""
+        from backend.steering.inputs import sweep_in_workspace
+
+        return sweep_in_workspace(self, int(feature_id), list(strengths), list(prompts), config, corpus, unit,  # type: ignore[arg-type]
+                                  on_progress)

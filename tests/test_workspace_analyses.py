@@ -94,3 +94,16 @@ def test_hypotheses_read_the_right_documents_for_each_side(ws: Workspace):
     assert hyp.share_a > hyp.share_b
     texts = set(ws.documents("t")["text"])
     assert seen["docs"] and set(seen["docs"]) <= {" ".join(t.split()) for t in texts} | texts
+
+
+def test_steer_returns_generations_with_the_max_pooled_fires_measure(ws: Workspace):
+    from backend.steering import SteerConfig
+
+    cfg = SteerConfig(n_samples=1, max_new_tokens=6, temperature=0.0)
+    zero = ws.steer(["the movie"], {3: 0.0}, cfg, corpus="t")
+    frame = zero.frame()
+    assert set(frame["kind"]) == {"unsteered", "steered"} and "fires_3" in frame
+    steered, unsteered = frame[frame.kind == "steered"].iloc[0], frame[frame.kind == "unsteered"].iloc[0]
+    assert steered["text"] == unsteered["text"]  # strength 0 changes nothing
+    for g in zero.generations:  # fires == the feature's max over the output is above the threshold
+        assert g.fires[3] == (g.n_tokens > 0 and g.feature_max[3] > cfg.fire_threshold)
