@@ -1,15 +1,21 @@
 """The pure embedding step: texts in, sparse per-(document, feature) rows out.
 
-No I/O and no global state, so a distributed engine can map it over batches unchanged."""
+The forward runs on the reader's runtime (backend.runtime): the Hugging Face model, stopping at the hook's
+layer. No I/O and no state beyond the loaded model, so a distributed engine can map it over batches unchanged."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 
-from backend.models import EncodedDoc, ReaderModel, residuals
+from backend.models import EncodedDoc, ReaderModel
+from backend.runtime import runtime_for
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
 
 
 @dataclass(frozen=True)
@@ -19,7 +25,7 @@ class EmbedConfig:
     formatting: Literal["raw", "chat"] = "raw"
     max_tokens: int = 512
     batch_tokens: int = 4096  # padded tokens per forward (fastest on 2 CPU cores)
-    encode_chunk: int = 2048  # tokens per SAE encode (bounds the dense pre-activation buffer)
+    encode_chunk: int = 512  # tokens per SAE encode: the dense pre-activations (512 x d_sae) stay in cache
 
 
 @dataclass
@@ -41,7 +47,7 @@ class SparseRows:
         return len(self.doc)
 
 
-def sparse_encode(sae: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sparse_encode(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Encode rows of x; return (row, feature, value) of the non-zero activations.
 
     TopK SAEs skip building the dense activation matrix; other architectures go through `sae.encode`."""
@@ -89,7 +95,7 @@ def plan_batches(docs: list[EncodedDoc], batch_tokens: int) -> list[list[int]]:
     return [b for b in batches if b]
 
 
-def pad_batch(docs: list[EncodedDoc], batch: list[int], pad: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(docs: list[EncodedDoc], batch: list[int], pad: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded token ids and the count mask (padding never counts; causal attention ignores it)."""
     width = max(len(docs[i].ids) for i in batch)
     ids = torch.tensor([docs[i].ids + [pad] * (width - len(docs[i].ids)) for i in batch], device=device)
@@ -97,15 +103,16 @@ def pad_batch(docs: list[EncodedDoc], batch: list[int], pad: int, device: Any) -
     return ids, mask
 
 
-def embed_encoded(reader: ReaderModel, sae: Any, hook_name: str, docs: list[EncodedDoc], cfg: EmbedConfig) -> SparseRows:
-    """Embed already-tokenized documents (one padded forward per token budget)."""
+def embed_encoded(reader: ReaderModel, sae: SAE, hook_name: str, docs: list[EncodedDoc], cfg: EmbedConfig) -> SparseRows:
+    """Embed already-tokenized documents (one padded forward per token budget, stopping at the hook's layer)."""
     d_sae = int(sae.cfg.d_sae)
     pad = reader.tokenizer.pad_token_id or 0
+    runtime = runtime_for(reader)
     parts: list[tuple[torch.Tensor, ...]] = []
     with torch.inference_mode():
         for batch in plan_batches(docs, cfg.batch_tokens):
             ids, mask = pad_batch(docs, batch, pad, reader.device)
-            x = residuals(reader, ids, hook_name)
+            x = runtime.residuals(ids, hook_name)
             b_idx, p_idx = mask.nonzero(as_tuple=True)
             x = x[b_idx, p_idx]
             doc_of = torch.tensor(batch, device=reader.device)[b_idx]
@@ -147,19 +154,26 @@ def _merge(doc, feat, mx, pos, cnt, sm, d_sae: int):
     return uniq // d_sae, uniq % d_sae, m, p, c, s
 
 
-def embed_texts(reader: ReaderModel, sae: Any, hook_name: str, texts: list[str], cfg: EmbedConfig) -> SparseRows:
-    """The pure batch function: texts in, sparse rows out."""
+def sae_embed_texts(reader: ReaderModel, sae: SAE, hook_name: str, texts: list[str], cfg: EmbedConfig) -> SparseRows:
+    """The pure batch function: texts in, sparse SAE rows out (MiniLM sentence vectors are
+    backend.search.sentence_embed)."""
     docs = reader.encode_documents(list(texts), cfg.formatting, cfg.max_tokens)
     return embed_encoded(reader, sae, hook_name, docs, cfg)
 
 
+def embed_texts(reader: ReaderModel, sae: SAE, hook_name: str, texts: list[str], cfg: EmbedConfig) -> SparseRows:
+    """Deprecated name of `sae_embed_texts`."""
+    warnings.warn("backend.activations.embed_texts is now sae_embed_texts", DeprecationWarning, stacklevel=2)
+    return sae_embed_texts(reader, sae, hook_name, texts, cfg)
+
+
 def token_activations(
-    reader: ReaderModel, sae: Any, hook_name: str, text: str, cfg: EmbedConfig, features: list[int] | None = None
+    reader: ReaderModel, sae: SAE, hook_name: str, text: str, cfg: EmbedConfig, features: list[int] | None = None
 ) -> tuple[list[str], np.ndarray, list[bool]]:
     """Token strings of one document, its activations [n_tokens, len(features) or d_sae], and the count mask."""
     doc = reader.encode_documents([text], cfg.formatting, cfg.max_tokens)[0]
     with torch.inference_mode():
-        x = residuals(reader, torch.tensor([doc.ids], device=reader.device), hook_name)[0]
+        x = runtime_for(reader).residuals(torch.tensor([doc.ids], device=reader.device), hook_name)[0]
         rows, feats, vals = sparse_encode(sae, x)
         dense = torch.zeros(len(doc.ids), int(sae.cfg.d_sae), device=x.device)
         dense[rows, feats] = vals

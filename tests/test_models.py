@@ -6,7 +6,8 @@ import shutil
 import pytest
 import torch
 
-from backend.models import ModelNotAvailable, hook_layer, load_reader, residuals, stop_layer
+from backend.models import ModelNotAvailable, hook_layer, load_reader, stop_layer
+from backend.runtime import residuals
 
 
 def test_hook_names():

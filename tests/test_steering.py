@@ -10,19 +10,26 @@ from pathlib import Path
 import pytest
 import torch
 
-from backend.models import DEFAULT_MODEL, cached_hf_dir, load_reader, prepare_builtin, residuals
+from backend.models import DEFAULT_MODEL, cached_hf_dir, load_reader, prepare_builtin
+from backend.runtime import residuals
 from backend.steering import (
+    ActivationLevels,
+    Generation,
     SteerConfig,
+    SteerResult,
+    concept_similarities,
+    direction_top_logits,
     feature_scale,
     format_prompt,
     generate_steered,
-    hf_residuals,
-    logit_lens,
+    perplexity_warning,
     steer,
+    steer_in_workspace,
     steered_logits,
     strength_sweep,
-    sweep_figure,
+    typical_units,
 )
+from pages.charts import sweep_figure
 
 HOOK = "blocks.1.hook_resid_post"
 D_IN, D_SAE, FEAT = 64, 32, 5
@@ -93,14 +100,13 @@ def greedy(**kw) -> SteerConfig:
 
 def test_hf_hook_residual_matches_transformer_lens(reader):
     ids = torch.tensor([format_prompt(reader, PROMPT)])
-    torch.testing.assert_close(hf_residuals(reader, ids, HOOK), residuals(reader, ids, HOOK), atol=1e-5, rtol=1e-4)
-    # resid_pre hooks read the layer's input (backend.models.residuals cannot stop after a resid_pre hook, so
-    # compare with a full TransformerLens run).
+    # The runtime reads residuals from the HF model; the reference is a full TransformerLens run.
     _, cache = reader.model.run_with_cache(ids, names_filter=lambda n: n.endswith("resid_pre") or n.endswith("resid_post"))
+    torch.testing.assert_close(residuals(reader, ids, HOOK), cache[HOOK], atol=1e-5, rtol=1e-4)
     for hook in ("blocks.0.hook_resid_post", "blocks.1.hook_resid_pre", "blocks.0.hook_resid_pre"):
-        torch.testing.assert_close(hf_residuals(reader, ids, hook), cache[hook], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(residuals(reader, ids, hook), cache[hook], atol=1e-5, rtol=1e-4)
     # The two layers really differ, so a wrong layer index could not pass.
-    assert not torch.allclose(hf_residuals(reader, ids, HOOK), hf_residuals(reader, ids, "blocks.1.hook_resid_pre"), atol=1e-3)
+    assert not torch.allclose(residuals(reader, ids, HOOK), residuals(reader, ids, "blocks.1.hook_resid_pre"), atol=1e-3)
 
 
 def test_zero_strength_is_exactly_unsteered_per_seed(reader, sae):
@@ -150,7 +156,7 @@ def test_positive_strength_raises_feature_on_output(reader, sae, target_token):
 
 
 def test_logits_move_along_logit_lens_tokens(reader, sae, target_token):
-    lens = [t for t, _, _ in logit_lens(reader, sae, FEAT, k=5)]
+    lens = [t for t, _, _ in direction_top_logits(reader, sae, FEAT, k=5)]
     assert lens[0] == target_token
     ids = format_prompt(reader, PROMPT)
 
@@ -203,5 +209,135 @@ def test_strength_sweep_and_figure(reader, sae):
     assert df["mean_feature_act"].iloc[2] > df["mean_feature_act"].iloc[0]
     assert df["mean_feature_act"].iloc[0] == pytest.approx(df["unsteered_mean_feature_act"].iloc[0])
     assert (df["n_tokens"] == 6).all() and (df["perplexity"] > 1).all()
-    fig = sweep_figure(df)
-    assert {t.yaxis for t in fig.data} == {"y", "y2"} and len(fig.data) == 4
+    fig = sweep_figure(df)  # the page's chart: share firing on top; activation and perplexity (two axes) below
+    assert {t.yaxis for t in fig.data} == {"y", "y2", "y3"} and len(fig.data) == 5
+    assert list(fig.data[0].y) == list(df["share_fires"])
+    assert list(df["share_fires"]) == [0.0, 0.0, 1.0]  # max-pooled: does it fire anywhere in the output
+    assert df["unsteered_share_fires"].iloc[0] == 0.0 and not df["perplexity_warning"].iloc[0]
+    assert df["unsteered_share_fires"].iloc[0] == df["share_fires"].iloc[0] and not df["perplexity_warning"].iloc[0]
+
+
+# -- the max-pooled `fires` measure --------------------------------------------------------------------
+NEVER = FEAT + 1
+
+
+def separation(residual: torch.Tensor, position: int) -> tuple[torch.Tensor, float, float]:
+    """(unit direction of one position's residual, its projection minus the best other position's, that best)."""
+    direction = residual[position] - torch.cat([residual[:position], residual[position + 1:]]).mean(0)
+    direction = direction / direction.norm()
+    proj = residual @ direction
+    others = torch.cat([proj[:position], proj[position + 1:]])
+    return direction, float(proj[position] - others.max()), float(others.max())
+
+
+def planted_sae(reader, residual: torch.Tensor):
+    """A TopK SAE whose feature FEAT fires on exactly one output position (its encoder reads that position's
+    residual direction, with a bias between that position and every other one) and whose other features
+    never fire."""
+    from sae_lens import TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    fire_at = max(range(len(residual)), key=lambda p: separation(residual, p)[1])
+    direction, gap, others_max = separation(residual, fire_at)
+    assert gap > 0.05 * float(residual[fire_at].norm())  # the planted position is separable from the others
+    sae = TopKSAE(TopKSAEConfig(d_in=D_IN, d_sae=D_SAE, k=4, dtype="float32", device="cpu",
+                                metadata=SAEMetadata(model_name=reader.name, hook_name=HOOK)))
+    w_dec = torch.randn(D_SAE, D_IN, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        sae.W_dec.copy_(w_dec / w_dec.norm(dim=1, keepdim=True))
+        sae.W_enc.zero_()
+        sae.W_enc[:, FEAT] = direction
+        sae.b_enc.fill_(-1.0)
+        sae.b_enc[FEAT] = -(others_max + gap / 2)
+        sae.b_dec.zero_()
+    return sae
+
+
+def test_fires_is_max_pooled_over_the_output(reader, sae):
+    cfg = SteerConfig(n_samples=1, temperature=1.0, seed=3, max_new_tokens=8, min_new_tokens=8)  # varied tokens
+    first = steer(reader, sae, {FEAT: 0.0}, [PROMPT], cfg, typical_acts=TYPICAL)
+    prompt, output = first.prompt_ids[0], first.get("unsteered").token_ids
+    assert len(output) == 8
+    resid = residuals(reader, torch.tensor([prompt + output]), HOOK)[0, len(prompt):]
+    planted = planted_sae(reader, resid)
+    res = steer(reader, planted, {FEAT: 0.0, NEVER: 0.0}, [PROMPT], cfg, typical_acts={FEAT: 1.0, NEVER: 1.0})
+    for kind in ("unsteered", "steered"):
+        g = res.get(kind)
+        assert g.token_ids == output  # strength 0: the same text
+        # The feature fires on one output token: per token it is 1 in 8, max-pooled it fires.
+        assert g.feature_frac[FEAT] == pytest.approx(1 / 8) and g.feature_max[FEAT] > 0
+        assert g.fires[FEAT] is True
+        # A feature that never fires, at strength 0: not present.
+        assert g.fires[NEVER] is False and g.feature_frac[NEVER] == 0.0 and g.feature_max[NEVER] == 0.0
+    summary = res.summary()
+    assert summary.loc["steered", f"share_fires_{FEAT}"] == 1.0 and summary.loc["steered", f"frac_active_{FEAT}"] == pytest.approx(1 / 8)
+    assert summary.loc["steered", f"share_fires_{NEVER}"] == 0.0
+    frame = res.frame()
+    assert frame[f"fires_{FEAT}"].all() and not frame[f"fires_{NEVER}"].any()
+    # The presence threshold follows the corpus rule (max > threshold): above the planted peak it does not fire.
+    peak = res.get("steered").feature_max[FEAT]
+    high = steer(reader, planted, {FEAT: 0.0}, [PROMPT], cfg, typical_acts={FEAT: 1.0}, fire_thresholds={FEAT: peak * 1.01})
+    assert high.get("steered").fires[FEAT] is False
+
+
+def test_perplexity_warning_flag():
+    assert perplexity_warning(2.1, 1.0) and not perplexity_warning(2.0, 1.0) and not perplexity_warning(1.5, 1.0)
+    assert not perplexity_warning(float("nan"), 1.0) and perplexity_warning(31.0, 10.0, factor=3.0)
+
+    def gen(kind: str, nll: float) -> Generation:
+        return Generation(kind=kind, prompt_idx=0, sample_idx=0, seed=0, text="x", token_ids=[1, 2], stopped=False,
+                          feature_mean={FEAT: 0.0}, feature_max={FEAT: 0.0}, feature_frac={FEAT: 0.0}, nll=nll,
+                          feature_sum={FEAT: 0.0}, fires={FEAT: False})
+
+    def result(steered_ppl: float) -> SteerResult:
+        gens = [gen("unsteered", math.log(10.0)), gen("steered", math.log(steered_ppl))]
+        return SteerResult([PROMPT], [[0]], {FEAT: 1.0}, {}, greedy(), HOOK, "cpu", "hf", gens, 0.0)
+
+    assert result(25.0).perplexity_warning and not result(15.0).perplexity_warning
+    assert result(25.0).summary().loc["steered", "perplexity"] == pytest.approx(25.0)
+
+
+def test_typical_units_follow_the_chosen_level():
+    levels = {1: ActivationLevels(p99_act=2.0, max_act=5.0), 2: ActivationLevels(p99_act=None, max_act=3.0),
+              3: ActivationLevels(p99_act=0.0, max_act=0.0), 4: ActivationLevels()}
+    assert typical_units(levels, "p99_act") == {1: 2.0, 2: 3.0}
+    assert typical_units(levels, "max_act") == {1: 5.0, 2: 3.0}
+    with pytest.raises(ValueError, match="unit must be one of"):
+        typical_units(levels, "mean_act")  # type: ignore[arg-type]
+
+
+def test_concept_similarity_follows_the_concept(reader, sae):
+    pytest.importorskip("sentence_transformers")
+    contexts = ["the ocean waves crashed on the beach", "we sailed across the sea", "fish swim in the deep ocean"]
+    sims = concept_similarities(["the sea was calm and blue", "my tax form is due on monday", ""], contexts)
+    assert sims[0] > sims[1] + 0.2 and math.isnan(sims[2])
+    cfg = SteerConfig(n_samples=1, temperature=1.0, seed=3, max_new_tokens=4, min_new_tokens=4)
+    res = steer(reader, sae, {FEAT: 0.0}, [PROMPT], cfg, typical_acts=TYPICAL, concept_texts={FEAT: contexts})
+    u, s = res.get("unsteered"), res.get("steered")
+    assert math.isfinite(u.concept_similarity[FEAT]) and s.concept_similarity[FEAT] == pytest.approx(u.concept_similarity[FEAT])
+
+
+def test_renamed_and_moved_names():
+    import backend.steering as steering
+
+    with pytest.warns(DeprecationWarning, match="direction_top_logits"):
+        assert steering.logit_lens is direction_top_logits
+    with pytest.raises(AttributeError, match="pages.charts"):
+        steering.sweep_figure  # noqa: B018
+
+
+def test_steer_in_workspace_uses_corpus_units_and_contexts(tiny_workspace_file):
+    from backend.features import feature_table
+    from backend.workspace import Workspace
+
+    ws = Workspace.open(tiny_workspace_file)
+    try:
+        row = feature_table(ws, "t", sort_by="density", limit=1).iloc[0]
+        f = int(row["feature_id"])
+        res = steer_in_workspace(ws, ["the movie"], {f: 0.5}, greedy(max_new_tokens=3, min_new_tokens=3), corpus="t",
+                                 unit="p99_act")
+    finally:
+        ws.close()
+    assert res.scales[f].source == "typical_acts" and res.scales[f].raw_coef == pytest.approx(0.5 * row["p99_act"], rel=1e-4)
+    assert set(res.get("steered").fires) == {f} and not res.notes
+    assert f in res.get("steered").concept_similarity  # measured against the feature's top contexts in 't'

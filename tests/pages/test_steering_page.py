@@ -114,6 +114,49 @@ def test_generate_shows_both_columns_and_measures(tiny_workspace_file, feature):
     assert generation_texts(at) == texts
 
 
+def test_generation_shows_the_fires_share(tiny_workspace_file, feature):
+    at = page(tiny_workspace_file, feature)
+    f = feature["id"]
+    set_generation(at, n=2, max_new=4)
+    at.slider(key=f"steer_strength_{f}").set_value(2.0)
+    at.button(key="steer_generate").click().run()
+    no_errors(at)
+    res = at.session_state["steer_result"]
+    share = sum(res.get("steered", 0, i).fires[f] for i in range(2)) / 2
+    metric = next(m for m in at.metric if m.label == f"#{f} fires in (steered)")
+    assert metric.value == f"{share:.0%}"
+    table = next(d.value for d in at.dataframe if "perplexity · steered" in d.value.columns)
+    assert list(table[f"#{f} fires · steered"]) == [res.get("steered", 0, i).fires[f] for i in range(2)]
+    assert f"#{f} concept similarity · steered" in table.columns
+
+
+def test_perplexity_warning_is_shown(tiny_workspace_file, feature):
+    """A stored result whose steered perplexity is 3x the unsteered one shows the warning; 1.5x does not."""
+    from backend.steering import Generation, SteerConfig, SteerResult
+
+    f = feature["id"]
+
+    def result(ratio: float) -> SteerResult:
+        def gen(kind: str, ppl: float) -> Generation:
+            return Generation(kind=kind, prompt_idx=0, sample_idx=0, seed=0, text=f"{kind} text", token_ids=[1, 2],
+                              stopped=False, feature_mean={f: 0.1}, feature_max={f: 0.2}, feature_frac={f: 0.5},
+                              nll=math.log(ppl), feature_sum={f: 0.2}, fires={f: kind == "steered"})
+        return SteerResult(["hi"], [[0]], {f: 1.0}, {}, SteerConfig(n_samples=1), "blocks.1.hook_resid_post", "cpu",
+                           "hf", [gen("unsteered", 10.0), gen("steered", 10.0 * ratio)], 0.1)
+
+    for ratio, warned in ((3.0, True), (1.5, False)):
+        at = AppTest.from_file(PAGE, default_timeout=180)
+        at.session_state["workspace_path"] = str(tiny_workspace_file)
+        at.session_state["corpus"] = "t"
+        at.session_state["feature_id"] = f
+        at.session_state["steer_result"] = result(ratio)
+        at.run()
+        no_errors(at)
+        assert any("perplexity is 3.0×" in w.value for w in at.warning) == warned
+        assert not any("perplexity is" in w.value for w in at.warning) or warned
+        assert next(m for m in at.metric if m.label == f"#{f} fires in (steered)").value == "100%"
+
+
 def test_strong_greedy_steer_changes_text_and_raises_feature(tiny_workspace_file, feature):
     at = page(tiny_workspace_file, feature)
     f = feature["id"]

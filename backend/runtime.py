@@ -1,0 +1,337 @@
+"""The reader's model runtime: the one owner of its Hugging Face model, its lock, the forward that stops at
+the hook's layer, and the steering hook.
+
+Every forward in the backend goes through here (embedding, token highlighting, SAE training, steering), so
+residuals are read one way and one lock (`reader.lock`) serialises the hooks, which are model state.
+
+The Hugging Face model is loaded once per reader, lazily, from `reader.hf_dir` in the reader's dtype. A
+residual hook (`hook_resid_pre`/`hook_resid_post`) becomes a PyTorch hook on the decoder layer that owns it;
+to read residuals the hook raises `StopForward`, so no later layer (and no unembedding) runs. TransformerLens
+stays the fallback where its hook points are needed: readers with no HF folder, and the
+resid_mid/attn_out/mlp_out hooks. Both paths give the same residuals (tests/test_runtime.py).
+"""
+from __future__ import annotations
+
+import inspect
+import threading
+import weakref
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Literal
+
+import torch
+
+from backend.models import ReaderModel, hook_layer, stop_layer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+Backend = Literal["hf", "transformer_lens"]
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_CHOICES = ("auto", *DTYPES)
+CUDA_DEFAULT_DTYPE = "bfloat16"
+# CPU: bench/dtype_agreement.py on the default model + SAE and 300 held-out demo documents found bf16 exact
+# enough (FVE 0.8529 vs 0.8543, drop 0.002 <= 0.01; per-document Jaccard of max-pooled feature sets 0.96 >= 0.9),
+# but without native bf16 instructions the bf16 forward ran 6.5x slower than fp32 (21 vs 138 tokens/s, 1 thread,
+# AVX2). So "auto" picks bf16 on CPUs with native bf16 (x86 avx512_bf16/amx_bf16, Arm bf16) and fp32 elsewhere.
+_NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
+_RESIDUAL_SITES = ("resid_pre", "resid_post")
+
+
+@lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (Linux /proc/cpuinfo flags); elsewhere assume it does not."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return bool(flags & _NATIVE_BF16_FLAGS)
+
+
+def resolve_dtype_name(name: str, device: str | torch.device) -> str:
+    """The concrete dtype name of a dtype setting ("auto": bf16 on CUDA and on CPUs with native bf16, else
+    float32). A workspace records this at creation, so a later run on another machine embeds alike."""
+    if name == "auto":
+        if torch.device(device).type == "cuda":
+            return CUDA_DEFAULT_DTYPE
+        return "bfloat16" if cpu_has_native_bf16() else "float32"
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, not {name!r}")
+    return name
+
+
+def resolve_dtype(name: str, device: str | torch.device) -> torch.dtype:
+    """The torch dtype of a dtype setting (see `resolve_dtype_name`)."""
+    return DTYPES[resolve_dtype_name(name, device)]
+
+
+class StopForward(Exception):
+    """Raised by a capture hook to end a forward pass at the hook (later layers never run)."""
+
+
+def decoder_layers(hf: Any) -> torch.nn.ModuleList:
+    """The decoder blocks of a Hugging Face causal LM (block L owns TransformerLens's blocks.L hooks)."""
+    for path in ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+        obj = hf
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        return obj
+    raise ValueError(f"Cannot find the decoder layers of {type(hf).__name__}")
+
+
+def hook_site(hook_name: str) -> str:
+    """The site of a hook name ("resid_post", "mlp_out", ...), validating the name."""
+    hook_layer(hook_name)
+    return hook_name.rsplit("hook_", 1)[1]
+
+
+@dataclass
+class HookState:
+    """What the hook does on the next forward: add `vector` from absolute position `start` on (the
+    forward's first token sits at absolute position `offset`), and/or capture the activation and stop."""
+
+    vector: torch.Tensor | None = None
+    start: int = 0
+    offset: int = 0
+    capture: bool = False
+    stop_after_capture: bool = False
+    captured: torch.Tensor | None = None
+
+    def apply(self, h: torch.Tensor) -> torch.Tensor | None:
+        """The new activation, or None to leave it unchanged."""
+        if self.capture:
+            self.captured = h.detach()
+            if self.stop_after_capture:
+                raise StopForward
+        v = self.vector
+        if v is None:
+            return None
+        first = self.start - self.offset
+        if first <= 0:
+            return h + v
+        if first >= h.shape[1]:
+            return None
+        return torch.cat([h[:, :first], h[:, first:] + v], dim=1)
+
+
+class HookedForward:
+    """Forwards with the steerable hook installed at one hook name; made by `ModelRuntime.hooked` and
+    used while its lock is held. `state` says what the hook does on the next forward."""
+
+    def __init__(self, runtime: ModelRuntime, hook_name: str, use_hf: bool) -> None:
+        self.runtime, self.hook_name = runtime, hook_name
+        self.hf = runtime.hf if use_hf else None
+        self.backend: Backend = "hf" if use_hf else "transformer_lens"
+        self.state = HookState()
+        if self.hf is not None:
+            params = inspect.signature(self.hf.forward).parameters
+            self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        model = self.hf if self.hf is not None else self.runtime.reader.model
+        return next(model.parameters()).dtype
+
+    def reset(self) -> None:
+        self.state = HookState()
+
+    def steer_with(self, vector: torch.Tensor | None, start: int = 0, offset: int = 0) -> None:
+        """Add `vector` on the next forwards from absolute position `start` (first fed token at `offset`)."""
+        vec = None if vector is None else vector.to(self.device, self.dtype)
+        self.state = HookState(vector=vec, start=start, offset=offset)
+
+    def new_cache(self, batch: int) -> Any:
+        """An empty KV cache for `batch` rows."""
+        if self.hf is not None:
+            from transformers import DynamicCache
+
+            return DynamicCache(config=self.hf.config)
+        from transformer_lens import TransformerLensKeyValueCache
+
+        return TransformerLensKeyValueCache.init_cache(self.runtime.reader.model.cfg, self.device, batch)
+
+    def logits(self, ids: torch.Tensor, cache: Any = None, keep: int = 0) -> torch.Tensor:
+        """Logits of the last `keep` positions (all when 0); extends `cache` in place when given."""
+        if self.hf is not None:
+            kw = {self._cache_kw: cache, "use_cache": cache is not None}
+            return self.hf(input_ids=ids, logits_to_keep=keep, **kw).logits
+        out = self.runtime.reader.model(ids, return_type="logits", attention_mask=torch.ones_like(ids), past_kv_cache=cache)
+        return out[:, -keep:] if keep else out
+
+    def unsteered_logits_and_residuals(self, ids: torch.Tensor, keep: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits of the last `keep` positions and the hook's activation [batch, pos, d_model] of one
+        unsteered forward (how steering's measures re-read an output)."""
+        self.state = HookState(capture=True)
+        try:
+            logits = self.logits(ids, keep=keep)
+            resid = self.state.captured
+        finally:
+            self.reset()
+        assert resid is not None
+        return logits, resid
+
+    def residuals(self, ids: torch.Tensor) -> torch.Tensor:
+        """Unsteered activation at the hook, [batch, pos, d_model]; the forward stops there."""
+        self.state = HookState(capture=True, stop_after_capture=True)
+        try:
+            if self.hf is not None:
+                self.hf(input_ids=ids, use_cache=False)
+            else:
+                self.runtime.reader.model(ids, stop_at_layer=stop_layer(self.hook_name), return_type=None)
+        except StopForward:
+            pass
+        resid = self.state.captured
+        self.reset()
+        if resid is None:
+            raise RuntimeError(f"The forward never reached {self.hook_name}.")
+        return resid
+
+    # -- the hooks -------------------------------------------------------------------
+    def _post_hook(self, module: Any, args: Any, output: Any) -> Any:
+        h = output[0] if isinstance(output, tuple) else output
+        new = self.state.apply(h)
+        if new is None:
+            return None
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    def _pre_hook(self, module: Any, args: tuple, kwargs: dict) -> Any:
+        if args:
+            new = self.state.apply(args[0])
+            return None if new is None else ((new, *args[1:]), kwargs)
+        new = self.state.apply(kwargs["hidden_states"])
+        return None if new is None else (args, {**kwargs, "hidden_states": new})
+
+    def _tl_hook(self, act: torch.Tensor, hook: Any) -> torch.Tensor | None:
+        return self.state.apply(act)
+
+    @contextmanager
+    def installed(self) -> Iterator[HookedForward]:
+        if self.hf is None:
+            with self.runtime.reader.model.hooks(fwd_hooks=[(self.hook_name, self._tl_hook)]):
+                yield self
+            return
+        layer = decoder_layers(self.hf)[hook_layer(self.hook_name)]
+        if hook_site(self.hook_name) == "resid_post":
+            handle = layer.register_forward_hook(self._post_hook)
+        else:
+            handle = layer.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
+        try:
+            yield self
+        finally:
+            handle.remove()
+            self.reset()
+
+
+class ModelRuntime:
+    """The reader's forward passes: its HF model (loaded once, in `dtype`), the lock and the hooks.
+
+    `dtype` defaults to the reader's own (the workspace's dtype setting, see `resolve_dtype`)."""
+
+    def __init__(self, reader: ReaderModel, dtype: torch.dtype | None = None) -> None:
+        self._reader = weakref.ref(reader)  # the reader owns its runtime, not the other way round
+        self.dtype = dtype if dtype is not None else getattr(reader.model.cfg, "dtype", torch.float32)
+        self._hf: PreTrainedModel | None = None
+        self._load_lock = threading.Lock()
+
+    @property
+    def reader(self) -> ReaderModel:
+        reader = self._reader()
+        if reader is None:
+            raise RuntimeError("This runtime's reader model has been released.")
+        return reader
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The one model lock: hooks are model state, so forwards with different hooks must not overlap."""
+        return self.reader.lock
+
+    @property
+    def device(self) -> torch.device:
+        return self.reader.device
+
+    @property
+    def has_hf(self) -> bool:
+        return self.reader.hf_dir is not None
+
+    @property
+    def hf(self) -> PreTrainedModel:
+        """The reader's Hugging Face causal LM (loaded on first use)."""
+        with self._load_lock:
+            if self._hf is None:
+                if self.reader.hf_dir is None:
+                    raise ValueError(f"Reader {self.reader.name!r} has no local Hugging Face folder.")
+                from transformers import AutoModelForCausalLM
+
+                model = AutoModelForCausalLM.from_pretrained(str(self.reader.hf_dir), dtype=self.dtype)
+                self._hf = model.to(self.device).eval()
+            return self._hf
+
+    def loaded_hf(self) -> PreTrainedModel | None:
+        """The HF model when it is already loaded (never loads it)."""
+        return self._hf
+
+    def backend_for(self, hook_name: str, prefer_hf: bool = True) -> Backend:
+        """Which model serves forwards at this hook."""
+        use_hf = prefer_hf and self.has_hf and hook_site(hook_name) in _RESIDUAL_SITES
+        return "hf" if use_hf else "transformer_lens"
+
+    @contextmanager
+    def hooked(self, hook_name: str, prefer_hf: bool = True) -> Iterator[HookedForward]:
+        """Hold the lock and install the steerable hook at `hook_name` for the block's forwards."""
+        forward = HookedForward(self, hook_name, self.backend_for(hook_name, prefer_hf) == "hf")
+        with self.lock, forward.installed():
+            yield forward
+
+    def residuals(self, ids: torch.Tensor, hook_name: str) -> torch.Tensor:
+        """Activation at the hook [batch, pos, d_model] in the runtime's dtype; the forward stops there.
+
+        Right padding needs no attention mask: attention is causal, so padding never reaches earlier tokens.
+        Position 0 is returned like any other; callers drop it through their count masks."""
+        with torch.inference_mode(), self.hooked(hook_name) as forward:
+            return forward.residuals(ids.to(self.device))
+
+    def stop_token_ids(self) -> set[int]:
+        """Token ids that end a generation: the tokenizer's EOS and the model's generation config's."""
+        ids: set[int] = set()
+        eos = getattr(self.reader.tokenizer, "eos_token_id", None)
+        if eos is not None:
+            ids.add(int(eos))
+        gen_eos = getattr(getattr(self._hf, "generation_config", None), "eos_token_id", None)
+        if gen_eos is not None:
+            ids.update(int(e) for e in ([gen_eos] if isinstance(gen_eos, int) else gen_eos))
+        return ids
+
+
+_RUNTIMES: dict[int, ModelRuntime] = {}
+_RUNTIMES_GUARD = threading.Lock()
+
+
+def runtime_for(reader: ReaderModel) -> ModelRuntime:
+    """The reader's runtime (one per reader object, released with it)."""
+    key = id(reader)
+    with _RUNTIMES_GUARD:
+        runtime = _RUNTIMES.get(key)
+        if runtime is None or runtime._reader() is not reader:
+            runtime = _RUNTIMES[key] = ModelRuntime(reader)
+            weakref.finalize(reader, _RUNTIMES.pop, key, None)
+        return runtime
+
+
+def residuals(reader: ReaderModel, ids: torch.Tensor, hook_name: str) -> torch.Tensor:
+    """Activation at a TransformerLens hook name, read by the reader's runtime (stops at the hook)."""
+    return runtime_for(reader).residuals(ids, hook_name)
