@@ -22,13 +22,15 @@ if __name__ == "__main__" and not runtime.exists():
 
 from pages import widgets
 
-st.set_page_config(page_title="SAE embeddings dashboard", page_icon="🔬", layout="wide")
+st.set_page_config(page_title="SAE embeddings dashboard", page_icon=":material/biotech:", layout="wide")
 
+# Material icons, never emoji: emoji render as empty boxes in headless Chromium and without an emoji font.
 SECTIONS = {
-    "Workspace": [("home", "Home", "🏠"), ("corpora", "Corpora", "📚")],
-    "Explore": [("features", "Features", "🧩"), ("retrieval", "Retrieval", "🔎")],
-    "Analyse": [("diff", "Dataset diff", "⚖️"), ("clustering", "Clustering", "🗺️"), ("correlations", "Correlations", "🔗")],
-    "Model": [("steering", "Steering", "🎛️")],
+    "Workspace": [("home", "Home", ":material/home:"), ("corpora", "Corpora", ":material/library_books:")],
+    "Explore": [("features", "Features", ":material/extension:"), ("retrieval", "Retrieval", ":material/search:")],
+    "Analyse": [("diff", "Dataset diff", ":material/compare_arrows:"), ("clustering", "Clustering", ":material/scatter_plot:"),
+                ("correlations", "Correlations", ":material/link:")],
+    "Model": [("steering", "Steering", ":material/tune:")],
 }
 
 pages = {
@@ -40,5 +42,6 @@ pages = {
     for section, items in SECTIONS.items()
 }
 nav = st.navigation({k: v for k, v in pages.items() if v})
-widgets.sidebar()
-nav.run()
+with widgets.user_errors():  # the one place a problem the user can fix becomes a message, never a traceback
+    widgets.sidebar()
+    nav.run()

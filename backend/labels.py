@@ -18,41 +18,33 @@ import math
 import os
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Any, Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
 
-from backend.store import Store, StoreError
+from backend.store import Corpus, Store, StoreError
+
+if TYPE_CHECKING:
+    from backend.workspace import Workspace
 
 Decoder = Callable[[tuple[int, ...]], str]
 SOURCES = ("hand", "llm", "auto")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS feature_labels (
-    feature_id INTEGER, label VARCHAR, source VARCHAR, score FLOAT, corpus_id INTEGER,
-    updated_at TIMESTAMP DEFAULT current_timestamp
-);
-"""
 # Best label per feature: hand > llm > auto, then the given corpus's (or workspace-wide), then newest.
 # Format with `filter` (a WHERE clause, no parameters); takes one parameter: the corpus id (or NULL).
 BEST_LABEL_SQL = """
-    SELECT feature_id, label FROM feature_labels WHERE {filter}
+    SELECT feature_id, label, score AS label_score, source AS label_source FROM feature_labels WHERE {filter}
     QUALIFY row_number() OVER (
         PARTITION BY feature_id
         ORDER BY CASE source WHEN 'hand' THEN 0 WHEN 'llm' THEN 1 ELSE 2 END,
                  (corpus_id IS NULL OR corpus_id = ?) DESC, updated_at DESC) = 1"""
-
-
-def ensure_schema(store: Store) -> None:
-    if getattr(store, "_labels_schema", False):
-        return
-    store.con.execute(SCHEMA)
-    store._labels_schema = True  # type: ignore[attr-defined]
 
 
 # -- reading and writing labels ----------------------------------------------------------------
@@ -63,40 +55,30 @@ def write_labels(store: Store, df: pd.DataFrame, source: str, corpus_id: int | N
     otherwise only those of the features in df."""
     if source not in ("auto", "llm"):
         raise StoreError("Only 'auto' and 'llm' labels are written in bulk; use set_hand_label for hand labels.")
-    ensure_schema(store)
     data = pd.DataFrame({"feature_id": df["feature_id"].astype(np.int32), "label": df["label"].astype(str),
                          "score": df["score"].astype(np.float32) if "score" in df else np.float32(np.nan)})
-    with store.transaction() as con:
-        if replace_all:
-            con.execute("DELETE FROM feature_labels WHERE source = ? AND corpus_id IS NOT DISTINCT FROM ?", [source, corpus_id])
-        else:
-            con.execute("DELETE FROM feature_labels WHERE source = ? AND corpus_id IS NOT DISTINCT FROM ? "
-                        "AND feature_id IN (SELECT unnest(?::INTEGER[]))", [source, corpus_id, data["feature_id"].tolist()])
-        con.register("_labels", data)
-        try:
-            con.execute("INSERT INTO feature_labels SELECT feature_id, label, ?, score, ?, current_timestamp FROM _labels "
-                        "ORDER BY feature_id", [source, corpus_id])
-        finally:
-            con.unregister("_labels")
+    where: dict[str, Any] = {"source": source, "corpus_id": corpus_id}
+    if not replace_all:
+        where["feature_id"] = data["feature_id"].tolist()
+    store.replace_rows("feature_labels", data.sort_values("feature_id"), where=where,
+                       fixed={"source": source, "corpus_id": corpus_id})
 
 
-def set_hand_label(ws: Any, feature_id: int, text: str | None) -> None:
+def set_hand_label(ws: Workspace, feature_id: int, text: str | None) -> None:
     """Set (or with empty text, remove) the workspace-wide hand label of a feature."""
     store: Store = ws.store
-    ensure_schema(store)
     fid = int(feature_id)
     if not 0 <= fid < ws.d_sae:
         raise StoreError(f"Feature {fid} does not exist; this SAE has features 0-{ws.d_sae - 1}.")
     text = (text or "").strip()
-    with store.transaction() as con:
-        con.execute("DELETE FROM feature_labels WHERE source = 'hand' AND feature_id = ?", [fid])
+    with store.transaction() as tx:
+        tx.execute("DELETE FROM feature_labels WHERE source = 'hand' AND feature_id = ?", [fid])
         if text:
-            con.execute("INSERT INTO feature_labels VALUES (?, ?, 'hand', NULL, NULL, current_timestamp)", [fid, text])
+            tx.execute("INSERT INTO feature_labels VALUES (?, ?, 'hand', NULL, NULL, current_timestamp)", [fid, text])
 
 
 def best_labels(store: Store, corpus_id: int | None, feature_ids: Iterable[int] | None = None) -> dict[int, str]:
     """Best label per feature (hand > llm > auto), preferring labels derived from corpus_id."""
-    ensure_schema(store)
     if feature_ids is None:
         df = store.query_df(BEST_LABEL_SQL.format(filter="true"), [corpus_id])
     else:
@@ -107,9 +89,16 @@ def best_labels(store: Store, corpus_id: int | None, feature_ids: Iterable[int] 
     return dict(zip(df["feature_id"].astype(int), df["label"]))
 
 
-def labels(ws: Any, corpus: int | str | None = None, feature_ids: Iterable[int] | None = None) -> dict[int, str]:
+def labels(ws: Workspace, corpus: Corpus | None = None, feature_ids: Iterable[int] | None = None) -> dict[int, str]:
     """Best label per feature (hand > llm > auto), preferring labels derived from `corpus`."""
-    return best_labels(ws.store, ws.store.corpus_id(corpus) if corpus is not None else None, feature_ids)
+    cid = None if corpus is None else (corpus.corpus_id if isinstance(corpus, Corpus) else ws.corpus(corpus).corpus_id)
+    return best_labels(ws.store, cid, feature_ids)
+
+
+def label_revision(store: Store) -> tuple[int, str]:
+    """(number of label rows, newest update): changes whenever any label is written (a cache key)."""
+    count, newest = store.query_one("SELECT count(*), max(updated_at) FROM feature_labels") or (0, None)
+    return int(count), str(newest)
 
 
 def pick_best(rows: pd.DataFrame, corpus_id: int | None) -> str | None:
@@ -123,9 +112,8 @@ def pick_best(rows: pd.DataFrame, corpus_id: int | None) -> str | None:
     return str(rows.loc[order.index[0], "label"])
 
 
-def feature_labels(ws: Any, feature_id: int) -> pd.DataFrame:
+def feature_labels(ws: Workspace, feature_id: int) -> pd.DataFrame:
     """Every stored label of one feature: label, source, score, corpus_id, updated_at (best source first)."""
-    ensure_schema(ws.store)
     return ws.store.query_df(
         "SELECT label, source, score, corpus_id, updated_at FROM feature_labels WHERE feature_id = ? "
         "ORDER BY CASE source WHEN 'hand' THEN 0 WHEN 'llm' THEN 1 ELSE 2 END, updated_at DESC", [int(feature_id)])
@@ -155,73 +143,18 @@ def make_decoder(tokenizer: Any) -> Decoder:
     return decode
 
 
-def _ngrams(ids: list[int], max_n: int) -> set[tuple[int, ...]]:
-    return {tuple(ids[i : i + n]) for n in range(1, max_n + 1) for i in range(len(ids) - n + 1)}
+def auto_labels(ctx: ContextSet, background: list[list[int]], decode: Decoder,
+                skip_ids: set[int] | frozenset[int] = frozenset()) -> pd.DataFrame:
+    """feature_id, label, score (and name, kind, example, n_contexts) for every feature in ctx.
 
+    Readable labels from `backend.label_text`: the words (or punctuation/formatting, in plain words) the
+    feature fires on, most distinctive first, plus one quoted context with the firing token marked,
+    e.g. `certain / some / few — "in «certain» cases"`; score = activation-weighted share of the top
+    contexts the name explains (label_text.readable_labels takes the options).
+    Tokens in `skip_ids` (special tokens) are never read as words."""
+    from backend.label_text import readable_labels
 
-def _quote(s: str) -> str:
-    return "'" + s.replace("\n", "\\n") + "'"
-
-
-def _pick_ngrams(ranked: list[tuple[str, float]], exclude: set[str], k: int) -> list[str]:
-    """Best distinct n-gram strings, skipping any contained in (or containing) one already chosen."""
-    chosen: list[str] = []
-    for s, _ in ranked:
-        if len(chosen) >= k:
-            break
-        low = s.lower()
-        if low in exclude or any(low in c.lower() or c.lower() in low for c in chosen):
-            continue
-        chosen.append(s)
-    return chosen
-
-
-def auto_labels(ctx: ContextSet, background: list[list[int]], decode: Decoder, n_tokens: int = 3, n_ngrams: int = 2,
-                max_n: int = 3, n_contexts: int = 10, skip_ids: set[int] | frozenset[int] = frozenset()) -> pd.DataFrame:
-    """feature_id, label, score for every feature in ctx.
-
-    label = its most frequent argmax tokens + the n-grams most distinctive of its top contexts by
-    TF-IDF (frequency among the feature's contexts x rarity in background documents);
-    score = share of the feature's top documents whose argmax token is its top token.
-    Tokens in `skip_ids` (special tokens) never appear in a label."""
-    bg = Counter()
-    for doc in background:
-        bg.update(_ngrams(doc, max_n))
-    n_bg = len(background)
-    alnum = re.compile(r"\w")
-    order = np.lexsort((ctx.rank, ctx.feature_id))
-    fids = ctx.feature_id[order]
-    starts = np.flatnonzero(np.r_[True, fids[1:] != fids[:-1]]) if len(fids) else np.zeros(0, int)
-    out = []
-    for s, e in zip(starts, np.r_[starts[1:], len(fids)].astype(int)):
-        idx = order[s:e]
-        tok_count = Counter()
-        tok_act: Counter = Counter()
-        for i in idx:
-            tok_count[int(ctx.token_id[i])] += 1
-            tok_act[int(ctx.token_id[i])] += float(ctx.act[i])
-        best = sorted(tok_count, key=lambda t: (-tok_count[t], -tok_act[t]))
-        top_toks = [decode((t,)) for t in best if t not in skip_ids and alnum.search(decode((t,)))][:n_tokens]
-        top_toks = top_toks or [decode((best[0],))]
-        tf = Counter()
-        ctx_idx = [i for i in idx if ctx.rank[i] < n_contexts]
-        for i in ctx_idx:
-            tf.update(_ngrams(ctx.windows[i], max_n))
-        min_tf = 2 if len(ctx_idx) >= 3 else 1
-        ranked = []
-        for g, c in tf.items():
-            text = decode(g).strip()
-            if c < min_tf or not alnum.search(text) or any(t in skip_ids for t in g):
-                continue
-            idf = math.log((1 + n_bg) / (1 + bg.get(g, 0)))
-            ranked.append((text, c / len(ctx_idx) * idf * (1 + 0.25 * (len(g) - 1))))
-        ranked.sort(key=lambda x: -x[1])
-        grams = _pick_ngrams(ranked, {t.strip().lower() for t in top_toks}, n_ngrams)
-        label = "top tokens: " + ", ".join(_quote(t) for t in top_toks)
-        if grams:
-            label += " | ngrams: " + ", ".join(_quote(g) for g in grams)
-        out.append((int(fids[s]), label, tok_count[best[0]] / len(idx)))
-    return pd.DataFrame(out, columns=["feature_id", "label", "score"])
+    return readable_labels(ctx, background, decode, skip_ids=skip_ids)
 
 
 # -- LLM labels ------------------------------------------------------------------------------------
@@ -229,16 +162,57 @@ class LLMError(UnavailableError):
     """The LLM endpoint is not configured, unreachable or answered something unusable."""
 
 
+def same_endpoint(a: str | None, b: str | None) -> bool:
+    """Whether two base URLs name the same endpoint (scheme, host, port and path; case and a trailing / ignored)."""
+    if not a or not b:
+        return False
+    pa, pb = urllib.parse.urlsplit(a.strip().rstrip("/")), urllib.parse.urlsplit(b.strip().rstrip("/"))
+    return (pa.scheme.lower(), pa.netloc.lower(), pa.path) == (pb.scheme.lower(), pb.netloc.lower(), pb.path)
+
+
 @dataclass(frozen=True)
 class LLMConfig:
-    """An OpenAI-compatible chat endpoint."""
+    """An OpenAI-compatible chat endpoint.
+
+    A key belongs to the URL it was entered with (`key_url`, the base URL by default): a config whose
+    base URL differs from its key's URL (e.g. `dataclasses.replace(cfg, base_url=...)`) carries no key,
+    so a key can never be sent to another server. The key is left out of repr()."""
 
     base_url: str
     model: str
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
     timeout_s: float = 60.0
     temperature: float = 0.0
     max_tokens: int = 300
+    key_url: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        url = str(self.base_url or "").strip()
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https") or not urllib.parse.urlsplit(url).netloc:
+            raise LLMError(f"The LLM base URL must start with http:// or https:// and name a server, not {url!r}.")
+        if not str(self.model or "").strip():
+            raise LLMError("Name the LLM model to use.")
+        object.__setattr__(self, "base_url", url)
+        object.__setattr__(self, "model", str(self.model).strip())
+        key = (self.api_key or "").strip() or None
+        if key is not None and self.key_url is None:
+            object.__setattr__(self, "key_url", url)  # a key given with this URL belongs to it
+        if key is not None and not same_endpoint(self.key_url, url):
+            key = None  # a key entered for another server never goes here
+        object.__setattr__(self, "api_key", key)
+        if key is None:
+            object.__setattr__(self, "key_url", None)
+
+    @property
+    def has_key(self) -> bool:
+        return self.api_key is not None
+
+    def headers(self) -> dict[str, str]:
+        """Request headers: the key only when it belongs to this base URL."""
+        out = {"Content-Type": "application/json"}
+        if self.api_key and same_endpoint(self.key_url, self.base_url):
+            out["Authorization"] = f"Bearer {self.api_key}"
+        return out
 
     @classmethod
     def from_env(cls) -> "LLMConfig | None":
@@ -248,18 +222,75 @@ class LLMConfig:
             return None
         return cls(url, model, os.environ.get("SAEDASH_LLM_API_KEY") or None)
 
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "LLMConfig":
+        """From a TOML or JSON file with base_url, model and optionally api_key, timeout_s, max_tokens."""
+        import tomllib
+
+        text = Path(path).read_text(encoding="utf-8")
+        try:
+            data = json.loads(text) if str(path).endswith(".json") else tomllib.loads(text)
+        except (ValueError, tomllib.TOMLDecodeError) as exc:
+            raise LLMError(f"The LLM config file {path} cannot be read: {exc}") from None
+        data = data.get("llm", data) if isinstance(data, dict) else {}
+        known = {"base_url", "model", "api_key", "timeout_s", "temperature", "max_tokens"}
+        if not isinstance(data, dict) or not {"base_url", "model"} <= set(data) or set(data) - known:
+            raise LLMError(f"The LLM config file {path} needs base_url and model (and may set {', '.join(sorted(known - {'base_url', 'model'}))}).")
+        return cls(**data)
+
+
+def operator_llm_config() -> LLMConfig | None:
+    """The endpoint the person running the server configured: the SAEDASH_LLM_* environment variables, else
+    the TOML/JSON file named by SAEDASH_LLM_CONFIG; None when neither is set. Read fresh on every call."""
+    cfg = LLMConfig.from_env()
+    if cfg is None and os.environ.get("SAEDASH_LLM_CONFIG"):
+        path = Path(os.environ["SAEDASH_LLM_CONFIG"]).expanduser()
+        if not path.is_file():
+            raise LLMError(f"SAEDASH_LLM_CONFIG names {path}, which is not a file.")
+        cfg = LLMConfig.from_file(path)
+    return cfg
+
+
+def session_llm_config(operator: LLMConfig | None, base_url: str = "", model: str = "",
+                       api_key: str = "") -> LLMConfig | None:
+    """The endpoint one dashboard session uses: the operator's, with what the session entered.
+
+    Empty fields fall back to the operator's URL and model. A key typed in the session goes only to the URL
+    typed with it; the operator's key only to the operator's URL, so a session that points elsewhere
+    without typing a key sends none. None when no URL or model is known."""
+    url = (base_url or "").strip() or (operator.base_url if operator else "")
+    name = (model or "").strip() or (operator.model if operator else "")
+    if not url or not name:
+        return None
+    if (api_key or "").strip():
+        return LLMConfig(url, name, api_key.strip(), **_tuning(operator))
+    if operator is not None:  # the operator's key keeps its own URL; __post_init__ drops it elsewhere
+        return replace(operator, base_url=url, model=name)
+    return LLMConfig(url, name)
+
+
+def _tuning(cfg: LLMConfig | None) -> dict[str, Any]:
+    return {} if cfg is None else {"timeout_s": cfg.timeout_s, "temperature": cfg.temperature, "max_tokens": cfg.max_tokens}
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Refuse redirects: urllib would forward the Authorization header to wherever a server points."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
 
 def chat(cfg: LLMConfig, messages: list[dict[str, str]]) -> str:
-    """One chat completion; returns the reply text or raises LLMError."""
+    """One chat completion; returns the reply text or raises LLMError (redirects are refused)."""
     url = cfg.base_url.rstrip("/") + "/chat/completions"
     body = json.dumps({"model": cfg.model, "messages": messages, "temperature": cfg.temperature,
                        "max_tokens": cfg.max_tokens}).encode()
-    headers = {"Content-Type": "application/json"}
-    if cfg.api_key:
-        headers["Authorization"] = f"Bearer {cfg.api_key}"
-    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    req = urllib.request.Request(url, data=body, headers=cfg.headers(), method="POST")
     try:
-        with urllib.request.urlopen(req, timeout=cfg.timeout_s) as resp:
+        with _OPENER.open(req, timeout=cfg.timeout_s) as resp:
             payload = json.loads(resp.read().decode("utf-8"))
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode("utf-8", "replace")[:300]
@@ -338,12 +369,12 @@ class _Samples:
 def _negative_docs(store: Store, cid: int, feature_id: int, n: int, seed: int) -> list[int]:
     df = store.query_df(
         "SELECT doc_id FROM doc_status WHERE corpus_id = ? AND doc_id NOT IN "
-        "(SELECT doc_id FROM feature_docs WHERE corpus_id = ? AND feature_id = ?) ORDER BY hash(doc_id + ?) LIMIT ?",
+        "(SELECT doc_id FROM doc_features WHERE corpus_id = ? AND feature_id = ?) ORDER BY hash(doc_id + ?) LIMIT ?",
         [cid, cid, int(feature_id), int(seed), int(n)])
     return df["doc_id"].astype(int).tolist()
 
 
-def _samples(ws: Any, cid: int, feature_id: int, n_show: int, n_negative: int, n_holdout: int, seed: int) -> _Samples:
+def _samples(ws: Workspace, cid: int, feature_id: int, n_show: int, n_negative: int, n_holdout: int, seed: int) -> _Samples:
     """Marked top samples, unmarked non-activating samples, and a balanced unmarked held-out set."""
     store: Store = ws.store
     st = store.query_one("SELECT n_docs_active FROM feature_stats WHERE corpus_id = ? AND feature_id = ?", [cid, int(feature_id)])
@@ -353,8 +384,9 @@ def _samples(ws: Any, cid: int, feature_id: int, n_show: int, n_negative: int, n
     show = list(range(min(n_show, n_act)))
     rest = np.arange(len(show), n_act)
     held_ranks = sorted(set(rest[np.linspace(0, len(rest) - 1, min(n_holdout, len(rest))).round().astype(int)].tolist())) if len(rest) else []
-    ranks = store.query_df("SELECT rank, doc_id, argmax_pos FROM feature_docs WHERE corpus_id = ? AND feature_id = ? "
-                           "AND rank IN (SELECT unnest(?::INTEGER[])) ORDER BY rank", [cid, int(feature_id), show + held_ranks])
+    from backend.feature_queries import ranked_documents  # feature_docs keeps top ranks only; this reads any rank
+
+    ranks = ranked_documents(store, cid, int(feature_id), show + held_ranks)[["rank", "doc_id", "argmax_pos"]]
     negs = _negative_docs(store, cid, feature_id, n_negative + len(held_ranks), seed)
 
     def text(doc_id: int, center: int | None, mark: bool) -> str:
@@ -376,7 +408,7 @@ def _numbered(texts: list[str]) -> str:
     return "\n".join(f"Sample {i + 1}: {t}" for i, t in enumerate(texts)) or "(none)"
 
 
-def llm_label_feature(ws: Any, corpus: int | str, feature_id: int, cfg: LLMConfig, n_show: int = 5, n_negative: int = 3,
+def llm_label_feature(ws: Workspace, corpus: Corpus, feature_id: int, cfg: LLMConfig, n_show: int = 5, n_negative: int = 3,
                       n_holdout: int = 4, seed: int = 0) -> dict[str, Any]:
     """Ask the LLM for a label, then score it on held-out samples: {feature_id, label, score, accuracy, f1, n_scored}."""
     cid = ws.store.corpus_id(corpus)
@@ -391,14 +423,15 @@ def llm_label_feature(ws: Any, corpus: int | str, feature_id: int, cfg: LLMConfi
     return {"feature_id": int(feature_id), "label": label, "score": acc, "accuracy": acc, "f1": f1, "n_scored": len(s.held)}
 
 
-def llm_label_features(ws: Any, corpus: int | str, feature_ids: Iterable[int], cfg: LLMConfig | None = None,
+def llm_label_features(ws: Workspace, corpus: Corpus, feature_ids: Iterable[int], cfg: LLMConfig | None = None,
                        **kwargs: Any) -> pd.DataFrame:
     """LLM-label and score several features; stores them as 'llm' labels (hand labels untouched).
 
     Returns feature_id, label, score, accuracy, f1, n_scored. Raises LLMError when no endpoint is configured."""
-    cfg = cfg or LLMConfig.from_env()
+    cfg = cfg or operator_llm_config()
     if cfg is None:
-        raise LLMError("LLM labelling is off: set SAEDASH_LLM_BASE_URL and SAEDASH_LLM_MODEL (and SAEDASH_LLM_API_KEY).")
+        raise LLMError("LLM labelling is off: set SAEDASH_LLM_BASE_URL and SAEDASH_LLM_MODEL (and SAEDASH_LLM_API_KEY), "
+                       "or name a config file in SAEDASH_LLM_CONFIG.")
     cid = ws.store.corpus_id(corpus)
     df = pd.DataFrame([llm_label_feature(ws, cid, f, cfg, **kwargs) for f in feature_ids])
     if not df.empty:

@@ -1,24 +1,28 @@
 """Widgets shared by the analysis pages (diff, clustering, correlations, retrieval).
 
-- cached loaders (latents, labels, lengths, metadata, dense vectors) keyed by widgets.data_version;
+- cached loaders (latents, labels, metadata, documents, token activations, dense vectors), keyed by the
+  corpus's cache key (widgets.cache_key) and the workspace's label revision;
 - a concept/feature picker: search by meaning, by example text, from a list, or by label phrase;
 - documents rendered with token highlights for chosen features (escaped, via widgets.highlight_html);
 - a document-set export block (metadata + feature activation columns, widgets.export_buttons).
 
-Layout and widgets only; every computation is a backend call."""
+Loaders take a `Corpus` handle (or a corpus name, resolved once). Layout and widgets only; every
+computation is a backend call."""
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import streamlit as st
 
-from backend import labels as labels_mod
+from backend import doc_embeddings
+from backend.store import Corpus
 from backend.workspace import Workspace
 from pages import widgets
+from pages.widgets import CacheKey, corpus_handle, md_escape  # noqa: F401  (md_escape: re-exported for the pages)
 
 PICK_MODES = {
     "list": "From a list",
@@ -27,18 +31,10 @@ PICK_MODES = {
     "phrase": "Every feature whose label matches",
 }
 MAX_LIST_OPTIONS = 5000  # features offered in the list picker (densest first)
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
+CorpusRef = Corpus | str
 
 
 # -- small helpers ---------------------------------------------------------------
-def md_escape(text: Any, max_len: int = 120) -> str:
-    """A label or value made safe for st.markdown: one line, markdown characters escaped."""
-    s = " ".join(str(text).split())
-    if len(s) > max_len:
-        s = s[: max_len - 1] + "…"
-    return _MD_SPECIAL.sub(r"\\\1", s)
-
-
 def feature_name(fid: int, labels: dict[int, str]) -> str:
     lab = labels.get(int(fid))
     return f"#{int(fid)} · {lab}" if lab else f"#{int(fid)} · (no label)"
@@ -59,97 +55,95 @@ def snippet(text: str, n: int = 160) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
-def open_feature_button(fid: int, key: str, labels: dict[int, str] | None = None) -> None:
+def open_feature_button(fid: int, key: str) -> None:
     """A button that opens the feature on the Features page."""
-    label = f"Open #{int(fid)} on the Features page"
-    if st.button(label, key=f"{key}-open-{int(fid)}"):
+    if st.button(f"Open #{int(fid)} on the Features page", key=f"{key}-open-{int(fid)}", icon=":material/open_in_new:"):
         widgets.open_feature(int(fid), "features")
 
 
-# -- cached loaders (keyed by data_version; the workspace itself is not hashed) --------------------
+# -- cached loaders (the workspace and handle are not hashed; the cache key is) ---------------------
 @st.cache_data(show_spinner=False, max_entries=16)
-def latents(_ws: Workspace, version: tuple, corpus: str, pooling: str = "max", threshold: float = 0.0) -> sp.csr_matrix:
-    return _ws.latents(corpus, pooling=pooling, threshold=threshold)
+def _latents(_ws: Workspace, _corpus: Corpus, key: CacheKey, pooling: str, threshold: float) -> sp.csr_matrix:
+    return _ws.latents(_corpus, pooling=pooling, threshold=threshold)
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def labels(_ws: Workspace, version: tuple, corpus: str, label_version: Any = None) -> dict[int, str]:
-    return labels_mod.labels(_ws, corpus)
-
-
-def label_version(ws: Workspace) -> Any:
-    """Changes when any label is written (hand labels are edited while the app runs)."""
-    try:
-        labels_mod.ensure_schema(ws.store)
-        return ws.store.query_one("SELECT count(*), max(updated_at) FROM feature_labels")
-    except Exception:  # noqa: BLE001 - a missing table only means no labels yet
-        return None
-
-
-def corpus_labels(ws: Workspace, corpus: str) -> dict[int, str]:
-    return labels(ws, widgets.data_version(ws, corpus), corpus, label_version(ws))
+def latents(ws: Workspace, corpus: CorpusRef, pooling: str = "max", threshold: float = 0.0) -> sp.csr_matrix:
+    handle = corpus_handle(ws, corpus)
+    return _latents(ws, handle, widgets.cache_key(ws, handle), pooling, float(threshold))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def lengths(_ws: Workspace, version: tuple, corpus: str) -> np.ndarray:
-    return _ws.store.doc_lengths(corpus)
+def _labels(_ws: Workspace, _corpus: Corpus, key: CacheKey, label_revision: tuple) -> dict[int, str]:
+    return _ws.labels(_corpus)
+
+
+def corpus_labels(ws: Workspace, corpus: CorpusRef) -> dict[int, str]:
+    """{feature_id: best label}, preferring the corpus's own; refreshed whenever any label is written."""
+    handle = corpus_handle(ws, corpus)
+    return _labels(ws, handle, widgets.cache_key(ws, handle), ws.label_revision())
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def metadata(_ws: Workspace, version: tuple, corpus: str, column: str) -> pd.Series:
-    return _ws.store.metadata(corpus, column)
+def _metadata(_ws: Workspace, _corpus: Corpus, key: CacheKey, column: str) -> pd.Series:
+    return _ws.metadata(_corpus, column)
+
+
+def metadata(ws: Workspace, corpus: CorpusRef, column: str) -> pd.Series:
+    handle = corpus_handle(ws, corpus)
+    return _metadata(ws, handle, widgets.cache_key(ws, handle), column)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def documents(_ws: Workspace, version: tuple, corpus: str, doc_ids: tuple[int, ...]) -> pd.DataFrame:
-    return _ws.documents(corpus, list(doc_ids))
+def _documents(_ws: Workspace, _corpus: Corpus, key: CacheKey, doc_ids: tuple[int, ...]) -> pd.DataFrame:
+    return _ws.documents(_corpus, list(doc_ids))
+
+
+def documents(ws: Workspace, corpus: CorpusRef, doc_ids: Sequence[int]) -> pd.DataFrame:
+    handle = corpus_handle(ws, corpus)
+    return _documents(ws, handle, widgets.cache_key(ws, handle), tuple(int(d) for d in doc_ids))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def token_acts(_ws: Workspace, version: tuple, corpus: str, doc_id: int, features: tuple[int, ...]):
-    ta = _ws.token_activations(corpus, int(doc_id), list(features))
+def _token_acts(_ws: Workspace, _corpus: Corpus, key: CacheKey, doc_id: int, features: tuple[int, ...]):
+    ta = _ws.token_activations(_corpus, int(doc_id), list(features))
     return list(ta.tokens), np.asarray(ta.acts, dtype=np.float32), list(ta.count_mask)
 
 
+def token_acts(ws: Workspace, corpus: CorpusRef, doc_id: int, features: Sequence[int]):
+    """(tokens, activations [n_tokens, n_features], count mask) of one stored document (runs the model)."""
+    handle = corpus_handle(ws, corpus)
+    return _token_acts(ws, handle, widgets.cache_key(ws, handle), int(doc_id), tuple(int(f) for f in features))
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
-def text_features(_ws: Workspace, ws_path: str, text: str) -> dict[int, float]:
-    """Max-pooled SAE features of a text (reader LM + SAE)."""
+def _text_features(_ws: Workspace, ws_path: str, text: str) -> dict[int, float]:
     return _ws.embed_text(text)
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
-def active_features(_ws: Workspace, version: tuple, corpus: str) -> pd.DataFrame:
-    """feature_id, n_docs (documents where it fires), densest first."""
-    X = _ws.latents(corpus, pooling="binary")
-    counts = np.bincount(X.indices, minlength=X.shape[1])
-    fids = np.flatnonzero(counts)
-    order = np.lexsort((fids, -counts[fids]))
-    return pd.DataFrame({"feature_id": fids[order].astype(np.int64), "n_docs": counts[fids[order]].astype(np.int64)})
+def text_features(ws: Workspace, text: str) -> dict[int, float]:
+    """Max-pooled SAE features of a text (reader LM + SAE)."""
+    return _text_features(ws, str(ws.path), text)
 
 
-def dense_vectors(ws: Workspace, corpus: str, allow_compute: bool) -> np.ndarray | None:
+def dense_vectors(ws: Workspace, corpus: CorpusRef, allow_compute: bool) -> np.ndarray | None:
     """MiniLM document vectors (stored in the workspace); computed with a progress bar when allowed."""
-    from backend import doc_embeddings as de
-
-    version = widgets.data_version(ws, corpus)
-    if not de.is_complete(ws, corpus):
+    handle = corpus_handle(ws, corpus)
+    if not doc_embeddings.is_complete(ws, handle):
         if not allow_compute:
             return None
         bar = st.progress(0.0, text="Embedding documents with MiniLM…")
 
-        def cb(done: int, total: int) -> None:
+        def report(done: int, total: int) -> None:
             bar.progress(done / max(1, total), text=f"MiniLM embeddings: {done:,}/{total:,} documents")
 
-        de.build_doc_embeddings(ws, corpus, progress=cb)
+        doc_embeddings.build_doc_embeddings(ws, handle, progress=report)
         bar.empty()
-    return _dense_cached(ws, version, corpus, de.n_stored(ws, corpus))
+    return _dense(ws, handle, widgets.cache_key(ws, handle), doc_embeddings.n_stored(ws, handle))
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _dense_cached(_ws: Workspace, version: tuple, corpus: str, n_stored: int) -> np.ndarray:
-    from backend import doc_embeddings as de
-
-    return de.doc_vectors(_ws, corpus, compute=False)
+def _dense(_ws: Workspace, _corpus: Corpus, key: CacheKey, n_stored: int) -> np.ndarray:
+    return doc_embeddings.doc_vectors(_ws, _corpus, compute=False)
 
 
 # -- the concept/feature picker ------------------------------------------------------
@@ -161,59 +155,68 @@ def _add(state_key: str, fids: Iterable[int], replace: bool = False) -> None:
     st.session_state[state_key] = cur
 
 
-def feature_picker(ws: Workspace, corpus: str, key: str, title: str = "Concepts (SAE features)",
+def feature_picker(ws: Workspace, corpus: CorpusRef, key: str, title: str = "Concepts (SAE features)",
                    preselect: Sequence[int] = ()) -> list[int]:
     """Choose features four ways; returns the chosen feature ids (kept in st.session_state[f"{key}_chosen"])."""
+    handle = corpus_handle(ws, corpus)
     state_key = f"{key}_chosen"
-    lab = corpus_labels(ws, corpus)
+    lab = corpus_labels(ws, handle)
     if state_key not in st.session_state:
         st.session_state[state_key] = [int(f) for f in preselect if 0 <= int(f) < ws.d_sae]
     chosen = [int(f) for f in st.session_state[state_key]]
-    active = active_features(ws, widgets.data_version(ws, corpus), corpus)
+    active = ws.active_features(handle)
     n_docs = dict(zip(active["feature_id"].astype(int), active["n_docs"].astype(int)))
 
-    def fmt(f: int) -> str:
-        return f"{feature_name(f, lab)} ({n_docs.get(int(f), 0):,} docs)"
-
-    st.markdown(f"**{title}**")
+    st.markdown(f"**{md_escape(title)}**")
     mode = st.radio("Pick features", list(PICK_MODES), format_func=PICK_MODES.get, horizontal=True, key=f"{key}_pk_mode")
-    if mode == "meaning":
-        q = st.text_input("Describe the concept", key=f"{key}_pk_query", placeholder="e.g. praise, violence, source code")
-        if q.strip():
-            from backend.search import SearchModelMissing, search_features
-
-            try:
-                with st.spinner("Searching…"):
-                    hits = search_features(ws, corpus, q, top=20)
-            except SearchModelMissing as exc:
-                st.warning(str(exc))
-                hits = pd.DataFrame(columns=["feature_id", "label", "score"])
-            _candidates(hits[["feature_id", "label", "score"]], key, state_key, n_docs)
-    elif mode == "example":
-        text = st.text_area("Example text", key=f"{key}_pk_example", height=80,
-                            placeholder="Paste a sentence; the features that fire on it are offered.")
-        if text.strip():
-            with st.spinner("Reading the text…"):
-                acts = text_features(ws, str(ws.store.path), text)
-            hits = pd.DataFrame({"feature_id": list(acts), "max_act": list(acts.values())})
-            hits = hits.sort_values(["max_act", "feature_id"], ascending=[False, True]).head(30)
-            hits = with_labels(hits, lab)
-            _candidates(hits, key, state_key, n_docs)
-    elif mode == "phrase":
-        phrase = st.text_input("Label contains", key=f"{key}_pk_phrase", placeholder="e.g. movie")
-        if phrase.strip():
-            pat = phrase.strip().lower()
-            fids = sorted(f for f, t in lab.items() if t and pat in str(t).lower())
-            hits = pd.DataFrame({"feature_id": fids, "label": [lab[f] for f in fids]})
-            _candidates(hits, key, state_key, n_docs, default_n=len(fids))
+    hits = {"meaning": _meaning_hits, "example": _example_hits, "phrase": _phrase_hits}.get(mode)
+    if hits is not None:
+        found = hits(ws, handle, key, lab)
+        if found is not None:
+            _candidates(found, key, state_key, n_docs, default_n=len(found) if mode == "phrase" else 5)
     options = [int(f) for f in active["feature_id"].head(MAX_LIST_OPTIONS)]
     options = sorted(set(options) | set(chosen), key=lambda f: (-n_docs.get(f, 0), f))
     st.multiselect(
         "Chosen features" if mode != "list" else "Chosen features (type an id or a word of a label)",
-        options, format_func=fmt, key=state_key,
+        options, format_func=lambda f: f"{feature_name(f, lab)} ({n_docs.get(int(f), 0):,} docs)", key=state_key,
         help="Features are listed densest first; an id or label word filters the list.",
     )
     return [int(f) for f in st.session_state.get(state_key, [])]
+
+
+def _meaning_hits(ws: Workspace, corpus: Corpus, key: str, lab: dict[int, str]) -> pd.DataFrame | None:
+    query = st.text_input("Describe the concept", key=f"{key}_pk_query", placeholder="e.g. praise, violence, source code")
+    if not query.strip():
+        return None
+    from backend.search import SearchModelMissing, search_features
+
+    try:
+        with st.spinner("Searching…"):
+            return search_features(ws, corpus, query, top=20)[["feature_id", "label", "score"]]
+    except SearchModelMissing as exc:
+        st.warning(md_escape(exc, max_len=None))
+        return pd.DataFrame(columns=["feature_id", "label", "score"])
+
+
+def _example_hits(ws: Workspace, corpus: Corpus, key: str, lab: dict[int, str]) -> pd.DataFrame | None:
+    text = st.text_area("Example text", key=f"{key}_pk_example", height=80,
+                        placeholder="Paste a sentence; the features that fire on it are offered.")
+    if not text.strip():
+        return None
+    with st.spinner("Reading the text…"):
+        acts = text_features(ws, text)
+    hits = pd.DataFrame({"feature_id": list(acts), "max_act": list(acts.values())})
+    hits = hits.sort_values(["max_act", "feature_id"], ascending=[False, True]).head(30)
+    return with_labels(hits, lab)
+
+
+def _phrase_hits(ws: Workspace, corpus: Corpus, key: str, lab: dict[int, str]) -> pd.DataFrame | None:
+    phrase = st.text_input("Label contains", key=f"{key}_pk_phrase", placeholder="e.g. movie")
+    if not phrase.strip():
+        return None
+    needle = phrase.strip().lower()
+    fids = sorted(f for f, t in lab.items() if t and needle in str(t).lower())
+    return pd.DataFrame({"feature_id": fids, "label": [lab[f] for f in fids]})
 
 
 def _candidates(hits: pd.DataFrame, key: str, state_key: str, n_docs: dict[int, int], default_n: int = 5) -> None:
@@ -227,8 +230,10 @@ def _candidates(hits: pd.DataFrame, key: str, state_key: str, n_docs: dict[int, 
     c1.number_input("How many (from the top)", 1, max(1, len(hits)), min(max(1, default_n), len(hits)), key=f"{key}_pk_n")
     ids = [int(f) for f in hits["feature_id"]]
     # the callback reads the count at click time (button args are bound when the button is drawn)
-    c2.button("Add them", key=f"{key}_pk_add", on_click=_add_top, args=(state_key, ids, f"{key}_pk_n", False))
-    c3.button("Use only these", key=f"{key}_pk_replace", on_click=_add_top, args=(state_key, ids, f"{key}_pk_n", True))
+    c2.button("Add them", key=f"{key}_pk_add", on_click=_add_top, args=(state_key, ids, f"{key}_pk_n", False),
+              icon=":material/add:")
+    c3.button("Use only these", key=f"{key}_pk_replace", on_click=_add_top, args=(state_key, ids, f"{key}_pk_n", True),
+              icon=":material/swap_horiz:")
 
 
 def _add_top(state_key: str, ids: list[int], n_key: str, replace: bool) -> None:
@@ -237,7 +242,7 @@ def _add_top(state_key: str, ids: list[int], n_key: str, replace: bool) -> None:
 
 # -- documents with highlights ---------------------------------------------------------
 def show_documents(
-    ws: Workspace, corpus: str, doc_ids: Sequence[int], feature_ids: Sequence[int], key: str,
+    ws: Workspace, corpus: CorpusRef, doc_ids: Sequence[int], feature_ids: Sequence[int], key: str,
     labels: dict[int, str] | None = None, scores: Sequence[float] | None = None, score_name: str = "score",
     meta_columns: Sequence[str] | None = None,
 ) -> None:
@@ -249,54 +254,58 @@ def show_documents(
     if not doc_ids:
         st.caption("No document.")
         return
-    version = widgets.data_version(ws, corpus)
+    handle = corpus_handle(ws, corpus)
     feats = tuple(int(f) for f in feature_ids)
-    labels = labels or {}
-    docs = documents(ws, version, corpus, tuple(doc_ids)).set_index("doc_id")
-    info = ws.store.corpus(corpus)
-    meta_columns = [c for c in (meta_columns if meta_columns is not None else info.meta_columns) if c in docs.columns][:4]
+    docs = documents(ws, handle, doc_ids).set_index("doc_id")
+    columns = meta_columns if meta_columns is not None else handle.meta_columns
+    columns = [c for c in columns if c in docs.columns][:4]
     for i, d in enumerate(doc_ids):
+        row = docs.loc[d] if d in docs.index else None
         head = f"Document {d}"
         if scores is not None:
             head += f" · {score_name} {float(scores[i]):.3f}"
-        if d in docs.index and not pd.isna(docs.loc[d, "n_tokens"]):
-            head += f" · {int(docs.loc[d, 'n_tokens']):,} tokens"
+        if row is not None and not pd.isna(row["n_tokens"]):
+            head += f" · {int(row['n_tokens']):,} tokens"
         with st.container(border=True):
             st.caption(head)
-            if meta_columns and d in docs.index:
-                st.text(" · ".join(f"{c}: {snippet(docs.loc[d, c], 60)}" for c in meta_columns))
-            if not feats:
-                st.text(str(docs.loc[d, "text"]) if d in docs.index else "")
-                continue
-            try:
-                tokens, acts, mask = token_acts(ws, version, corpus, d, feats)
-            except Exception as exc:  # noqa: BLE001 - the model may be unavailable; still show the text
-                st.caption(f"No highlights ({type(exc).__name__}).")
-                st.text(str(docs.loc[d, "text"]) if d in docs.index else "")
-                continue
-            if acts.ndim == 1:
-                acts = acts[:, None]
-            if len(feats) == 1:
-                shade, scale = acts[:, 0], None
-            else:
-                peak = np.maximum(acts.max(axis=0, initial=0.0), 1e-9)
-                shade, scale = (acts / peak).max(axis=1) if len(acts) else np.zeros(0), 1.0
-            widgets.show_html(widgets.highlight_html(tokens, shade, scale, mask))
-            if len(feats) > 1 and len(acts):
-                st.caption(" · ".join(f"#{f} max {float(acts[:, j].max()):.2f}" for j, f in enumerate(feats)))
+            if columns and row is not None:
+                st.text(" · ".join(f"{c}: {snippet(row[c], 60)}" for c in columns))
+            _highlighted(ws, handle, d, feats, "" if row is None else str(row["text"]))
+
+
+def _highlighted(ws: Workspace, corpus: Corpus, doc_id: int, feats: tuple[int, ...], text: str) -> None:
+    """One document's tokens shaded by `feats` (plain text when there are none or the model is unavailable)."""
+    if not feats:
+        st.text(text)
+        return
+    try:
+        tokens, acts, mask = token_acts(ws, corpus, doc_id, feats)
+    except Exception as exc:  # noqa: BLE001 - the model may be unavailable; still show the text
+        st.caption(f"No highlights ({type(exc).__name__}).")
+        st.text(text)
+        return
+    if acts.ndim == 1:
+        acts = acts[:, None]
+    if len(feats) == 1:
+        shade, scale = acts[:, 0], None
+    else:
+        peak = np.maximum(acts.max(axis=0, initial=0.0), 1e-9)
+        shade, scale = (acts / peak).max(axis=1) if len(acts) else np.zeros(0), 1.0
+    widgets.show_html(widgets.highlight_html(tokens, shade, scale, mask))
+    if len(feats) > 1 and len(acts):
+        st.caption(" · ".join(f"#{f} max {float(acts[:, j].max()):.2f}" for j, f in enumerate(feats)))
 
 
 # -- export ------------------------------------------------------------------------
 def document_table(
-    ws: Workspace, corpus: str, X: sp.csr_matrix, doc_ids: Sequence[int], feature_ids: Sequence[int],
+    ws: Workspace, corpus: CorpusRef, X: sp.csr_matrix, doc_ids: Sequence[int], feature_ids: Sequence[int],
     labels: dict[int, str] | None = None, extra: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """doc_id, extra columns (score, cluster…), text, n_tokens, metadata, and activation columns of the features."""
     from backend.export import feature_columns
 
     doc_ids = [int(d) for d in doc_ids]
-    docs = documents(ws, widgets.data_version(ws, corpus), corpus, tuple(doc_ids)).set_index("doc_id")
-    docs = docs.reindex(doc_ids).reset_index()
+    docs = documents(ws, corpus, doc_ids).set_index("doc_id").reindex(doc_ids).reset_index()
     parts = [docs[["doc_id"]]]
     if extra is not None and len(extra.columns):
         parts.append(extra.reset_index(drop=True))
@@ -307,7 +316,7 @@ def document_table(
 
 
 def export_block(
-    ws: Workspace, corpus: str, X: sp.csr_matrix, doc_ids: Sequence[int], key: str, stem: str,
+    ws: Workspace, corpus: CorpusRef, X: sp.csr_matrix, doc_ids: Sequence[int], key: str, stem: str,
     default_features: Sequence[int] = (), labels: dict[int, str] | None = None, extra: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Choose activation columns, preview and download a document set (CSV, JSONL, Parquet)."""

@@ -1,52 +1,47 @@
-"""Corpora: upload a file, preview it, pick the text column, embed with live progress; rename and delete."""
+"""Corpora: upload a file, preview it, pick the text column, embed with live progress; finish, rename, delete.
+
+Layout and widgets only: reading and validating files is backend.corpora, jobs and their resume policy are
+backend.jobs (jobs follow a corpus by id, so renaming it while it embeds is harmless)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import streamlit as st
 
 from backend.corpora import FORMATS, CorpusError, ReadOptions, guess_text_column, read_corpus, validate_text_column
-from backend.jobs import REGISTRY
-from backend.store import StoreError
+from backend.errors import UserError
+from backend.jobs import next_action, resume_interrupted, start_embedding, start_finishing
+from backend.store import Corpus
 from backend.workspace import Workspace
 from pages import widgets
+from pages.widgets import md_escape
 
-st.title("Corpora")
-ws = widgets.current_workspace()
-if ws is None:
-    st.info("No workspace is open. Go to **Home** to build the default workspace.")
-    st.stop()
+STATUS_HELP = {"pending": "not embedded yet", "embedding": "embedding documents",
+               "finalizing": "computing feature statistics and labels", "ready": "ready", "failed": "failed"}
 
 
-def start_embedding(ws: Workspace, name: str):
-    info = ws.store.corpus(name)
-    return REGISTRY.start(
-        str(ws.store.path), info.corpus_id, name, info.n_docs,
-        lambda cb, cancel: ws.embed(name, progress=cb, cancel=cancel),
-    )
-
-
-# Resume work a previous server process left unfinished (the job survives closed tabs, not restarts).
-for c in ws.store.corpora():
-    if c.status == "embedding" and widgets.running_job(ws, c.name) is None:
-        start_embedding(ws, c.name)
-
-# -- upload --------------------------------------------------------------------
-st.subheader("Add a corpus")
-upload = st.file_uploader(
-    "CSV, TSV, JSONL, Parquet or TXT (one document per line or per paragraph)",
-    type=list(FORMATS) + ["json", "ndjson"], key="upload",
-)
-if upload is not None:
+def read_upload(upload: Any) -> pd.DataFrame:
+    """The uploaded file as a table (stops the page with the reason when it cannot be read)."""
     is_txt = upload.name.lower().endswith(".txt")
     txt_mode = st.radio("Documents in the TXT file are", ["line", "paragraph"], horizontal=True,
                         format_func=lambda m: "one per line" if m == "line" else "one per blank-line paragraph") if is_txt else "line"
     try:
-        df = read_corpus(upload.getvalue(), upload.name, ReadOptions(txt_mode=txt_mode))
+        return read_corpus(upload.getvalue(), upload.name, ReadOptions(txt_mode=txt_mode))
     except CorpusError as exc:
-        st.error(f"Cannot read **{upload.name}**: {exc} Nothing was stored.")
+        st.error(f"Cannot read **{md_escape(upload.name)}**: {md_escape(exc, max_len=None)} Nothing was stored.")
         st.stop()
-    st.caption(f"{len(df):,} rows, columns: {', '.join(map(str, df.columns))}")
+
+
+def upload_section(ws: Workspace) -> None:
+    st.subheader("Add a corpus")
+    upload = st.file_uploader("CSV, TSV, JSONL, Parquet or TXT (one document per line or per paragraph)",
+                              type=list(FORMATS) + ["json", "ndjson"], key="upload")
+    if upload is None:
+        return
+    df = read_upload(upload)
+    st.caption(f"{len(df):,} rows, columns: {', '.join(md_escape(c, max_len=60) for c in df.columns)}")
     st.dataframe(df.head(10), hide_index=True, width="stretch")
     cols = [str(c) for c in df.columns]
     try:
@@ -56,62 +51,100 @@ if upload is not None:
     c1, c2 = st.columns(2)
     text_col = c1.selectbox("Text column", cols, index=cols.index(guess) if guess in cols else 0)
     name = c2.text_input("Corpus name", value=Path(upload.name).stem)
-    if st.button("Add and embed", type="primary"):
-        try:
-            validate_text_column(df, text_col)
-            ws.add_corpus(name, df, text_column=text_col, file_name=upload.name)
-        except (CorpusError, StoreError) as exc:
-            st.error(f"{exc} Nothing was stored.")
-        else:
-            start_embedding(ws, name.strip())
-            st.session_state[widgets.CORPUS_KEY] = name.strip()
-            st.success(f"Added **{name.strip()}** ({len(df):,} documents); embedding runs in the background.")
+    split = st.toggle("Split long documents into windows", key="split_long",
+                      help=f"The reader model sees the first {ws.settings.max_tokens:,} tokens of a document. Split "
+                           "longer ones into consecutive windows, each its own document (with its source row and offset).")
+    if st.button("Add and embed", type="primary", icon=":material/upload:"):
+        add_and_embed(ws, df, text_col, name, upload.name, ReadOptions(split_long=split))
 
-# -- progress and management ---------------------------------------------------
-st.subheader("Corpora in this workspace")
+
+def add_and_embed(ws: Workspace, df: pd.DataFrame, text_col: str, name: str, file_name: str, options: ReadOptions) -> None:
+    try:
+        validate_text_column(df, text_col)
+        corpus_id = ws.add_corpus(name, df, text_column=text_col, file_name=file_name, options=options)
+    except UserError as exc:
+        st.error(f"{md_escape(exc, max_len=None)} Nothing was stored.")
+        return
+    corpus = ws.corpus(corpus_id)
+    start_embedding(ws, corpus)
+    st.session_state[widgets.CORPUS_KEY] = corpus.name
+    st.success(f"Added **{md_escape(corpus.name)}** ({corpus.n_docs:,} documents); embedding runs in the background. "
+               f"Documents longer than {ws.settings.max_tokens:,} tokens are cut there; the list below counts them.")
+
+
+def corpus_line(ws: Workspace, c: Corpus) -> str:
+    truncated = f"{c.n_truncated:,} cut at {ws.settings.max_tokens:,} tokens"
+    return (f"**{md_escape(c.name)}** · {c.n_docs:,} documents · {c.n_tokens:,} tokens embedded · {truncated} · "
+            f"status `{c.status}`")
+
+
+def corpus_card(ws: Workspace, c: Corpus) -> None:
+    """One corpus: counts, status, the running job's progress, and Resume / Finish when something is missing."""
+    with st.container(border=True):
+        text, button = st.columns([3, 1])
+        text.markdown(corpus_line(ws, c), help=STATUS_HELP.get(c.status))
+        job = widgets.running_job(ws, c)
+        if job is not None and (job.running or job.error):
+            widgets.job_status(job, c.name)
+        elif c.error:
+            st.error(md_escape(c.error, max_len=300))
+        action = next_action(ws, c)
+        if action == "resume":
+            st.progress(c.n_embedded / max(1, c.n_docs), text=f"{c.n_embedded:,}/{c.n_docs:,} embedded")
+            if button.button("Resume embedding", key=f"resume-{c.corpus_id}", icon=":material/play_arrow:"):
+                start_embedding(ws, c)
+        elif action == "finish":
+            st.caption("Embedded, but its feature statistics and labels are missing.")
+            if button.button("Finish", key=f"finish-{c.corpus_id}", icon=":material/task_alt:",
+                             help="Computes the statistics, top tokens, labels and logit lens (resumable)."):
+                start_finishing(ws, c)
 
 
 @st.fragment(run_every=1.0)
-def corpus_list() -> None:
-    corpora = ws.store.corpora()
+def corpus_list(ws: Workspace) -> None:
+    with widgets.user_errors(key="retry_corpus_list"):
+        corpora = ws.corpus_list()
+        if not corpora:
+            st.caption("None yet.")
+            return
+        for c in corpora:
+            corpus_card(ws, c)
+
+
+def manage_section(ws: Workspace) -> None:
+    """Rename or delete a corpus (by id: a job running for it keeps following it)."""
+    corpora = {c.corpus_id: c for c in ws.corpus_list()}
     if not corpora:
-        st.caption("None yet.")
         return
-    for c in corpora:
-        with st.container(border=True):
-            a, b = st.columns([3, 1])
-            a.markdown(f"**{c.name}** · {c.n_docs:,} documents · {c.n_tokens:,} tokens embedded · status `{c.status}`")
-            job = widgets.running_job(ws, c.name)
-            if job is not None and (job.running or job.error):
-                widgets.job_status(job)
-            elif c.n_embedded < c.n_docs:
-                st.progress(c.n_embedded / max(1, c.n_docs), text=f"{c.n_embedded:,}/{c.n_docs:,} embedded")
-                if b.button("Resume embedding", key=f"resume-{c.corpus_id}"):
-                    start_embedding(ws, c.name)
+    target = corpora[st.selectbox("Corpus", list(corpora), key="manage_pick", format_func=lambda i: corpora[i].name)]
+    new = st.text_input("New name", key="rename_to")
+    c1, c2 = st.columns(2)
+    if c1.button("Rename", icon=":material/edit:") and new:
+        try:
+            ws.rename_corpus(target, new)
+        except UserError as exc:
+            st.error(md_escape(exc, max_len=None))
+        else:
+            st.session_state[widgets.CORPUS_KEY] = new.strip()
+            st.rerun()
+    confirm = c2.checkbox(f"Yes, delete {md_escape(target.name)} and its embeddings", key="confirm_delete")
+    if c2.button("Delete", disabled=not confirm, icon=":material/delete:"):
+        job = widgets.running_job(ws, target)
+        if job is not None and job.running:
+            st.error("A job is running for this corpus; wait for it to finish.")
+        else:
+            ws.delete_corpus(target)
+            st.rerun()
 
 
-corpus_list()
-
+st.title("Corpora")
+workspace = widgets.current_workspace()
+if workspace is None:
+    st.info("No workspace is open. Go to **Home** to build the default workspace.")
+    st.stop()
+resume_interrupted(workspace)  # work a previous server process left unfinished (jobs survive closed tabs, not restarts)
+upload_section(workspace)
+st.subheader("Corpora in this workspace")
+corpus_list(workspace)
 with st.expander("Rename or delete a corpus"):
-    names = [c.name for c in ws.store.corpora()]
-    if names:
-        target = st.selectbox("Corpus", names, key="manage_pick")
-        new = st.text_input("New name", key="rename_to")
-        c1, c2 = st.columns(2)
-        if c1.button("Rename") and new:
-            try:
-                ws.rename_corpus(target, new)
-                st.session_state[widgets.CORPUS_KEY] = new.strip()
-                st.success(f"Renamed to **{new.strip()}**.")
-                st.rerun()
-            except StoreError as exc:
-                st.error(str(exc))
-        confirm = c2.checkbox(f"Yes, delete {target!r} and its embeddings", key="confirm_delete")
-        if c2.button("Delete", disabled=not confirm):
-            job = widgets.running_job(ws, target)
-            if job is not None and job.running:
-                st.error("An embedding job is running for this corpus; wait for it to finish.")
-            else:
-                ws.delete_corpus(target)
-                st.success(f"Deleted **{target}**.")
-                st.rerun()
+    manage_section(workspace)

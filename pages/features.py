@@ -1,11 +1,11 @@
 """Features: browse all SAE features, search them by meaning or by example, and inspect one in detail.
 
-Thin page: every computation is a backend call, cached per corpus data version. Document text is
-shown only through widgets.highlight_html (escaped) or st.dataframe/st.text."""
+Layout and widgets only: every computation is a backend call (backend.feature_queries, backend.search,
+backend.labels), cached per corpus cache key and label revision. Document text is shown only through
+widgets.highlight_html (escaped) or st.dataframe/st.text; labels and metadata values are escaped."""
 from __future__ import annotations
 
 import html
-import os
 from typing import Any
 
 import numpy as np
@@ -13,54 +13,56 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from backend import features as F
-from backend import labels as L
-from backend import search as S
-from backend.store import StoreError
+from backend import feature_queries
+from backend.labels import (
+    LLMConfig, LLMError, llm_label_features, operator_llm_config, session_llm_config, set_hand_label,
+)
+from backend.search import SearchModelMissing, build_feature_embeddings, search_features
+from backend.store import Corpus, StoreError
+from backend.workspace import Workspace
 from pages import widgets
+from pages.widgets import CacheKey, md_escape
 
-st.title("Features")
-ws, corpus = widgets.require_corpus()
-VERSION = widgets.data_version(ws, corpus)
-CID = VERSION[1]
-LABELS_REV = "_labels_rev"  # bumped on every label edit in this session: cached tables show new labels
-REV = st.session_state.get(LABELS_REV, 0)
+FLASH_KEY = "_features_flash"
+LLM_SESSION_KEY = "llm_session"  # this session's LLM settings: {base_url, model, api_key}; never in os.environ
+ORANGE, GREY = "#e67e22", "#95a5a6"
 
 
-# -- cached backend calls (ws is not hashed; the data version and label revision are) --------------
+# -- cached backend calls (the workspace and handle are not hashed; the cache key and label revision are) ----
 @st.cache_data(show_spinner=False, max_entries=64)
-def feature_table(_ws, version: tuple, rev: int, min_d: float, max_d: float, hide_dead: bool, sort_by: str,
-                  desc: bool) -> pd.DataFrame:
-    return F.feature_table(_ws, version[1], min_d, max_d, hide_dead, sort_by, desc)
+def load_table(_ws: Workspace, _corpus: Corpus, key: CacheKey, label_revision: tuple, min_d: float, max_d: float,
+               hide_dead: bool, sort_by: str, desc: bool) -> pd.DataFrame:
+    return feature_queries.feature_table(_ws, _corpus, min_d, max_d, hide_dead, sort_by, desc)
 
 
 @st.cache_data(show_spinner="Loading the feature…", max_entries=256)
-def feature_detail(_ws, version: tuple, rev: int, fid: int) -> F.FeatureDetail:
-    return F.feature_detail(_ws, version[1], fid)
+def load_detail(_ws: Workspace, _corpus: Corpus, key: CacheKey, label_revision: tuple, fid: int) -> feature_queries.FeatureDetail:
+    return feature_queries.feature_detail(_ws, _corpus, fid)
 
 
 @st.cache_data(show_spinner=False, max_entries=2048)
-def doc_activations(_ws, version: tuple, doc_id: int, fid: int) -> tuple[list[str], np.ndarray, list[bool]]:
-    ta = _ws.token_activations(version[1], int(doc_id), int(fid))
+def doc_activations(_ws: Workspace, _corpus: Corpus, key: CacheKey, doc_id: int, fid: int) -> tuple[list[str], np.ndarray, list[bool]]:
+    ta = _ws.token_activations(_corpus, int(doc_id), int(fid))
     return list(ta.tokens), np.asarray(ta.acts, dtype=np.float32)[:, 0], list(ta.count_mask)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def search_meaning(_ws, version: tuple, rev: int, query: str, top: int) -> pd.DataFrame:
-    return S.search_features(_ws, version[1], query, top)
+def search_meaning(_ws: Workspace, _corpus: Corpus, key: CacheKey, label_revision: tuple, query: str, top: int) -> pd.DataFrame:
+    return search_features(_ws, _corpus, query, top)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def search_example(_ws, version: tuple, rev: int, text: str, top: int) -> F.TextFeatures:
-    return F.features_of_text(_ws, text, top, corpus=version[1])
+def search_example(_ws: Workspace, _corpus: Corpus, key: CacheKey, label_revision: tuple, text: str,
+                   top: int) -> feature_queries.TextFeatures:
+    return feature_queries.features_of_text(_ws, text, top, corpus=_corpus)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def breakdown(_ws, version: tuple, fid: int, column: str) -> pd.DataFrame:
-    return F.metadata_breakdown(_ws, version[1], fid, column)
+def breakdown(_ws: Workspace, _corpus: Corpus, key: CacheKey, fid: int, column: str) -> pd.DataFrame:
+    return feature_queries.metadata_breakdown(_ws, _corpus, fid, column)
 
 
-# -- opening features -----------------------------------------------------------------------------
+# -- small pieces -------------------------------------------------------------------------------
 def open_here(fid: int) -> None:
     """Show this feature's detail on this page (also kept in the URL)."""
     st.session_state[widgets.FEATURE_KEY] = int(fid)
@@ -68,8 +70,7 @@ def open_here(fid: int) -> None:
 
 
 def label_changed(message: str) -> None:
-    st.session_state[LABELS_REV] = REV + 1
-    st.session_state["_features_flash"] = message
+    st.session_state[FLASH_KEY] = message
     st.rerun()
 
 
@@ -107,22 +108,23 @@ def masked_argmax(acts: np.ndarray, mask: list[bool]) -> int | None:
     return int(a.argmax()) if len(a) and np.isfinite(a.max()) and a.max() > 0 else None
 
 
-if flash := st.session_state.pop("_features_flash", None):
-    st.success(flash)
+def highlighted_document(ws: Workspace, corpus: Corpus, doc_id: int, fid: int, max_act: float | None) -> None:
+    tokens, acts, mask = doc_activations(ws, corpus, widgets.cache_key(ws, corpus), int(doc_id), fid)
+    widgets.show_html(widgets.highlight_html(tokens, acts, max_act, count_mask=mask, mark_pos=masked_argmax(acts, mask)))
+
 
 # -- browse and search ----------------------------------------------------------------------------
-tab_all, tab_meaning, tab_example = st.tabs(["All features", "Search by meaning", "Search by example"])
-
-with tab_all:
+def browse_tab(ws: Workspace, corpus: Corpus) -> None:
     c1, c2, c3, c4 = st.columns([3, 2, 1, 1])
     dens = c1.slider("Density (share of documents where the feature fires)", 0.0, 1.0, (0.0, 1.0), step=0.001,
                      format="%.3f", key="density_range")
-    sort_by = c2.selectbox("Sort by", list(F.SORTABLE), index=list(F.SORTABLE).index("density"), key="sort_by")
+    sortable = list(feature_queries.SORTABLE)
+    sort_by = c2.selectbox("Sort by", sortable, index=sortable.index("density"), key="sort_by")
     desc = c3.toggle("Descending", value=True, key="sort_desc")
-    hide_dead = c4.toggle("Hide dead", value=True, key="hide_dead",
-                          help="Dead features never fire on this corpus.")
+    hide_dead = c4.toggle("Hide dead", value=True, key="hide_dead", help="Dead features never fire on this corpus.")
     text_filter = st.text_input("Filter by label or top token", key="table_filter", placeholder="e.g. movie")
-    table = feature_table(ws, VERSION, REV, dens[0], dens[1], hide_dead, sort_by, desc)
+    table = load_table(ws, corpus, widgets.cache_key(ws, corpus), ws.label_revision(), dens[0], dens[1], hide_dead,
+                       sort_by, desc)
     if text_filter.strip():
         needle = text_filter.strip().lower()
         hay = table["label"].fillna("").str.lower() + " " + table["top_tokens"].fillna("").str.lower()
@@ -145,196 +147,280 @@ with tab_all:
     g2.button("Open", key="goto_open", disabled=st.session_state.get("goto_feature") is None,
               on_click=lambda: open_here(int(st.session_state["goto_feature"])))
 
-with tab_meaning:
+
+def meaning_tab(ws: Workspace, corpus: Corpus) -> None:
     with st.form("meaning_form", border=False):
         query = st.text_input("Describe a concept", key="meaning_query", placeholder="e.g. python code, negative reviews")
-        st.form_submit_button("Search")
-    if query.strip():
-        try:
-            if st.session_state.get("_search_built") != (VERSION, REV):
-                with st.spinner("Building the feature embeddings for search (first search on this corpus; "
-                                "this embeds every feature's label and top contexts once)…"):
-                    S.build_feature_embeddings(ws, CID)
-                st.session_state["_search_built"] = (VERSION, REV)
-            with st.spinner("Searching…"):
-                hits = search_meaning(ws, VERSION, REV, query.strip(), 20)
-        except S.SearchModelMissing as exc:
-            st.error(str(exc))
-        else:
-            st.caption("Closest features by label and top contexts (cosine similarity). Select a row to open one.")
-            pick_table(hits[["feature_id", "label", "score", "score_label", "score_contexts"]], "meaning_hits",
-                       column_config={c: st.column_config.NumberColumn(format="%.3f")
-                                      for c in ("score", "score_label", "score_contexts")})
+        st.form_submit_button("Search", icon=":material/search:")
+    if not query.strip():
+        return
+    key, revision = widgets.cache_key(ws, corpus), ws.label_revision()
+    try:
+        if st.session_state.get("_search_built") != (key, revision):
+            with st.spinner("Building the feature embeddings for search (first search on this corpus; "
+                            "this embeds every feature's label and top contexts once)…"):
+                build_feature_embeddings(ws, corpus)
+            st.session_state["_search_built"] = (key, revision)
+        with st.spinner("Searching…"):
+            hits = search_meaning(ws, corpus, key, revision, query.strip(), 20)
+    except SearchModelMissing as exc:
+        st.error(md_escape(exc, max_len=None))
+        return
+    st.caption("Closest features by label and top contexts (cosine similarity). Select a row to open one.")
+    pick_table(hits[["feature_id", "label", "score", "score_label", "score_contexts"]], "meaning_hits",
+               column_config={c: st.column_config.NumberColumn(format="%.3f")
+                              for c in ("score", "score_label", "score_contexts")})
 
-with tab_example:
+
+def example_tab(ws: Workspace, corpus: Corpus) -> None:
     with st.form("example_form", border=False):
         example = st.text_area("Paste a text", key="example_text", height=120,
                                placeholder="The features that fire on it are listed, strongest first.")
-        st.form_submit_button("Find features")
-    if example.strip():
-        with st.spinner("Running the model on the text…"):
-            res = search_example(ws, VERSION, REV, example, 20)
-        if res.features.empty:
-            st.info("No feature fires on this text.")
-        else:
-            st.caption("Features that fire on the text, strongest first. Select a row to open one.")
-            pick_table(res.features[["feature_id", "label", "max_act", "argmax_token", "n_tokens_active"]], "example_hits",
-                       column_config={"max_act": st.column_config.NumberColumn("max act", format="%.3f"),
-                                      "argmax_token": st.column_config.TextColumn("strongest token"),
-                                      "n_tokens_active": st.column_config.NumberColumn("active tokens")})
-            ids = res.features["feature_id"].astype(int).tolist()
-            labs = dict(zip(ids, res.features["label"]))
-            h1, h2 = st.columns([3, 1])
-            shown = h1.selectbox("Highlight the tokens of", ids, key="example_highlight",
-                                 format_func=lambda f: f"#{f} · {label_of(labs[f])}")
-            h2.button("Open this feature", key="example_open", on_click=open_here, args=(shown,))
-            col = ids.index(shown)
-            acts = res.acts[:, col]
-            mask = res.count_mask or None  # hides position 0 and template tokens
-            widgets.show_html(widgets.highlight_html(res.tokens, acts, count_mask=mask, mark_pos=int(acts.argmax())))
+        st.form_submit_button("Find features", icon=":material/manage_search:")
+    if not example.strip():
+        return
+    with st.spinner("Running the model on the text…"):
+        res = search_example(ws, corpus, widgets.cache_key(ws, corpus), ws.label_revision(), example, 20)
+    if res.features.empty:
+        st.info("No feature fires on this text.")
+        return
+    st.caption("Features that fire on the text, strongest first. Select a row to open one.")
+    pick_table(res.features[["feature_id", "label", "max_act", "argmax_token", "n_tokens_active"]], "example_hits",
+               column_config={"max_act": st.column_config.NumberColumn("max act", format="%.3f"),
+                              "argmax_token": st.column_config.TextColumn("strongest token"),
+                              "n_tokens_active": st.column_config.NumberColumn("active tokens")})
+    ids = res.features["feature_id"].astype(int).tolist()
+    labs = dict(zip(ids, res.features["label"]))
+    h1, h2 = st.columns([3, 1])
+    shown = h1.selectbox("Highlight the tokens of", ids, key="example_highlight",
+                         format_func=lambda f: f"#{f} · {label_of(labs[f])}")
+    h2.button("Open this feature", key="example_open", on_click=open_here, args=(shown,))
+    acts = res.acts[:, ids.index(shown)]
+    mask = res.count_mask or None  # hides position 0 and template tokens
+    widgets.show_html(widgets.highlight_html(res.tokens, acts, count_mask=mask, mark_pos=int(acts.argmax())))
 
-# -- feature detail -------------------------------------------------------------------------------
-st.divider()
-fid = widgets.selected_feature()
-if fid is None:
-    st.info("Select a feature in the table or a search to see where it fires.")
-    st.stop()
-if not 0 <= int(fid) < ws.d_sae:
-    st.warning(f"Feature {fid} does not exist in this workspace (features 0-{ws.d_sae - 1}).")
-    st.stop()
-fid = int(fid)
-try:
-    d = feature_detail(ws, VERSION, REV, fid)
-except StoreError as exc:
-    st.error(str(exc))
-    st.stop()
 
-st.subheader(f"Feature #{fid}")
-widgets.show_html(title_html(label_of(d.label)))
-widgets.feature_links(fid, key="detail", exclude="features")
+# -- labels ---------------------------------------------------------------------------------------
+def session_llm() -> LLMConfig | None:
+    """The LLM endpoint this session uses: the operator's, with this session's settings (key bound to its URL)."""
+    entered = st.session_state.get(LLM_SESSION_KEY)
+    try:
+        return session_llm_config(operator_llm_config(), **entered) if entered else operator_llm_config()
+    except LLMError as exc:
+        st.warning(md_escape(exc, max_len=None))
+        return None
 
-with st.expander("Labels", expanded=False):
-    if d.labels.empty:
+
+def labels_panel(ws: Workspace, corpus: Corpus, detail: feature_queries.FeatureDetail) -> None:
+    fid = detail.feature_id
+    if detail.labels.empty:
         st.caption("No label yet.")
     else:
-        st.dataframe(d.labels[["label", "source", "score", "updated_at"]], hide_index=True)
-    hand = d.labels.loc[d.labels["source"] == "hand", "label"]
+        st.dataframe(detail.labels[["label", "source", "score", "updated_at"]], hide_index=True)
+    hand = detail.labels.loc[detail.labels["source"] == "hand", "label"]
     with st.form(f"hand_label_{fid}", border=False):
         new = st.text_input("Hand label (wins over automatic and LLM labels; leave empty to remove it)",
                             value=str(hand.iloc[0]) if len(hand) else "", key=f"hand_label_text_{fid}")
-        if st.form_submit_button("Save hand label"):
-            L.set_hand_label(ws, fid, new)
+        if st.form_submit_button("Save hand label", icon=":material/save:"):
+            set_hand_label(ws, fid, new)
             label_changed(f"Saved the hand label of feature #{fid}." if new.strip() else f"Removed the hand label of feature #{fid}.")
-    cfg = L.LLMConfig.from_env()
-    if cfg is not None and st.button("Label with an LLM", key=f"llm_label_{fid}",
-                                     help=f"Asks {cfg.model} for a label, then scores it on held-out samples."):
+    cfg = session_llm()
+    if cfg is not None and st.button("Label with an LLM", key=f"llm_label_{fid}", icon=":material/smart_toy:",
+                                     help=f"Asks {md_escape(cfg.model)} for a label, then scores it on held-out samples."):
         try:
-            with st.spinner(f"Asking {cfg.model}…"):
-                out = L.llm_label_features(ws, CID, [fid], cfg)
-        except L.LLMError as exc:
-            st.error(f"LLM labelling failed: {exc}")
+            with st.spinner(f"Asking {md_escape(cfg.model)}…"):
+                out = llm_label_features(ws, corpus, [fid], cfg)
+        except LLMError as exc:
+            st.error(f"LLM labelling failed: {md_escape(exc, max_len=None)}")
         else:
             label_changed(f"LLM label of feature #{fid} saved (held-out accuracy {float(out['score'].iloc[0]):.2f}).")
-with st.expander("LLM labelling settings"):
-    st.caption("An OpenAI-compatible chat endpoint, used by this server process until it restarts.")
+
+
+def llm_settings_panel() -> None:
+    """This session's LLM endpoint. Kept in the session only; a key goes only to the URL it was entered with."""
+    current = session_llm()
+    if current is None:
+        st.caption("No LLM is configured for this session.")
+    else:
+        key_note = "an API key is set for it (never shown)" if current.has_key else "no API key is sent"
+        origin = "this session's settings" if st.session_state.get(LLM_SESSION_KEY) else "the server's settings"
+        st.caption(f"Using {md_escape(current.model)} at {md_escape(current.base_url)} from {origin}; {key_note}.")
+    for field, value in (("llm_url", current.base_url if current else ""), ("llm_model", current.model if current else "")):
+        st.session_state.setdefault(field, value)
     with st.form("llm_settings", border=False):
-        url = st.text_input("Base URL", value=os.environ.get("SAEDASH_LLM_BASE_URL", ""),
-                            placeholder="http://localhost:8000/v1")
-        model = st.text_input("Model", value=os.environ.get("SAEDASH_LLM_MODEL", ""))
-        key = st.text_input("API key (empty keeps the current one)", type="password")
-        if st.form_submit_button("Use these settings"):
-            for var, val in (("SAEDASH_LLM_BASE_URL", url), ("SAEDASH_LLM_MODEL", model)):
-                if val.strip():
-                    os.environ[var] = val.strip()
-                else:
-                    os.environ.pop(var, None)
-            if key.strip():
-                os.environ["SAEDASH_LLM_API_KEY"] = key.strip()
-            st.rerun()
+        st.text_input("Base URL", key="llm_url", placeholder="http://localhost:8000/v1")
+        st.text_input("Model", key="llm_model")
+        st.text_input("API key for this URL (never shown; empty sends none, or the server's key to the server's URL)",
+                      type="password", key="llm_key")
+        st.form_submit_button("Use these settings", icon=":material/check:", on_click=save_llm_settings)
+    if error := st.session_state.pop("_llm_settings_error", None):
+        st.error(md_escape(error, max_len=None))
+    if st.session_state.get(LLM_SESSION_KEY) and st.button("Use the server's settings", key="llm_reset",
+                                                           icon=":material/restart_alt:"):
+        for field in (LLM_SESSION_KEY, "llm_url", "llm_model"):
+            st.session_state.pop(field, None)
+        st.rerun()
 
-s = d.stats
-n_act, n_all = int(s.get("n_docs_active") or 0), int(s.get("n_docs") or 0)
-m = st.columns(5)
-m[0].metric("Density", f"{100 * float(s.get('density') or 0):.2f}%")
-m[1].metric("Documents where it fires", f"{n_act:,} / {n_all:,}")
-m[2].metric("Max activation", f"{s['max_act']:.3f}" if s.get("max_act") is not None else "–")
-m[3].metric("Mean activation", f"{s['mean_act']:.3f}" if s.get("mean_act") is not None else "–")
-m[4].metric("Active tokens per document", f"{s['mean_tokens_active']:.1f}" if s.get("mean_tokens_active") is not None else "–")
-if n_act == 0:
-    st.info("This feature never fires on this corpus.")
-    st.stop()
 
-left, right = st.columns([3, 2])
-with left:
-    st.markdown("**Activation histogram** (max activation per document, documents where it fires)")
-    h = d.histogram
+def save_llm_settings() -> None:
+    """Keep what the session entered (the key with the URL it was entered with); empty the key field at once."""
+    entered = {"base_url": st.session_state.get("llm_url", "").strip(), "model": st.session_state.get("llm_model", "").strip(),
+               "api_key": st.session_state.get("llm_key", "").strip()}
+    st.session_state["llm_key"] = ""
+    try:
+        session_llm_config(operator_llm_config_or_none(), **entered)
+    except LLMError as exc:
+        st.session_state["_llm_settings_error"] = str(exc)
+    else:
+        st.session_state[LLM_SESSION_KEY] = entered
+
+
+def operator_llm_config_or_none() -> LLMConfig | None:
+    try:
+        return operator_llm_config()
+    except LLMError:
+        return None  # session_llm() already says what is wrong with the operator's config
+
+
+# -- feature detail -------------------------------------------------------------------------------
+def chosen_feature(ws: Workspace) -> int:
+    """The feature to detail (from the URL or the session); stops the page when there is none."""
+    fid = widgets.selected_feature()
+    if fid is None:
+        st.info("Select a feature in the table or a search to see where it fires.")
+        st.stop()
+    if not 0 <= int(fid) < ws.d_sae:
+        st.warning(f"Feature {int(fid)} does not exist in this workspace (features 0-{ws.d_sae - 1}).")
+        st.stop()
+    return int(fid)
+
+
+def stats_row(stats: dict[str, Any]) -> int:
+    """Density, counts and activation figures; returns the number of documents where it fires."""
+    n_act, n_all = int(stats.get("n_docs_active") or 0), int(stats.get("n_docs") or 0)
+    m = st.columns(5)
+    m[0].metric("Density", f"{100 * float(stats.get('density') or 0):.2f}%")
+    m[1].metric("Documents where it fires", f"{n_act:,} / {n_all:,}")
+    for col, (name, field, fmt) in zip(m[2:], (("Max activation", "max_act", "{:.3f}"), ("Mean activation", "mean_act", "{:.3f}"),
+                                              ("Active tokens per document", "mean_tokens_active", "{:.1f}"))):
+        col.metric(name, fmt.format(stats[field]) if stats.get(field) is not None else "–")
+    return n_act
+
+
+def histogram_figure(h: pd.DataFrame) -> go.Figure:
     fig = go.Figure(go.Bar(x=(h["lo"] + h["hi"]) / 2, y=h["count"], width=(h["hi"] - h["lo"]).clip(lower=1e-6),
-                           customdata=np.stack([h["lo"], h["hi"]], axis=1), marker_color="#e67e22",
+                           customdata=np.stack([h["lo"], h["hi"]], axis=1), marker_color=ORANGE,
                            hovertemplate="%{customdata[0]:.3f}–%{customdata[1]:.3f}: %{y} documents<extra></extra>"))
     fig.update_layout(height=260, margin=dict(l=10, r=10, t=10, b=10), xaxis_title="max activation",
                       yaxis_title="documents", bargap=0.05)
-    st.plotly_chart(fig, key=f"hist_{fid}")
-with right:
-    st.markdown("**Tokens at the strongest activation**")
-    st.dataframe(d.top_tokens, hide_index=True,
-                 column_config={"mean_act": st.column_config.NumberColumn("mean act", format="%.3f")})
+    return fig
 
-st.markdown("**Top-activating documents**")
-n_top = len(d.top_documents)
-n_show = st.slider("Documents to highlight", 1, n_top, min(5, n_top), key="n_highlight") if n_top > 1 else n_top
-max_act = float(s.get("max_act") or 0) or None
-with st.spinner("Recomputing token activations of the shown documents…"):
-    for row in d.top_documents.head(n_show).itertuples():
-        tokens, acts, mask = doc_activations(ws, VERSION, int(row.doc_id), fid)
-        st.caption(f"#{row.rank + 1} · document {row.doc_id} · max activation {row.max_act:.3f}")
-        widgets.show_html(widgets.highlight_html(tokens, acts, max_act, count_mask=mask, mark_pos=masked_argmax(acts, mask)))
 
-with st.expander("Samples from activation quantiles"):
-    qs = d.quantile_samples
-    highlight_q = st.toggle("Highlight tokens (runs the model on each sample)", key="highlight_quantiles")
-    for bucket, g in qs.groupby("bucket", sort=False):
-        st.markdown(f"**{bucket}** of the documents where it fires, by max activation")
-        if highlight_q:
-            for row in g.itertuples():
-                tokens, acts, mask = doc_activations(ws, VERSION, int(row.doc_id), fid)
+def breakdown_figure(bd: pd.DataFrame) -> go.Figure:
+    top = bd.head(20)
+    names = [html.escape(str(v)[:40]) for v in top["value"]]  # Plotly renders some HTML in labels
+    fig = go.Figure([go.Bar(name="documents where it fires", x=names, y=top["share_active"], marker_color=ORANGE),
+                     go.Bar(name="all documents", x=names, y=top["share_all"], marker_color=GREY)])
+    fig.update_layout(barmode="group", height=300, margin=dict(l=10, r=10, t=10, b=10), yaxis_title="share",
+                      legend=dict(orientation="h", y=1.1))
+    return fig
+
+
+def documents_section(ws: Workspace, corpus: Corpus, detail: feature_queries.FeatureDetail) -> None:
+    """Top-activating documents and samples from activation quantiles, highlighted."""
+    fid, max_act = detail.feature_id, float(detail.stats.get("max_act") or 0) or None
+    st.markdown("**Top-activating documents**")
+    n_top = len(detail.top_documents)
+    n_show = st.slider("Documents to highlight", 1, n_top, min(5, n_top), key="n_highlight") if n_top > 1 else n_top
+    with st.spinner("Recomputing token activations of the shown documents…"):
+        for row in detail.top_documents.head(n_show).itertuples():
+            st.caption(f"#{row.rank + 1} · document {row.doc_id} · max activation {row.max_act:.3f}")
+            highlighted_document(ws, corpus, int(row.doc_id), fid, max_act)
+    with st.expander("Samples from activation quantiles"):
+        highlight = st.toggle("Highlight tokens (runs the model on each sample)", key="highlight_quantiles")
+        for bucket, group in detail.quantile_samples.groupby("bucket", sort=False):
+            st.markdown(f"**{md_escape(bucket)}** of the documents where it fires, by max activation")
+            if not highlight:
+                st.dataframe(group[["max_act", "doc_id", "text"]], hide_index=True,
+                             column_config={"max_act": st.column_config.NumberColumn("max act", format="%.3f")})
+                continue
+            for row in group.itertuples():
                 st.caption(f"document {row.doc_id} · max activation {row.max_act:.3f}")
-                widgets.show_html(widgets.highlight_html(tokens, acts, max_act, count_mask=mask,
-                                                         mark_pos=masked_argmax(acts, mask)))
-        else:
-            st.dataframe(g[["max_act", "doc_id", "text"]], hide_index=True,
-                         column_config={"max_act": st.column_config.NumberColumn("max act", format="%.3f")})
+                highlighted_document(ws, corpus, int(row.doc_id), fid, max_act)
 
-lo, hi = st.columns(2)
-for col, title, pairs in ((lo, "Promoted output tokens (logit lens)", d.promoted),
-                          (hi, "Suppressed output tokens (logit lens)", d.suppressed)):
-    col.markdown(f"**{title}**")
-    col.dataframe(pd.DataFrame(pairs, columns=["token", "logit"]), hide_index=True,
-                  column_config={"logit": st.column_config.NumberColumn(format="%.3f")})
 
-st.markdown("**Most correlated features** (NPMI over documents)")
-if d.correlated.empty:
-    st.caption("No feature fires often enough in the same documents.")
-else:
-    st.dataframe(d.correlated, hide_index=True,
+def neighbours_section(detail: feature_queries.FeatureDetail) -> None:
+    """Logit lens and the most correlated features."""
+    lo, hi = st.columns(2)
+    for col, title, pairs in ((lo, "Promoted output tokens (logit lens)", detail.promoted),
+                              (hi, "Suppressed output tokens (logit lens)", detail.suppressed)):
+        col.markdown(f"**{title}**")
+        col.dataframe(pd.DataFrame(pairs, columns=["token", "logit"]), hide_index=True,
+                      column_config={"logit": st.column_config.NumberColumn(format="%.3f")})
+    st.markdown("**Most correlated features** (NPMI over documents)")
+    if detail.correlated.empty:
+        st.caption("No feature fires often enough in the same documents.")
+        return
+    st.dataframe(detail.correlated, hide_index=True,
                  column_config={"npmi": st.column_config.NumberColumn(format="%.3f"),
                                 "n_cooc": st.column_config.NumberColumn("together"),
                                 "n_docs_active": st.column_config.NumberColumn("documents")})
-    open_buttons(d.correlated["feature_id"].astype(int).head(6).tolist(), "corr")
+    open_buttons(detail.correlated["feature_id"].astype(int).head(6).tolist(), "corr")
 
-meta_cols = ws.store.corpus(CID).meta_columns
-if meta_cols:
+
+def metadata_section(ws: Workspace, corpus: Corpus, fid: int) -> None:
+    if not corpus.meta_columns:
+        return
     st.markdown("**Metadata breakdown**: where it fires versus all documents")
-    column = st.selectbox("Metadata column", meta_cols, key="meta_column")
-    bd = breakdown(ws, VERSION, fid, column)
-    t, c = st.columns([2, 3])
-    t.dataframe(bd, hide_index=True, column_config={
+    column = st.selectbox("Metadata column", corpus.meta_columns, key="meta_column")
+    bd = breakdown(ws, corpus, widgets.cache_key(ws, corpus), fid, column)
+    table, chart = st.columns([2, 3])
+    table.dataframe(bd, hide_index=True, column_config={
         "share_active": st.column_config.NumberColumn("share (fires)", format="%.3f"),
         "share_all": st.column_config.NumberColumn("share (all)", format="%.3f"),
         "lift": st.column_config.NumberColumn(format="%.2f")})
-    top_vals = bd.head(20)
-    names = [html.escape(str(v)[:40]) for v in top_vals["value"]]  # Plotly renders some HTML in labels
-    fig = go.Figure([go.Bar(name="documents where it fires", x=names, y=top_vals["share_active"], marker_color="#e67e22"),
-                     go.Bar(name="all documents", x=names, y=top_vals["share_all"], marker_color="#95a5a6")])
-    fig.update_layout(barmode="group", height=300, margin=dict(l=10, r=10, t=10, b=10), yaxis_title="share",
-                      legend=dict(orientation="h", y=1.1))
-    c.plotly_chart(fig, key=f"meta_{fid}_{column}")
+    chart.plotly_chart(breakdown_figure(bd), key=f"meta_{fid}_{column}")
+
+
+def detail_section(ws: Workspace, corpus: Corpus) -> None:
+    fid = chosen_feature(ws)
+    try:
+        detail = load_detail(ws, corpus, widgets.cache_key(ws, corpus), ws.label_revision(), fid)
+    except StoreError as exc:
+        st.error(md_escape(exc, max_len=None))
+        st.stop()
+    st.subheader(f"Feature #{fid}")
+    widgets.show_html(title_html(label_of(detail.label)))
+    widgets.feature_links(fid, key="detail", exclude="features")
+    with st.expander("Labels", expanded=False):
+        labels_panel(ws, corpus, detail)
+    with st.expander("LLM labelling settings"):
+        llm_settings_panel()
+    if stats_row(detail.stats) == 0:
+        st.info("This feature never fires on this corpus.")
+        return
+    left, right = st.columns([3, 2])
+    left.markdown("**Activation histogram** (max activation per document, documents where it fires)")
+    left.plotly_chart(histogram_figure(detail.histogram), key=f"hist_{fid}")
+    right.markdown("**Tokens at the strongest activation**")
+    right.dataframe(detail.top_tokens, hide_index=True,
+                    column_config={"mean_act": st.column_config.NumberColumn("mean act", format="%.3f")})
+    documents_section(ws, corpus, detail)
+    neighbours_section(detail)
+    metadata_section(ws, corpus, fid)
+
+
+st.title("Features")
+workspace, selected = widgets.require_corpus()
+widgets.unfinished_notice(workspace, selected)
+if flash := st.session_state.pop(FLASH_KEY, None):
+    st.success(flash)
+tab_all, tab_meaning, tab_example = st.tabs(["All features", "Search by meaning", "Search by example"])
+with tab_all:
+    browse_tab(workspace, selected)
+with tab_meaning:
+    meaning_tab(workspace, selected)
+with tab_example:
+    example_tab(workspace, selected)
+st.divider()
+detail_section(workspace, selected)

@@ -59,7 +59,7 @@ def feature_rows(ws: Workspace) -> pd.DataFrame:
 def test_killed_job_resumes_without_loss_or_duplicates(tmp_path, tiny_reader, tiny_sae, tiny_sae_dir, tiny_model_dir, tiny_docs):
     corpus = make_corpus(tiny_docs)
     # reference: one clean run
-    spec = WorkspaceSpec(model=tiny_reader.name, sae=str(tiny_sae_dir))
+    spec = WorkspaceSpec(model=tiny_reader.name, sae=str(tiny_sae_dir), presence_threshold=0.0)  # exact rows
     ref = Workspace.create(tmp_path / "ref.duckdb", spec, reader=tiny_reader, sae=tiny_sae)
     ref.add_corpus("big", corpus, "text")
     embed_corpus(ref.store, "big", ref.reader, ref.sae, ref.hook, ref.embed_config, JobConfig(docs_per_batch=7))

@@ -439,3 +439,25 @@ def feature_vs_metadata(
             )
         )
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+QUICK_SCIPY_MAX_NNZ = 2_000_000  # below this the sparse-product engine is fast and needs no JIT compilation
+
+
+def quick_engine(X) -> str:
+    """The npmi_pairs engine that answers an interactive request soonest: the sparse-product engine for
+    small corpora (numba's first call compiles for seconds), "auto" beyond QUICK_SCIPY_MAX_NNZ entries."""
+    return "scipy" if as_csr(X).nnz <= QUICK_SCIPY_MAX_NNZ else "auto"
+
+
+def cofiring_documents(X, feature_a: int, feature_b: int, threshold: float = 0.0) -> np.ndarray:
+    """Rows where both features fire (> threshold), strongest pair first.
+
+    A document's strength is the weaker of the two activations, each scaled to that feature's peak in the
+    corpus, so a document ranks high only when *both* fire strongly (a sum would let one feature carry it).
+    Ties go to the lower row."""
+    sub = as_csr(X)[:, [int(feature_a), int(feature_b)]].toarray()
+    both = np.flatnonzero((sub[:, 0] > threshold) & (sub[:, 1] > threshold))
+    peak = np.maximum(sub.max(axis=0), 1e-9)
+    strength = (sub[both] / peak).min(axis=1)
+    return both[np.lexsort((both, -strength))].astype(np.int64)

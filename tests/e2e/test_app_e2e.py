@@ -17,6 +17,8 @@ CSV = ("text,label\n"
        "the plot of the story is about a family,plot\n"
        f"\"{XSS}\",xss\n").encode()
 
+EVIL_NAME = "[click me](https://evil.example/phish) ![t](https://evil.example/pixel.png)"
+
 HIGHLIGHTED = """() => Array.from(document.querySelectorAll('.saedash-doc span')).some(s => {
     const m = getComputedStyle(s).backgroundColor.match(/rgba?\\(([^)]*)\\)/);
     if (!m) return false;
@@ -46,11 +48,21 @@ def test_upload_embed_and_browse_features(app_server, tmp_path):
 
             page.locator('input[type="file"]').set_input_files(files=[{"name": "e2e.csv", "mimeType": "text/csv", "buffer": CSV}])
             expect(page.get_by_text("4 rows, columns: text, label")).to_be_visible(timeout=30_000)
+            name_box = page.get_by_label("Corpus name")
+            name_box.fill(EVIL_NAME)  # a name that is markdown for a link and an image (issue 12, problem 7)
+            name_box.press("Enter")
+            time.sleep(1)  # let the entered name reach the server before the click
             page.get_by_role("button", name="Add and embed").click()
             expect(page.get_by_text("embedding runs in the background")).to_be_visible(timeout=30_000)
             # the progress list refreshes every second until the corpus is embedded and finalized
             expect(page.locator("code", has_text=re.compile(r"^ready$"))).to_be_visible(timeout=180_000)
             t_embedded = time.time() - t0
+            # the name shows as text: no link to, and no image fetched from, evil.example
+            line = page.locator('[data-testid="stMarkdownContainer"]', has_text="click me").first.inner_text()
+            assert EVIL_NAME in line.replace("\u2060", ""), line
+            assert page.locator('a[href*="evil.example"], img[src*="evil.example"]').count() == 0
+            content = page.content()
+            assert '<a href="https://evil.example' not in content and '<img src="https://evil.example' not in content
 
             page.locator('[data-testid="stSidebarNav"] a', has_text="Features").click()
             table = page.locator('[data-testid="stDataFrame"]').first

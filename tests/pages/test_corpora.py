@@ -1,8 +1,10 @@
 """The corpora page (pages/corpora.py) under AppTest: upload, preview, errors that store nothing, embedding, rename, delete."""
 from __future__ import annotations
 
+import re
 import time
 
+import pandas as pd
 import pytest
 
 from backend.jobs import REGISTRY
@@ -107,3 +109,71 @@ def test_rename_and_delete(page, tiny_ws_path):
 def test_without_a_workspace(page):
     at = page("corpora").run()
     assert any("No workspace is open" in i.value for i in at.info) and not at.file_uploader
+
+
+# -- issue 12: finishing from the UI, truncation counts, names that are markdown ------------------------
+def test_a_corpus_without_its_statistics_offers_finish(page, tiny_ws_path):
+    """A corpus left `ready` with empty feature tables (issue 12, problem 2) gets a Finish button that
+    recomputes them in the background."""
+    ws = ws_of(tiny_ws_path)
+    info = ws.corpus("t")
+    ws.store.execute("DELETE FROM feature_stats WHERE corpus_id = ?", [info.corpus_id])
+    at = page("corpora", tiny_ws_path, "t").run()
+    assert_no_errors(at)
+    assert any("statistics and labels are missing" in c.value for c in at.caption)
+    next(b for b in at.button if b.label == "Finish").click().run()
+    assert_no_errors(at)
+    wait_for_job(ws, "t")
+    assert ws.store.query_one("SELECT count(*) FROM feature_stats WHERE corpus_id = ?", [info.corpus_id])[0] == ws.d_sae
+    assert not ws.needs_finalize("t")
+    at.run()
+    assert not [b for b in at.button if b.label == "Finish"]
+    assert any("**t** · 12 documents" in m.value and "status `ready`" in m.value for m in at.markdown)
+
+
+def test_truncated_documents_are_counted(page, tiny_ws_path):
+    ws = ws_of(tiny_ws_path)
+    long_doc = " ".join(["the movie was great and funny"] * 100)  # far over the tiny workspace's token window
+    ws.add_corpus("long", pd.DataFrame({"text": [long_doc, "a short one", long_doc]}), "text")
+    ws.embed("long")
+    assert ws.corpus("long").n_truncated == 2
+    at = page("corpora", tiny_ws_path).run()
+    line = next(m.value for m in at.markdown if m.value.startswith("**long**"))
+    assert f"2 cut at {ws.settings.max_tokens:,} tokens" in line
+    assert any(f"0 cut at {ws.settings.max_tokens:,} tokens" in m.value for m in at.markdown if m.value.startswith("**t**"))
+
+
+EVIL = "[click me](https://evil.example/phish) ![t](https://evil.example/pixel.png)"
+
+
+def live_markup(markup: str) -> list[str]:
+    """Links and images the markdown would produce: CommonMark's, plus the bare URLs Streamlit's GFM
+    autolink step links even when escaped (it runs on the parsed text)."""
+    from markdown_it import MarkdownIt
+
+    rendered = MarkdownIt("commonmark").render(markup)
+    found = re.findall(r"<(?:a|img)\b[^>]*>", rendered)
+    text = markup.replace("\\", "")
+    return found + re.findall(r"https?://\S+|www\.\S+", text)
+
+
+def test_names_are_shown_as_text_not_markdown(page, tiny_ws_path):
+    """Issue 12, problem 7: a corpus name that is a markdown link and image, and column names with `--`,
+    render literally on the Corpora and Home pages (no link, no image fetch, no em dash)."""
+    ws = ws_of(tiny_ws_path)
+    ws.add_corpus(EVIL, pd.DataFrame({"text": ["one document"]}), "text")
+    pages = [page("corpora", tiny_ws_path, EVIL).run(), page("home", tiny_ws_path).run()]
+    csv = b"text,a -- b,c_d\nthe movie was great,1,2\n"
+    pages.append(upload(page("corpora", tiny_ws_path).run(), f"{EVIL}.csv", csv))
+    pages[-1].text_input[0].input(EVIL)  # the corpus name field
+    next(b for b in pages[-1].button if b.label == "Add and embed").click().run()  # refused: the name exists
+    for at in pages:
+        assert not at.exception
+        shown = rendered_markup(at) + [m.value for m in at.warning]
+        assert any("click me" in m for m in shown)  # the name is on the page…
+        for markup in shown:
+            assert live_markup(markup) == [], markup  # …as text only
+    caption = next(c.value for c in pages[-1].caption if "rows, columns:" in c.value)
+    assert re.search(r"(^|\s)--(\s|$)", caption) is None  # Streamlit would draw an em dash
+    assert "1 rows, columns: text, a -- b, c_d" in caption.replace("\\", "").replace("\u2060", "")
+    assert any("already exists" in e.value and live_markup(e.value) == [] for e in pages[-1].error)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -259,11 +260,80 @@ def test_llm_settings_panel_configures_the_endpoint(page, tiny_ws_path, monkeypa
     model.input("m")
     key.input("sk-test")
     next(b for b in at.button if b.label == "Use these settings").click().run()
-    assert L.LLMConfig.from_env() == L.LLMConfig("http://127.0.0.1:9/v1", "m", "sk-test")
+    # the settings configure this session's endpoint (issue 12: kept in the session, not the server's environment)
+    assert session_config(at) == L.LLMConfig("http://127.0.0.1:9/v1", "m", "sk-test")
+    assert L.LLMConfig.from_env() is None
     assert at.button(key=f"llm_label_{fid}")
     at.button(key=f"llm_label_{fid}").click().run()  # nothing listens on port 9: a clear error, nothing stored
     assert any("LLM labelling failed" in e.value and "Cannot reach" in e.value for e in at.error)
     assert "llm" not in set(L.feature_labels(ws_of(tiny_ws_path), fid)["source"])
+
+
+def session_config(at):
+    """The LLM endpoint an AppTest session uses (the operator's config with the session's own settings)."""
+    entered = at.session_state["llm_session"] if "llm_session" in at.session_state else None
+    operator = L.operator_llm_config()
+    return L.session_llm_config(operator, **entered) if entered else operator
+
+
+class RecordingLLM(FakeLLM):
+    """FakeLLM that records the Authorization header of every request (None when there is none)."""
+
+    def do_POST(self):  # noqa: N802
+        self.server.seen.append(self.headers.get("Authorization"))
+        super().do_POST()
+
+
+def recording_server() -> HTTPServer:
+    server = HTTPServer(("127.0.0.1", 0), RecordingLLM)
+    server.seen = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def set_llm(at, url: str, model: str, key: str):
+    url_in, model_in, key_in = at.text_input[-3:]
+    url_in.input(url)
+    model_in.input(model)
+    key_in.input(key)
+    return next(b for b in at.button if b.label == "Use these settings").click().run()
+
+
+def test_llm_key_stays_with_its_session_and_its_url(page, tiny_ws_path, monkeypatch):
+    """Issue 12, problem 1: session A's key and the operator's key never reach session B's server; the page
+    never writes the server's environment and never shows a key."""
+    operator, server_a, listener_b = recording_server(), recording_server(), recording_server()
+    url = lambda s: f"http://127.0.0.1:{s.server_port}/v1"  # noqa: E731
+    monkeypatch.setenv("SAEDASH_LLM_BASE_URL", url(operator))
+    monkeypatch.setenv("SAEDASH_LLM_MODEL", "fake")
+    monkeypatch.setenv("SAEDASH_LLM_API_KEY", "sk-operator")
+    environ_before = dict(os.environ)
+    fid = int(F.feature_table(ws_of(tiny_ws_path), "t").iloc[0]["feature_id"])
+    try:
+        session_a = set_llm(page("features", tiny_ws_path, "t", feature_id=fid).run(), url(server_a), "fake", "sk-A")
+        assert dict(os.environ) == environ_before  # nothing leaks through the process environment
+        session_a.button(key=f"llm_label_{fid}").click().run()
+        assert_no_errors(session_a)
+        assert server_a.seen and set(server_a.seen) == {"Bearer sk-A"}
+
+        session_b = set_llm(page("features", tiny_ws_path, "t", feature_id=fid).run(), url(listener_b), "fake", "")
+        session_b.button(key=f"llm_label_{fid}").click().run()
+        assert_no_errors(session_b)
+        assert listener_b.seen and set(listener_b.seen) == {None}  # neither A's key nor the operator's
+
+        session_c = page("features", tiny_ws_path, "t", feature_id=fid).run()  # no settings: the operator's endpoint
+        session_c.button(key=f"llm_label_{fid}").click().run()
+        assert operator.seen and set(operator.seen) == {"Bearer sk-operator"}
+    finally:
+        for server in (operator, server_a, listener_b):
+            server.shutdown()
+    for at in (session_a, session_b, session_c):  # the key field is always empty; no key is ever rendered
+        assert at.text_input[-1].value == ""
+        assert not any("sk-" in m for m in rendered_markup(at))
+        assert not any("sk-" in str(w.value) for w in at.text_input)
+    assert any("an API key is set" in c.value for c in session_a.caption)
+    assert any("no API key is sent" in c.value for c in session_b.caption)
+    assert dict(os.environ) == environ_before
 
 
 def test_without_an_embedded_corpus_the_page_says_what_to_do(page, tiny_ws_path, tmp_path):

@@ -49,7 +49,7 @@ def test_first_launch_builds_the_default_workspace(tmp_path, tiny_pristine, monk
     monkeypatch.setenv("SAEDASH_WORKSPACES", str(folder))
     monkeypatch.setattr(demo, "default_workspace_path", lambda: target)
 
-    def fake_build(progress=None):  # stands in for preparing the model and embedding the demo documents
+    def fake_build(progress=None, **kwargs):  # stands in for preparing the model and embedding the demo documents
         time.sleep(1.5)
         shutil.copy(tiny_pristine, target)
 
@@ -71,3 +71,41 @@ def test_first_launch_builds_the_default_workspace(tmp_path, tiny_pristine, monk
     assert_no_errors(at)
     assert at.sidebar.selectbox[0].value == "default" and at.sidebar.selectbox[1].value == "t"
     assert {m.label: m.value for m in at.metric}["SAE features"] == "64"
+
+
+def test_first_launch_shows_the_finishing_steps(tmp_path, tiny_pristine, monkeypatch):
+    """After the embedding bar, the first launch shows each finishing step (statistics, labels, logit lens,
+    document vectors) as it runs, not a bar stuck at 100%."""
+    import threading
+
+    from streamlit.testing.v1 import AppTest
+
+    folder = tmp_path / "workspaces"
+    folder.mkdir()
+    target = folder / "default.duckdb"
+    monkeypatch.setenv("SAEDASH_WORKSPACES", str(folder))
+    monkeypatch.setattr(demo, "default_workspace_path", lambda: target)
+    reached, go_on = threading.Event(), threading.Event()
+
+    def fake_build(progress=None, n_docs=DEMO_DOCS, step_progress=None):
+        from backend.jobs import Progress
+
+        progress(Progress("movie-reviews", n_docs, n_docs, 1000, 1.0, status="done"))
+        step_progress("labels", 0.6)  # what Workspace.finalize reports part-way
+        reached.set()
+        go_on.wait(30)
+        step_progress("document vectors", 0.5)
+        shutil.copy(tiny_pristine, target)
+
+    monkeypatch.setattr(demo, "ensure_default_workspace", fake_build)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    at.button[0].click().run()
+    assert reached.wait(30)
+    at.run()
+    assert_no_errors(at)
+    bar = at.progress[0].proto
+    assert "movie-reviews: finishing · labels" in bar.text and bar.value == 60
+    go_on.set()
+    job = REGISTRY.get(str(target), 0)
+    job.thread.join(30)
+    assert not job.running and job.error is None and job.progress.status == "done"
