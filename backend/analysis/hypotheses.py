@@ -49,16 +49,16 @@ def endpoint_chat(cfg: LLMConfig, max_tokens: int | None = None) -> ChatFn:
     Same request and errors as ``backend.labels.chat``, which returns the text only."""
     cfg = dataclasses.replace(cfg, max_tokens=max_tokens) if max_tokens else cfg
     url = cfg.base_url.rstrip("/") + "/chat/completions"
-    headers = {"Content-Type": "application/json"}
-    if cfg.api_key:
-        headers["Authorization"] = f"Bearer {cfg.api_key}"
+    from backend.labels import _OPENER
+
+    headers = cfg.headers()  # the key only when cfg's URL is the one it was entered with
 
     def complete(messages: Messages) -> ChatReply:
         body = json.dumps({"model": cfg.model, "messages": messages, "temperature": cfg.temperature,
                            "max_tokens": cfg.max_tokens}).encode()
         req = urllib.request.Request(url, data=body, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(req, timeout=cfg.timeout_s) as resp:
+            with _OPENER.open(req, timeout=cfg.timeout_s) as resp:  # redirects refused: a key never follows one
                 payload = json.loads(resp.read().decode("utf-8"))
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")[:300]
