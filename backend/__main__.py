@@ -136,8 +136,17 @@ def _report_truncated(ws: Workspace, name: str) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
+    ray_cfg = None
+    if args.engine == "ray":
+        from backend.engines.ray_engine import RayConfig
+
+        given = {"workers": args.workers} if args.workers is not None else {}
+        ray_cfg = RayConfig(address=args.address, gpus_per_worker=args.gpus_per_worker,
+                            threads_per_worker=args.threads_per_worker, **given)
+    elif args.address or args.workers is not None or args.gpus_per_worker:
+        raise UserError("--address, --workers and --gpus-per-worker go with --engine ray.")
     ws = _open(args.workspace)
-    state = ws.embed(args.name, progress=_tqdm_progress(f"Embedding {args.name}"))
+    state = ws.embed(args.name, progress=_tqdm_progress(f"Embedding {args.name}"), engine=args.engine, ray=ray_cfg)
     _report_truncated(ws, args.name)
     return 0 if state.status == "done" else 1
 
@@ -224,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("embed", help="embed (or resume embedding) a corpus")
     s.add_argument("workspace")
     s.add_argument("name")
+    s.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="ray: Ray Data actors on this machine or a cluster (resumable the same way)")
+    s.add_argument("--address", help="Ray cluster address (auto, ray://HOST:10001); default: a local Ray")
+    s.add_argument("--workers", type=int, help="Ray actors, each holding the model and the SAE (default 2)")
+    s.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray actor (a fraction shares one)")
+    s.add_argument("--threads-per-worker", type=int, default=1, help="CPU threads per Ray actor")
     s.set_defaults(fn=cmd_embed)
 
     s = sub.add_parser("show", help="summarise a workspace")

@@ -1,7 +1,7 @@
 """Feature precomputation: everything about a corpus's features that needs the model or a full scan.
 
-`finalize_corpus` runs once a corpus is fully embedded: statistics, histograms and a feature-ordered
-copy of the embeddings (SQL over doc_features), then top tokens, contexts, offline labels (tokenizer)
+`finalize_corpus` runs once a corpus is fully embedded: statistics, histograms and each feature's top
+documents (SQL over doc_features), then top tokens, contexts, offline labels (tokenizer)
 and the logit lens (model weights). Each step replaces its own rows, so finalizing is idempotent and
 can be re-run after an interruption. The queries behind the pages are in backend.feature_queries.
 
@@ -16,30 +16,36 @@ import numpy as np
 import pandas as pd
 
 from backend import labels as labels_mod
-from backend.feature_queries import DOC_FEATURES, META_CODES
+from backend.feature_queries import DOC_FEATURES, FEATURE_DOCS, HIST_BINS, META_CODES, TOP_DOCS
 from backend.store import Store
 
 if TYPE_CHECKING:
     from backend.workspace import Workspace
 
-N_BINS = 20
+N_BINS = HIST_BINS
+TOP_DOCS_PER_FEATURE = TOP_DOCS  # feature_docs keeps each feature's strongest documents only (contexts use 20)
 PER_CORPUS_TABLES = ("feature_docs", "feature_stats", "feature_hist")
 FinalizeProgress = Callable[[str, float], None]  # (step name, fraction of the whole finalizing done)
 
 # -- building the per-corpus tables (SQL only) ------------------------------------------------
-def build_feature_tables(store: Store, corpus_id: int, d_sae: int, n_bins: int = N_BINS) -> None:
-    """(Re)build feature_docs, feature_stats and feature_hist of one corpus."""
+def build_feature_tables(store: Store, corpus_id: int, d_sae: int) -> None:
+    """(Re)build feature_docs (each feature's TOP_DOCS_PER_FEATURE strongest documents), feature_stats, feature_hist.
+
+    Everything is computed from doc_features, the one full copy of the embeddings: queries that need all of
+    a feature's documents read them through backend.feature_queries.FEATURE_DOCS, not a second table.
+    Histograms have N_BINS bins of width max_act / N_BINS (the reader derives the bounds)."""
+    n_bins = N_BINS
     with store.transaction() as tx:
         for table in PER_CORPUS_TABLES:
             tx.delete_where(table, {"corpus_id": corpus_id})
         tx.execute(
-            """INSERT INTO feature_docs
-               SELECT corpus_id, feature_id,
-                      (row_number() OVER (PARTITION BY feature_id ORDER BY max_act DESC, doc_id) - 1)::INTEGER AS rank,
-                      doc_id, max_act, argmax_pos, n_active
-               FROM doc_features WHERE corpus_id = ? AND max_act > 0
-               ORDER BY feature_id, rank""",
-            [corpus_id],
+            """INSERT INTO feature_docs (corpus_id, feature_id, rank, doc_id, max_act, argmax_pos, n_active)
+               SELECT corpus_id, feature_id, rank, doc_id, max_act, argmax_pos, n_active FROM (
+                   SELECT corpus_id, feature_id, doc_id, max_act, argmax_pos, n_active,
+                          (row_number() OVER (PARTITION BY feature_id ORDER BY max_act DESC, doc_id) - 1)::INTEGER AS rank
+                   FROM doc_features WHERE corpus_id = ? AND max_act > 0)
+               WHERE rank < ? ORDER BY feature_id, rank""",
+            [corpus_id, TOP_DOCS_PER_FEATURE],
         )
         n_docs = int(tx.execute("SELECT count(*) FROM doc_status WHERE corpus_id = ?", [corpus_id])[0][0])
         tx.execute(
@@ -49,21 +55,19 @@ def build_feature_tables(store: Store, corpus_id: int, d_sae: int, n_bins: int =
                FROM range(?) f(feature_id) LEFT JOIN (
                    SELECT feature_id, count(*) n, max(max_act) mx, avg(max_act) mean,
                           quantile_cont(max_act, [0.25, 0.5, 0.75, 0.99]) q, avg(n_active) tok
-                   FROM feature_docs WHERE corpus_id = ? GROUP BY feature_id
+                   FROM doc_features WHERE corpus_id = ? AND max_act > 0 GROUP BY feature_id
                ) s USING (feature_id) ORDER BY f.feature_id""",
             [corpus_id, n_docs, n_docs, int(d_sae), corpus_id],
         )
         tx.execute(
-            """INSERT INTO feature_hist
-               SELECT ?, h.feature_id, h.bin, h.bin * w, (h.bin + 1) * w, h.count FROM (
-                   SELECT d.feature_id, least(floor(d.max_act / s.max_act * ?), ? - 1)::INTEGER bin, count(*)::INTEGER count
-                   FROM feature_docs d JOIN feature_stats s ON s.corpus_id = d.corpus_id AND s.feature_id = d.feature_id
-                   WHERE d.corpus_id = ? GROUP BY ALL
-               ) h JOIN (SELECT feature_id, max_act / ? w FROM feature_stats WHERE corpus_id = ?) USING (feature_id)
-               ORDER BY h.feature_id, h.bin""",
-            [corpus_id, n_bins, n_bins, corpus_id, n_bins, corpus_id],
+            """INSERT INTO feature_hist (corpus_id, feature_id, bin, count)
+               SELECT ?, d.feature_id, least(floor(d.max_act / s.max_act * ?), ? - 1)::INTEGER bin, count(*)::INTEGER count
+               FROM doc_features d JOIN feature_stats s ON s.corpus_id = d.corpus_id AND s.feature_id = d.feature_id
+               WHERE d.corpus_id = ? AND d.max_act > 0 GROUP BY ALL ORDER BY 2, 3""",
+            [corpus_id, n_bins, n_bins, corpus_id],
         )
     DOC_FEATURES.invalidate(store, corpus_id)
+    FEATURE_DOCS.invalidate(store, corpus_id)
     META_CODES.invalidate(store, corpus_id)
 
 
@@ -157,7 +161,7 @@ def background_token_ids(ws: Workspace, corpus_id: int, n: int = 500, seed: int 
 
 def finalize_corpus(ws: Workspace, corpus_id: int, n_top_docs: int = 20,
                     progress: FinalizeProgress | None = None) -> None:
-    """Statistics, histograms, feature-ordered copy, top tokens, contexts, auto labels and logit lens.
+    """Statistics, histograms, top documents per feature, top tokens, contexts, auto labels and logit lens.
 
     Idempotent: every step replaces its own rows. `progress(step, fraction)` is called before each step."""
     store = ws.store

@@ -7,10 +7,12 @@ typed `Corpus` handle (from `ws.corpus(name_or_id)`); the `_q_*` helpers take a 
 
 Tables read (schema in backend.store.schema):
     feature_docs(corpus_id, feature_id, rank, doc_id, max_act, argmax_pos, n_active)
-        doc_features of active documents, sorted by (corpus_id, feature_id, max_act DESC); rank 0 = strongest.
+        each feature's TOP_DOCS strongest documents, sorted by (corpus_id, feature_id, rank); rank 0 = strongest.
+        Deeper ranks and whole document sets come from doc_features through FEATURE_DOCS (per process).
     feature_stats(corpus_id, feature_id, n_docs, n_docs_active, density, max_act, mean_act,
                   p25_act, p50_act, p75_act, p99_act, mean_tokens_active)  one row per SAE feature.
-    feature_hist(corpus_id, feature_id, bin, lo, hi, count)  max_act histogram of active documents.
+    feature_hist(corpus_id, feature_id, bin, count)  max_act histogram of active documents, HIST_BINS bins
+        of width max_act / HIST_BINS (feature_stats.max_act).
     feature_top_tokens(corpus_id, feature_id, token, count, mean_act)  tokens at argmax of top docs.
     feature_contexts(corpus_id, feature_id, rank, doc_id, max_act, before, token, after)
     feature_logits(feature_id, rank, token, value, kind ['promoted'|'suppressed'])
@@ -32,6 +34,8 @@ from backend.store import Corpus, Store, StoreError
 if TYPE_CHECKING:
     from backend.workspace import Workspace
 
+HIST_BINS = 20
+TOP_DOCS = 20  # documents per feature kept in feature_docs (the top documents and contexts read them)
 QUANTILE_BUCKETS: tuple[tuple[float, float], ...] = ((0.75, 1.0), (0.5, 0.75), (0.25, 0.5), (0.0, 0.25))
 SORTABLE = ("specificity", "feature_id", "density", "n_docs_active", "max_act", "mean_act", "p99_act")
 NEAR_CONSTANT_DENSITY = 0.5  # the features table hides features firing in more documents than this by default
@@ -107,8 +111,10 @@ def feature_stats(ws: Workspace, corpus: Corpus, feature_id: int) -> dict[str, A
 
 
 def _q_histogram(store: Store, cid: int, fid: int) -> pd.DataFrame:
-    return store.query_df("SELECT bin, lo, hi, count FROM feature_hist WHERE corpus_id = ? AND feature_id = ? ORDER BY bin",
-                          [cid, fid])
+    return store.query_df(
+        "SELECT h.bin, h.bin * s.max_act / ? AS lo, (h.bin + 1) * s.max_act / ? AS hi, h.count "
+        "FROM feature_hist h JOIN feature_stats s ON s.corpus_id = h.corpus_id AND s.feature_id = h.feature_id "
+        "WHERE h.corpus_id = ? AND h.feature_id = ? ORDER BY h.bin", [HIST_BINS, HIST_BINS, cid, fid])
 
 
 def feature_histogram(ws: Workspace, corpus: Corpus, feature_id: int) -> pd.DataFrame:
@@ -116,11 +122,33 @@ def feature_histogram(ws: Workspace, corpus: Corpus, feature_id: int) -> pd.Data
     return _q_histogram(ws.store, _cid(ws, corpus), int(feature_id))
 
 
-def _q_ranked_docs(store: Store, cid: int, fid: int, ranks: list[int]) -> pd.DataFrame:
-    """rank, doc_id, max_act, argmax_pos, n_active, text of the feature's documents at these ranks (0 = strongest)."""
+def ranked_documents(store: Store, cid: int, fid: int, ranks: Iterable[int]) -> pd.DataFrame:
+    """rank, doc_id, max_act, argmax_pos, n_active of the feature's documents at these ranks (0 = strongest).
+
+    The top ranks come from feature_docs; deeper ones from FEATURE_DOCS (each feature's documents in rank
+    order, per process) and a point lookup in doc_features (its zone maps on doc_id make it cheap)."""
+    ranks = sorted({int(r) for r in ranks})
     df = store.query_df(
         "SELECT rank, doc_id, max_act, argmax_pos, n_active FROM feature_docs WHERE corpus_id = ? AND feature_id = ? "
-        "AND rank IN (SELECT unnest(?::INTEGER[])) ORDER BY rank", [cid, fid, [int(r) for r in ranks]])
+        "AND rank IN (SELECT unnest(?::INTEGER[])) ORDER BY rank", [cid, fid, ranks])
+    deep = sorted(set(r for r in ranks if r >= TOP_DOCS) - set(df["rank"].astype(int)))
+    if deep:
+        ordered = FEATURE_DOCS.docs_of(store, cid, fid)
+        deep = [r for r in deep if r < len(ordered)]
+    if deep:
+        docs = ordered[deep]
+        extra = store.query_df(
+            "SELECT doc_id, max_act, argmax_pos, n_active FROM doc_features WHERE corpus_id = ? AND feature_id = ? "
+            "AND doc_id = ANY(?::INTEGER[])", [cid, fid, [int(d) for d in docs]])
+        extra = pd.DataFrame({"rank": deep, "doc_id": docs}).merge(extra, on="doc_id")
+        df = pd.concat([df, extra[df.columns]], ignore_index=True).sort_values("rank", ignore_index=True)
+        df = df.astype({"rank": np.int32, "doc_id": np.int32})
+    return df
+
+
+def _q_ranked_docs(store: Store, cid: int, fid: int, ranks: list[int]) -> pd.DataFrame:
+    """rank, doc_id, max_act, argmax_pos, n_active, text of the feature's documents at these ranks (0 = strongest)."""
+    df = ranked_documents(store, cid, fid, ranks)
     if df.empty:
         return df.assign(text=pd.Series(dtype=object))
     texts = dict(store.query_all("SELECT doc_id, text FROM documents WHERE corpus_id = ? AND doc_id IN (SELECT unnest(?::INTEGER[]))",
@@ -204,6 +232,49 @@ class DocFeatureCache:
 DOC_FEATURES = DocFeatureCache()
 
 
+class FeatureDocsCache:
+    """Per process: each corpus's feature -> documents lists in rank order (CSC arrays), loaded once.
+
+    What feature_docs held for every rank before it kept only the top documents: quantile samples, NPMI's
+    stratified sample and the metadata breakdown need all of a feature's documents, and doc_features is
+    ordered by document. 4 bytes per (document, present feature), from one sorted scan."""
+
+    def __init__(self) -> None:
+        self._data: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def invalidate(self, store: Store, corpus_id: int) -> None:
+        with self._lock:
+            self._data.pop((str(store.path), int(corpus_id)), None)
+
+    def get(self, store: Store, corpus_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """(indptr, docs): the documents of feature f, strongest first (ties: lower doc_id), are
+        docs[indptr[f]:indptr[f + 1]]."""
+        key = (str(store.path), int(corpus_id))
+        with self._lock:
+            if key not in self._data:
+                self._data[key] = self._load(store, corpus_id)
+            return self._data[key]
+
+    def docs_of(self, store: Store, corpus_id: int, feature_id: int) -> np.ndarray:
+        indptr, docs = self.get(store, corpus_id)
+        f = int(feature_id)
+        return docs[indptr[f]:indptr[f + 1]] if f + 1 < len(indptr) else docs[:0]
+
+    @staticmethod
+    def _load(store: Store, corpus_id: int) -> tuple[np.ndarray, np.ndarray]:
+        r = store.fetch_numpy("SELECT feature_id, doc_id FROM doc_features WHERE corpus_id = ? AND max_act > 0 "
+                              "ORDER BY feature_id, max_act DESC, doc_id", [corpus_id])
+        feats = np.asarray(r["feature_id"], np.int64)
+        n_features = int(feats.max()) + 1 if len(feats) else 0
+        indptr = np.zeros(n_features + 1, np.int64)
+        np.cumsum(np.bincount(feats, minlength=n_features), out=indptr[1:])
+        return indptr, np.asarray(r["doc_id"], np.int32)
+
+
+FEATURE_DOCS = FeatureDocsCache()
+
+
 def cooccurrence(store: Store, corpus_id: int, doc_ids: np.ndarray, d_sae: int) -> np.ndarray:
     """Number of the given documents in which each feature fires [d_sae]."""
     indptr, feats, _ = DOC_FEATURES.get(store, corpus_id)
@@ -220,8 +291,7 @@ def _q_correlated(store: Store, cid: int, fid: int, n_a: int, n: int, top: int, 
     if n_a <= 0 or n <= 0:
         return pd.DataFrame(columns=CORRELATED_COLUMNS)
     step = max(1, math.ceil(n_a / max_docs))
-    sample = store.fetch_numpy("SELECT doc_id FROM feature_docs WHERE corpus_id = ? AND feature_id = ? AND rank % ? = 0",
-                               [cid, fid, step])["doc_id"]
+    sample = FEATURE_DOCS.docs_of(store, cid, fid)[::step]  # every step-th by rank: stratified by activation
     counts = cooccurrence(store, cid, sample, d_sae)
     counts[fid] = 0
     cand = np.flatnonzero(counts >= max(min_count, 1))
@@ -246,7 +316,7 @@ def correlated_features(ws: Workspace, corpus: Corpus, feature_id: int, top: int
     NPMI over documents, log(p(ab) / (p(a) p(b))) / -log p(ab). For a feature active in more than
     `max_docs` documents the co-occurrence counts are estimated from an activation-stratified sample
     (every k-th of its documents by rank); pairs seen in fewer than `min_count` sampled documents are dropped.
-    The first call per corpus and process loads the document -> features lists (DOC_FEATURES)."""
+    The first call per corpus and process loads the document -> features lists (DOC_FEATURES, FEATURE_DOCS)."""
     cid, fid = _cid(ws, corpus), int(feature_id)
     st = _q_stats(ws.store, cid, fid)
     return _q_correlated(ws.store, cid, fid, int(st.get("n_docs_active") or 0), int(st.get("n_docs") or 0), top, max_docs,
@@ -294,11 +364,11 @@ META_CODES = MetaCodeCache()
 def metadata_breakdown(ws: Workspace, corpus: Corpus, feature_id: int, column: str) -> pd.DataFrame:
     """value, n_active, share_active, n_all, share_all, lift: where the feature fires vs all embedded documents.
 
-    The first call per (corpus, column) and process loads the column's values (META_CODES)."""
+    The first call per (corpus, column) and process loads the column's values (META_CODES) and the feature ->
+    documents lists (FEATURE_DOCS)."""
     cid = _cid(ws, corpus)
     values, codes = META_CODES.get(ws.store, cid, column)
-    docs = ws.store.fetch_numpy("SELECT doc_id FROM feature_docs WHERE corpus_id = ? AND feature_id = ?",
-                                [cid, int(feature_id)])["doc_id"]
+    docs = FEATURE_DOCS.docs_of(ws.store, cid, int(feature_id))
     c = codes[np.asarray(docs, np.int64)]
     n_active = np.bincount(c[c >= 0], minlength=len(values))
     n_all = np.bincount(codes[codes >= 0], minlength=len(values))

@@ -21,6 +21,7 @@ from backend.models import ReaderModel, residuals
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int, str], None]  # (done, total, message)
+FP16_SAFE_MAX = 60_000.0  # activations stored in fp16 below this magnitude (fp16 overflows at 65,504)
 
 
 class TrainingError(UserError):
@@ -151,7 +152,10 @@ def _collect_batch(reader: ReaderModel, hook_name: str, docs: list, pad: int, cf
     x = residuals(reader, ids, hook_name)[mask].float()
     norms = x.norm(dim=-1)
     keep = norms < cfg.outlier_factor * norms.median()
-    chunks.append(x[keep].to("cpu", torch.float16))
+    x = x[keep]
+    # fp16 halves the memory, but Gemma 3's residual components pass its range (~95,000 in blocks 8-15)
+    fits_fp16 = not len(x) or float(x.abs().max()) < FP16_SAFE_MAX
+    chunks.append(x.to("cpu", torch.float16 if fits_fp16 else torch.float32))  # torch.cat promotes mixed chunks
     return int(keep.sum())
 
 

@@ -68,7 +68,9 @@ def tiny_workspace(tmp_path, tiny_reader, tiny_sae, tiny_sae_dir):
     """A fresh workspace with the tiny model and SAE (not embedded yet)."""
     from backend.workspace import Workspace, WorkspaceSpec
 
-    ws = Workspace.create(tmp_path / "ws.duckdb", WorkspaceSpec(model=tiny_reader.name, sae=str(tiny_sae_dir)),
+    # raw (presence_threshold=0): the unit tests check pooling against every positive activation, exactly;
+    # the default compact presence has its own planted tests (tests/test_storage.py)
+    ws = Workspace.create(tmp_path / "ws.duckdb", WorkspaceSpec(model=tiny_reader.name, sae=str(tiny_sae_dir), presence_threshold=0.0),
                           device="cpu", reader=tiny_reader, sae=tiny_sae)
     yield ws
     ws.close()
@@ -85,7 +87,7 @@ def tiny_workspace_file(tmp_path_factory, tiny_reader, tiny_sae, tiny_sae_dir) -
     from backend.workspace import Workspace, WorkspaceSpec
 
     path = tmp_path_factory.mktemp("tiny_ws") / "tiny.duckdb"
-    ws = Workspace.create(path, WorkspaceSpec(model=tiny_reader.name, sae=str(tiny_sae_dir)), device="cpu",
+    ws = Workspace.create(path, WorkspaceSpec(model=tiny_reader.name, sae=str(tiny_sae_dir), presence_threshold=0.0), device="cpu",
                           reader=tiny_reader, sae=tiny_sae)
     ws.add_corpus("t", TINY_DOCS, "text")
     ws.embed("t")

@@ -122,3 +122,70 @@ def test_an_idle_store_releases_the_file_and_reopens_on_use(tmp_path):
     other.close()
     assert store.texts(cid, np.array([0])) == ["a"]  # and the first store reopens transparently
     store.close()
+
+
+# The tables version 2 wrote that version 3 changed (the others were created as they still are).
+V2_SCHEMA = """
+CREATE TABLE workspace_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE SEQUENCE corpus_ids START 2;
+CREATE TABLE corpora (
+    corpus_id INTEGER PRIMARY KEY, name VARCHAR UNIQUE NOT NULL, source VARCHAR, text_column VARCHAR,
+    meta_columns VARCHAR, created_at TIMESTAMP DEFAULT current_timestamp, n_docs INTEGER,
+    status VARCHAR DEFAULT 'pending', error VARCHAR, data_version INTEGER DEFAULT 0
+);
+CREATE TABLE documents (corpus_id INTEGER NOT NULL, doc_id INTEGER NOT NULL, text VARCHAR NOT NULL, meta VARCHAR);
+CREATE TABLE doc_meta (corpus_id INTEGER, doc_id INTEGER, key VARCHAR, value VARCHAR);
+CREATE TABLE doc_status (corpus_id INTEGER, doc_id INTEGER, n_tokens INTEGER, truncated BOOLEAN);
+CREATE TABLE doc_features (corpus_id INTEGER, doc_id INTEGER, feature_id INTEGER, max_act FLOAT, argmax_pos INTEGER,
+    n_active INTEGER, sum_act FLOAT);
+CREATE TABLE feature_docs (corpus_id INTEGER, feature_id INTEGER, rank INTEGER, doc_id INTEGER, max_act FLOAT,
+    argmax_pos INTEGER, n_active INTEGER);
+CREATE TABLE feature_stats (corpus_id INTEGER, feature_id INTEGER, n_docs INTEGER, n_docs_active INTEGER, density DOUBLE,
+    max_act FLOAT, mean_act FLOAT, p25_act FLOAT, p50_act FLOAT, p75_act FLOAT, p99_act FLOAT, mean_tokens_active FLOAT);
+CREATE TABLE feature_hist (corpus_id INTEGER, feature_id INTEGER, bin INTEGER, lo FLOAT, hi FLOAT, count INTEGER);
+"""
+
+
+def make_v2(path) -> None:
+    """A version-2 file: one embedded corpus of two documents, every positive activation stored exactly."""
+    con = duckdb.connect(str(path))
+    con.execute(V2_SCHEMA)
+    con.execute("INSERT INTO workspace_meta VALUES ('model', ?), ('hook', ?), ('d_sae', '8'), ('schema_version', '2')",
+                [json.dumps("m"), json.dumps("blocks.0.hook_resid_post")])
+    con.execute("INSERT INTO corpora (corpus_id, name, n_docs, status) VALUES (1, 'old', 2, 'ready')")
+    con.execute("INSERT INTO documents VALUES (1, 0, 'first', NULL), (1, 1, 'second', NULL)")
+    con.execute("INSERT INTO doc_status VALUES (1, 0, 3, false), (1, 1, 4, false)")
+    con.execute("INSERT INTO doc_features VALUES (1, 0, 2, 0.5, 1, 2, 0.75), (1, 1, 2, 0.01, 2, 1, 0.01), "
+                "(1, 1, 5, 2.0, 3, 3, 4.5)")
+    con.close()
+
+
+def test_v2_workspace_is_upgraded_to_v3_and_stays_raw(tmp_path):
+    from backend.activations import SparseRows
+    from backend.feature_precompute import build_feature_tables
+    from backend.feature_queries import _q_histogram
+
+    path = tmp_path / "v2.duckdb"
+    make_v2(path)
+    store = Store(path)
+    assert SCHEMA_VERSION == 3 and store.meta()["schema_version"] == 3
+    cols = {(t, c) for t, c in store.query_all("SELECT table_name, column_name FROM information_schema.columns")}
+    assert {("doc_features", "sum_code"), ("doc_status", "n_raw_features"), ("presence_scales", "scale"),
+            ("ingested_shards", "shard")} <= cols
+    # a version-2 file stored every positive activation: it stays raw, its rows and sums exactly as they were
+    assert store.presence_threshold == 0.0 and not store.needs_presence_calibration()
+    assert np.array_equal(store.latents("old", "sum", d_sae=8).toarray()[:, [2, 5]],
+                          np.array([[0.75, 0.0], [0.01, 4.5]], np.float32))
+    assert store.latents("old", "max", d_sae=8).nnz == 3  # the weak 0.01 row is kept
+    # new writes go through the new path (raw: exact sums, raw counts recorded) and v2's feature_hist still works
+    cid = store.add_corpus("new", pd.DataFrame({"text": ["x", "y"]}), "text")
+    rows = SparseRows(np.array([0, 1], np.int32), np.array([3, 3], np.int32), np.array([1.0, 0.002], np.float32),
+                      np.array([1, 1], np.int32), np.array([1, 2], np.int32), np.array([1.0, 0.003], np.float32),
+                      np.array([2, 2], np.int32), np.zeros(2, bool))
+    store.write_embeddings(cid, np.array([0, 1]), rows)
+    assert store.latents(cid, "sum", d_sae=8).toarray()[:, 3] == pytest.approx([1.0, 0.003])
+    build_feature_tables(store, 1, 8)
+    hist = _q_histogram(store, 1, 2)
+    assert hist["count"].sum() == 2 and hist["hi"].max() == pytest.approx(0.5)
+    assert store.presence_summary()["mode"].startswith("raw")
+    store.close()

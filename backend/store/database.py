@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import duckdb
 import numpy as np
@@ -25,7 +25,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from backend.errors import UserError
-from backend.store import schema
+from backend.store import presence, schema
 
 Pooling = Literal["max", "binary", "count", "sum", "mean"]
 Params = Sequence[Any] | None
@@ -144,6 +144,7 @@ class Store:
         self._last_use = time.monotonic()
         self._local = threading.local()
         self._closed = False
+        self._presence: tuple[float, np.ndarray | None] | None = None  # (threshold, threshold * scale) cache
         self._open()
         if idle_release_s:
             threading.Thread(target=self._release_when_idle, daemon=True, name=f"store-idle-{self.path.name}").start()
@@ -291,6 +292,7 @@ class Store:
 
     # -- workspace meta ------------------------------------------------------
     def set_meta(self, **values: Any) -> None:
+        self._presence = None
         with self.transaction() as tx:
             for k, v in values.items():
                 tx.execute(
@@ -304,44 +306,65 @@ class Store:
     # -- corpora -------------------------------------------------------------
     def add_corpus(self, name: str, df: pd.DataFrame, text_column: str, source: str | None = None) -> int:
         """Store documents (text + metadata); embedding happens later, resumably."""
+        return self.add_corpus_chunks(name, [df], text_column, source)
+
+    def add_corpus_chunks(self, name: str, chunks: Iterable[pd.DataFrame], text_column: str,
+                          source: str | None = None) -> int:
+        """Store documents that arrive in chunks (a file larger than memory, see backend.streaming).
+
+        One transaction: an error in any chunk (or in the iterator that reads them) stores nothing. Every
+        chunk must have the first chunk's columns; doc ids continue across chunks."""
         name = name.strip()
         if not name:
             raise StoreError("A corpus needs a name.")
         if self.corpus_exists(name):
             raise StoreError(f"A corpus named {name!r} already exists; choose another name or delete it first.")
-        if text_column not in df.columns:
-            raise StoreError(f"No column {text_column!r}; columns are: {', '.join(map(str, df.columns))}.")
-        if len(df) == 0:
-            raise StoreError("The corpus has no documents.")
+        with self.transaction() as tx:
+            cid, n_docs, meta_cols = None, 0, None
+            for df in chunks:
+                if cid is None:
+                    if text_column not in df.columns:
+                        raise StoreError(f"No column {text_column!r}; columns are: {', '.join(map(str, df.columns))}.")
+                    meta_cols = [c for c in df.columns if c != text_column]
+                    cid = int(tx.execute("SELECT nextval('corpus_ids')")[0][0])
+                    tx.execute(
+                        "INSERT INTO corpora (corpus_id, name, source, text_column, meta_columns, n_docs, status) "
+                        "VALUES (?, ?, ?, ?, ?, 0, 'pending')",
+                        [cid, name, source, text_column, json.dumps([str(c) for c in meta_cols])])
+                elif list(df.columns) != [text_column, *meta_cols] and set(df.columns) != {text_column, *meta_cols}:
+                    raise StoreError(f"Rows {n_docs + 1:,} onwards have the columns {list(map(str, df.columns))}, "
+                                     f"not those of the first rows ({[text_column, *map(str, meta_cols)]}).")
+                if len(df):
+                    self._insert_documents(tx, cid, df, text_column, meta_cols, n_docs)
+                    n_docs += len(df)
+            if cid is None or n_docs == 0:
+                raise StoreError("The corpus has no documents.")
+            tx.execute("UPDATE corpora SET n_docs = ? WHERE corpus_id = ?", [n_docs, cid])
+        return cid
+
+    @staticmethod
+    def _insert_documents(tx: Transaction, cid: int, df: pd.DataFrame, text_column: str, meta_cols: list,
+                          first_doc_id: int) -> None:
         texts = df[text_column]
         if texts.isna().any():
-            raise StoreError(f"Column {text_column!r} has {int(texts.isna().sum())} empty value(s) (first at row {int(np.flatnonzero(texts.isna())[0]) + 1}).")
-        meta_cols = [c for c in df.columns if c != text_column]
+            raise StoreError(f"Column {text_column!r} has {int(texts.isna().sum())} empty value(s) (first at row "
+                             f"{first_doc_id + int(np.flatnonzero(texts.isna())[0]) + 1}).")
         meta_df = df[meta_cols]
+        doc_ids = np.arange(first_doc_id, first_doc_id + len(df), dtype=np.int32)
         docs = pd.DataFrame(
             {
-                "doc_id": np.arange(len(df), dtype=np.int32),
+                "doc_id": doc_ids,
                 "text": texts.astype(str).to_numpy(),
                 "meta": meta_df.apply(lambda r: json.dumps(r.to_dict(), default=str), axis=1).to_numpy()
                 if meta_cols
                 else None,
             }
         )
-        long_meta = (
-            meta_df.astype(str).where(meta_df.notna(), None).assign(doc_id=docs["doc_id"]).melt(id_vars="doc_id", var_name="key", value_name="value")
-            if meta_cols
-            else pd.DataFrame({"doc_id": [], "key": [], "value": []})
-        )
-        with self.transaction() as tx:
-            cid = int(tx.execute("SELECT nextval('corpus_ids')")[0][0])
-            tx.execute(
-                "INSERT INTO corpora (corpus_id, name, source, text_column, meta_columns, n_docs, status) VALUES (?, ?, ?, ?, ?, ?, 'pending')",
-                [cid, name, source, text_column, json.dumps([str(c) for c in meta_cols]), len(df)],
-            )
-            tx.insert_df("documents", docs, fixed={"corpus_id": cid})
-            if meta_cols:
-                tx.insert_df("doc_meta", long_meta[["doc_id", "key", "value"]], fixed={"corpus_id": cid})
-        return cid
+        tx.insert_df("documents", docs, fixed={"corpus_id": cid})
+        if meta_cols:
+            long_meta = (meta_df.astype(str).where(meta_df.notna(), None).assign(doc_id=doc_ids)
+                         .melt(id_vars="doc_id", var_name="key", value_name="value"))
+            tx.insert_df("doc_meta", long_meta[["doc_id", "key", "value"]], fixed={"corpus_id": cid})
 
     def corpus_exists(self, name: str) -> bool:
         return self.query_all("SELECT count(*) FROM corpora WHERE name = ?", [name])[0][0] > 0
@@ -468,25 +491,146 @@ class Store:
         return out
 
     # -- embeddings ----------------------------------------------------------
-    def write_embeddings(self, corpus_id: int, doc_ids: np.ndarray, rows: Any) -> None:
-        """Write one batch's sparse rows and mark its documents done, in one transaction.
+    def write_embeddings(self, corpus_id: int, doc_ids: np.ndarray, rows: presence.RowsLike,
+                         shard: str | None = None) -> int:
+        """Write one batch's sparse rows and mark its documents done, in one transaction; returns documents written.
 
-        `rows` is an activations.SparseRows whose `doc` indexes `doc_ids`."""
+        `rows` is an activations.SparseRows whose `doc` indexes `doc_ids`. Only present rows are stored (the
+        workspace's presence threshold, backend.store.presence). With `shard` (a Ray engine shard name) the
+        shard is recorded in the same transaction; a shard already recorded, and documents already done, are
+        skipped, so ingesting a shard twice changes nothing."""
         doc_ids = np.asarray(doc_ids, dtype=np.int32)
+        threshold, cutoff = self._presence_state()
+        if threshold > 0 and cutoff is None:
+            raise StoreError("This workspace's presence scales are not calibrated yet; embed through "
+                             "backend.jobs.embed_corpus (or call Store.set_presence_scales) first.")
+        batch_doc = np.asarray(rows.doc, np.int64)
+        acts = np.asarray(rows.max_act, np.float32)
+        keep = acts > 0 if cutoff is None else acts >= cutoff[np.asarray(rows.feature, np.int64)]
+        n_raw = np.bincount(batch_doc[acts > 0], minlength=len(doc_ids)).astype(np.int32)
         feats = pd.DataFrame(
             {
-                "doc_id": doc_ids[rows.doc],
-                "feature_id": rows.feature,
-                "max_act": rows.max_act,
-                "argmax_pos": rows.argmax_pos,
-                "n_active": rows.n_active,
-                "sum_act": rows.sum_act,
+                "doc_id": doc_ids[batch_doc[keep]],
+                "feature_id": np.asarray(rows.feature, np.int32)[keep],
+                "max_act": acts[keep],
+                "argmax_pos": np.asarray(rows.argmax_pos, np.int32)[keep],
+                "n_active": np.asarray(rows.n_active, np.int32)[keep],
             }
         )
-        status = pd.DataFrame({"doc_id": doc_ids, "n_tokens": rows.n_tokens, "truncated": rows.truncated})
+        if threshold > 0:
+            feats["sum_code"] = presence.encode_sum(feats["max_act"].to_numpy(), feats["n_active"].to_numpy(),
+                                                    np.asarray(rows.sum_act)[keep])
+        else:
+            feats["sum_act"] = np.asarray(rows.sum_act, np.float32)[keep]
+        status = pd.DataFrame({"doc_id": doc_ids, "n_tokens": rows.n_tokens, "truncated": rows.truncated,
+                               "n_raw_features": n_raw})
         with self.transaction() as tx:
+            if shard is not None:
+                if tx.execute("SELECT count(*) FROM ingested_shards WHERE corpus_id = ? AND shard = ?",
+                              [int(corpus_id), shard])[0][0]:
+                    return 0
+                done = {r[0] for r in tx.execute(
+                    "SELECT doc_id FROM doc_status WHERE corpus_id = ? AND doc_id = ANY(?::INTEGER[])",
+                    [int(corpus_id), doc_ids.tolist()])}
+                if done:
+                    feats = feats[~feats["doc_id"].isin(done)]
+                    status = status[~status["doc_id"].isin(done)]
+                tx.execute("INSERT INTO ingested_shards (corpus_id, shard, n_docs) VALUES (?, ?, ?)",
+                           [int(corpus_id), shard, len(status)])
             tx.insert_df("doc_features", feats, fixed={"corpus_id": int(corpus_id)})
             tx.insert_df("doc_status", status, fixed={"corpus_id": int(corpus_id)})
+        return len(status)
+
+    def ingested_shards(self, corpus_id: int) -> set[str]:
+        """Names of the shards already written into the corpus (Ray engine)."""
+        return {r[0] for r in self.query_all("SELECT shard FROM ingested_shards WHERE corpus_id = ?", [int(corpus_id)])}
+
+    def export_pending_texts(self, corpus_id: int, folder: str | Path, rows_per_file: int = 10_000,
+                             rows_per_group: int | None = None) -> list[Path]:
+        """Write the corpus's not-yet-embedded documents (doc_id, text) as Parquet files in `folder`.
+
+        Streamed from DuckDB in record batches, so a corpus larger than memory exports in bounded memory.
+        `rows_per_group` sets the Parquet row groups (what a distributed engine hands one worker at a time)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths: list[Path] = []
+        with self._cursor() as cur:
+            reader = cur.sql(
+                """SELECT d.doc_id, d.text FROM documents d ANTI JOIN doc_status s
+                   ON d.corpus_id = s.corpus_id AND d.doc_id = s.doc_id WHERE d.corpus_id = $cid ORDER BY d.doc_id""",
+                params={"cid": int(corpus_id)}).to_arrow_reader(int(rows_per_file))
+            for batch in reader:
+                if batch.num_rows == 0:
+                    continue
+                path = folder / f"part-{len(paths):06d}.parquet"
+                pq.write_table(pa.Table.from_batches([batch]), path, row_group_size=rows_per_group or batch.num_rows)
+                paths.append(path)
+        return paths
+
+    # -- presence (what counts as present: backend.store.presence) -------------------------
+    @property
+    def presence_threshold(self) -> float:
+        """0 for a raw workspace (and for files made before version 3, which stored every positive activation)."""
+        return self._presence_state()[0]
+
+    def _presence_state(self) -> tuple[float, np.ndarray | None]:
+        """(threshold, per-feature cutoff threshold * scale or None), read once and cached."""
+        state = self._presence
+        if state is None:
+            threshold = float(self.meta().get("presence_threshold") or 0.0)
+            scales = self.presence_scales() if threshold > 0 else None
+            state = (threshold, None if scales is None else (np.float32(threshold) * scales.scale).astype(np.float32))
+            self._presence = state
+        return state
+
+    def presence_scales(self) -> presence.PresenceScales | None:
+        """The calibrated per-feature scales, or None before calibration (and in a raw workspace)."""
+        r = self.fetch_numpy("SELECT feature_id, scale, n_docs FROM presence_scales ORDER BY feature_id")
+        if len(r["feature_id"]) == 0:
+            return None
+        cal = self.meta().get("presence_calibration") or {}
+        d = int(r["feature_id"].max()) + 1
+        scale, n_docs = np.zeros(d, np.float32), np.zeros(d, np.int32)
+        scale[r["feature_id"]] = r["scale"]
+        n_docs[r["feature_id"]] = r["n_docs"]
+        return presence.PresenceScales(scale, n_docs, int(cal.get("n_docs") or 0), float(cal.get("fallback") or 0.0))
+
+    def presence_summary(self) -> dict[str, Any]:
+        """What counts as present in this workspace, and what it kept: for `Workspace.summary()`."""
+        threshold = self.presence_threshold
+        row = self.query_one(
+            "SELECT count(*), sum(n_raw_features), count(n_raw_features) FROM doc_status")
+        n_docs, n_raw, n_with_raw = (int(row[0] or 0), int(row[1] or 0), int(row[2] or 0)) if row else (0, 0, 0)
+        n_rows = int(self.query_one("SELECT count(*) FROM doc_features")[0])
+        out: dict[str, Any] = {
+            "threshold": threshold,
+            "mode": "raw: every positive activation, exact" if threshold <= 0 else
+                    f"compact: a feature is present when its max activation >= {threshold:g} x its scale "
+                    f"(the {presence.SCALE_QUANTILE:.0%} quantile of its per-document max on the calibration documents)",
+            "features_per_doc": round(n_rows / n_docs, 1) if n_docs else None,
+            "raw_features_per_doc": round(n_raw / n_with_raw, 1) if n_with_raw else None,
+        }
+        if threshold > 0:
+            out["calibration"] = self.meta().get("presence_calibration")
+            out["raw_values"] = "create a workspace with presence_threshold=0 to store every positive activation"
+        return out
+
+    def needs_presence_calibration(self) -> bool:
+        threshold, cutoff = self._presence_state()
+        return threshold > 0 and cutoff is None
+
+    def set_presence_scales(self, scales: presence.PresenceScales, corpus_id: int | None = None) -> None:
+        """Record the workspace's per-feature scales (once: every later row is judged by them)."""
+        rows = pd.DataFrame({"feature_id": np.arange(len(scales.scale), dtype=np.int32), "scale": scales.scale,
+                             "n_docs": scales.n_docs})
+        self.replace_rows("presence_scales", rows, where={})
+        self.set_meta(presence_calibration={
+            "corpus_id": corpus_id, "n_docs": scales.n_calibration_docs, "quantile": presence.SCALE_QUANTILE,
+            "min_docs": presence.MIN_CALIBRATION_DOCS, "fallback": scales.fallback,
+            "n_features_calibrated": scales.n_calibrated})
 
     def latents(
         self, corpus: str | int, pooling: Pooling = "max", d_sae: int | None = None, threshold: float = 0.0
@@ -494,13 +638,18 @@ class Store:
         """Documents x features as a scipy CSR matrix (rows = doc_id), never dense.
 
         max: max activation; binary: 1 where max > threshold; count: tokens where it fired;
-        sum: summed activation; mean: sum / counted tokens of the document."""
+        sum: summed activation; mean: sum / counted tokens of the document.
+
+        Only stored rows exist: in a workspace with a presence threshold (backend.store.presence) a feature
+        under it in a document is absent (0) whatever `threshold` asks; `threshold` is an absolute activation
+        on top of that. A raw workspace (presence_threshold=0) keeps every positive activation, exactly."""
         info = self.corpus(corpus)
         d = int(d_sae if d_sae is not None else self.meta().get("d_sae", 0))
         if pooling not in ("max", "binary", "count", "sum", "mean"):
             raise StoreError(f"Unknown pooling {pooling!r}; use max, binary, count, sum or mean.")
         r = self.fetch_numpy(
-            "SELECT doc_id, feature_id, max_act, n_active, sum_act FROM doc_features WHERE corpus_id = ? AND max_act > ?",
+            f"SELECT doc_id, feature_id, max_act, n_active, {presence.SUM_SQL} AS sum_act FROM doc_features "
+            "WHERE corpus_id = ? AND max_act > ?",
             [info.corpus_id, float(threshold)],
         )
         rows, cols = r["doc_id"].astype(np.int64), r["feature_id"].astype(np.int64)
@@ -534,6 +683,7 @@ class Store:
         """Active features of one document, strongest first."""
         cid = self.corpus_id(corpus)
         return self.query_df(
-            "SELECT feature_id, max_act, argmax_pos, n_active, sum_act FROM doc_features WHERE corpus_id = ? AND doc_id = ? ORDER BY max_act DESC",
+            f"SELECT feature_id, max_act, argmax_pos, n_active, {presence.SUM_SQL} AS sum_act FROM doc_features "
+            "WHERE corpus_id = ? AND doc_id = ? ORDER BY max_act DESC",
             [cid, int(doc_id)],
         )

@@ -1,0 +1,373 @@
+"""A Ray Data engine: the pure batch function mapped over a corpus by actors, on one machine or a cluster.
+
+    python -m backend embed WS.duckdb CORPUS --engine ray [--address ADDR] [--workers N] [--gpus-per-worker G]
+    embed_with_ray(ws, "reviews", RayConfig(workers=4))        # the same from Python
+
+How it runs:
+
+1. The corpus's pending documents are exported from the workspace as Parquet files (streamed from DuckDB,
+   bounded memory) into `<workspace>.ray/corpus-<id>/inputs/`, one row group per batch of documents.
+2. `map_batches` runs `EmbedActor` in an actor pool over one small item per row group: each actor loads the
+   reader model and the SAE once, reads its batch of documents, calls the pure batch function
+   (`backend.activations.sae_embed_texts`) and writes the batch's sparse rows as one Parquet shard (under a
+   temporary name, then renamed, so a shard on disk is always complete); it returns only the shard's name.
+3. The driver ingests each shard as it arrives: its rows and its documents' done-marks in one transaction,
+   with the shard's name recorded in `ingested_shards` (`Store.write_embeddings(..., shard=...)`).
+
+Kill it at any point and run it again: shards on disk that were never ingested are ingested first, shards
+already ingested are skipped, documents already done are never written twice, and only documents in
+neither are embedded again. Presence (backend.store.presence) is judged at ingest by the workspace's
+scales; a workspace that still needs them is calibrated on the same documents as the local engine (its
+first `CALIBRATION_DOCS` pending documents), read from the shards, so no document is embedded twice.
+
+On a cluster (`--address`), every node needs this project at the same path with its model cache
+(`python -m backend prepare --model-only`) and the SAE folder, and the workspace's folder (where the shards
+are written) must be shared storage.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from backend.activations import EmbedConfig, SparseRows
+from backend.config import REPO_ROOT
+from backend.engines.calibration import concat_rows, select_docs
+from backend.errors import UnavailableError, UserError
+from backend.jobs import Progress, ProgressCallback
+from backend.store import Store, presence
+
+if TYPE_CHECKING:
+    from backend.store import Corpus
+    from backend.workspace import Workspace
+
+log = logging.getLogger(__name__)
+SHARD_SUFFIX = ".parquet"
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Where and how wide the Ray engine runs.
+
+    `address`: None starts a local Ray for the job (stopped after it); "auto" or "ray://host:10001" joins a
+    cluster. `workers` actors each use `threads_per_worker` CPU threads and `gpus_per_worker` GPUs (a fraction
+    shares one GPU). `docs_per_batch` documents make one batch of the pure function and one shard."""
+
+    address: str | None = None
+    workers: int = 2
+    threads_per_worker: int = 1
+    gpus_per_worker: float = 0.0
+    docs_per_batch: int = 64
+    input_rows_per_file: int = 10_000
+    shard_dir: str | None = None  # default: beside the workspace, <workspace>.ray/corpus-<id>
+
+    def __post_init__(self) -> None:
+        for name in ("workers", "threads_per_worker", "docs_per_batch", "input_rows_per_file"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{name} must be a positive whole number, not {value!r}.")
+        if not 0 <= float(self.gpus_per_worker) <= 64:
+            raise UserError(f"gpus_per_worker must be between 0 and 64, not {self.gpus_per_worker!r}.")
+
+
+def shard_folder(workspace_path: Path, corpus_id: int, cfg: RayConfig) -> Path:
+    base = Path(cfg.shard_dir) if cfg.shard_dir else workspace_path.with_name(workspace_path.name + ".ray")
+    return base / f"corpus-{int(corpus_id)}"
+
+
+# -- shards: one Parquet file of sparse rows per batch, document-level arrays in its metadata ------
+def write_shard(folder: Path, doc_ids: np.ndarray, rows: SparseRows) -> str:
+    """Write a batch's rows (doc_id = the corpus's doc id) atomically; returns the shard's file name."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    doc_ids = np.asarray(doc_ids, np.int64)
+    order = np.argsort(doc_ids, kind="stable")
+    if not np.array_equal(order, np.arange(len(order))):
+        rows, doc_ids = select_docs(rows, order), doc_ids[order]
+    table = pa.table({
+        "doc_id": pa.array(doc_ids[np.asarray(rows.doc, np.int64)].astype(np.int32)),
+        "feature_id": pa.array(np.asarray(rows.feature, np.int32)),
+        "max_act": pa.array(np.asarray(rows.max_act, np.float32)),
+        "argmax_pos": pa.array(np.asarray(rows.argmax_pos, np.int32)),
+        "n_active": pa.array(np.asarray(rows.n_active, np.int32)),
+        "sum_act": pa.array(np.asarray(rows.sum_act, np.float32)),
+    })
+    docs = {"doc_ids": doc_ids.tolist(), "n_tokens": np.asarray(rows.n_tokens).tolist(),
+            "truncated": np.asarray(rows.truncated, bool).tolist()}
+    table = table.replace_schema_metadata({"saedash_docs": json.dumps(docs)})
+    name = f"shard-{int(doc_ids[0]) if len(doc_ids) else 0:010d}-{uuid.uuid4().hex[:12]}{SHARD_SUFFIX}"
+    tmp = folder / f".{name}.tmp"
+    pq.write_table(table, tmp)
+    os.replace(tmp, folder / name)
+    return name
+
+
+def shard_docs(path: Path) -> np.ndarray:
+    """The doc ids a shard holds (from its metadata, without reading its rows)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    return np.asarray(json.loads(meta[b"saedash_docs"])["doc_ids"], np.int64)
+
+
+def read_shard(path: Path) -> tuple[np.ndarray, SparseRows]:
+    """(doc_ids, rows whose `doc` indexes doc_ids) of a shard."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    docs = json.loads(table.schema.metadata[b"saedash_docs"])
+    doc_ids = np.asarray(docs["doc_ids"], np.int64)
+    cols = {c: table.column(c).to_numpy() for c in table.column_names}
+    rows = SparseRows(
+        np.searchsorted(doc_ids, cols["doc_id"]).astype(np.int32), cols["feature_id"], cols["max_act"],
+        cols["argmax_pos"], cols["n_active"], cols["sum_act"],
+        np.asarray(docs["n_tokens"], np.int32), np.asarray(docs["truncated"], bool))
+    return doc_ids, rows
+
+
+class EmbedActor:
+    """A Ray Data actor: holds the reader model and the SAE; maps the pure batch function over batches.
+
+    Each item names one row group of an exported input file (one batch of documents): the actor reads it,
+    embeds it, writes the rows as a shard and returns the shard's name. Documents in `skip` (held in shards
+    a killed run left) are left out."""
+
+    def __init__(self, model: str, sae_source: str, hook: str, embed_cfg: dict, dtype: str, threads: int,
+                 shard_dir: str, device: str | None = None, skip: frozenset[int] = frozenset()) -> None:
+        import torch
+
+        from backend.models import load_reader
+        from backend.saes import load_sae, model_kwargs
+
+        torch.set_num_threads(int(threads))
+        self.sae = load_sae(sae_source, device=device)
+        self.reader = load_reader(model, device=device, dtype=dtype, from_pretrained_kwargs=model_kwargs(self.sae))
+        self.hook = hook
+        self.cfg = EmbedConfig(**embed_cfg)
+        self.folder = Path(shard_dir)
+        self.skip = skip
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import pyarrow.parquet as pq
+
+        from backend import activations
+
+        names, n_docs, n_tokens = [], [], []
+        for path, group in zip(batch["path"], batch["row_group"]):
+            table = pq.ParquetFile(str(path)).read_row_group(int(group), columns=["doc_id", "text"])
+            doc_ids = np.asarray(table.column("doc_id").to_numpy(), np.int64)
+            texts = table.column("text").to_pylist()
+            keep = [i for i, d in enumerate(doc_ids) if int(d) not in self.skip]
+            if not keep:
+                continue
+            doc_ids, texts = doc_ids[keep], [texts[i] for i in keep]
+            rows = activations.sae_embed_texts(self.reader, self.sae, self.hook, texts, self.cfg)
+            names.append(write_shard(self.folder, doc_ids, rows))
+            n_docs.append(len(doc_ids))
+            n_tokens.append(int(np.asarray(rows.n_tokens).sum()))
+        return {"shard": np.array(names, dtype=object), "n_docs": np.array(n_docs, np.int64),
+                "n_tokens": np.array(n_tokens, np.int64)}
+
+
+def input_items(parts: list[Path]) -> list[dict[str, Any]]:
+    """One item per row group of the exported input files: the unit of work of one actor call."""
+    import pyarrow.parquet as pq
+
+    return [{"path": str(p), "row_group": g} for p in parts for g in range(pq.ParquetFile(p).num_row_groups)]
+
+
+# -- the driver: ingest shards as they arrive ----------------------------------------------------
+class ShardIngest:
+    """Writes finished shards into the workspace, after calibrating its presence scales if it needs them."""
+
+    def __init__(self, store: Store, corpus_id: int, folder: Path, pending: np.ndarray, d_sae: int) -> None:
+        self.store, self.corpus_id, self.folder, self.d_sae = store, corpus_id, folder, d_sae
+        self.calib_ids = (set(np.asarray(pending[: presence.CALIBRATION_DOCS]).tolist())
+                          if store.needs_presence_calibration() else set())
+        self.waiting: list[str] = []  # finished shards held back until the calibration documents are in
+        self.docs_written = 0
+        self.tokens_written = 0
+
+    def add(self, name: str) -> None:
+        self.waiting.append(name)
+        if self.calib_ids:
+            self._calibrate_when_ready()
+        if not self.calib_ids:
+            for shard in self.waiting:
+                self._ingest(shard)
+            self.waiting = []
+
+    def waiting_docs(self) -> set[int]:
+        out: set[int] = set()
+        for name in self.waiting:
+            out |= set(shard_docs(self.folder / name).tolist())
+        return out
+
+    def _calibrate_when_ready(self) -> None:
+        held = [(name, shard_docs(self.folder / name)) for name in self.waiting]
+        have = set().union(*(set(d.tolist()) for _, d in held)) if held else set()
+        if not self.calib_ids <= have:
+            return
+        parts = []
+        for name, docs in held:
+            doc_ids, rows = read_shard(self.folder / name)
+            mine = np.flatnonzero(np.isin(doc_ids, list(self.calib_ids)))
+            if len(mine):
+                parts.append((doc_ids[mine], select_docs(rows, mine)))
+        ids = np.concatenate([p[0] for p in parts])
+        rows = concat_rows([p[1] for p in parts])
+        self.store.set_presence_scales(presence.calibrate(rows, len(ids), self.d_sae), self.corpus_id)
+        self.calib_ids = set()
+
+    def _ingest(self, name: str) -> None:
+        path = self.folder / name
+        doc_ids, rows = read_shard(path)
+        written = self.store.write_embeddings(self.corpus_id, doc_ids, rows, shard=name)
+        self.docs_written += written
+        if written:
+            self.tokens_written += int(np.asarray(rows.n_tokens).sum())
+        path.unlink(missing_ok=True)  # recorded in ingested_shards: a re-run would skip it anyway
+
+
+def _finished_shards(folder: Path) -> list[str]:
+    """Complete shards left in the folder (temporaries of a killed writer are dropped)."""
+    for tmp in folder.glob(".shard-*.tmp"):
+        tmp.unlink(missing_ok=True)
+    return sorted(p.name for p in folder.glob(f"shard-*{SHARD_SUFFIX}"))
+
+
+def _start_ray(cfg: RayConfig) -> bool:
+    """Connect to (or start) Ray; True when this call started it (and should stop it)."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise UnavailableError("The Ray engine needs Ray Data: pip install 'ray[data]' (pinned in requirements.txt).") from exc
+    if ray.is_initialized():
+        return False
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False, "include_dashboard": False}
+    if cfg.address:
+        kwargs["address"] = cfg.address
+    else:
+        kwargs["num_cpus"] = cfg.workers * cfg.threads_per_worker
+        if cfg.gpus_per_worker:
+            kwargs["num_gpus"] = int(np.ceil(cfg.workers * cfg.gpus_per_worker))
+    try:
+        ray.init(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - connection problems are the user's to fix
+        if cfg.address:
+            raise UnavailableError(f"Could not reach the Ray cluster at {cfg.address!r}: {exc}") from exc
+        raise
+    return True
+
+
+def embed_with_ray(ws: "Workspace", corpus: "str | int | Corpus", cfg: RayConfig = RayConfig(),
+                   progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> Progress:
+    """Embed the corpus's pending documents with Ray Data actors; same guarantees as backend.jobs.embed_corpus.
+
+    Returns the final Progress (status done, cancelled or failed). Finalizing (statistics, labels) is the
+    workspace's next step, as after the local engine: `Workspace.embed(..., engine="ray")` does both."""
+    import ray
+
+    store = ws.store
+    info = ws.corpus(corpus)
+    cid = info.corpus_id
+    folder = shard_folder(store.path, cid, cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    pending = store.pending_doc_ids(cid)
+    state = Progress(info.name, info.n_docs - len(pending), info.n_docs, 0, 0.0)
+    store.set_status(cid, "embedding")
+    t0 = time.time()
+    ingest = ShardIngest(store, cid, folder, pending, ws.d_sae)
+    started = False
+
+    def report() -> None:
+        state.docs_done = info.n_docs - len(pending) + ingest.docs_written
+        state.tokens_done = ingest.tokens_written
+        state.elapsed_s = time.time() - t0
+        if progress:
+            progress(state)
+
+    try:
+        for name in _finished_shards(folder):  # a killed run's shards: nothing in them is embedded again
+            ingest.add(name)
+        if ingest.docs_written:
+            report()
+        held = ingest.waiting_docs()
+        todo_count = len(store.pending_doc_ids(cid)) - len(held)
+        if todo_count > 0 and not (cancel is not None and cancel.is_set()):
+            inputs = folder / "inputs"
+            shutil.rmtree(inputs, ignore_errors=True)
+            parts = store.export_pending_texts(cid, inputs, cfg.input_rows_per_file, cfg.docs_per_batch)
+            started = _start_ray(cfg)
+            _quiet_ray_data()
+            # one small item per batch of documents; each actor reads its batch from the input files (streamed:
+            # nothing holds the corpus in memory)
+            items = input_items(parts)
+            ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 100 * cfg.workers)))
+            settings = ws.settings
+            resources: dict[str, float] = {"num_cpus": cfg.threads_per_worker}
+            if cfg.gpus_per_worker:
+                resources["num_gpus"] = float(cfg.gpus_per_worker)
+            out = ds.map_batches(
+                EmbedActor,
+                fn_constructor_kwargs=dict(model=settings.model, sae_source=settings.sae_source, hook=settings.hook,
+                                           embed_cfg=asdict(ws.embed_config), dtype=settings.dtype,
+                                           threads=cfg.threads_per_worker, shard_dir=str(folder),
+                                           device="cuda" if cfg.gpus_per_worker else "cpu", skip=frozenset(held)),
+                batch_size=1, batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=min(cfg.workers, len(items))), **resources,
+            )
+            for batch in out.iter_batches(batch_size=1, batch_format="numpy"):
+                for name in batch["shard"]:
+                    if name:
+                        ingest.add(str(name))
+                report()
+                if cancel is not None and cancel.is_set():
+                    state.status = "cancelled"
+                    break
+            shutil.rmtree(inputs, ignore_errors=True)
+    except BaseException as exc:
+        state.status, state.error = "failed", f"{type(exc).__name__}: {exc}"
+        store.set_status(cid, "failed", traceback.format_exc(limit=3))
+        if progress:
+            progress(state)
+        raise
+    finally:
+        if started:
+            ray.shutdown()
+    left = len(store.pending_doc_ids(cid))
+    if state.status == "running":
+        state.status = "done" if left == 0 else "failed"
+        if left:
+            state.error = f"{left:,} documents were not embedded"
+    if state.status == "done":
+        shutil.rmtree(folder, ignore_errors=True)
+    store.set_status(cid, "finalizing" if state.status == "done" else ("pending" if state.status == "cancelled" else state.status),
+                     state.error)
+    report()
+    return state
+
+
+def _quiet_ray_data() -> None:
+    """No per-operator progress bars or INFO lines: progress reaches the user through the callback."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    for attr in ("print_on_execution_start", "verbose_stats_logs"):
+        if hasattr(ctx, attr):
+            setattr(ctx, attr, False)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)

@@ -1,0 +1,109 @@
+"""SAEs side by side: a feature-permuted copy of an SAE finds every twin (decoder cosine 1, Jaccard 1)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from backend.sae_compare import (
+    SAECompareError,
+    compare_feature,
+    decoder_directions,
+    match_features,
+    nearest_by_cofiring,
+    nearest_by_decoder,
+)
+from tests.conftest import TINY_DOCS
+from tests.tiny import HOOK, make_tiny_sae
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def permuted(sae, perm: np.ndarray):
+    """A copy of a TopK SAE whose feature j is the original's feature perm[j]."""
+    twin = make_tiny_sae(sae.cfg.metadata.model_name, d_sae=sae.cfg.d_sae, k=sae.cfg.k)
+    p = torch.as_tensor(perm)
+    with torch.no_grad():
+        twin.W_dec.copy_(sae.W_dec[p])
+        twin.W_enc.copy_(sae.W_enc[:, p])
+        twin.b_enc.copy_(sae.b_enc[p])
+        twin.b_dec.copy_(sae.b_dec)
+    return twin
+
+
+def embed(reader, sae, texts: list[str]) -> sp.csr_matrix:
+    from backend.activations import EmbedConfig, embed_texts
+
+    rows = embed_texts(reader, sae, HOOK, texts, EmbedConfig())
+    return sp.csr_matrix((rows.max_act, (rows.doc, rows.feature)), shape=(len(texts), int(sae.cfg.d_sae)))
+
+
+@pytest.fixture(scope="module")
+def corpus() -> list[str]:
+    words = TINY_DOCS["text"].str.split().explode().unique().tolist()
+    rng = np.random.default_rng(0)
+    extra = [" ".join(rng.choice(words, size=int(rng.integers(3, 12)))) for _ in range(150)]
+    return TINY_DOCS["text"].tolist() + extra
+
+
+def test_permuted_sae_finds_every_twin(tiny_reader, tiny_sae, corpus):
+    perm = np.random.default_rng(1).permutation(tiny_sae.cfg.d_sae)
+    twin_of = np.argsort(perm)  # A's feature f is B's feature twin_of[f]
+    sae_b = permuted(tiny_sae, perm)
+    X_a, X_b = embed(tiny_reader, tiny_sae, corpus), embed(tiny_reader, sae_b, corpus)
+    dec_a, dec_b = decoder_directions(tiny_sae), decoder_directions(sae_b)
+
+    table = match_features(dec_a, dec_b, X_a, X_b).table
+    assert (table["cosine_match"].to_numpy() == twin_of).all()
+    assert np.allclose(table["cosine"], 1.0, atol=1e-5)
+    firing = table["n_docs_a"].to_numpy() > 0
+    assert firing.sum() >= 16  # the corpus exercises a good share of the features
+    assert np.allclose(table.loc[firing, "jaccard"], 1.0)
+    for f in np.flatnonzero(firing):  # the twin is among the best co-firing matches (ties share a document set)
+        near = nearest_by_cofiring(X_a, X_b, int(f), top=tiny_sae.cfg.d_sae)
+        assert near.set_index("feature_id").loc[twin_of[f], "jaccard"] == pytest.approx(1.0)
+        assert near["jaccard"].iloc[0] == pytest.approx(1.0)
+        both = compare_feature(dec_a, dec_b, int(f), X_a, X_b, top=3).iloc[0]
+        assert both["feature_id"] == twin_of[f] and both["cosine"] == pytest.approx(1.0, abs=1e-5)
+        assert both["jaccard"] == pytest.approx(1.0)
+
+    # an unrelated SAE (other seed) has no twins: the match is what the permutation planted
+    other = make_tiny_sae(tiny_reader.name, seed=7)
+    unrelated = match_features(dec_a, decoder_directions(other), X_a, embed(tiny_reader, other, corpus)).table
+    assert unrelated["cosine"].max() < 0.99
+    assert (unrelated.loc[firing, "jaccard"] < 1.0).mean() > 0.5
+
+
+def test_cofiring_twin_is_unique_when_document_sets_are():
+    rng = np.random.default_rng(0)
+    X_a = sp.random(400, 96, density=0.08, format="csr", random_state=1, data_rvs=lambda n: rng.random(n) + 0.1)
+    assert len({tuple(X_a[:, f].nonzero()[0]) for f in range(96)}) == 96  # every feature has its own documents
+    perm = rng.permutation(96)
+    X_b = X_a[:, perm].tocsr()
+    table = match_features(decoder_directions(np.eye(96)), decoder_directions(np.eye(96)[perm]), X_a, X_b).table
+    assert (table["cofire_match"].to_numpy() == np.argsort(perm)).all()
+    assert np.allclose(table["jaccard"], 1.0)
+    # a half-overlapping feature scores its Jaccard, not 1
+    X_c = X_a.tolil()
+    docs = X_a[:, 0].nonzero()[0]
+    X_c[docs[: len(docs) // 2], 0] = 0
+    near = nearest_by_cofiring(X_a, X_c.tocsr(), 0, top=1)
+    assert near["feature_id"].iloc[0] == 0
+    assert near["jaccard"].iloc[0] == pytest.approx((len(docs) - len(docs) // 2) / len(docs))
+
+
+def test_decoder_neighbours_rank_by_cosine():
+    dec_a = decoder_directions(np.array([[1.0, 0.0, 0.0]]))
+    dec_b = decoder_directions(np.array([[0.0, 1.0, 0.0], [1.0, 1.0, 0.0], [1.0, 0.1, 0.0], [-1.0, 0.0, 0.0]]))
+    near = nearest_by_decoder(dec_a, dec_b, 0, top=3)
+    assert near["feature_id"].tolist() == [2, 1, 0]
+    assert near["cosine"].iloc[1] == pytest.approx(1 / np.sqrt(2))
+
+
+def test_mismatched_inputs_are_refused():
+    with pytest.raises(SAECompareError, match="same residual width"):
+        match_features(decoder_directions(np.eye(4)), decoder_directions(np.eye(5)))
+    X = sp.random(10, 4, density=0.5, format="csr", random_state=0)
+    with pytest.raises(SAECompareError, match="same documents"):
+        nearest_by_cofiring(X, X[:9], 0)
