@@ -55,7 +55,7 @@ def test_upload_embed_and_browse_features(app_server, tmp_path):
             page.get_by_role("button", name="Add and embed").click()
             expect(page.get_by_text("embedding runs in the background")).to_be_visible(timeout=30_000)
             # the progress list refreshes every second until the corpus is embedded and finalized
-            expect(page.locator("code", has_text=re.compile(r"^ready$"))).to_be_visible(timeout=180_000)
+            expect(page.locator("code", has_text=re.compile(r"^ready$"))).to_be_visible(timeout=420_000)
             t_embedded = time.time() - t0
             # the name shows as text: no link to, and no image fetched from, evil.example
             line = page.locator('[data-testid="stMarkdownContainer"]', has_text="click me").first.inner_text()
