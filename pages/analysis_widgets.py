@@ -21,6 +21,8 @@ import streamlit as st
 from backend import doc_embeddings
 from backend.store import Corpus
 from backend.workspace import Workspace
+from backend.feature_queries import feature_contexts
+from backend.label_text import evidence_text, split_label
 from pages import widgets
 from pages.widgets import CacheKey, corpus_handle, md_escape  # noqa: F401  (md_escape: re-exported for the pages)
 
@@ -335,3 +337,26 @@ def export_block(
     st.caption(f"{len(df):,} documents · {len(df.columns)} columns")
     widgets.export_buttons(df, key=key, stem=stem)
     return df
+
+
+# -- labels with evidence ------------------------------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=512)
+def _context_evidence(_ws: Workspace, _corpus: Corpus, key: widgets.CacheKey, feature_id: int) -> str:
+    return evidence_text(feature_contexts(_ws, _corpus, feature_id))
+
+
+def with_evidence(ws: Workspace, corpus: Corpus, frame: pd.DataFrame, labels: dict[int, str],
+                  column: str = "feature_id") -> pd.DataFrame:
+    """The frame with `label` (the feature's name) and `evidence` (one context of its top documents, the
+    firing token marked «…») right after `column`. Table cells render as plain text."""
+    names, examples = [], []
+    for fid in frame[column].astype(int):
+        name, example = split_label(str(labels.get(int(fid), "")))
+        names.append(name)
+        examples.append(example if example is not None
+                        else _context_evidence(ws, corpus, widgets.cache_key(ws, corpus), int(fid)))
+    out = frame.drop(columns=[c for c in ("label", "evidence") if c in frame.columns])
+    pos = list(out.columns).index(column) + 1
+    out.insert(pos, "label", names)
+    out.insert(pos + 1, "evidence", examples)
+    return out

@@ -19,12 +19,11 @@ from backend.analysis.cluster import (
 )
 from backend.analysis.concepts import Concept, ConceptConfig
 from backend.errors import UserError
-from backend.feature_queries import feature_contexts
-from backend.label_text import evidence_text, split_label
 from backend.store import Corpus
 from backend.workspace import Workspace
 from pages import widgets
 from pages.analysis_widgets import (
+    with_evidence,
     corpus_labels, dense_vectors, documents, export_block, feature_name, feature_picker, latents, metadata,
     open_feature_button, show_documents, snippet,
 )
@@ -47,29 +46,6 @@ class Options:
     min_jaccard: float
     max_share: float
     min_size: int | None  # HDBSCAN only
-
-
-# -- labels with evidence ------------------------------------------------------------------
-@st.cache_data(show_spinner=False, max_entries=512)
-def _context_evidence(_ws: Workspace, _corpus: Corpus, key: widgets.CacheKey, feature_id: int) -> str:
-    return evidence_text(feature_contexts(_ws, _corpus, feature_id))
-
-
-def with_evidence(ws: Workspace, corpus: Corpus, frame: pd.DataFrame, labels: dict[int, str],
-                  column: str = "feature_id") -> pd.DataFrame:
-    """The frame with `label` (the feature's name) and `evidence` (one context of its top documents, the
-    firing token marked «…») right after `column`. Table cells render as plain text."""
-    names, examples = [], []
-    for fid in frame[column].astype(int):
-        name, example = split_label(str(labels.get(int(fid), "")))
-        names.append(name)
-        examples.append(example if example is not None
-                        else _context_evidence(ws, corpus, widgets.cache_key(ws, corpus), int(fid)))
-    out = frame.drop(columns=[c for c in ("label", "evidence") if c in frame.columns])
-    pos = list(out.columns).index(column) + 1
-    out.insert(pos, "label", names)
-    out.insert(pos + 1, "evidence", examples)
-    return out
 
 
 def show_table(table: pd.DataFrame, height: int = 320, **column_config) -> None:
