@@ -61,20 +61,29 @@ def test_gemma_hooked_residuals_equal_the_hf_model(gemma):
 
 
 @pytest.mark.slow
-def test_gemma_sae_trained_here_embeds_documents(gemma, tmp_path):
+def test_one_command_trains_a_gemma_sae_that_embeds_documents(gemma, tmp_path, monkeypatch):
+    import json
+
+    import backend.models
+    from backend.__main__ import main
     from backend.builtin_data import demo_corpus, training_texts
     from backend.saes import load_sae
-    from backend.training import TrainConfig, train_sae_for_model
     from backend.workspace import Workspace, WorkspaceSpec
 
-    cfg = TrainConfig(d_sae=256, k=16, n_tokens=12_000, epochs=4, batch_size=128, dead_after_tokens=6_000,
-                      max_doc_tokens=128)
-    report = train_sae_for_model(gemma, HOOK, training_texts(0)[:800], tmp_path / "sae", cfg)
-    print(f"\ngemma tiny SAE held-out FVE {report.fve:.3f} L0 {report.l0:.1f} dead {report.dead_frac:.3f}")
-    assert report.fve > 0.5 and report.l0 <= cfg.k and report.dead_frac < 0.5
-    assert report.n_train_tokens + report.n_holdout_tokens == cfg.n_tokens
+    loaded: list[str] = []
+    monkeypatch.setattr(backend.models, "load_reader", lambda name, **kw: loaded.append(name) or gemma)  # loaded once
+    corpus = tmp_path / "train.txt"
+    corpus.write_text("\n".join(t.replace("\n", " ") for t in training_texts(0)[:800]), encoding="utf-8")
+    rc = main(["train-sae", "--model", GEMMA, "--layer", str(LAYER), "--corpus", str(corpus), "--d-sae", "256",
+               "--k", "16", "--n-tokens", "12000", "--epochs", "20", "--out", str(tmp_path / "sae")])
+    assert rc == 0 and loaded == [GEMMA]
+    report = json.loads((tmp_path / "sae" / "training_report.json").read_text())["report"]
+    print(f"\ngemma tiny SAE held-out FVE {report['fve']:.3f} L0 {report['l0']:.1f} dead {report['dead_frac']:.3f}")
+    assert report["fve"] > 0.5 and report["l0"] <= 16 and report["dead_frac"] < 0.5
+    assert report["n_train_tokens"] + report["n_holdout_tokens"] == 12_000
 
     sae = load_sae(tmp_path / "sae", device="cpu")
+    assert sae.cfg.metadata.hook_name == HOOK
     docs = demo_corpus(8, seed=2)
     ws = Workspace.create(tmp_path / "g.duckdb", WorkspaceSpec(model=GEMMA, sae=str(tmp_path / "sae")),
                           reader=gemma, sae=sae)

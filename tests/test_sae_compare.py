@@ -107,3 +107,19 @@ def test_mismatched_inputs_are_refused():
     X = sp.random(10, 4, density=0.5, format="csr", random_state=0)
     with pytest.raises(SAECompareError, match="same documents"):
         nearest_by_cofiring(X, X[:9], 0)
+
+
+def test_shipped_saes_match_their_registry_entries():
+    import json
+
+    from backend.config import SHIPPED_SAES, shipped_saes
+
+    present = shipped_saes()
+    assert [s.key for s in present][:1] == ["lexical"]  # the default comes first
+    for entry in present:
+        cfg = json.loads((entry.folder / "cfg.json").read_text())
+        assert cfg["metadata"]["hook_name"] == entry.hook and cfg["metadata"]["model_name"] == entry.model
+        assert (entry.folder / "sae_weights.safetensors").stat().st_size <= 25 * 2**20  # the repository's limit
+        report = json.loads((entry.folder / "training_report.json").read_text())["report"]
+        assert report == cfg["metadata"]["saedash_report"]
+    assert set(SHIPPED_SAES) >= {s.key for s in present}

@@ -51,7 +51,6 @@ if TYPE_CHECKING:
     from backend.store import Corpus
     from backend.workspace import Workspace
 
-log = logging.getLogger(__name__)
 SHARD_SUFFIX = ".parquet"
 
 
