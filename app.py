@@ -30,7 +30,7 @@ SECTIONS = {
     "Explore": [("features", "Features", ":material/extension:"), ("retrieval", "Retrieval", ":material/search:")],
     "Analyse": [("diff", "Dataset diff", ":material/compare_arrows:"), ("clustering", "Clustering", ":material/scatter_plot:"),
                 ("correlations", "Correlations", ":material/link:")],
-    "Model": [("steering", "Steering", ":material/tune:")],
+    "Model": [("steering", "Steering", ":material/tune:"), ("sae_compare", "Compare SAEs", ":material/compare_arrows:")],
 }
 
 pages = {

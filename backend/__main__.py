@@ -1,4 +1,4 @@
-"""Command line: `python -m backend <command>` (prepare, train-sae, create, add, embed, show, export).
+"""Command line: `python -m backend <command>` (prepare, train-sae, saes, create, add, embed, show, export).
 
 Every problem a user can fix is a `UserError`: `main` prints its message and exits 2, in one place, with no
 traceback. Anything else is a bug and keeps its traceback."""
@@ -36,13 +36,35 @@ def _tqdm_progress(desc: str):
     return cb
 
 
+def _tqdm_steps():
+    """A finishing-step callback (step, fraction of it): one bar per step after the embedding."""
+    from tqdm import tqdm
+
+    bars: dict = {}
+
+    def cb(step: str, fraction: float) -> None:
+        if step == "done":
+            return
+        if step not in bars:
+            for earlier in bars.values():
+                earlier.close()
+            bars[step] = tqdm(total=100, desc=step, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}")
+        bar = bars[step]
+        bar.n = round(100 * min(1.0, max(0.0, fraction)))
+        bar.refresh()
+        if fraction >= 1.0:
+            bar.close()
+
+    return cb
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     from backend.demo import ensure_default_workspace
     from backend.models import prepare_builtin
 
     print(f"Model cache: {prepare_builtin(args.model)}")
     if not args.model_only:
-        ws = ensure_default_workspace(_tqdm_progress("Embedding the demo corpus"))
+        ws = ensure_default_workspace(_tqdm_progress("Embedding the demo corpus"), step_progress=_tqdm_steps())
         print(json.dumps(ws.summary(), indent=1, default=str))
         ws.close()
     return 0
@@ -101,12 +123,26 @@ def _open(path: str) -> Workspace:
     return Workspace.open(path)
 
 
+def cmd_saes(args: argparse.Namespace) -> int:
+    """The shipped SAEs: key, what each suits, its held-out figures (read from its training report)."""
+    for entry in config.SHIPPED_SAES.values():
+        where = entry.folder.relative_to(config.REPO_ROOT) if entry.folder.is_relative_to(config.REPO_ROOT) else entry.folder
+        state = entry.quality() if entry.present else "missing from this checkout"
+        print(f"{entry.key}\t{entry.model} {entry.hook}\t{state}\n    {entry.suits}\n    {where}")
+    print("Use one with: python -m backend create WS.duckdb --sae KEY (or a SAELens folder, or release:sae_id)")
+    return 0
+
+
 def cmd_create(args: argparse.Namespace) -> int:
+    from backend.saes import resolve_sae_source, sae_name
     from backend.workspace import Workspace, WorkspaceSpec
 
-    ws = Workspace.create(args.workspace, WorkspaceSpec(model=args.model, sae=args.sae, formatting=args.formatting,
+    sae = resolve_sae_source(args.sae)  # a shipped key, a folder or release:sae_id; refused before any file is made
+    ws = Workspace.create(args.workspace, WorkspaceSpec(model=args.model, sae=sae, formatting=args.formatting,
                                                         max_tokens=args.max_tokens))
     print(json.dumps(ws.summary(), indent=1, default=str))
+    print(f"Created {args.workspace} with SAE {sae_name(sae)} on {ws.settings.model} ({ws.settings.hook}).", file=sys.stderr)
+    ws.close()
     return 0
 
 
@@ -210,15 +246,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device")
     s.set_defaults(fn=cmd_train_sae)
 
+    s = sub.add_parser("saes", help="list the shipped SAEs, what each suits and their held-out FVE")
+    s.set_defaults(fn=cmd_saes)
+
     s = sub.add_parser("create", help="create a workspace for a model and an SAE")
     s.add_argument("workspace")
     s.add_argument("--model", default=config.DEFAULT_MODEL)
-    s.add_argument("--sae", default=str(config.DEFAULT_SAE_DIR))
+    s.add_argument("--sae", default=next(iter(config.SHIPPED_SAES)),
+                   help=f"a shipped SAE ({', '.join(config.SHIPPED_SAES)}; see `saes`), a SAELens folder, or release:sae_id")
     s.add_argument("--formatting", choices=["raw", "chat"])
     s.add_argument("--max-tokens", type=int, default=512)
     s.set_defaults(fn=cmd_create)
 
-    s = sub.add_parser("add", help="add a corpus file (csv, tsv, jsonl, parquet, txt) and embed it")
+    s = sub.add_parser("add", help="add a corpus file (csv, tsv, jsonl, parquet, txt; streamed in chunks, so any "
+                                      "size) and embed it")
     s.add_argument("workspace")
     s.add_argument("name")
     s.add_argument("file")

@@ -24,7 +24,7 @@ class EmbedConfig:
 
     formatting: Literal["raw", "chat"] = "raw"
     max_tokens: int = 512
-    batch_tokens: int = 4096  # padded tokens per forward (fastest on 2 CPU cores)
+    batch_tokens: int = 4096  # padded tokens per forward on CPU (fastest on 2 cores); CUDA: `batch_tokens_for`
     encode_chunk: int = 512  # tokens per SAE encode: the dense pre-activations (512 x d_sae) stay in cache
 
 
@@ -50,7 +50,11 @@ class SparseRows:
 def sparse_encode(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Encode rows of x; return (row, feature, value) of the non-zero activations.
 
-    TopK SAEs skip building the dense activation matrix; other architectures go through `sae.encode`."""
+    TopK SAEs skip building the dense activation matrix; other architectures go through `sae.encode`. An
+    encoder with its own `sparse_encode` (a worker's, backend.engines.lite) encodes itself, without sae_lens."""
+    own = getattr(sae, "sparse_encode", None)
+    if own is not None:
+        return own(x)
     from sae_lens import TopKSAE
 
     x = x.to(sae.W_enc.dtype)
@@ -103,6 +107,62 @@ def pad_batch(docs: list[EncodedDoc], batch: list[int], pad: int, device: torch.
     return ids, mask
 
 
+# -- the token budget on CUDA: what free GPU memory holds -----------------------------------------------
+GPU_MEMORY_FRACTION = 0.5  # of the free memory: headroom for the allocator's fragmentation and other processes
+MAX_GPU_BATCH_TOKENS = 1 << 18  # past this a forward is no faster per token, and one batch's rows stay small
+
+
+@dataclass(frozen=True)
+class ForwardDims:
+    """The widths that set a forward's memory per token."""
+
+    d_model: int
+    d_mlp: int
+    n_heads: int
+
+
+def forward_dims(reader: ReaderModel) -> ForwardDims:
+    cfg = reader.model.cfg
+    return ForwardDims(int(cfg.d_model), int(getattr(cfg, "d_mlp", None) or 4 * cfg.d_model), int(cfg.n_heads))
+
+
+def token_bytes(dims: ForwardDims, dtype_bytes: int, max_tokens: int) -> int:
+    """Bytes one padded token costs in a forward that stops at the hook (inference mode keeps only the block
+    being run alive): the residual, its normed copy, q/k/v, the attention output and the captured hook value
+    (8 x d_model), the gated MLP's three intermediate vectors (3 x d_mlp) and a row of attention scores per head
+    (n_heads x max_tokens, when the kernel materialises them), in the forward's dtype; plus the residual gathered
+    for the SAE in fp32 (4 x d_model)."""
+    return dtype_bytes * (8 * dims.d_model + 3 * dims.d_mlp + dims.n_heads * max_tokens) + 4 * dims.d_model
+
+
+def sae_encode_bytes(d_sae: int, encode_chunk: int) -> int:
+    """The SAE encode's working set, the same for any batch: `encode_chunk` rows of fp32 pre-activations
+    (d_sae wide) and the top-k's copy of them."""
+    return 2 * 4 * d_sae * encode_chunk
+
+
+def gpu_batch_tokens(free_bytes: int, dims: ForwardDims, dtype_bytes: int, max_tokens: int, d_sae: int,
+                     encode_chunk: int, fraction: float = GPU_MEMORY_FRACTION) -> int:
+    """Padded tokens per forward that fit in `fraction` of the free GPU memory:
+    (fraction x free - sae_encode_bytes) / token_bytes, at least one whole document (max_tokens) and at most
+    MAX_GPU_BATCH_TOKENS."""
+    usable = free_bytes * fraction - sae_encode_bytes(d_sae, encode_chunk)
+    tokens = int(usable // token_bytes(dims, dtype_bytes, max_tokens)) if usable > 0 else 0
+    return max(max_tokens, min(tokens, MAX_GPU_BATCH_TOKENS))
+
+
+def batch_tokens_for(reader: ReaderModel, sae: SAE, cfg: EmbedConfig, device: torch.device | str | None = None) -> int:
+    """The token budget of one forward: `cfg.batch_tokens` on CPU; on CUDA, sized from the free GPU memory
+    now (`torch.cuda.mem_get_info`) by `gpu_batch_tokens`, in the forward's dtype."""
+    device = torch.device(device if device is not None else reader.device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return cfg.batch_tokens
+    free, _total = torch.cuda.mem_get_info(device)
+    dtype_bytes = runtime_for(reader).dtype.itemsize
+    return gpu_batch_tokens(int(free), forward_dims(reader), dtype_bytes, cfg.max_tokens, int(sae.cfg.d_sae),
+                            cfg.encode_chunk)
+
+
 def embed_encoded(reader: ReaderModel, sae: SAE, hook_name: str, docs: list[EncodedDoc], cfg: EmbedConfig) -> SparseRows:
     """Embed already-tokenized documents (one padded forward per token budget, stopping at the hook's layer)."""
     d_sae = int(sae.cfg.d_sae)
@@ -110,7 +170,7 @@ def embed_encoded(reader: ReaderModel, sae: SAE, hook_name: str, docs: list[Enco
     runtime = runtime_for(reader)
     parts: list[tuple[torch.Tensor, ...]] = []
     with torch.inference_mode():
-        for batch in plan_batches(docs, cfg.batch_tokens):
+        for batch in plan_batches(docs, batch_tokens_for(reader, sae, cfg)):
             ids, mask = pad_batch(docs, batch, pad, reader.device)
             x = runtime.residuals(ids, hook_name)
             b_idx, p_idx = mask.nonzero(as_tuple=True)

@@ -1,15 +1,14 @@
-"""Read CSV, TSV, JSONL, Parquet and TXT corpora into DataFrames with clear validation errors.
+"""Corpus rules: options, names, the text column, per-document limits and windows, with clear errors.
 
-One set of limits for every format: a file-size limit (`max_bytes`) checked before parsing, and a
-per-document limit (`max_doc_chars`) checked on the chosen text column, so a document is accepted or
-refused the same way whether it arrives as CSV, TSV, JSONL, Parquet, TXT or a DataFrame."""
+One set of limits for every format: a file-size limit (`max_bytes`) on what is read whole into memory
+(an upload, `read_corpus`), and a per-document limit (`max_doc_chars`) checked on the chosen text column,
+so a document is accepted or refused the same way whether it arrives as CSV, TSV, JSONL, Parquet, TXT or a
+DataFrame, whole or streamed. Parsing the formats is `backend.streaming`'s (in chunks, for files of any size)."""
 from __future__ import annotations
 
 from backend.errors import UserError
 
-import csv
 import io
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,9 @@ class ReadOptions:
 
     `split_long` turns each document longer than `window_chars` into consecutive windows (cut at
     whitespace where possible), each its own document with `source_doc` / `char_offset` metadata, instead of
-    letting the reader model see only its first tokens."""
+    letting the reader model see only its first tokens. `max_bytes` limits what is read whole into memory
+    (bytes, file objects, `read_corpus`); a file path given to `Workspace.add_corpus` is streamed in chunks
+    and has no size limit."""
 
     fmt: str | None = None
     txt_mode: Literal["line", "paragraph"] = "line"
@@ -101,71 +102,12 @@ def guess_format(name: str) -> str:
     return fmt
 
 
-def _decode(data: bytes) -> str:
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise CorpusError(f"The file is not UTF-8 text (invalid byte at line {line}); re-save it as UTF-8.") from exc
-    return text
-
-
-def _read_delimited(text: str, sep: str) -> pd.DataFrame:
-    # The csv module refuses fields over 128 KiB by default, which JSONL and TXT never did. No field can be
-    # longer than the text, so a limit of len(text) switches it off and leaves `max_doc_chars` as the one rule.
-    # (The limit is process-wide; it is only ever raised here.)
-    if csv.field_size_limit() <= len(text):
-        csv.field_size_limit(len(text) + 1)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
-    try:
-        rows = list(reader)
-    except csv.Error as exc:
-        raise CorpusError(f"Unparseable row {reader.line_num}: {exc}.") from exc
-    rows = [r for r in rows if r]  # blank lines
-    if not rows:
-        raise CorpusError("The file is empty.")
-    header, body = rows[0], rows[1:]
-    if len(set(header)) != len(header):
-        dupes = sorted({h for h in header if header.count(h) > 1})
-        raise CorpusError(f"Duplicate column name(s) in the header: {', '.join(dupes)}.")
-    for i, r in enumerate(body, start=2):
-        if len(r) != len(header):
-            raise CorpusError(f"Unparseable row {i}: expected {len(header)} fields, found {len(r)}.")
-    if not body:
-        raise CorpusError("The file has a header but no rows.")
-    return pd.DataFrame(body, columns=header)
-
-
-def _read_jsonl(text: str) -> pd.DataFrame:
-    records = []
-    for i, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CorpusError(f"Unparseable row {i}: not valid JSON ({exc.msg}).") from exc
-        if not isinstance(obj, dict):
-            raise CorpusError(f"Unparseable row {i}: expected a JSON object, found {type(obj).__name__}.")
-        records.append(obj)
-    if not records:
-        raise CorpusError("The file is empty.")
-    return pd.DataFrame.from_records(records)
-
-
-def _read_txt(text: str, mode: str) -> pd.DataFrame:
-    if mode == "paragraph":
-        parts = [p.strip() for p in text.replace("\r\n", "\n").split("\n\n")]
-    else:
-        parts = [p.strip() for p in text.splitlines()]
-    parts = [p for p in parts if p]
-    if not parts:
-        raise CorpusError("The file is empty.")
-    return pd.DataFrame({"text": parts})
-
-
 def read_corpus(source: str | Path | BinaryIO | bytes, name: str | None = None, options: ReadOptions = ReadOptions()) -> pd.DataFrame:
-    """Parse a corpus file (path, bytes or a binary file object) into a DataFrame of strings/values."""
+    """Parse a corpus file (path, bytes or a binary file object) whole into one DataFrame, under the
+    file-size limit. The parsing is `backend.streaming`'s (chunks joined), so messages match a streamed read;
+    `Workspace.add_corpus` streams a path instead of calling this."""
+    from backend.streaming import iter_document_chunks  # streaming builds on this module's rules
+
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.exists():
@@ -194,22 +136,8 @@ def read_corpus(source: str | Path | BinaryIO | bytes, name: str | None = None, 
     if not data.strip():
         raise CorpusError("The file is empty.")
     fmt = options.fmt or guess_format(name)
-    if fmt == "parquet":
-        try:
-            df = pd.read_parquet(io.BytesIO(data))
-        except Exception as exc:  # noqa: BLE001 - pyarrow raises many types
-            raise CorpusError(f"Not a readable Parquet file ({exc}).") from exc
-        if len(df) == 0:
-            raise CorpusError("The file has no rows.")
-        return df
-    text = _decode(data)
-    if fmt == "csv":
-        return _read_delimited(text, ",")
-    if fmt == "tsv":
-        return _read_delimited(text, "\t")
-    if fmt == "jsonl":
-        return _read_jsonl(text)
-    return _read_txt(text, options.txt_mode)
+    chunks = list(iter_document_chunks(io.BytesIO(data), fmt, txt_mode=options.txt_mode))
+    return chunks[0] if len(chunks) == 1 else pd.concat(chunks, ignore_index=True)
 
 
 def check_columns(df: pd.DataFrame) -> None:
@@ -270,29 +198,35 @@ def guess_text_column(df: pd.DataFrame) -> str:
     return str(best)
 
 
-def validate_text_column(df: pd.DataFrame, column: str, max_doc_chars: int = DEFAULT_MAX_DOC_CHARS) -> pd.DataFrame:
-    """Check the chosen column and return the frame with it as clean strings."""
+def validate_text_column(df: pd.DataFrame, column: str, max_doc_chars: int = DEFAULT_MAX_DOC_CHARS,
+                         first_row: int = 1, whole_file: bool = True) -> pd.DataFrame:
+    """Check the chosen column and return the frame with it as clean strings.
+
+    `df` may be one chunk of a file (backend.streaming): `first_row` is its first row's number in the file
+    and `whole_file` says whether it is all of the file, so messages name rows of the file."""
     check_columns(df)
     if column not in df.columns:
         raise CorpusError(f"No column {column!r}; the columns are: {', '.join(map(str, df.columns))}.")
     col = df[column]
     bad = col.isna() | (col.astype(str).str.strip() == "")
-    if bad.all():
+    among = "" if whole_file else f" among rows {first_row:,}–{first_row + len(df) - 1:,}"  # counts of this chunk
+    if bad.all() and whole_file:
         raise CorpusError(f"Column {column!r} is empty in every row.")
     if bad.any():
-        first = int(bad.to_numpy().nonzero()[0][0]) + 1
-        raise CorpusError(f"Column {column!r} is empty in {int(bad.sum())} row(s), first at row {first}; fix or drop them.")
+        first = int(bad.to_numpy().nonzero()[0][0]) + first_row
+        raise CorpusError(f"Column {column!r} is empty in {int(bad.sum())} row(s){among}, first at row {first}; "
+                          "fix or drop them.")
     non_str = col.map(lambda v: not isinstance(v, str)).astype(bool)
     if non_str.any():
-        first = int(non_str.to_numpy().nonzero()[0][0]) + 1
+        first = int(non_str.to_numpy().nonzero()[0][0]) + first_row
         raise CorpusError(f"Column {column!r} holds non-text values (first at row {first}); choose a text column.")
     lengths = col.astype(str).str.len().to_numpy()
     too_long = lengths > max_doc_chars
     if too_long.any():
         first = int(too_long.nonzero()[0][0])
         raise CorpusError(
-            f"{int(too_long.sum())} document(s) are over the limit of {max_doc_chars:,} characters per document "
-            f"(first at row {first + 1}: {int(lengths[first]):,} characters); shorten or split them."
+            f"{int(too_long.sum())} document(s){among} are over the limit of {max_doc_chars:,} characters per document "
+            f"(first at row {first + first_row}: {int(lengths[first]):,} characters); shorten or split them."
         )
     out = df.copy()
     out[column] = col.astype(str)
@@ -323,9 +257,11 @@ def split_windows(text: str, window_chars: int) -> list[tuple[int, str]]:
     return pieces
 
 
-def split_long_documents(df: pd.DataFrame, text_column: str, window_chars: int = DEFAULT_WINDOW_CHARS) -> pd.DataFrame:
+def split_long_documents(df: pd.DataFrame, text_column: str, window_chars: int = DEFAULT_WINDOW_CHARS,
+                         first_source_doc: int = 0) -> pd.DataFrame:
     """One row per window: long documents become several rows; every row gets `source_doc` (its document's
-    0-based row in the input) and `char_offset` (where the window starts in that document)."""
+    0-based row in the input; `df` may be a chunk starting at row `first_source_doc`) and `char_offset`
+    (where the window starts in that document)."""
     clash = [c for c in WINDOW_COLUMNS if c in df.columns]
     if clash:
         raise CorpusError(f"Splitting adds the column(s) {', '.join(clash)}, which the file already has; rename them.")
@@ -339,7 +275,7 @@ def split_long_documents(df: pd.DataFrame, text_column: str, window_chars: int =
             windows.append(window)
     out = df.iloc[rows].reset_index(drop=True)
     out[text_column] = windows
-    out[WINDOW_COLUMNS[0]] = rows
+    out[WINDOW_COLUMNS[0]] = [first_source_doc + r for r in rows]
     out[WINDOW_COLUMNS[1]] = offsets
     return out
 
@@ -348,11 +284,9 @@ def prepare_documents(df: pd.DataFrame, text_column: str | None = None,
                       options: ReadOptions = ReadOptions()) -> tuple[pd.DataFrame, str]:
     """The documents to store and their text column: guessed when not given, validated under the
     per-document limit, and split into windows when `options.split_long`."""
+    from backend.streaming import prepare_chunks  # one validation path for frames and streamed chunks
+
     if not isinstance(df, pd.DataFrame):
         raise CorpusError(f"Expected a DataFrame, not {type(df).__name__}.")
-    check_columns(df)
-    column = text_column or guess_text_column(df)
-    out = validate_text_column(df, column, options.max_doc_chars)
-    if options.split_long:
-        out = split_long_documents(out, column, options.window_chars)
-    return out, column
+    column, chunks = prepare_chunks([df], text_column, options)
+    return next(chunks), column

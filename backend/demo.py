@@ -5,7 +5,7 @@ from pathlib import Path
 
 from backend.builtin_data import demo_corpus
 from backend.config import DEFAULT_SAE_DIR, DEFAULT_WORKSPACE_NAME, WORKSPACES_DIR
-from backend.feature_precompute import FinalizeProgress
+from backend.feature_precompute import FINALIZE_STEPS, FinalizeProgress
 from backend.jobs import ProgressCallback
 from backend.models import prepare_builtin
 from backend.saes import SAEError
@@ -14,10 +14,18 @@ from backend.workspace import Workspace, WorkspaceSpec
 
 DEMO_CORPUS = "movie-reviews"
 DEMO_DOCS = 2000
+# What the first launch reports after the embedding bar, in order: Workspace.finalize's steps, then the
+# document vectors. Each is reported as step_progress(step, fraction of that step) from 0 to 1.
+FIRST_LAUNCH_STEPS = (*FINALIZE_STEPS, "document vectors")
 
 
 def default_workspace_path() -> Path:
     return WORKSPACES_DIR / f"{DEFAULT_WORKSPACE_NAME}.duckdb"
+
+
+def is_demo_corpus(ws: Workspace, corpus: Corpus) -> bool:
+    """The demo corpus of the default workspace (its feature-search index is built without being asked)."""
+    return corpus.name == DEMO_CORPUS and Path(ws.path).resolve() == default_workspace_path().resolve()
 
 
 def ensure_default_sae() -> Path:
@@ -32,8 +40,9 @@ def ensure_default_workspace(progress: ProgressCallback | None = None, n_docs: i
                              step_progress: FinalizeProgress | None = None) -> Workspace:
     """Create (first launch) or resume the default workspace with its demo corpus embedded and finished.
 
-    `progress` follows the embedding; `step_progress(step, fraction)` the finishing steps after it
-    (statistics, contexts, labels, logit lens) and the document vectors."""
+    `progress` follows the embedding; `step_progress(step, fraction)` each of FIRST_LAUNCH_STEPS after it
+    (statistics, contexts, labels, logit lens, document vectors), from 0 to 1 within the step. The
+    feature-search index is not part of it: the dashboard builds it in the background (backend.jobs)."""
     prepare_builtin()
     ensure_default_sae()
     ws = Workspace.open_or_create(default_workspace_path(), WorkspaceSpec())
@@ -47,8 +56,11 @@ def ensure_default_workspace(progress: ProgressCallback | None = None, n_docs: i
 
 
 def prepare_search(ws: Workspace, corpus: "str | Corpus", step_progress: FinalizeProgress | None = None) -> None:
-    """MiniLM vectors of the documents (dense comparisons); feature vectors are built on the first search."""
+    """MiniLM vectors of the documents (dense comparisons). The feature-search vectors are built in the
+    background once the dashboard is up (backend.jobs.ensure_feature_index)."""
     from backend.doc_embeddings import build_doc_embeddings
 
     report = step_progress or (lambda step, fraction: None)
-    build_doc_embeddings(ws, corpus, progress=lambda done, total: report("document vectors", done / max(1, total)))
+    report("document vectors", 0.0)
+    build_doc_embeddings(ws, corpus, progress=lambda done, total: report("document vectors", done / total if total else 1.0))
+    report("document vectors", 1.0)

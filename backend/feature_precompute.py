@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 N_BINS = HIST_BINS
 TOP_DOCS_PER_FEATURE = TOP_DOCS  # feature_docs keeps each feature's strongest documents only (contexts use 20)
 PER_CORPUS_TABLES = ("feature_docs", "feature_stats", "feature_hist")
-FinalizeProgress = Callable[[str, float], None]  # (step name, fraction of the whole finalizing done)
+FinalizeProgress = Callable[[str, float], None]  # (step name, fraction of that step done, 0-1)
+FINALIZE_STEPS = ("statistics", "contexts", "labels", "logit lens")  # what finalize_corpus reports, in order
 
 # -- building the per-corpus tables (SQL only) ------------------------------------------------
 def build_feature_tables(store: Store, corpus_id: int, d_sae: int) -> None:
@@ -73,8 +74,10 @@ def build_feature_tables(store: Store, corpus_id: int, d_sae: int) -> None:
 
 # -- contexts, top tokens and labels (need the tokenizer) ----------------------------------------
 def collect_contexts(ws: Workspace, corpus_id: int, n_docs: int = 20, before: int = 8, after: int = 4,
-                     chunk: int = 512) -> labels_mod.ContextSet:
-    """Token at argmax and a token window around it, for each feature's top `n_docs` documents."""
+                     chunk: int = 512, progress: Callable[[float], None] | None = None) -> labels_mod.ContextSet:
+    """Token at argmax and a token window around it, for each feature's top `n_docs` documents.
+
+    `progress(fraction)` after each chunk of documents."""
     rows = ws.store.query_df(
         "SELECT feature_id, rank, doc_id, max_act, argmax_pos FROM feature_docs WHERE corpus_id = ? AND rank < ? "
         "ORDER BY doc_id, feature_id",
@@ -100,6 +103,8 @@ def collect_contexts(ws: Workspace, corpus_id: int, n_docs: int = 20, before: in
             windows[i] = [doc.ids[j] for j in counted]
             centers[i] = counted.index(pos)
             tok_ids[i] = doc.ids[pos]
+        if progress is not None:
+            progress(min(1.0, (s + len(part)) / len(uniq)))
     keep = tok_ids >= 0
     return labels_mod.ContextSet(
         feature_id=rows["feature_id"].to_numpy()[keep].astype(np.int64),
@@ -163,22 +168,30 @@ def finalize_corpus(ws: Workspace, corpus_id: int, n_top_docs: int = 20,
                     progress: FinalizeProgress | None = None) -> None:
     """Statistics, histograms, top documents per feature, top tokens, contexts, auto labels and logit lens.
 
-    Idempotent: every step replaces its own rows. `progress(step, fraction)` is called before each step."""
+    Idempotent: every step replaces its own rows. `progress(step, fraction)` follows each of FINALIZE_STEPS
+    from 0 (it starts) to 1 (it is stored), with fractions in between where a step works in parts."""
     store = ws.store
     report = progress or (lambda step, frac: None)
     report("statistics", 0.0)
     build_feature_tables(store, corpus_id, ws.d_sae)
-    report("contexts", 0.3)
+    report("statistics", 1.0)
+    report("contexts", 0.0)
     decode = labels_mod.make_decoder(ws.reader.tokenizer)
-    ctx = collect_contexts(ws, corpus_id, n_docs=n_top_docs)
+    ctx = collect_contexts(ws, corpus_id, n_docs=n_top_docs, progress=lambda f: report("contexts", 0.8 * f))
     write_top_tokens(store, corpus_id, top_tokens_frame(ctx, decode))
     write_contexts(store, corpus_id, contexts_frame(ctx, decode))
-    report("labels", 0.6)
+    report("contexts", 1.0)
+    report("labels", 0.0)
     skip = set(getattr(ws.reader.tokenizer, "all_special_ids", []) or [])
-    auto = labels_mod.auto_labels(ctx, background_token_ids(ws, corpus_id), decode, skip_ids=skip)
+    background = background_token_ids(ws, corpus_id)
+    report("labels", 0.2)
+    auto = labels_mod.auto_labels(ctx, background, decode, skip_ids=skip)
+    report("labels", 0.9)
     labels_mod.write_labels(store, auto, source="auto", corpus_id=corpus_id)
-    report("logit lens", 0.85)
-    ensure_logits(ws)
+    report("labels", 1.0)
+    report("logit lens", 0.0)
+    ensure_logits(ws, progress=lambda f: report("logit lens", 0.9 * f))
+    report("logit lens", 1.0)
     report("done", 1.0)
 
 
@@ -195,8 +208,11 @@ def logit_directions(ws: Workspace) -> tuple[Any, Any]:
     return w_dec, model.W_U.detach().float().cpu()
 
 
-def compute_logits(ws: Workspace, k: int = 20, block: int = 512) -> pd.DataFrame:
-    """Top-k promoted and suppressed tokens of every feature's decoder direction through the unembedding."""
+def compute_logits(ws: Workspace, k: int = 20, block: int = 512,
+                   progress: Callable[[float], None] | None = None) -> pd.DataFrame:
+    """Top-k promoted and suppressed tokens of every feature's decoder direction through the unembedding.
+
+    `progress(fraction)` after each block of features."""
     import torch
 
     w_dec, w_u = logit_directions(ws)
@@ -215,6 +231,8 @@ def compute_logits(ws: Workspace, k: int = 20, block: int = 512) -> pd.DataFrame
                     "token_id": idx.reshape(-1).numpy(), "value": vals.reshape(-1).numpy().astype(np.float32),
                     "kind": kind,
                 }))
+            if progress is not None:
+                progress(min(1.0, (s + block) / w_dec.shape[0]))
     df = pd.concat(parts, ignore_index=True)
     strings = {int(t): decode((int(t),)) for t in np.unique(df["token_id"])}
     df["token"] = df["token_id"].map(strings)
@@ -227,7 +245,7 @@ def write_logits(store: Store, df: pd.DataFrame) -> None:
         ["feature_id", "kind", "rank"]), where={})
 
 
-def ensure_logits(ws: Workspace, k: int = 20) -> None:
-    """Compute the logit-lens table once per workspace."""
+def ensure_logits(ws: Workspace, k: int = 20, progress: Callable[[float], None] | None = None) -> None:
+    """Compute the logit-lens table once per workspace (`progress(fraction)` while it computes)."""
     if ws.store.query_one("SELECT count(*) FROM feature_logits")[0] == 0:
-        write_logits(ws.store, compute_logits(ws, k))
+        write_logits(ws.store, compute_logits(ws, k, progress=progress))

@@ -38,7 +38,7 @@ HIST_BINS = 20
 TOP_DOCS = 20  # documents per feature kept in feature_docs (the top documents and contexts read them)
 QUANTILE_BUCKETS: tuple[tuple[float, float], ...] = ((0.75, 1.0), (0.5, 0.75), (0.25, 0.5), (0.0, 0.25))
 SORTABLE = ("specificity", "feature_id", "density", "n_docs_active", "max_act", "mean_act", "p99_act")
-NEAR_CONSTANT_DENSITY = 0.5  # the features table hides features firing in more documents than this by default
+NEAR_CONSTANT_DENSITY = 0.5  # near-constant: fires in at least this share of documents (hidden on request)
 
 
 # -- queries behind the feature pages (SQL only, no model) ------------------------------------
@@ -66,12 +66,15 @@ def _cid(ws: Workspace, corpus: Corpus) -> int:
 
 def feature_table(ws: Workspace, corpus: Corpus, min_density: float = 0.0, max_density: float = 1.0, hide_dead: bool = True,
                   sort_by: str = "density", descending: bool = True, limit: int | None = None, offset: int = 0,
-                  n_tokens: int = 5) -> pd.DataFrame:
+                  n_tokens: int = 5, hide_near_constant: bool = False,
+                  near_constant_density: float = NEAR_CONSTANT_DENSITY) -> pd.DataFrame:
     """feature_id, label, label_score, specificity, density, n_docs_active, max_act, mean_act, p99_act, top_tokens.
 
     One page, sorted. `specificity` orders informative features first: the offline label's score (how
     well the named words explain where the feature fires; 0.5 when unlabelled) × (1 − density), so
-    near-constant features sink, × min(1, active documents / 10), so one-document noise sinks too."""
+    near-constant features sink, × min(1, active documents / 10), so one-document noise sinks too.
+    hide_near_constant: leave out features firing in at least `near_constant_density` of the documents
+    (punctuation, frequent words: they say little about a document and crowd the top of the table)."""
     if sort_by not in SORTABLE:
         raise StoreError(f"Cannot sort features by {sort_by!r}; choose one of {', '.join(SORTABLE)}.")
     cid = _cid(ws, corpus)
@@ -84,6 +87,7 @@ def feature_table(ws: Workspace, corpus: Corpus, min_density: float = 0.0, max_d
                 SELECT feature_id, max(score) score FROM feature_labels WHERE corpus_id = ? AND source = 'auto'
                 GROUP BY feature_id) a USING (feature_id)
             WHERE s.corpus_id = ? AND s.density BETWEEN ? AND ? AND (NOT ? OR s.n_docs_active > 0)
+                  AND (NOT ? OR s.density < ?)
             ORDER BY {order} LIMIT ? OFFSET ?
         ), toks AS (
             SELECT feature_id, string_agg(token, ' · ' ORDER BY count DESC, mean_act DESC) top_tokens FROM (
@@ -96,7 +100,8 @@ def feature_table(ws: Workspace, corpus: Corpus, min_density: float = 0.0, max_d
                p.mean_act, p.p99_act, toks.top_tokens
         FROM page p LEFT JOIN toks USING (feature_id) LEFT JOIN lab USING (feature_id) ORDER BY {order}"""
     lim = int(limit) if limit is not None else 2**62
-    return ws.store.query_df(sql, [cid, cid, float(min_density), float(max_density), bool(hide_dead), lim, int(offset),
+    return ws.store.query_df(sql, [cid, cid, float(min_density), float(max_density), bool(hide_dead),
+                                   bool(hide_near_constant), float(near_constant_density), lim, int(offset),
                                    cid, int(n_tokens), cid])
 
 

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from backend.activations import EmbedConfig, SparseRows, embed_encoded
 from backend.engines.calibration import ensure_calibrated
-from backend.models import ReaderModel
+from backend.models import ReaderModel, model_status
 from backend.store import Corpus, Store
 
 if TYPE_CHECKING:
+    from backend.search import FeatureIndexStatus
     from backend.workspace import Workspace
 
 
@@ -32,7 +33,9 @@ class Progress:
     status: str = "running"  # running | done | failed | cancelled
     error: str | None = None
     step: str | None = None  # the finishing step under way (statistics, labels, …); None while embedding
-    step_fraction: float = 0.0  # how far the finishing steps are, 0-1
+    step_fraction: float = 0.0  # how far that step is, 0-1 (each step has its own)
+    docs_at_start: int = 0  # done before this run began (a resumed job): the rate counts this run's work only
+    note: str | None = None  # model setup under way before the first batch ("Installing the packages of …")
 
     @property
     def tokens_per_s(self) -> float:
@@ -40,9 +43,9 @@ class Progress:
 
     @property
     def eta_s(self) -> float | None:
-        if self.docs_done <= 0 or self.elapsed_s <= 0:
+        if self.docs_done - self.docs_at_start <= 0 or self.elapsed_s <= 0:
             return None
-        rate = self.docs_done / self.elapsed_s
+        rate = (self.docs_done - self.docs_at_start) / self.elapsed_s
         return (self.docs_total - self.docs_done) / rate if rate > 0 else None
 
 
@@ -73,7 +76,7 @@ def embed_corpus(
     pending = store.pending_doc_ids(info.corpus_id)
     total = info.n_docs
     done0 = total - len(pending)
-    state = Progress(info.name, done0, total, 0, 0.0)
+    state = Progress(info.name, done0, total, 0, 0.0, docs_at_start=done0)
     store.set_status(info.corpus_id, "embedding")
     t0 = time.time()
     writes: queue.Queue = queue.Queue(maxsize=2)
@@ -148,7 +151,7 @@ def embed_corpus(
 class BackgroundJob:
     """An embedding job running in a thread of this process; shared across UI sessions."""
 
-    key: tuple[str, int]
+    key: tuple[str, int, str]  # (workspace file, corpus id, kind of job)
     thread: threading.Thread
     cancel: threading.Event
     progress: Progress
@@ -160,24 +163,27 @@ class BackgroundJob:
         return self.thread.is_alive()
 
 
+EMBED_JOB, INDEX_JOB = "embed", "feature-index"  # kinds of job: one of each may run per corpus
+
+
 class JobRegistry:
-    """At most one job per (workspace file, corpus): a second request joins the running one."""
+    """At most one job of each kind per (workspace file, corpus): a second request joins the running one."""
 
     def __init__(self) -> None:
-        self._jobs: dict[tuple[str, int], BackgroundJob] = {}
+        self._jobs: dict[tuple[str, int, str], BackgroundJob] = {}
         self._lock = threading.Lock()
 
-    def get(self, workspace_path: str, corpus_id: int) -> BackgroundJob | None:
+    def get(self, workspace_path: str, corpus_id: int, kind: str = EMBED_JOB) -> BackgroundJob | None:
         with self._lock:
-            return self._jobs.get((workspace_path, corpus_id))
+            return self._jobs.get((workspace_path, corpus_id, kind))
 
     def start(self, workspace_path: str, corpus_id: int, corpus_name: str, n_docs: int,
               run: Callable[[ProgressCallback, threading.Event], Any],
-              listeners: Iterable[ProgressCallback] = ()) -> BackgroundJob:
-        """Start `run(progress_cb, cancel_event)` in a thread unless one already runs for this corpus.
+              listeners: Iterable[ProgressCallback] = (), kind: str = EMBED_JOB) -> BackgroundJob:
+        """Start `run(progress_cb, cancel_event)` in a thread unless one of this kind already runs for the corpus.
 
         `listeners` are called with every progress report of a new job (attached before it starts)."""
-        key = (workspace_path, corpus_id)
+        key = (workspace_path, corpus_id, kind)
         with self._lock:
             job = self._jobs.get(key)
             if job is not None and job.running:
@@ -199,7 +205,7 @@ class JobRegistry:
                     job.progress.status = "failed"
                     job.progress.error = job.error
 
-            job.thread = threading.Thread(target=target, name=f"embed-{corpus_name}", daemon=True)
+            job.thread = threading.Thread(target=target, name=f"{kind}-{corpus_name}", daemon=True)
             self._jobs[key] = job
             job.thread.start()
             return job
@@ -247,8 +253,10 @@ def start_embedding(ws: Workspace, corpus: Corpus, registry: JobRegistry = REGIS
     initial = Progress(corpus.name, corpus.n_embedded, corpus.n_docs, 0, 0.0)
 
     def run(progress: ProgressCallback, cancel: threading.Event) -> None:
-        _run_job(progress, initial, lambda on_embed, on_step: ws.embed(
-            corpus_id, progress=on_embed, cancel=cancel, job_cfg=job_cfg, finalize_progress=on_step))
+        # a first use may install, assemble or dequantize the reader model: minutes the job status should name
+        with model_status(lambda message: progress(replace(initial, note=message))):
+            _run_job(progress, initial, lambda on_embed, on_step: ws.embed(
+                corpus_id, progress=on_embed, cancel=cancel, job_cfg=job_cfg, finalize_progress=on_step))
 
     return registry.start(str(ws.path), corpus_id, corpus.name, corpus.n_docs, run, listeners)
 
@@ -308,7 +316,87 @@ def start_default_build(registry: JobRegistry = REGISTRY) -> BackgroundJob:
 
     initial = Progress(demo.DEMO_CORPUS, 0, demo.DEMO_DOCS, 0, 0.0)
 
+    def build(on_embed: ProgressCallback, on_step: FinishProgress) -> None:
+        ws = demo.ensure_default_workspace(on_embed, step_progress=on_step)
+        if ws is not None:
+            ws.close()  # the pages open their own (idle-released) handle; this one would keep the file held
+
     def run(progress: ProgressCallback, cancel: threading.Event) -> None:
-        _run_job(progress, initial, lambda on_embed, on_step: demo.ensure_default_workspace(on_embed, step_progress=on_step))
+        _run_job(progress, initial, build)
 
     return registry.start(str(demo.default_workspace_path()), DEFAULT_BUILD_SLOT, demo.DEMO_CORPUS, demo.DEMO_DOCS, run)
+
+
+# -- the feature-search index, built in the background once a corpus is ready ----------------------------
+INDEX_STEP = "search index"  # Progress.step of an index job; docs_done/docs_total count features
+
+
+def feature_index_job(ws: Workspace, corpus: Corpus, registry: JobRegistry = REGISTRY) -> BackgroundJob | None:
+    """The feature-search index job this server process ran or runs for the corpus (None if none)."""
+    return registry.get(str(ws.path), corpus.corpus_id, INDEX_JOB)
+
+
+def start_feature_index(ws: Workspace, corpus: Corpus, registry: JobRegistry = REGISTRY) -> BackgroundJob:
+    """Build the corpus's feature-search vectors (backend.search.build_feature_embeddings) in a background
+    thread, chunk by chunk, most useful features first; a second call while it runs returns the running job.
+    Progress counts features (docs_done of docs_total)."""
+    from backend.search import build_feature_embeddings
+
+    corpus_id, name = corpus.corpus_id, corpus.name
+
+    def run(progress: ProgressCallback, cancel: threading.Event) -> None:
+        t0 = time.time()
+        last = [Progress(name, 0, 0, 0, 0.0, step=INDEX_STEP)]
+
+        def on_index(done: int, total: int) -> None:
+            first = last[0].docs_total == 0 and last[0].docs_done == 0
+            last[0] = Progress(name, done, total, 0, time.time() - t0, step=INDEX_STEP,
+                               step_fraction=done / total if total else 1.0,
+                               docs_at_start=done if first else last[0].docs_at_start)
+            progress(last[0])
+
+        build_feature_embeddings(ws, corpus_id, progress=on_index, cancel=cancel)
+        status = "cancelled" if cancel.is_set() else "done"
+        progress(replace(last[0], status=status, elapsed_s=time.time() - t0))
+
+    return registry.start(str(ws.path), corpus_id, name, 0, run, kind=INDEX_JOB)
+
+
+def ensure_feature_index(ws: Workspace, corpus: Corpus, requested: bool = False,
+                         registry: JobRegistry = REGISTRY) -> BackgroundJob | None:
+    """Start (or resume) the background feature-search index of a ready corpus when it is not complete, and
+    return the running job; None when nothing runs.
+
+    It starts on its own for the demo corpus of the default workspace (once the dashboard is up), and for
+    any corpus whose index was started before (an interrupted build, or labels changed since); for other
+    corpora when `requested` (the user searched). A failed build waits for the next request."""
+    from backend import demo
+    from backend.search import feature_index_status
+
+    job = feature_index_job(ws, corpus, registry)
+    if job is not None and job.running:
+        return job
+    handle = ws.corpus(corpus)
+    if handle.status != "ready" or ws.needs_finalize(handle):
+        return None  # labels and contexts come from the finishing steps
+    status = feature_index_status(ws, handle)
+    if status.complete:
+        return None
+    if not requested and (job is not None and job.error or not (status.started or demo.is_demo_corpus(ws, handle))):
+        return None
+    return start_feature_index(ws, handle, registry)
+
+
+def wait_until_searchable(ws: Workspace, corpus: Corpus, timeout_s: float = 180.0,
+                          registry: JobRegistry = REGISTRY) -> "FeatureIndexStatus":
+    """Wait while this process's index job runs and nothing is indexed yet (the first chunk takes seconds);
+    returns the index status then. A search before any chunk is stored would find nothing."""
+    from backend.search import feature_index_status
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = feature_index_status(ws, corpus)
+        job = feature_index_job(ws, corpus, registry)
+        if status.n_indexed > 0 or job is None or not job.running or time.monotonic() > deadline:
+            return status
+        time.sleep(0.2)

@@ -8,7 +8,9 @@ labels always survive; the best label of a feature is hand > llm > auto (then th
 LLM labels follow the explain-then-score recipe: the LLM sees activating samples with the active
 tokens marked <<like this>> plus non-activating samples and proposes a short label; the label is
 then scored by asking the LLM to predict, for held-out activating and non-activating samples,
-whether the feature fires (score = accuracy on a balanced held-out set)."""
+whether the feature fires (score = accuracy on a balanced held-out set). The LLM is an OpenAI-compatible
+server (`LLMConfig`) or any chat function (`backend.reader_llm.reader_chat`: the reader model itself);
+`llm_label_features` does not ask again about features that already hold an LLM label for the corpus."""
 from __future__ import annotations
 
 from backend.errors import UnavailableError
@@ -24,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Union
 
 import numpy as np
 import pandas as pd
@@ -32,6 +34,7 @@ import pandas as pd
 from backend.store import Corpus, Store, StoreError
 
 if TYPE_CHECKING:
+    from backend.analysis.hypotheses import ChatFn
     from backend.workspace import Workspace
 
 Decoder = Callable[[tuple[int, ...]], str]
@@ -408,32 +411,89 @@ def _numbered(texts: list[str]) -> str:
     return "\n".join(f"Sample {i + 1}: {t}" for i, t in enumerate(texts)) or "(none)"
 
 
-def llm_label_feature(ws: Workspace, corpus: Corpus, feature_id: int, cfg: LLMConfig, n_show: int = 5, n_negative: int = 3,
-                      n_holdout: int = 4, seed: int = 0) -> dict[str, Any]:
-    """Ask the LLM for a label, then score it on held-out samples: {feature_id, label, score, accuracy, f1, n_scored}."""
+Labeller = Union["LLMConfig", "ChatFn"]  # an OpenAI-compatible server, or any chat function (the reader model)
+
+
+def as_chat(llm: Labeller) -> Callable[[list[dict[str, str]]], str]:
+    """messages -> reply text, for a server config or a ChatFn (whose reply may be a ChatReply)."""
+    if isinstance(llm, LLMConfig):
+        return lambda messages: chat(llm, messages)
+    if not callable(llm):
+        raise LLMError(f"An LLM labeller is an LLMConfig or a chat function, not {type(llm).__name__}.")
+
+    def ask(messages: list[dict[str, str]]) -> str:
+        reply = llm(messages)
+        return str(getattr(reply, "text", reply))  # a ChatReply carries token counts beside the text
+
+    return ask
+
+
+def llm_label_feature(ws: Workspace, corpus: Corpus, feature_id: int, cfg: Labeller, n_show: int = 5,
+                      n_negative: int = 3, n_holdout: int = 4, seed: int = 0) -> dict[str, Any]:
+    """Ask the LLM for a label, then score it on held-out samples: {feature_id, label, score, accuracy, f1, n_scored}.
+
+    cfg: an LLMConfig (OpenAI-compatible server) or a ChatFn (e.g. backend.reader_llm.reader_chat(ws.reader))."""
+    ask = as_chat(cfg)
     cid = ws.store.corpus_id(corpus)
     s = _samples(ws, cid, feature_id, n_show, n_negative, n_holdout, seed)
-    label = parse_label(chat(cfg, [{"role": "user", "content": LABEL_PROMPT.format(pos=_numbered(s.shown_pos), neg=_numbered(s.shown_neg))}]))
+    label = parse_label(ask([{"role": "user", "content": LABEL_PROMPT.format(pos=_numbered(s.shown_pos), neg=_numbered(s.shown_neg))}]))
     if not label:
         raise LLMError(f"The LLM gave an empty label for feature {feature_id}.")
     acc = f1 = float("nan")
     if len(s.held):
-        reply = chat(cfg, [{"role": "user", "content": SCORE_PROMPT.format(label=label, samples=_numbered(s.held))}])
+        reply = ask([{"role": "user", "content": SCORE_PROMPT.format(label=label, samples=_numbered(s.held))}])
         acc, f1 = score_predictions(parse_predictions(reply, len(s.held)), s.held_truth)
     return {"feature_id": int(feature_id), "label": label, "score": acc, "accuracy": acc, "f1": f1, "n_scored": len(s.held)}
 
 
-def llm_label_features(ws: Workspace, corpus: Corpus, feature_ids: Iterable[int], cfg: LLMConfig | None = None,
-                       **kwargs: Any) -> pd.DataFrame:
-    """LLM-label and score several features; stores them as 'llm' labels (hand labels untouched).
+LLM_RESULT_COLUMNS = ["feature_id", "label", "score", "accuracy", "f1", "n_scored", "cached"]
 
-    Returns feature_id, label, score, accuracy, f1, n_scored. Raises LLMError when no endpoint is configured."""
-    cfg = cfg or operator_llm_config()
+
+def stored_llm_labels(ws: Workspace, corpus: Corpus, feature_ids: Iterable[int]) -> dict[int, tuple[str, float]]:
+    """{feature_id: (label, score)} of the features that already hold an LLM label derived from `corpus`."""
+    return _stored_llm_labels(ws.store, ws.store.corpus_id(corpus), feature_ids)
+
+
+def _stored_llm_labels(store: Store, corpus_id: int, feature_ids: Iterable[int]) -> dict[int, tuple[str, float]]:
+    ids = [int(f) for f in feature_ids]
+    if not ids:
+        return {}
+    rows = store.query_all(
+        "SELECT feature_id, label, score FROM feature_labels WHERE source = 'llm' AND corpus_id = ? "
+        "AND feature_id IN (SELECT unnest(?::INTEGER[])) ORDER BY updated_at", [int(corpus_id), ids])
+    return {int(f): (str(lab), float("nan") if score is None else float(score)) for f, lab, score in rows}
+
+
+def llm_label_features(ws: Workspace, corpus: Corpus, feature_ids: Iterable[int], cfg: Labeller | None = None,
+                       progress: Callable[[int, int], None] | None = None, force: bool = False,
+                       **kwargs: Any) -> pd.DataFrame:
+    """LLM-label and score several features; stores each as an 'llm' label as soon as it is scored.
+
+    cfg: an LLMConfig or a ChatFn (the reader model itself, backend.reader_llm.reader_chat); None = the
+    operator's configured server. Features that already hold an LLM label for this corpus are not asked
+    again (the labels are cached in the workspace) unless `force`; they are listed with their stored label
+    and score and `cached` True. progress(done, total) is called after each feature. Hand labels are
+    untouched (and still win in best_labels). Returns LLM_RESULT_COLUMNS in the order of feature_ids
+    (duplicates dropped); kwargs (n_show, n_negative, n_holdout, seed) go to llm_label_feature.
+    Raises LLMError when no LLM is given or configured."""
+    cfg = cfg if cfg is not None else operator_llm_config()
     if cfg is None:
         raise LLMError("LLM labelling is off: set SAEDASH_LLM_BASE_URL and SAEDASH_LLM_MODEL (and SAEDASH_LLM_API_KEY), "
-                       "or name a config file in SAEDASH_LLM_CONFIG.")
+                       "or name a config file in SAEDASH_LLM_CONFIG; or pass an LLM (an LLMConfig, or "
+                       "backend.reader_llm.reader_chat(ws.reader) for an instruct reader model of 1B parameters or more).")
     cid = ws.store.corpus_id(corpus)
-    df = pd.DataFrame([llm_label_feature(ws, cid, f, cfg, **kwargs) for f in feature_ids])
-    if not df.empty:
-        write_labels(ws.store, df, source="llm", corpus_id=cid, replace_all=False)
-    return df
+    ids = list(dict.fromkeys(int(f) for f in feature_ids))
+    stored = {} if force else _stored_llm_labels(ws.store, cid, ids)
+    rows = []
+    for done, fid in enumerate(ids, start=1):
+        if fid in stored:
+            label, score = stored[fid]
+            rows.append({"feature_id": fid, "label": label, "score": score, "accuracy": score, "f1": float("nan"),
+                         "n_scored": float("nan"), "cached": True})
+        else:
+            row = llm_label_feature(ws, cid, fid, cfg, **kwargs)
+            write_labels(ws.store, pd.DataFrame([row]), source="llm", corpus_id=cid, replace_all=False)
+            rows.append({**row, "cached": False})
+        if progress is not None:
+            progress(done, len(ids))
+    return pd.DataFrame(rows, columns=LLM_RESULT_COLUMNS)

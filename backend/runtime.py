@@ -281,6 +281,12 @@ class ModelRuntime:
                 self._hf = model.to(self.device).eval()
             return self._hf
 
+    def adopt_hf(self, model: PreTrainedModel) -> None:
+        """Serve forwards with an HF model already loaded in this runtime's dtype (an embedding worker's,
+        cut after the hook's layer: backend.engines.lite) instead of loading `reader.hf_dir` again."""
+        with self._load_lock:
+            self._hf = model.eval()
+
     def loaded_hf(self) -> PreTrainedModel | None:
         """The HF model when it is already loaded (never loads it)."""
         return self._hf

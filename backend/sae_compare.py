@@ -7,10 +7,14 @@ Two views of "the same concept", because each can mislead alone:
   matrices of *one corpus in one document order* (the same corpus embedded in two workspaces). It says
   nothing about direction, and features that fire on few documents can tie.
 
-A feature-permuted copy of an SAE finds every twin at cosine 1 and Jaccard 1 (tested)."""
+A feature-permuted copy of an SAE finds every twin at cosine 1 and Jaccard 1 (tested).
+
+`compare_across_workspaces(ws_a, ws_b, feature_id, corpus_name)` is the one call behind the "Compare SAEs"
+page: two workspaces on one reader model, one SAE each, and optionally one corpus embedded in both."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -19,6 +23,9 @@ import torch
 
 from backend.analysis import as_csr, binarize
 from backend.errors import UserError
+
+if TYPE_CHECKING:
+    from backend.workspace import Workspace
 
 
 class SAECompareError(UserError):
@@ -149,3 +156,116 @@ def match_features(dec_a: np.ndarray, dec_b: np.ndarray, X_a: sp.spmatrix | None
     table = pd.DataFrame({"feature_a": np.arange(n_a), "cosine_match": cos_match, "cosine": cos_best,
                           "cofire_match": cofire_match, "jaccard": jac_best, "n_docs_a": n_docs})
     return MatchTable(table)
+
+
+# -- two workspaces: the page's and a notebook's one call ------------------------------------------------
+@dataclass(frozen=True)
+class FeatureComparison:
+    """A feature of workspace A's SAE and its nearest features in workspace B's SAE, best first.
+
+    Both tables have feature_id, cosine, jaccard, n_both, label (B's), example (a document where the B
+    feature fires most, or None); jaccard and n_both are NaN/0 without a corpus. `by_cofiring` keeps only
+    features sharing at least one document and is empty without a corpus."""
+
+    feature_id: int
+    label_a: str | None
+    corpus: str | None  # the corpus co-firing was measured on
+    n_docs_a: int  # documents of that corpus where A's feature fires (0 without a corpus)
+    by_decoder: pd.DataFrame
+    by_cofiring: pd.DataFrame
+
+
+def check_comparable(ws_a: Workspace, ws_b: Workspace) -> None:
+    """Refuse two workspaces whose SAEs read different reader models (their features cannot be compared)."""
+    from backend.saes import same_model
+
+    model_a, model_b = ws_a.settings.model, ws_b.settings.model
+    if not same_model(model_a, model_b):
+        raise SAECompareError(
+            f"The two workspaces read different models ({model_a!r} and {model_b!r}); comparing SAEs needs two "
+            "workspaces on the same reader model."
+        )
+
+
+def shared_corpora(ws_a: Workspace, ws_b: Workspace) -> list[str]:
+    """Names of the corpora embedded in both workspaces (A's order)."""
+    in_b = {c.name for c in ws_b.corpus_list() if c.n_embedded > 0}
+    return [c.name for c in ws_a.corpus_list() if c.n_embedded > 0 and c.name in in_b]
+
+
+_FINGERPRINT_SQL = "SELECT count(*), bit_xor(hash(doc_id, text)) FROM documents WHERE corpus_id = ?"
+
+
+def _check_same_documents(ws_a: Workspace, ws_b: Workspace, name: str) -> None:
+    """Co-firing compares document sets row by row: the corpus must hold the same texts in the same order in
+    both workspaces, fully embedded."""
+    for ws in (ws_a, ws_b):
+        if not ws.has_corpus(name):
+            raise SAECompareError(f"Workspace {ws.path.stem!r} has no corpus named {name!r}; add the same file to both.")
+        corpus = ws.corpus(name)
+        if corpus.n_embedded < corpus.n_docs:
+            raise SAECompareError(f"Corpus {name!r} is embedded for {corpus.n_embedded:,} of {corpus.n_docs:,} "
+                                  f"documents in workspace {ws.path.stem!r}; embed it fully first.")
+    prints = [ws.store.query_one(_FINGERPRINT_SQL, [ws.corpus(name).corpus_id]) for ws in (ws_a, ws_b)]
+    if tuple(prints[0]) != tuple(prints[1]):
+        raise SAECompareError(
+            f"Corpus {name!r} holds different documents in the two workspaces ({prints[0][0]:,} and {prints[1][0]:,}); "
+            "co-firing needs the same file added to both."
+        )
+
+
+def _examples(ws: Workspace, corpus: str | None, feature_ids: np.ndarray) -> list[str | None]:
+    if corpus is None:
+        return [None] * len(feature_ids)
+    out: list[str | None] = []
+    for fid in feature_ids:
+        top = ws.top_documents(corpus, int(fid), n=1)
+        out.append(str(top["text"].iloc[0]) if len(top) else None)
+    return out
+
+
+def _describe(ws_b: Workspace, corpus_b: str | None, table: pd.DataFrame) -> pd.DataFrame:
+    ids = table["feature_id"].to_numpy()
+    labels = ws_b.labels(corpus_b, feature_ids=[int(i) for i in ids]) if len(ids) else {}
+    table = table.copy()
+    table["label"] = [labels.get(int(i)) for i in ids]
+    table["example"] = _examples(ws_b, corpus_b, ids)
+    return table
+
+
+def compare_across_workspaces(ws_a: Workspace, ws_b: Workspace, feature_id: int, corpus_name: str | None = None,
+                              top: int = 10) -> FeatureComparison:
+    """For `feature_id` of A's SAE: B's nearest features by decoder cosine and, with `corpus_name` (one corpus
+    embedded in both workspaces), by co-firing (Jaccard of the documents each fires on), with B's labels and
+    one example document each. Refuses two reader models, a feature A's SAE lacks, or a corpus that differs."""
+    check_comparable(ws_a, ws_b)
+    feature_id = int(feature_id)
+    if not 0 <= feature_id < ws_a.d_sae:
+        raise SAECompareError(f"Feature {feature_id} is not in A's SAE (features 0 to {ws_a.d_sae - 1}).")
+    top = max(1, int(top))
+    dec_a, dec_b = decoder_directions(ws_a.sae), decoder_directions(ws_b.sae)
+    by_decoder = nearest_by_decoder(dec_a, dec_b, feature_id, top)
+    by_decoder["jaccard"], by_decoder["n_both"] = np.nan, 0
+    by_cofiring = pd.DataFrame({"feature_id": pd.Series(dtype=np.int64), "cosine": pd.Series(dtype=float),
+                                "jaccard": pd.Series(dtype=float), "n_both": pd.Series(dtype=np.int64)})
+    n_docs_a = 0
+    example_corpus = corpus_name
+    if corpus_name is not None:
+        _check_same_documents(ws_a, ws_b, corpus_name)
+        X_a, X_b = ws_a.latents(corpus_name), ws_b.latents(corpus_name)
+        n_docs_a = int(X_a[:, feature_id].count_nonzero())
+        every = nearest_by_cofiring(X_a, X_b, feature_id, top=int(X_b.shape[1])).set_index("feature_id")
+        by_decoder["jaccard"] = every.loc[by_decoder["feature_id"], "jaccard"].to_numpy()
+        by_decoder["n_both"] = every.loc[by_decoder["feature_id"], "n_both"].to_numpy()
+        near = every[every["jaccard"] > 0].head(top).reset_index()
+        near["cosine"] = (dec_b[near["feature_id"].to_numpy()] @ dec_a[feature_id]).astype(np.float64)
+        by_cofiring = near[["feature_id", "cosine", "jaccard", "n_both"]]
+    else:
+        example_corpus = next((c.name for c in ws_b.corpus_list() if c.n_embedded > 0), None)
+    label_a = ws_a.labels(corpus_name, feature_ids=[feature_id]).get(feature_id)
+    columns = ["feature_id", "cosine", "jaccard", "n_both"]
+    return FeatureComparison(
+        feature_id=feature_id, label_a=label_a, corpus=corpus_name, n_docs_a=n_docs_a,
+        by_decoder=_describe(ws_b, example_corpus, by_decoder[columns]),
+        by_cofiring=_describe(ws_b, example_corpus, by_cofiring[columns].reset_index(drop=True)),
+    )

@@ -10,13 +10,16 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from backend import config
 from backend.config import pick_device
-from backend.models import hook_layer
+from backend.models import BUILTIN_MODELS, hook_layer
+
+if TYPE_CHECKING:
+    from backend.workspace import Workspace
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 
@@ -159,16 +162,88 @@ def sae_info(sae: Any, source: str | Path) -> SAEInfo:
     )
 
 
+def model_aliases(model_name: str) -> set[str]:
+    """The names one reader model goes by: ours (`gemma-3-270m`) and its Hugging Face id (`google/gemma-3-270m`),
+    which is what SAELens release SAEs record. Compared case-insensitively."""
+    names = {str(model_name).strip().lower()}
+    for builtin in BUILTIN_MODELS.values():
+        ids = {builtin.name.lower(), builtin.official_name.lower()}
+        if names & ids:
+            names |= ids
+    return names
+
+
+def same_model(sae_model: str | None, model_name: str) -> bool:
+    """Whether an SAE recorded for `sae_model` reads `model_name` (one of its aliases; no record: yes)."""
+    return not sae_model or bool(model_aliases(sae_model) & model_aliases(model_name))
+
+
+def check_model_name(info: SAEInfo, model_name: str, allow_other_model: bool = False) -> None:
+    """Refuse an SAE whose recorded model is not `model_name` under any of its names."""
+    if not allow_other_model and not same_model(info.model_name, model_name):
+        raise SAEError(
+            f"This SAE was trained on {info.model_name!r}, not {model_name!r}; pair it with its own model."
+        )
+
+
 def check_pairing(info: SAEInfo, model_name: str, d_model: int, allow_other_model: bool = False) -> None:
     """Refuse an SAE trained on another model or with a mismatched width."""
     if info.d_in != d_model:
         raise SAEError(
             f"The SAE reads vectors of width {info.d_in} but model {model_name!r} has d_model {d_model}: they do not fit."
         )
-    if info.model_name and info.model_name != model_name and not allow_other_model:
-        raise SAEError(
-            f"This SAE was trained on {info.model_name!r}, not {model_name!r}; pair it with its own model."
-        )
+    check_model_name(info, model_name, allow_other_model)
+
+
+def resolve_sae_source(choice: str | Path) -> str:
+    """What `WorkspaceSpec.sae` takes, from a user's choice: a shipped key (`config.SHIPPED_SAES`, e.g.
+    "lexical", "semantic"), a SAELens folder, or a SAELens `release:sae_id` (needs the network)."""
+    text = str(choice or "").strip()
+    if not text:
+        raise SAEError(f"Choose an SAE: one of {', '.join(config.SHIPPED_SAES)}, a SAELens folder, or release:sae_id.")
+    shipped = config.SHIPPED_SAES.get(text)
+    if shipped is not None:
+        if not shipped.present:
+            raise SAEError(f"The shipped SAE {text!r} is missing from {shipped.folder}; restore data/ from the repository.")
+        return str(shipped.folder)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise SAEError(f"{path} is a file; an SAE is a SAELens folder (cfg.json + {WEIGHTS_FILE}).")
+        _require_sae_folder(path)
+        return str(path)
+    release, _, sae_id = text.partition(":")
+    if release and sae_id and "/" not in release and "\\" not in release:
+        return text
+    raise SAEError(
+        f"No SAE {text!r}: give a shipped SAE ({', '.join(config.SHIPPED_SAES)}), a SAELens folder that exists, "
+        "or release:sae_id from the SAELens registry."
+    )
+
+
+def workspace_sae_name(ws: Workspace) -> str:
+    """The SAE a workspace uses, in words (`sae_name` of what it was created from)."""
+    settings = ws.settings
+    return sae_name(ws.store.meta().get("sae_origin"), settings.sae_source, settings.sae_sha256)
+
+
+def sae_name(sae_origin: str | None, sae_source: str | None = None, sae_sha256: str | None = None) -> str:
+    """A workspace's SAE in words: the shipped key and folder name when it is a shipped SAE (by the folder it
+    was created from, or by its weights' hash), else the folder name or release id it was created from."""
+    for candidate in (sae_origin, sae_source):
+        shipped = config.shipped_sae_for(candidate)
+        if shipped is not None:
+            return f"{shipped.key} ({shipped.folder.name})"
+    if sae_sha256 and not sae_origin:  # a workspace from before origins were recorded: hash the shipped weights
+        for shipped in config.shipped_saes():
+            try:
+                if weights_hash(shipped.folder) == str(sae_sha256)[:16]:
+                    return f"{shipped.key} ({shipped.folder.name})"
+            except OSError:
+                continue
+    origin = str(sae_origin or sae_source or "unknown")
+    path = Path(origin)
+    return path.name if path.is_absolute() or path.exists() else origin
 
 
 def check_sae_fits_model(info: SAEInfo, n_layers: int | None, d_model: int | None, model_name: str = "the model") -> None:

@@ -17,23 +17,33 @@ import scipy.sparse as sp
 
 from backend.activations import EmbedConfig, sae_embed_texts, token_activations
 from backend.runtime import DTYPE_CHOICES, resolve_dtype_name
-from backend.config import CACHE_DIR, DEFAULT_MODEL, DEFAULT_SAE_DIR, pick_device
+from backend.config import CACHE_DIR, DEFAULT_MODEL, DEFAULT_SAE_DIR, SHIPPED_SAES, pick_device
 from backend.corpora import ReadOptions, prepare_documents, read_corpus, validate_corpus_name
 from backend.feature_precompute import FinalizeProgress
 from backend.jobs import JobConfig, Progress, ProgressCallback, embed_corpus
 from backend.models import ModelDims, ReaderModel, load_reader, model_dims
-from backend.saes import SAEError, cache_sae, check_pairing, check_sae_fits_model, load_sae, sae_info
+from backend.saes import SAEError, cache_sae, check_model_name, check_pairing, check_sae_fits_model, load_sae, sae_info
 from backend.store import Corpus, Pooling, Store, StoreError
 from backend.store.presence import DEFAULT_PRESENCE_THRESHOLD, check_threshold
 from backend.workspace_analyses import WorkspaceAnalyses
 
 if TYPE_CHECKING:
+    from typing import Callable
+
+    from backend.analysis.hypotheses import ChatFn
     from backend.engines.ray_engine import RayConfig
+    from backend.labels import LLMConfig
 
 
 DEFAULT_MAX_TOKENS = 512
 FORMATTINGS = ("raw", "chat")
 DTYPES = DTYPE_CHOICES  # "auto": bf16 on CUDA and on CPUs with native bf16, else float32 (bench/dtype_agreement.py)
+
+
+def default_dtype_name(device: str) -> str:
+    """A new workspace's dtype when its spec names none: bfloat16 on CUDA ("auto" there), float32 on CPU,
+    where bf16 is exact enough but fast only with native bf16 instructions (choose "auto" for that)."""
+    return "auto" if str(device).startswith("cuda") else "float32"
 
 
 @dataclass
@@ -44,18 +54,20 @@ class WorkspaceSpec:
     sae: str = str(DEFAULT_SAE_DIR)
     formatting: str | None = None  # None: what the SAE was trained with
     max_tokens: int = DEFAULT_MAX_TOKENS
-    dtype: str = "float32"
+    dtype: str | None = None  # None: bfloat16 on CUDA, float32 on CPU (see `default_dtype_name`)
     # A feature is stored as present in a document when its max activation reaches this fraction of the
     # feature's typical activation (backend.store.presence); 0 keeps every positive activation, exactly (raw).
     presence_threshold: float = DEFAULT_PRESENCE_THRESHOLD
 
     def __post_init__(self) -> None:
         self.presence_threshold = check_threshold(self.presence_threshold)
+        if self.sae in SHIPPED_SAES:  # a shipped key ("lexical", "semantic") names its folder
+            self.sae = str(SHIPPED_SAES[self.sae].folder)
         if self.formatting is not None and self.formatting not in FORMATTINGS:
             raise StoreError(f"Formatting must be one of {', '.join(FORMATTINGS)}, not {self.formatting!r}.")
         if not 8 <= int(self.max_tokens) <= 32768:
             raise StoreError(f"max_tokens must be between 8 and 32768, not {self.max_tokens}.")
-        if self.dtype not in DTYPES:
+        if self.dtype is not None and self.dtype not in DTYPES:
             raise StoreError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}.")
 
 
@@ -134,8 +146,8 @@ class Workspace(WorkspaceAnalyses):
         model_name = reader.name if reader is not None else spec.model
         if reader is not None:
             check_pairing(info, model_name, reader.d_model)
-        elif info.model_name and info.model_name != model_name:
-            raise SAEError(f"This SAE was trained on {info.model_name!r}, not {model_name!r}; pair it with its own model.")
+        else:
+            check_model_name(info, model_name)  # also knows a model's Hugging Face id (SAELens release SAEs)
         dims = ModelDims(reader.n_layers, reader.d_model) if reader is not None else model_dims(model_name)
         check_sae_fits_model(info, dims.n_layers if dims else None, dims.d_model if dims else None,
                              repr(model_name))  # refuses a hook, layer or width the model does not have
@@ -144,7 +156,8 @@ class Workspace(WorkspaceAnalyses):
             model=model_name, hook=info.hook_name, sae_source=info.source, sae_origin=str(spec.sae), sae_sha256=info.sha256,
             d_sae=info.d_sae, d_in=info.d_in, architecture=info.architecture,
             formatting=spec.formatting or info.formatting, max_tokens=spec.max_tokens,
-            dtype=resolve_dtype_name(spec.dtype, pick_device(device)),  # fixed at creation: resumed runs embed alike
+            dtype=resolve_dtype_name(spec.dtype or default_dtype_name(pick_device(device)), pick_device(device)),  # fixed
+            # at creation: resumed runs embed alike
             sae_report=info.report, presence_threshold=spec.presence_threshold,
         )
         return cls(store, device, reader, sae)
@@ -244,8 +257,15 @@ class Workspace(WorkspaceAnalyses):
         self, name: str, data: pd.DataFrame | str | Path | bytes | BinaryIO, text_column: str | None = None,
         file_name: str | None = None, options: ReadOptions = ReadOptions(),
     ) -> int:
-        """Validate and store a corpus from a DataFrame or a file; returns its id. Nothing is stored on error."""
+        """Validate and store a corpus from a DataFrame or a file; returns its id. Nothing is stored on error.
+
+        A file path is streamed into the store in chunks (backend.streaming), so a file larger than memory is
+        fine; bytes and file objects are read whole, under `options.max_bytes`."""
         name = validate_corpus_name(name)
+        if isinstance(data, (str, Path)):
+            from backend.streaming import add_corpus_streamed
+
+            return add_corpus_streamed(self.store, name, data, text_column, options, file_name=file_name)
         df = data if isinstance(data, pd.DataFrame) else read_corpus(data, file_name, options)
         df, column = prepare_documents(df, text_column, options)  # one per-document limit; optional windows
         source = file_name or (str(data) if isinstance(data, (str, Path)) else "dataframe")
@@ -280,7 +300,10 @@ class Workspace(WorkspaceAnalyses):
         return state
 
     def finalize(self, corpus: "str | int | Corpus", progress: FinalizeProgress | None = None) -> None:
-        """Per-corpus feature statistics and labels, once embedding is complete (idempotent, resumable)."""
+        """Per-corpus feature statistics and labels, once embedding is complete (idempotent, resumable).
+
+        `progress(step, fraction)` follows each step (feature_precompute.FINALIZE_STEPS: statistics, contexts,
+        labels, logit lens) from 0 to 1 within that step."""
         from backend.feature_precompute import finalize_corpus
 
         handle = self.corpus(corpus)
@@ -355,6 +378,19 @@ class Workspace(WorkspaceAnalyses):
         from backend.labels import labels as best_labels
 
         return best_labels(self, self.corpus(corpus) if corpus is not None else None, feature_ids)
+
+    def label_features(self, corpus: "str | int | Corpus", feature_ids: list[int], llm: LLMConfig | ChatFn | None = None,
+                       progress: Callable[[int, int], None] | None = None, force: bool = False) -> pd.DataFrame:
+        """LLM labels (explain, then score on held-out samples) for these features, stored in the workspace.
+
+        llm: an OpenAI-compatible server (`LLMConfig`), a chat function such as
+        `backend.reader_llm.reader_chat(ws.reader)` (an instruct reader model labels its own features), or
+        None for the operator's configured server (LLMError when there is none). Features already holding an
+        LLM label for this corpus are not asked again unless `force`. Hand labels still win in `labels()`.
+        Returns feature_id, label, score (held-out accuracy), accuracy, f1, n_scored, cached."""
+        from backend.labels import llm_label_features
+
+        return llm_label_features(self, self.corpus(corpus), feature_ids, llm, progress=progress, force=force)
 
     def label_revision(self) -> tuple[int, str]:
         """Changes whenever any label is written (a cache key for pages that show labels)."""

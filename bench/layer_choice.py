@@ -9,6 +9,10 @@ With --sae, SAE embeddings (max-pooled, IDF-weighted) are measured on the same d
   movie review, news headline, convention speech).
 - P@50: retrieval by a short text query per category (the query goes through the same pipeline as the
   documents); precision in the top 50, or in the top n for a category of n < 50 documents.
+- Planted diff (SAE rows): for each category c, side A = 40 documents of c + 40 others, side B = 80 other
+  documents; `diff_result` (length-controlled, as `ws.diff`) ranks the findings; the score is the share of
+  category-c documents among the A and B documents where A's top finding fires (its precision for the
+  planted topic; a finding that fires on every document scores 0.25, a perfect one 1.0).
 
     python bench/layer_choice.py [--layers 10,15,20,24,28] [--sae DIR ...] [--per-class 60]
 
@@ -119,6 +123,7 @@ class Representations:
 
     pooled: dict[int, tuple[np.ndarray, np.ndarray]]  # layer -> (mean-pooled, max-pooled) raw resid_post
     sae: list[sp.csr_matrix]  # per SAE: max-pooled SAE embeddings (documents x features)
+    lengths: np.ndarray  # counted tokens per document
 
 
 def forward_pass(reader, texts: list[str], layers: list[int], saes: list[tuple[object, int]],
@@ -158,7 +163,8 @@ def forward_pass(reader, texts: list[str], layers: list[int], saes: list[tuple[o
     for (sae, _), chunks in zip(saes, parts):
         doc, feat, mx = (np.concatenate(c) for c in zip(*chunks)) if chunks else (np.zeros(0, int),) * 3
         mats.append(sp.csr_matrix((mx, (doc, feat)), shape=(len(texts), int(sae.cfg.d_sae))))
-    return Representations(pooled, mats)
+    lengths = np.array([sum(d.count_mask) for d in docs], dtype=np.int64)
+    return Representations(pooled, mats, lengths)
 
 
 def _normalize(E: np.ndarray) -> np.ndarray:
@@ -225,6 +231,31 @@ def sae_cluster_vectors(X: sp.csr_matrix, dims: int = 100, seed: int = 0) -> np.
     return _normalize(Z)
 
 
+def planted_diff_precision(X: sp.csr_matrix, labels: np.ndarray, lengths: np.ndarray, n: int = 40,
+                           seed: int = 0) -> float:
+    """Mean over categories of the precision of side A's top finding for a topic planted in A (see above)."""
+    from backend.analysis.findings import diff_result
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for c in range(int(labels.max()) + 1):
+        pos, neg = np.flatnonzero(labels == c), rng.permutation(np.flatnonzero(labels != c))
+        m = min(n, len(pos), len(neg) // 3)
+        if m < 10:
+            continue
+        side_a = np.concatenate([rng.choice(pos, m, replace=False), neg[:m]])
+        side_b = neg[m : 3 * m]
+        result = diff_result(X[side_a], X[side_b], lengths[side_a], lengths[side_b])
+        top = next((f for f in result.findings if f.side == "a"), None)
+        rows = np.concatenate([side_a, side_b])
+        if top is None:
+            out.append(0.0)
+            continue
+        fires = np.asarray((X[rows][:, list(top.feature_ids)] > 0).sum(1)).ravel() > 0
+        out.append(float((labels[rows][fires] == c).mean()) if fires.any() else 0.0)
+    return float(np.mean(out)) if out else float("nan")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -286,7 +317,12 @@ def main(argv: list[str] | None = None) -> int:
         per = [(kmeans_ari(sae_cluster_vectors(docs.sae[i]), s.labels), precision_at(sae_scores(docs.sae[i], queries.sae[i]), s.labels))
                for s, (docs, queries) in zip(sets, reps)]
         fve = f"{info.report['fve']:.3f}" if info.report else ""
-        add(f"SAE {info.d_sae // 1024}k k={getattr(sae.cfg, 'k', '?')}", str(hook_layer(info.hook_name)), per, fve)
+        name = f"SAE {info.d_sae // 1024}k k={getattr(sae.cfg, 'k', '?')}"
+        add(name, str(hook_layer(info.hook_name)), per, fve)
+        planted = [planted_diff_precision(docs.sae[i], s.labels, docs.lengths) for s, (docs, _) in zip(sets, reps)]
+        rows[-1]["planted_diff"] = float(np.mean(planted))
+        print(f"{'':<26} {'':>5} planted diff: top finding's precision {np.mean(planted):.3f}   "
+              + "  ".join(f"{s.name} {v:.2f}" for s, v in zip(sets, planted)), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     if raw:

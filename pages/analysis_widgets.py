@@ -4,7 +4,8 @@
   corpus's cache key (widgets.cache_key) and the workspace's label revision;
 - a concept/feature picker: search by meaning, by example text, from a list, or by label phrase;
 - documents rendered with token highlights for chosen features (escaped, via widgets.highlight_html);
-- a document-set export block (metadata + feature activation columns, widgets.export_buttons).
+- a document-set export block (metadata + feature activation columns, widgets.export_buttons);
+- LLM labels on demand for the features a page shows (label_on_demand).
 
 Loaders take a `Corpus` handle (or a corpus name, resolved once). Layout and widgets only; every
 computation is a backend call."""
@@ -19,6 +20,8 @@ import scipy.sparse as sp
 import streamlit as st
 
 from backend import doc_embeddings
+from backend.errors import UserError
+from backend.labels import Labeller, stored_llm_labels
 from backend.store import Corpus
 from backend.workspace import Workspace
 from backend.feature_queries import feature_contexts
@@ -360,3 +363,68 @@ def with_evidence(ws: Workspace, corpus: Corpus, frame: pd.DataFrame, labels: di
     out.insert(pos, "label", names)
     out.insert(pos + 1, "evidence", examples)
     return out
+
+
+# -- LLM labels on demand ------------------------------------------------------------------
+LABEL_SCORE_HELP = ("Held-out accuracy: how often the LLM, given only the label, predicts correctly whether the "
+                    "feature fires in samples it has not seen (half fire, half do not; 0.5 = chance).")
+
+
+def label_on_demand(ws: Workspace, corpus: CorpusRef, feature_ids: Sequence[int], key: str,
+                    corpus_of: dict[int, CorpusRef] | None = None) -> None:
+    """A button that LLM-labels the features this page shows (`ws.label_features`, with a progress bar), and
+    the LLM label and score each of them holds. Labels are cached in the workspace: features already labelled
+    are not asked again, so a second click is instant. `corpus_of` names another corpus to label some features
+    in (e.g. the diff's side-B findings, which fire there).
+
+    The labeller is this session's LLM server, else the reader model when it can serve
+    (widgets.labelling_llm); without one the widget says why."""
+    ids = list(dict.fromkeys(int(f) for f in feature_ids))
+    if not ids:
+        return
+    groups: dict[int, tuple[Corpus, list[int]]] = {}  # corpus id -> (handle, its features)
+    for fid in ids:
+        handle = corpus_handle(ws, (corpus_of or {}).get(fid, corpus))
+        groups.setdefault(handle.corpus_id, (handle, []))[1].append(fid)
+    noun = "feature" if len(ids) == 1 else "features"
+    llm, source = widgets.labelling_llm(ws)
+    if llm is None:
+        st.caption(f"LLM labels: {md_escape(source, max_len=None)}")
+    elif st.button(f"Label these {len(ids)} {noun}", key=f"{key}_llm_label", icon=":material/smart_toy:",
+                   help=f"Asks {md_escape(source, max_len=None)} for a label of each, then scores it on held-out "
+                        "samples. Features labelled before are kept and not asked again."):
+        _label_groups(ws, list(groups.values()), llm, len(ids), f"{key}_llm_error")
+    if error := st.session_state.pop(f"{key}_llm_error", None):
+        st.error(f"LLM labelling stopped: {md_escape(error, max_len=None)} The labels written so far are kept.")
+    stored: dict[int, tuple[str, float]] = {}
+    for handle, group in groups.values():
+        stored.update(stored_llm_labels(ws, handle, group))
+    if not stored:
+        return
+    shown = [f for f in ids if f in stored]
+    table = pd.DataFrame({"feature_id": shown, "label": [stored[f][0] for f in shown],
+                          "score": [stored[f][1] for f in shown]})
+    st.caption(f"LLM labels of {len(shown)} of these {len(ids)} {noun} (kept in the workspace; a hand label still "
+               f"wins). Score: {LABEL_SCORE_HELP}")
+    st.dataframe(table, hide_index=True, width="stretch", key=f"{key}_llm_table", column_config={
+        "feature_id": st.column_config.NumberColumn("feature", format="%d"),
+        "score": st.column_config.NumberColumn("score", format="%.2f", help=LABEL_SCORE_HELP)})
+
+
+def _label_groups(ws: Workspace, groups: list[tuple[Corpus, list[int]]], llm: Labeller, total: int,
+                  error_key: str) -> None:
+    """Label each corpus's features with one progress bar over all of them; then rerun so the page's own
+    labels (findings, tables) show the new ones. A failure is kept for the next run to show."""
+    bar = st.progress(0.0, text=f"Labelling {total} features…")
+    offset = 0
+
+    def report(done: int, _total: int) -> None:
+        bar.progress((offset + done) / total, text=f"Labelled {offset + done} of {total} features")
+
+    try:
+        for handle, group in groups:
+            ws.label_features(handle, group, llm=llm, progress=report)
+            offset += len(group)
+    except UserError as exc:
+        st.session_state[error_key] = str(exc)
+    st.rerun()

@@ -25,7 +25,7 @@ from pages import widgets
 from pages.analysis_widgets import (
     with_evidence,
     corpus_labels, dense_vectors, documents, export_block, feature_name, feature_picker, latents, metadata,
-    open_feature_button, show_documents, snippet,
+    label_on_demand, open_feature_button, show_documents, snippet,
 )
 from pages.widgets import md_escape
 
@@ -191,6 +191,7 @@ def show_descriptions(ws: Workspace, corpus: Corpus, result: DocumentClusters, l
     desc = describe_table(ws, corpus, result, scope, chosen, threshold)
     column = "lead_feature" if scope == "concepts" else "feature_id"
     named: list[int] = []
+    describing: list[int] = []  # what each group carries more than the rest: the features to label
     for row in result.clusters.itertuples(index=False):
         part = with_evidence(ws, corpus, desc[desc["cluster"] == row.cluster].drop(columns="cluster"), labels, column)
         ahead = part[part["diff"] > 0]
@@ -201,7 +202,9 @@ def show_descriptions(ws: Workspace, corpus: Corpus, result: DocumentClusters, l
                    out_share=st.column_config.NumberColumn("out share", format="%.2f"),
                    diff=st.column_config.NumberColumn("in − out", format="%+.2f"), ratio=SHARE)
         named.extend(int(f) for f in part[column])
+        describing.extend(int(f) for f in ahead[column])
     st.caption("in share: documents of the group that carry it; out share: documents outside the group that do.")
+    label_on_demand(ws, corpus, describing, key="clu_describing")
     return named
 
 

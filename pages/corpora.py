@@ -1,4 +1,5 @@
-"""Corpora: upload a file, preview it, pick the text column, embed with live progress; finish, rename, delete.
+"""Corpora: upload a file, preview it, pick the text column, embed with live progress; finish, rename, delete;
+create a new workspace (reader model, SAE, formatting) and switch to it.
 
 Layout and widgets only: reading and validating files is backend.corpora, jobs and their resume policy are
 backend.jobs (jobs follow a corpus by id, so renaming it while it embeds is harmless)."""
@@ -10,11 +11,14 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from backend.config import DEFAULT_MODEL, shipped_saes, workspace_file
 from backend.corpora import FORMATS, CorpusError, ReadOptions, guess_text_column, read_corpus, validate_text_column
 from backend.errors import UserError
 from backend.jobs import next_action, resume_interrupted, start_embedding, start_finishing
+from backend.models import BUILTIN_MODELS
+from backend.saes import resolve_sae_source, sae_name, workspace_sae_name
 from backend.store import Corpus
-from backend.workspace import Workspace
+from backend.workspace import FORMATTINGS, Workspace, WorkspaceSpec
 from pages import widgets
 from pages.widgets import md_escape
 
@@ -137,14 +141,89 @@ def manage_section(ws: Workspace) -> None:
             st.rerun()
 
 
+def workspace_line(ws: Workspace) -> str:
+    """The open workspace in one line: its reader model and the SAE it uses (by name), hook and size."""
+    settings = ws.settings
+    sae = workspace_sae_name(ws)
+    fve = (settings.sae_report or {}).get("fve")
+    quality = f" · held-out FVE {float(fve):.3f}" if fve is not None else ""
+    return (f"Workspace **{md_escape(ws.path.stem)}** · reader model {md_escape(settings.model)} · "
+            f"SAE **{md_escape(sae)}** at {md_escape(settings.hook)} · {settings.d_sae:,} features{quality}")
+
+
+CUSTOM_SAE, OTHER_MODEL, SAE_FORMATTING = "__custom__", "__other__", "__sae__"
+NEW_WS_FLASH = "new_workspace_created"
+SIDEBAR_PICKERS = ("_ws_pick", "_corpus_pick")  # widgets.sidebar's widget keys
+
+
+def model_choice(name: str) -> str:
+    if name == OTHER_MODEL:
+        return "Another model: a local Hugging Face folder"
+    spec = BUILTIN_MODELS[name]
+    size = f" (~{spec.install_mb} MB)" if spec.install_mb else ""
+    first_use = f", its packages{size} installed on first use" if spec.requirements_file else ""
+    default = " (default)" if name == DEFAULT_MODEL else ""
+    return f"{name}{default}: {spec.official_name}{first_use}"
+
+
+def new_workspace_section(current: Workspace | None) -> None:
+    """A form that creates a workspace in the workspace folder (model, SAE, formatting) and opens it."""
+    with st.expander("New workspace", icon=":material/add_box:", expanded=current is None):
+        st.caption("A workspace holds one reader model and one SAE; every corpus added to it is read by both. "
+                   "Pick the SAE for the questions you will ask.")
+        name = st.text_input("Workspace name", key="new_ws_name", placeholder="topics")
+        models = [DEFAULT_MODEL, *[m for m in BUILTIN_MODELS if m != DEFAULT_MODEL], OTHER_MODEL]
+        model_pick = st.selectbox("Reader model", models, key="new_ws_model", format_func=model_choice)
+        model_dir = st.text_input("Model folder", key="new_ws_model_dir") if model_pick == OTHER_MODEL else ""
+        shipped = {entry.key: entry for entry in shipped_saes()}
+        sae_pick = st.selectbox("SAE", [*shipped, CUSTOM_SAE], key="new_ws_sae", format_func=lambda k: (
+            shipped[k].describe() if k in shipped else "Another SAE: a SAELens folder or release:sae_id"))
+        custom = st.text_input("SAE folder or release:sae_id", key="new_ws_sae_custom",
+                               placeholder="gemma-scope-2-270m-pt-res:layer_12_width_16k_l0_medium") if sae_pick == CUSTOM_SAE else ""
+        formatting = st.selectbox("Document formatting", [SAE_FORMATTING, *FORMATTINGS], key="new_ws_formatting",
+                                  format_func=lambda f: "as the SAE was trained" if f == SAE_FORMATTING else f)
+        if st.button("Create workspace", type="primary", icon=":material/add_box:", key="new_ws_create"):
+            model = model_dir.strip() if model_pick == OTHER_MODEL else model_pick
+            create_workspace(name, model, custom if sae_pick == CUSTOM_SAE else sae_pick,
+                             None if formatting == SAE_FORMATTING else formatting)
+
+
+def create_workspace(name: str, model: str, sae_choice: str, formatting: str | None) -> None:
+    """Create it through the Workspace API, then make it this session's workspace; a refusal is a message."""
+    try:
+        path = workspace_file(widgets.workspace_dir(), name)
+        if model not in BUILTIN_MODELS and not (Path(model) / "config.json").is_file():
+            raise UserError(f"{model or 'The model folder'!r} is not a Hugging Face model folder (no config.json there).")
+        sae = resolve_sae_source(sae_choice)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with st.spinner("Creating the workspace…"):
+            Workspace.create(path, WorkspaceSpec(model=model, sae=sae, formatting=formatting)).close()
+    except UserError as exc:
+        st.error(f"{md_escape(exc, max_len=None)} No workspace was created.", icon=":material/error:")
+        return
+    st.session_state[widgets.WS_KEY] = str(path)
+    st.session_state.pop(widgets.CORPUS_KEY, None)
+    st.session_state[NEW_WS_FLASH] = f"Created workspace **{md_escape(path.stem)}** with SAE **{md_escape(sae_name(sae))}**; add a corpus to it below."
+    st.query_params["ws"] = path.stem
+    st.query_params.pop("corpus", None)
+    for picker in SIDEBAR_PICKERS:  # the sidebar's pickers keep their last choice; forget it, so they follow
+        st.session_state.pop(picker, None)
+    st.rerun()
+
+
 st.title("Corpora")
+if NEW_WS_FLASH in st.session_state:
+    st.success(st.session_state.pop(NEW_WS_FLASH), icon=":material/check_circle:")
 workspace = widgets.current_workspace()
 if workspace is None:
-    st.info("No workspace is open. Go to **Home** to build the default workspace.")
+    st.info("No workspace is open. Go to **Home** to build the default workspace, or create one below.")
+    new_workspace_section(None)
     st.stop()
+st.caption(workspace_line(workspace))
 resume_interrupted(workspace)  # work a previous server process left unfinished (jobs survive closed tabs, not restarts)
 upload_section(workspace)
 st.subheader("Corpora in this workspace")
 corpus_list(workspace)
 with st.expander("Rename or delete a corpus"):
     manage_section(workspace)
+new_workspace_section(workspace)

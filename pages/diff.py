@@ -153,7 +153,15 @@ def findings_section(ws: Workspace, res: DiffResult, sides: Sides, include_confo
             st.markdown(finding_line(finding, sides))
             finding_examples(ws, res, sides, finding, key=f"diff_finding_{i}")
     st.caption("Each finding groups features that fire on the same documents; its label is its strongest feature's.")
+    label_findings(ws, summary, sides)
     widgets.export_buttons(res.to_frame(sides.name_a, sides.name_b), key="diff_findings_export", stem="diff_findings")
+
+
+def label_findings(ws: Workspace, summary: list[Finding], sides: Sides) -> None:
+    """LLM labels for the findings' lead features, each labelled in the corpus of the side where it is more common."""
+    leads = [f.lead for f in summary]
+    corpus_of = {f.lead: sides.b for f in summary if f.side == "b" and sides.b is not None}
+    analysis_ui.label_on_demand(ws, sides.a, leads, key="diff_findings", corpus_of=corpus_of)
 
 
 def finding_examples(ws: Workspace, res: DiffResult, sides: Sides, finding: Finding, key: str) -> None:

@@ -14,25 +14,27 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from backend import feature_queries
-from backend.labels import (
-    LLMConfig, LLMError, llm_label_features, operator_llm_config, session_llm_config, set_hand_label,
-)
-from backend.search import SearchModelMissing, build_feature_embeddings, search_features
+from backend.errors import UserError
+from backend.labels import LLMConfig, LLMError, operator_llm_config, session_llm_config, set_hand_label
+from backend.jobs import wait_until_searchable
+from backend.search import SearchModelMissing, search_features
 from backend.store import Corpus, StoreError
 from backend.workspace import Workspace
-from pages import widgets
+from pages import search_widgets, widgets
 from pages.widgets import CacheKey, md_escape
 
 FLASH_KEY = "_features_flash"
-LLM_SESSION_KEY = "llm_session"  # this session's LLM settings: {base_url, model, api_key}; never in os.environ
+LLM_SESSION_KEY = widgets.LLM_SESSION_KEY  # this session's LLM settings: {base_url, model, api_key}; never in os.environ
+NEAR_CONSTANT_PERCENT = f"{100 * feature_queries.NEAR_CONSTANT_DENSITY:g}%"
 ORANGE, GREY = "#e67e22", "#95a5a6"
 
 
 # -- cached backend calls (the workspace and handle are not hashed; the cache key and label revision are) ----
 @st.cache_data(show_spinner=False, max_entries=64)
 def load_table(_ws: Workspace, _corpus: Corpus, key: CacheKey, label_revision: tuple, min_d: float, max_d: float,
-               hide_dead: bool, sort_by: str, desc: bool) -> pd.DataFrame:
-    return feature_queries.feature_table(_ws, _corpus, min_d, max_d, hide_dead, sort_by, desc)
+               hide_dead: bool, sort_by: str, desc: bool, hide_near_constant: bool) -> pd.DataFrame:
+    return feature_queries.feature_table(_ws, _corpus, min_d, max_d, hide_dead, sort_by, desc,
+                                         hide_near_constant=hide_near_constant)
 
 
 @st.cache_data(show_spinner="Loading the feature…", max_entries=256)
@@ -44,11 +46,6 @@ def load_detail(_ws: Workspace, _corpus: Corpus, key: CacheKey, label_revision: 
 def doc_activations(_ws: Workspace, _corpus: Corpus, key: CacheKey, doc_id: int, fid: int) -> tuple[list[str], np.ndarray, list[bool]]:
     ta = _ws.token_activations(_corpus, int(doc_id), int(fid))
     return list(ta.tokens), np.asarray(ta.acts, dtype=np.float32)[:, 0], list(ta.count_mask)
-
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def search_meaning(_ws: Workspace, _corpus: Corpus, key: CacheKey, label_revision: tuple, query: str, top: int) -> pd.DataFrame:
-    return search_features(_ws, _corpus, query, top)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -119,21 +116,35 @@ def browse_tab(ws: Workspace, corpus: Corpus) -> None:
     dens = c1.slider("Density (share of documents where the feature fires)", 0.0, 1.0, (0.0, 1.0), step=0.001,
                      format="%.3f", key="density_range")
     sortable = list(feature_queries.SORTABLE)
-    sort_by = c2.selectbox("Sort by", sortable, index=sortable.index("density"), key="sort_by")
+    sort_by = c2.selectbox("Sort by", sortable, index=sortable.index("specificity"), key="sort_by",
+                           help="specificity: informative features first (a well-explained label, firing in some "
+                                "documents but not almost all of them); near-constant and one-document features sink.")
     desc = c3.toggle("Descending", value=True, key="sort_desc")
     hide_dead = c4.toggle("Hide dead", value=True, key="hide_dead", help="Dead features never fire on this corpus.")
-    text_filter = st.text_input("Filter by label or top token", key="table_filter", placeholder="e.g. movie")
+    t1, t2 = st.columns([3, 2])
+    text_filter = t1.text_input("Filter by label or top token", key="table_filter", placeholder="e.g. movie")
+    show_constant = t2.toggle(f"Show near-constant features (fire in ≥ {NEAR_CONSTANT_PERCENT} of documents)",
+                              value=False, key="show_near_constant",
+                              help="They fire on punctuation or frequent words in most documents and say little "
+                                   "about any one document.")
     table = load_table(ws, corpus, widgets.cache_key(ws, corpus), ws.label_revision(), dens[0], dens[1], hide_dead,
-                       sort_by, desc)
+                       sort_by, desc, not show_constant)
     if text_filter.strip():
         needle = text_filter.strip().lower()
         hay = table["label"].fillna("").str.lower() + " " + table["top_tokens"].fillna("").str.lower()
         table = table[hay.str.contains(needle, regex=False)].reset_index(drop=True)
-    st.caption(f"{len(table):,} of {ws.d_sae:,} features. Select a row to open the feature.")
+    hidden = "" if show_constant else f" (near-constant features, in ≥ {NEAR_CONSTANT_PERCENT} of documents, hidden)"
+    st.caption(f"{len(table):,} of {ws.d_sae:,} features{hidden}. Select a row to open the feature.")
     pick_table(
-        table[["feature_id", "label", "density", "n_docs_active", "max_act", "mean_act", "top_tokens"]], "feature_table",
+        table[["feature_id", "label", "label_score", "specificity", "density", "n_docs_active", "max_act", "mean_act",
+               "top_tokens"]], "feature_table",
         height=420,
         column_config={
+            "label_score": st.column_config.NumberColumn(
+                "label score", format="%.2f",
+                help="How well the label explains where the feature fires: for automatic labels, the share of its top "
+                     "contexts the named words cover; for LLM labels, held-out accuracy (0.5 = chance)."),
+            "specificity": st.column_config.NumberColumn("specificity", format="%.3f"),
             "density": st.column_config.NumberColumn("density", format="%.4f"),
             "n_docs_active": st.column_config.NumberColumn("documents"),
             "max_act": st.column_config.NumberColumn("max act", format="%.3f"),
@@ -152,20 +163,18 @@ def meaning_tab(ws: Workspace, corpus: Corpus) -> None:
     with st.form("meaning_form", border=False):
         query = st.text_input("Describe a concept", key="meaning_query", placeholder="e.g. python code, negative reviews")
         st.form_submit_button("Search", icon=":material/search:")
+    job = search_widgets.index_job(ws, corpus, requested=bool(query.strip()))  # builds in the background
     if not query.strip():
         return
-    key, revision = widgets.cache_key(ws, corpus), ws.label_revision()
     try:
-        if st.session_state.get("_search_built") != (key, revision):
-            with st.spinner("Building the feature embeddings for search (first search on this corpus; "
-                            "this embeds every feature's label and top contexts once)…"):
-                build_feature_embeddings(ws, corpus)
-            st.session_state["_search_built"] = (key, revision)
+        with st.spinner("Indexing the first features for search…"):
+            status = wait_until_searchable(ws, corpus)  # seconds, and only before the first chunk is stored
         with st.spinner("Searching…"):
-            hits = search_meaning(ws, corpus, key, revision, query.strip(), 20)
+            hits = search_features(ws, corpus, query.strip(), 20, complete=False)  # the part indexed so far
     except SearchModelMissing as exc:
         st.error(md_escape(exc, max_len=None))
         return
+    search_widgets.coverage_notice(status, job)
     st.caption("Closest features by label and top contexts (cosine similarity). Select a row to open one.")
     pick_table(hits[["feature_id", "label", "score", "score_label", "score_contexts"]], "meaning_hits",
                column_config={c: st.column_config.NumberColumn(format="%.3f")
@@ -201,14 +210,7 @@ def example_tab(ws: Workspace, corpus: Corpus) -> None:
 
 
 # -- labels ---------------------------------------------------------------------------------------
-def session_llm() -> LLMConfig | None:
-    """The LLM endpoint this session uses: the operator's, with this session's settings (key bound to its URL)."""
-    entered = st.session_state.get(LLM_SESSION_KEY)
-    try:
-        return session_llm_config(operator_llm_config(), **entered) if entered else operator_llm_config()
-    except LLMError as exc:
-        st.warning(md_escape(exc, max_len=None))
-        return None
+session_llm = widgets.session_llm  # the endpoint this session uses (the operator's, with this session's settings)
 
 
 def labels_panel(ws: Workspace, corpus: Corpus, detail: feature_queries.FeatureDetail) -> None:
@@ -224,13 +226,15 @@ def labels_panel(ws: Workspace, corpus: Corpus, detail: feature_queries.FeatureD
         if st.form_submit_button("Save hand label", icon=":material/save:"):
             set_hand_label(ws, fid, new)
             label_changed(f"Saved the hand label of feature #{fid}." if new.strip() else f"Removed the hand label of feature #{fid}.")
-    cfg = session_llm()
-    if cfg is not None and st.button("Label with an LLM", key=f"llm_label_{fid}", icon=":material/smart_toy:",
-                                     help=f"Asks {md_escape(cfg.model)} for a label, then scores it on held-out samples."):
+    llm, source = widgets.labelling_llm(ws)  # this session's server, else the reader model when it can serve
+    if llm is None:
+        st.caption(f"LLM labels: {md_escape(source, max_len=None)}")
+    elif st.button("Label with an LLM", key=f"llm_label_{fid}", icon=":material/smart_toy:",
+                   help=f"Asks {md_escape(source, max_len=None)} for a label, then scores it on held-out samples."):
         try:
-            with st.spinner(f"Asking {md_escape(cfg.model)}…"):
-                out = llm_label_features(ws, corpus, [fid], cfg)
-        except LLMError as exc:
+            with st.spinner(f"Asking {md_escape(source, max_len=None)}…"):
+                out = ws.label_features(corpus, [fid], llm=llm, force=True)  # asked for: label again
+        except UserError as exc:
             st.error(f"LLM labelling failed: {md_escape(exc, max_len=None)}")
         else:
             label_changed(f"LLM label of feature #{fid} saved (held-out accuracy {float(out['score'].iloc[0]):.2f}).")

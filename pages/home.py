@@ -1,13 +1,18 @@
 """Home: what this workspace holds and what to do next; builds the default workspace on first launch.
 
 Layout and widgets only: the first-launch build is a backend.jobs job (embedding, then the finishing
-steps: statistics, labels, logit lens, document vectors), shown with its progress."""
+steps: statistics, contexts, labels, logit lens, document vectors), each shown with its own progress, also
+after a browser reload while it runs (jobs live in the server process). Once the default workspace is
+ready, its feature-search index is built in the background (backend.jobs.ensure_feature_index)."""
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from backend.jobs import default_build_job, start_default_build
+from backend.demo import FIRST_LAUNCH_STEPS, default_workspace_path
+from backend.jobs import BackgroundJob, default_build_job, ensure_feature_index, start_default_build
+from backend.saes import workspace_sae_name
+from backend.search import feature_index_status
 from backend.workspace import Workspace
 from pages import widgets
 from pages.widgets import md_escape
@@ -21,14 +26,40 @@ NEXT_STEPS = (
 )
 
 
+def build_steps(job: BackgroundJob) -> None:
+    """The embedding bar, then one line per first-launch step: done, under way (its own bar) or waiting."""
+    p = job.progress
+    if p.step is None:
+        widgets.job_status(job)
+    else:
+        st.progress(1.0, text=f"{md_escape(p.corpus)}: {p.docs_total:,}/{p.docs_total:,} documents embedded")
+    current = FIRST_LAUNCH_STEPS.index(p.step) if p.step in FIRST_LAUNCH_STEPS else (-1 if p.step is None else None)
+    for i, step in enumerate(FIRST_LAUNCH_STEPS):
+        if current is None and step == FIRST_LAUNCH_STEPS[0]:  # a step this list does not name: show it first
+            st.progress(min(1.0, max(0.0, p.step_fraction)), text=f"{md_escape(p.step)} · {p.step_fraction:.0%}")
+        if current is not None and i < current or p.status == "done":
+            st.markdown(f":material/check_circle: {step}")
+        elif i == current and p.status == "running":
+            st.progress(min(1.0, max(0.0, p.step_fraction)), text=f"{step} · {p.step_fraction:.0%}")
+        else:
+            st.caption(f":material/schedule: {step}")
+    if job.error:
+        st.error(f"The build failed: {md_escape(job.error, max_len=None)}")
+
+
 @st.fragment(run_every=1.0)
 def build_progress() -> None:
-    """The first-launch build: embedding progress, then each finishing step; opens the workspace when done."""
+    """The first-launch build: embedding progress, then each step; opens the workspace when done."""
     job = default_build_job()
-    widgets.job_status(job)
-    if job is not None and not job.running and not job.error:
+    if job is None:
+        return
+    build_steps(job)
+    if not job.running and not job.error:
         st.success("The default workspace is ready.")
-        st.rerun()
+        if st.session_state.get("_build_opened") != id(job):  # once: a page that still finds no workspace must not loop
+            st.session_state["_build_opened"] = id(job)
+            st.session_state[widgets.WS_KEY] = str(default_workspace_path())
+            st.rerun()
 
 
 def first_launch() -> None:
@@ -45,6 +76,18 @@ def first_launch() -> None:
         build_progress()
 
 
+def search_index_note(ws: Workspace) -> None:
+    """The default workspace's feature-search index builds in the background once the dashboard is up (and an
+    interrupted index resumes); say how far it is."""
+    for corpus in ws.corpus_list():
+        job = ensure_feature_index(ws, corpus)  # starts only for the demo corpus, or to resume a started index
+        if job is not None and job.running:
+            status = feature_index_status(ws, corpus)
+            sofar = f"{status.n_searched:,} of {status.n_features:,} features indexed so far" if status.started else "starting"
+            st.caption(f":material/manage_search: Search by meaning on **{md_escape(corpus.name)}**: {sofar}, in "
+                       "the background (a search covers the indexed features meanwhile).")
+
+
 def workspace_summary(ws: Workspace) -> None:
     settings = ws.settings
     st.subheader("Workspace")
@@ -54,6 +97,8 @@ def workspace_summary(ws: Workspace) -> None:
     c3.metric("SAE features", f"{settings.d_sae:,}")
     report = settings.sae_report or {}
     c4.metric("SAE held-out FVE", f"{report['fve']:.3f}" if report.get("fve") is not None else "n/a")
+    st.caption(f"SAE: **{md_escape(workspace_sae_name(ws), max_len=None)}** (pick another when creating a workspace "
+               "on the Corpora page; `python -m backend saes` lists the shipped ones).")
     if report:
         st.caption(
             f"SAE ({md_escape(settings.architecture)}): L0 {report.get('l0', float('nan')):.1f} active features per "
@@ -92,10 +137,12 @@ st.caption(
     "concepts, find correlations, retrieve by property, steer the model."
 )
 workspace = widgets.current_workspace()
-if workspace is None:
+build = default_build_job()
+if workspace is None or build is not None and build.running:  # a reload while it builds still shows the steps
     first_launch()
     st.stop()
 workspace_summary(workspace)
+search_index_note(workspace)
 corpora_summary(workspace)
 st.subheader("What next")
 st.markdown(NEXT_STEPS)

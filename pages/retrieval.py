@@ -18,7 +18,7 @@ from pages import widgets
 from pages.analysis_widgets import (
     with_evidence,
     corpus_labels, dense_vectors, documents, export_block, feature_name, feature_picker, latents,
-    open_feature_button, show_documents, snippet,
+    label_on_demand, open_feature_button, show_documents, snippet,
 )
 from pages.widgets import md_escape
 
@@ -26,6 +26,7 @@ POOLINGS = {"max": "max activation", "mean": "mean activation per token", "count
 WEIGHTINGS = {"idf": "IDF-weighted (rare features count more)", "none": "None (plain cosine)"}
 AUTO_DENSE_MAX = 2000  # corpora up to this size get MiniLM embeddings without asking
 N_HIGHLIGHT = 5  # the query's heaviest features shaded in the SAE results
+N_LABEL = 10  # the query's heaviest features offered for LLM labelling
 
 
 # -- cached workspace calls (the workspace and handle are not hashed; the cache key is) --------------
@@ -125,6 +126,7 @@ def query_weights_block(ws: Workspace, corpus: Corpus, weights: pd.DataFrame, we
                query_act=st.column_config.NumberColumn("query act", format="%.3f"),
                doc_freq=st.column_config.NumberColumn("doc freq"),
                idf=st.column_config.NumberColumn(format="%.2f"), weight=st.column_config.NumberColumn(format="%.3f"))
+    label_on_demand(ws, corpus, [int(f) for f in weights["feature_id"].head(N_LABEL)], key="ret_query")
 
 
 def sae_results(ws: Workspace, corpus: Corpus, ranking: pd.DataFrame, weights: pd.DataFrame, weighting: str,

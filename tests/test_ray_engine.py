@@ -9,6 +9,7 @@ import textwrap
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 ray = pytest.importorskip("ray")
 
@@ -162,3 +163,44 @@ def test_ray_engine_killed_then_resumed_loses_and_duplicates_nothing(tmp_path, l
     assert len(ws.store.query_df("SELECT doc_id FROM doc_status")) == 60
     print(f"killed after {n_done} documents with {len(left_over)} shard(s) written but not ingested")
     ws.close()
+
+
+LITE_ACTOR = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    from backend.activations import EmbedConfig
+    from backend.engines.ray_engine import EmbedActor
+    t0 = time.perf_counter()
+    actor = EmbedActor(sys.argv[1], sys.argv[2], sys.argv[3], {"max_tokens": 64}, "float32", 1, sys.argv[4])
+    heavy = sorted(m for m in ("sae_lens", "transformer_lens") if m in sys.modules)
+    print(len(actor.reader.model.model.layers), type(actor.sae).__name__, ",".join(heavy) or "-")
+""")
+
+
+def test_an_actor_loads_only_the_hf_layers_up_to_the_hook_and_the_saes_encoder(tmp_path, tiny_model_dir, tiny_reader,
+                                                                                tiny_sae, tiny_sae_dir, tiny_docs):
+    """Actor setup without TransformerLens or sae_lens (what took ~20 s of an actor's start), same rows."""
+    from backend.activations import EmbedConfig, sae_embed_texts
+    from backend.engines.lite import load_embedding_sae, load_truncated_reader
+    from backend.models import hook_layer
+    from backend.runtime import residuals
+    from tests.tiny import HOOK
+
+    proc = subprocess.run([sys.executable, "-c", LITE_ACTOR, str(tiny_model_dir), str(tiny_sae_dir), HOOK, str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    n_layers, sae_type, heavy = proc.stdout.split()
+    assert int(n_layers) == hook_layer(HOOK) + 1 and sae_type == "TopKEncoder" and heavy == "-"
+    dtype = str(tiny_reader.model.cfg.dtype).split(".")[-1]
+    early = load_truncated_reader(str(tiny_model_dir), "blocks.0.hook_resid_post", dtype=dtype)
+    assert len(early.model.model.layers) == 1 < tiny_reader.n_layers  # the layers after the hook's are gone
+    ids = torch.tensor([tiny_reader.encode_documents(["the movie was great"])[0].ids])
+    assert torch.equal(residuals(early, ids, "blocks.0.hook_resid_post"), residuals(tiny_reader, ids, "blocks.0.hook_resid_post"))
+    reader = load_truncated_reader(str(tiny_model_dir), HOOK, dtype=dtype)
+    encoder = load_embedding_sae(str(tiny_sae_dir))
+    texts, cfg = tiny_docs["text"].tolist(), EmbedConfig(batch_tokens=40, encode_chunk=7)
+    want = sae_embed_texts(tiny_reader, tiny_sae, HOOK, texts, cfg)
+    got = sae_embed_texts(reader, encoder, HOOK, texts, cfg)
+    for name in ("doc", "feature", "argmax_pos", "n_active", "n_tokens"):
+        assert np.array_equal(getattr(got, name), getattr(want, name)), name
+    assert np.allclose(got.max_act, want.max_act, atol=1e-6) and np.allclose(got.sum_act, want.sum_act, atol=1e-5)

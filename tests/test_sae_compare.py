@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
 
 from backend.sae_compare import (
     SAECompareError,
+    compare_across_workspaces,
     compare_feature,
     decoder_directions,
     match_features,
@@ -30,6 +32,23 @@ def permuted(sae, perm: np.ndarray):
         twin.b_enc.copy_(sae.b_enc[p])
         twin.b_dec.copy_(sae.b_dec)
     return twin
+
+
+def twin_workspaces(folder, reader, sae, perm: np.ndarray, docs: pd.DataFrame):
+    """Workspaces A (the SAE) and B (its feature-permuted copy) on one reader, corpus 'c' embedded in both."""
+    from backend.workspace import Workspace, WorkspaceSpec
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, this_sae in (("a", sae), ("b", permuted(sae, perm))):
+        this_sae.save_model(folder / f"sae_{name}")
+        ws = Workspace.create(folder / f"{name}.duckdb", WorkspaceSpec(model=reader.name, sae=str(folder / f"sae_{name}"),
+                                                                       presence_threshold=0.0),
+                              device="cpu", reader=reader, sae=this_sae)
+        ws.add_corpus("c", docs, "text")
+        ws.embed("c")
+        out.append(ws)
+    return out
 
 
 def embed(reader, sae, texts: list[str]) -> sp.csr_matrix:
@@ -123,3 +142,70 @@ def test_shipped_saes_match_their_registry_entries():
         report = json.loads((entry.folder / "training_report.json").read_text())["report"]
         assert report == cfg["metadata"]["saedash_report"]
     assert set(SHIPPED_SAES) >= {s.key for s in present}
+
+
+def test_workspace_comparison_finds_every_twin_first(tiny_reader, tiny_sae, corpus, tmp_path):
+    perm = np.random.default_rng(2).permutation(tiny_sae.cfg.d_sae)
+    twin_of = np.argsort(perm)
+    ws_a, ws_b = twin_workspaces(tmp_path, tiny_reader, tiny_sae, perm, pd.DataFrame({"text": corpus}))
+    try:
+        B_a = ws_a.latents("c").tocsc()
+        doc_sets = [tuple(B_a[:, f].nonzero()[0]) for f in range(ws_a.d_sae)]
+        firing = [f for f in range(ws_a.d_sae) if doc_sets[f]]
+        assert len(firing) >= 16
+        labels_b = ws_b.labels("c")
+        for f in range(ws_a.d_sae):
+            result = compare_across_workspaces(ws_a, ws_b, f, corpus_name="c", top=5)
+            first = result.by_decoder.iloc[0]
+            assert first["feature_id"] == twin_of[f] and first["cosine"] == pytest.approx(1.0, abs=1e-5)
+            assert result.by_decoder["cosine"].iloc[1] < 0.99  # the twin alone, not a near-duplicate
+            label = first["label"] if isinstance(first["label"], str) else None
+            assert label == labels_b.get(int(twin_of[f]))  # B's label of the twin
+            assert result.n_docs_a == len(doc_sets[f])
+            if not doc_sets[f]:
+                assert result.by_cofiring.empty  # no shared document: no co-firing neighbour
+                continue
+            assert first["jaccard"] == pytest.approx(1.0) and first["n_both"] == len(doc_sets[f])
+            top_cofire = result.by_cofiring.iloc[0]
+            assert top_cofire["jaccard"] == pytest.approx(1.0)
+            if doc_sets.count(doc_sets[f]) == 1:  # a document set of its own: the twin is first, uniquely
+                assert top_cofire["feature_id"] == twin_of[f]
+                assert result.by_cofiring["jaccard"].iloc[1:].max() < 1.0
+                best_doc = ws_b.top_documents("c", int(twin_of[f]), n=1)["text"].iloc[0]
+                assert top_cofire["example"] == best_doc
+            else:  # features with one document set tie at Jaccard 1; the twin is among them
+                assert twin_of[f] in set(result.by_cofiring.loc[result.by_cofiring["jaccard"] == 1.0, "feature_id"])
+        assert sum(doc_sets.count(doc_sets[f]) == 1 for f in firing) >= 8  # the unique-first branch ran
+        assert sum(isinstance(lab, str) for lab in labels_b.values()) >= 8  # labels were there to attach
+
+        without_corpus = compare_across_workspaces(ws_a, ws_b, firing[0], top=3)
+        assert without_corpus.by_decoder["feature_id"].iloc[0] == twin_of[firing[0]]
+        assert without_corpus.by_decoder["jaccard"].isna().all() and without_corpus.by_cofiring.empty
+    finally:
+        ws_a.close()
+        ws_b.close()
+
+
+def test_workspace_comparison_refuses_what_it_cannot_compare(tiny_reader, tiny_sae, corpus, tmp_path, monkeypatch):
+    perm = np.arange(tiny_sae.cfg.d_sae)
+    ws_a, ws_b = twin_workspaces(tmp_path, tiny_reader, tiny_sae, perm, pd.DataFrame({"text": corpus}))
+    try:
+        with pytest.raises(SAECompareError, match="not in A's SAE"):
+            compare_across_workspaces(ws_a, ws_b, tiny_sae.cfg.d_sae, corpus_name="c")
+        with pytest.raises(SAECompareError, match="no corpus named 'nope'"):
+            compare_across_workspaces(ws_a, ws_b, 0, corpus_name="nope")
+        ws_b.add_corpus("d", pd.DataFrame({"text": corpus[:-1] + ["hello world ."]}), "text")
+        ws_b.embed("d")
+        ws_a.add_corpus("d", pd.DataFrame({"text": corpus}), "text")
+        ws_a.embed("d")
+        with pytest.raises(SAECompareError, match="different documents"):
+            compare_across_workspaces(ws_a, ws_b, 0, corpus_name="d")
+        assert compare_across_workspaces(ws_a, ws_b, 0, corpus_name="c").by_decoder["feature_id"].iloc[0] == 0
+        from dataclasses import replace
+
+        monkeypatch.setattr(ws_b, "settings", replace(ws_b.settings, model="gemma-3-270m"))
+        with pytest.raises(SAECompareError, match="different models"):
+            compare_across_workspaces(ws_a, ws_b, 0)
+    finally:
+        ws_a.close()
+        ws_b.close()

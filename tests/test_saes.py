@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -221,3 +222,87 @@ def test_training_never_overwrites_an_sae_unless_asked(tiny_sae, tiny_reader, tm
     with pytest.raises(TrainingError, match="already holds an SAE"):
         train_sae_for_model(tiny_reader, HOOK, ["the dog and the cat"] * 20, existing, cfg)
     assert weights_hash(existing) == before
+
+
+# -- issue 11: an SAE naming a model by its Hugging Face id pairs with our built-in name --------------------
+def _info(model_name: str | None, d_in: int = 640):
+    from backend.saes import SAEInfo
+
+    return SAEInfo(source="release:x", model_name=model_name, hook_name="blocks.6.hook_resid_post", d_in=d_in,
+                   d_sae=16, architecture="jumprelu", formatting="raw", sha256=None, report=None)
+
+
+@pytest.mark.parametrize("recorded, ours, d_model", [
+    ("google/gemma-3-270m", "gemma-3-270m", 640),            # SAELens release SAEs (Gemma Scope 2)
+    ("gemma-3-270m", "gemma-3-270m", 640),
+    ("HuggingFaceTB/SmolLM2-135M-Instruct", "smollm2-135m-instruct", 576),
+    ("huggingfacetb/smollm2-135m-instruct", "smollm2-135m-instruct", 576),  # ids compare case-insensitively
+    ("smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", 576),
+    (None, "gemma-3-270m", 640),                             # an SAE that records no model is not refused
+])
+def test_an_sae_pairs_with_its_model_under_either_name(recorded, ours, d_model):
+    from backend.saes import same_model
+
+    check_pairing(_info(recorded, d_model), ours, d_model)
+    assert same_model(recorded, ours)
+
+
+@pytest.mark.parametrize("recorded, ours, d_model", [
+    ("google/gemma-3-270m", "smollm2-135m-instruct", 640),
+    ("HuggingFaceTB/SmolLM2-135M-Instruct", "gemma-3-270m", 576),
+    ("google/gemma-2-2b", "gemma-3-270m", 640),
+    ("HuggingFaceTB/SmolLM2-360M-Instruct", "smollm2-135m-instruct", 576),
+])
+def test_an_sae_for_another_model_is_still_refused(recorded, ours, d_model):
+    with pytest.raises(SAEError, match=rf"trained on '{re.escape(recorded)}', not '{re.escape(ours)}'"):
+        check_pairing(_info(recorded, d_model), ours, d_model)
+    check_pairing(_info(recorded, d_model), ours, d_model, allow_other_model=True)  # what a workspace that chose it allows
+
+
+def test_create_pairs_a_release_style_sae_by_hugging_face_id(tiny_sae, tmp_path, monkeypatch):
+    """Workspace.create (no reader loaded) takes an SAE recording SmolLM2's HF id for our built-in name."""
+    from backend import models
+    from backend.workspace import Workspace, WorkspaceSpec
+    from tests.tiny import make_tiny_sae
+
+    monkeypatch.setattr(models, "model_dims", lambda name, cache_dir=None: ModelDims(30, 32))
+    monkeypatch.setattr("backend.workspace.model_dims", lambda name, cache_dir=None: ModelDims(30, 32))
+    for recorded, ok in (("HuggingFaceTB/SmolLM2-135M-Instruct", True), ("google/gemma-3-270m", False)):
+        folder = tmp_path / recorded.replace("/", "_")
+        make_tiny_sae(recorded).save_model(folder)
+        target = tmp_path / f"{folder.name}.duckdb"
+        spec = WorkspaceSpec(model="smollm2-135m-instruct", sae=str(folder))
+        if ok:
+            Workspace.create(target, spec, device="cpu").close()
+            assert target.exists()
+        else:
+            with pytest.raises(SAEError, match="trained on 'google/gemma-3-270m'"):
+                Workspace.create(target, spec, device="cpu")
+            assert not target.exists()
+
+
+def test_resolve_sae_source_takes_keys_folders_and_release_ids(tiny_sae_dir, tmp_path):
+    from backend.config import SHIPPED_SAES
+    from backend.saes import resolve_sae_source
+
+    for key, entry in SHIPPED_SAES.items():
+        if entry.present:
+            assert resolve_sae_source(key) == str(entry.folder)
+    assert resolve_sae_source(f"  {tiny_sae_dir} ") == str(tiny_sae_dir)
+    assert resolve_sae_source("gemma-scope-2-270m-pt-res:layer_12_width_16k_l0_medium") == (
+        "gemma-scope-2-270m-pt-res:layer_12_width_16k_l0_medium")
+    (tmp_path / "file.txt").write_text("x")
+    for bad, message in (("", "Choose an SAE"), ("nosuch", "No SAE 'nosuch'"), (str(tmp_path / "file.txt"), "is a file"),
+                         (str(tmp_path), "not a SAELens SAE folder"), ("some/dir:x", "No SAE")):
+        with pytest.raises(SAEError, match=message):
+            resolve_sae_source(bad)
+
+
+def test_sae_name_names_shipped_saes_by_key(tiny_sae_dir):
+    from backend.config import SHIPPED_SAES
+    from backend.saes import sae_name
+
+    for entry in SHIPPED_SAES.values():
+        assert sae_name(str(entry.folder)) == f"{entry.key} ({entry.folder.name})"
+    assert sae_name(str(tiny_sae_dir), "/somewhere/.cache/saes/0123") == tiny_sae_dir.name
+    assert sae_name("gemma-scope-2-270m-pt-res:layer_12") == "gemma-scope-2-270m-pt-res:layer_12"

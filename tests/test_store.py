@@ -168,7 +168,7 @@ def test_v2_workspace_is_upgraded_to_v3_and_stays_raw(tmp_path):
     path = tmp_path / "v2.duckdb"
     make_v2(path)
     store = Store(path)
-    assert SCHEMA_VERSION == 3 and store.meta()["schema_version"] == 3
+    assert store.meta()["schema_version"] == SCHEMA_VERSION
     cols = {(t, c) for t, c in store.query_all("SELECT table_name, column_name FROM information_schema.columns")}
     assert {("doc_features", "sum_code"), ("doc_status", "n_raw_features"), ("presence_scales", "scale"),
             ("ingested_shards", "shard")} <= cols
@@ -188,4 +188,30 @@ def test_v2_workspace_is_upgraded_to_v3_and_stays_raw(tmp_path):
     hist = _q_histogram(store, 1, 2)
     assert hist["count"].sum() == 2 and hist["hi"].max() == pytest.approx(0.5)
     assert store.presence_summary()["mode"].startswith("raw")
+    store.close()
+
+
+def test_v3_workspace_gains_the_feature_search_index_table(tmp_path):
+    """Version 4 adds `feature_search_index` (what a chunked feature-search build covers); a version-3 file
+    gains it when opened and keeps the feature vectors it had."""
+    path = tmp_path / "v3.duckdb"
+    store = Store(path)
+    cid = store.add_corpus("old", pd.DataFrame({"text": ["a", "b"]}), "text")
+    store.execute("INSERT INTO feature_embeddings VALUES (?, 3, 'label', 'kept', ?)", [cid, [0.5] * schema.DOC_VECTOR_DIM])
+    store.close()
+    con = duckdb.connect(str(path))
+    con.execute("DROP TABLE feature_search_index")
+    con.execute("UPDATE workspace_meta SET value = '3' WHERE key = 'schema_version'")
+    con.close()
+    store = Store(path)
+    assert SCHEMA_VERSION == 4 and store.meta()["schema_version"] == 4
+    cols = [c for t, c in store.query_all("SELECT table_name, column_name FROM information_schema.columns "
+                                          "ORDER BY ordinal_position") if t == "feature_search_index"]
+    assert cols == schema.table_columns("feature_search_index") == [
+        "corpus_id", "n_features", "source", "started_at", "finished_at"]
+    assert store.query_all("SELECT feature_id, text FROM feature_embeddings") == [(3, "kept")]
+    store.execute("INSERT INTO feature_search_index (corpus_id, n_features, source) VALUES (?, 5, 'x')", [cid])
+    assert store.query_one("SELECT n_features, finished_at FROM feature_search_index")[0:2] == (5, None)
+    store.delete_corpus(cid)  # a per-corpus table: deleting the corpus clears its row
+    assert store.query_one("SELECT count(*) FROM feature_search_index")[0] == 0
     store.close()

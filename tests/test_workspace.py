@@ -151,3 +151,11 @@ def test_workspace_survives_a_moved_sae_and_refuses_changed_weights(tmp_path, ti
     with pytest.raises(SAEError, match="not the ones"):
         ws.sae
     ws.close()
+
+
+def test_a_shipped_sae_key_names_its_folder():
+    from backend.config import SHIPPED_SAES
+
+    for key, shipped in SHIPPED_SAES.items():
+        assert WorkspaceSpec(sae=key).sae == str(shipped.folder)
+    assert WorkspaceSpec(sae="/some/folder").sae == "/some/folder"  # anything else is kept as given

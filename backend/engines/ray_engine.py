@@ -146,12 +146,13 @@ class EmbedActor:
                  shard_dir: str, device: str | None = None, skip: frozenset[int] = frozenset()) -> None:
         import torch
 
-        from backend.models import load_reader
-        from backend.saes import load_sae, model_kwargs
+        from backend.engines.lite import load_embedding_sae, load_truncated_reader, model_kwargs_of
 
         torch.set_num_threads(int(threads))
-        self.sae = load_sae(sae_source, device=device)
-        self.reader = load_reader(model, device=device, dtype=dtype, from_pretrained_kwargs=model_kwargs(self.sae))
+        # the HF model up to the hook's layer and the SAE's encoder: no TransformerLens, no sae_lens (lite.py)
+        self.sae = load_embedding_sae(sae_source, device=device or "cpu")
+        self.reader = load_truncated_reader(model, hook, device=device or "cpu", dtype=dtype,
+                                            from_pretrained_kwargs=model_kwargs_of(sae_source, self.sae))
         self.hook = hook
         self.cfg = EmbedConfig(**embed_cfg)
         self.folder = Path(shard_dir)

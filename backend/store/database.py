@@ -309,37 +309,64 @@ class Store:
         return self.add_corpus_chunks(name, [df], text_column, source)
 
     def add_corpus_chunks(self, name: str, chunks: Iterable[pd.DataFrame], text_column: str,
-                          source: str | None = None) -> int:
+                          source: str | None = None, commit_each: bool = False) -> int:
         """Store documents that arrive in chunks (a file larger than memory, see backend.streaming).
 
-        One transaction: an error in any chunk (or in the iterator that reads them) stores nothing. Every
-        chunk must have the first chunk's columns; doc ids continue across chunks."""
+        One transaction by default: an error in any chunk (or in the iterator that reads them) stores nothing.
+        DuckDB holds a transaction's rows in memory, so `commit_each` commits chunk by chunk instead: the
+        corpus reads 'failed' ("still being added") until its last chunk is in, an error deletes it, and a
+        process killed mid-way leaves it 'failed' with that message. Every chunk must have the first chunk's
+        columns; doc ids continue across chunks."""
         name = name.strip()
         if not name:
             raise StoreError("A corpus needs a name.")
         if self.corpus_exists(name):
             raise StoreError(f"A corpus named {name!r} already exists; choose another name or delete it first.")
-        with self.transaction() as tx:
-            cid, n_docs, meta_cols = None, 0, None
-            for df in chunks:
-                if cid is None:
-                    if text_column not in df.columns:
-                        raise StoreError(f"No column {text_column!r}; columns are: {', '.join(map(str, df.columns))}.")
-                    meta_cols = [c for c in df.columns if c != text_column]
-                    cid = int(tx.execute("SELECT nextval('corpus_ids')")[0][0])
-                    tx.execute(
-                        "INSERT INTO corpora (corpus_id, name, source, text_column, meta_columns, n_docs, status) "
-                        "VALUES (?, ?, ?, ?, ?, 0, 'pending')",
-                        [cid, name, source, text_column, json.dumps([str(c) for c in meta_cols])])
-                elif list(df.columns) != [text_column, *meta_cols] and set(df.columns) != {text_column, *meta_cols}:
-                    raise StoreError(f"Rows {n_docs + 1:,} onwards have the columns {list(map(str, df.columns))}, "
-                                     f"not those of the first rows ({[text_column, *map(str, meta_cols)]}).")
-                if len(df):
-                    self._insert_documents(tx, cid, df, text_column, meta_cols, n_docs)
+        cid, n_docs, meta_cols = None, 0, None
+        if not commit_each:
+            with self.transaction() as tx:
+                for df in chunks:
+                    cid, meta_cols = self._add_chunk(tx, cid, meta_cols, name, df, text_column, source, n_docs, False)
                     n_docs += len(df)
-            if cid is None or n_docs == 0:
-                raise StoreError("The corpus has no documents.")
-            tx.execute("UPDATE corpora SET n_docs = ? WHERE corpus_id = ?", [n_docs, cid])
+                return self._finish_corpus(tx, cid, n_docs)
+        try:
+            for df in chunks:
+                with self.transaction() as tx:
+                    cid, meta_cols = self._add_chunk(tx, cid, meta_cols, name, df, text_column, source, n_docs, True)
+                n_docs += len(df)
+            with self.transaction() as tx:
+                return self._finish_corpus(tx, cid, n_docs)
+        except BaseException:
+            if cid is not None:
+                self.delete_corpus(cid)
+            raise
+
+    def _add_chunk(self, tx: Transaction, cid: int | None, meta_cols: list | None, name: str, df: pd.DataFrame,
+                   text_column: str, source: str | None, first_doc_id: int, importing: bool) -> tuple[int, list]:
+        """Insert one chunk (creating the corpus row at the first); returns (corpus id, metadata columns)."""
+        if cid is None or meta_cols is None:
+            if text_column not in df.columns:
+                raise StoreError(f"No column {text_column!r}; columns are: {', '.join(map(str, df.columns))}.")
+            meta_cols = [c for c in df.columns if c != text_column]
+            cid = int(tx.execute("SELECT nextval('corpus_ids')")[0][0])
+            status, error = ("failed", f"Still being added from {source}; if this stays, adding was interrupted: "
+                                       "delete the corpus and add the file again.") if importing else ("pending", None)
+            tx.execute(
+                "INSERT INTO corpora (corpus_id, name, source, text_column, meta_columns, n_docs, status, error) "
+                "VALUES (?, ?, ?, ?, ?, 0, ?, ?)",
+                [cid, name, source, text_column, json.dumps([str(c) for c in meta_cols]), status, error])
+        elif list(df.columns) != [text_column, *meta_cols] and set(df.columns) != {text_column, *meta_cols}:
+            raise StoreError(f"Rows {first_doc_id + 1:,} onwards have the columns {list(map(str, df.columns))}, "
+                             f"not those of the first rows ({[text_column, *map(str, meta_cols)]}).")
+        if len(df):
+            self._insert_documents(tx, cid, df, text_column, meta_cols, first_doc_id)
+        return cid, meta_cols
+
+    @staticmethod
+    def _finish_corpus(tx: Transaction, cid: int | None, n_docs: int) -> int:
+        if cid is None or n_docs == 0:
+            raise StoreError("The corpus has no documents.")
+        tx.execute("UPDATE corpora SET n_docs = ?, status = 'pending', error = NULL WHERE corpus_id = ?", [n_docs, cid])
         return cid
 
     @staticmethod

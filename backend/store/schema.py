@@ -11,10 +11,12 @@ Version history:
        holds each feature's calibrated scale), doc_features.sum_code (the sum of a compact row, coded),
        doc_status.n_raw_features, feature_docs holds each feature's top documents only (not a second full copy),
        feature_hist drops lo/hi (derived from feature_stats.max_act), ingested_shards (the Ray engine's ledger)
+    4  feature_search_index: what a (background, chunked) build of the feature-search vectors set out to
+       cover and whether it finished (backend.search.feature_index_status); a version-3 file gains the table
 """
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DOC_VECTOR_DIM = 384  # all-MiniLM-L6-v2
 
 TABLES: dict[str, str] = {
@@ -53,6 +55,10 @@ TABLES: dict[str, str] = {
     "feature_embeddings": f"""corpus_id INTEGER, feature_id INTEGER, kind VARCHAR, text VARCHAR,
         vec FLOAT[{DOC_VECTOR_DIM}]""",
     "doc_embeddings": f"corpus_id INTEGER, doc_id INTEGER, vec FLOAT[{DOC_VECTOR_DIM}]",
+    # one row per corpus: the last feature-search build (n_features it covers when finished, the labels and
+    # contexts it was built from; finished_at NULL while it runs or after an interruption)
+    "feature_search_index": """corpus_id INTEGER, n_features INTEGER, source VARCHAR,
+        started_at TIMESTAMP DEFAULT current_timestamp, finished_at TIMESTAMP""",
 }
 
 SEQUENCES = ("CREATE SEQUENCE IF NOT EXISTS corpus_ids START 1",)

@@ -409,13 +409,19 @@ def test_clustering_umap_maps(ws_path, ws, concepts):
     assert len(at.get("plotly_chart")) == 2
 
 
-def test_diff_summary_shows_findings_of_both_sides_with_examples(ws_path, ws):
-    """Issue 9: the summary lists distinct findings of each side, each with marked example documents."""
+def diff_code_vs_rest(ws_path):
+    """The diff page on one corpus split by its label column: "code" documents against the rest."""
     at = app("diff", ws_path).run()
     at.selectbox(key="diff_column").set_value("label")
     at.selectbox(key="diff_value_a").set_value("code")
     at.run()
     no_errors(at)
+    return at
+
+
+def test_diff_summary_shows_findings_of_both_sides_with_examples(ws_path, ws):
+    """Issue 9: the summary lists distinct findings of each side, each with marked example documents."""
+    at = diff_code_vs_rest(ws_path)
     res = ws.diff("t", column="label", value_a="code")
     summary = res.summary(n_per_side=4)
     assert {f.side for f in summary} == {"a", "b"}  # the planted corpus differs both ways
@@ -428,3 +434,120 @@ def test_diff_summary_shows_findings_of_both_sides_with_examples(ws_path, ws):
     keys = [b.key for b in at.get("download_button")]
     assert any(str(k).startswith("diff_findings_export") for k in keys)  # the findings can be exported
     assert any("Hypotheses need an LLM" in c.value and "not worth reading" in c.value for c in at.caption)
+
+
+def label_tables(at: AppTest) -> list[pd.DataFrame]:
+    """The label-on-demand tables (feature, LLM label, score) a page shows."""
+    return [d.value for d in at.dataframe if list(d.value.columns) == ["feature_id", "label", "score"]]
+
+
+class FakeLabeller:
+    """A chat function standing in for the session's labeller: names each feature after the first token marked
+    <<like this>> in the samples it is shown, and predicts 'yes' for every held-out sample."""
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+
+    def __call__(self, messages):
+        import re
+
+        prompt = messages[-1]["content"]
+        self.prompts.append(prompt)
+        if "Give a short label" in prompt:
+            marked = re.search(r"<<(.+?)>>", prompt)
+            word = re.sub(r"\W", "", marked.group(1)) if marked else ""
+            return f"Label: concept of {word or 'something'} {len(self.prompts)}"
+        n = len(re.findall(r"^Sample \d+:", prompt, flags=re.M))
+        return "\n".join(f"{i + 1}: yes" for i in range(n))
+
+
+@pytest.fixture()
+def private_ws(tiny_workspace_file, tmp_path):
+    """(path, Workspace) of a private copy of the tiny workspace, for tests that write labels."""
+    path = tmp_path / "private.duckdb"
+    shutil.copy(tiny_workspace_file, path)
+    return path, widgets.open_workspace(str(path))
+
+
+def test_diff_labels_its_findings_on_demand(private_ws, monkeypatch):
+    """Issue 9: 'Label these N features' LLM-labels the summary's findings (their lead features) through the
+    session's labeller, shows each label with its score, the findings read the new labels, and a second click
+    asks the LLM nothing (the labels are cached in the workspace)."""
+    from backend import labels as L
+
+    ws_path, ws = private_ws
+    chat = FakeLabeller()
+    monkeypatch.setattr(widgets, "labelling_llm", lambda _ws: (chat, "a fake labeller"))
+    at = diff_code_vs_rest(ws_path)
+    leads = list(dict.fromkeys(f.lead for f in ws.diff("t", column="label", value_a="code").summary(n_per_side=4)))
+    assert len(leads) >= 2
+    button = at.button(key="diff_findings_llm_label")
+    assert button.label == f"Label these {len(leads)} features"
+    assert not label_tables(at)  # nothing labelled yet
+
+    button.click().run()
+    no_errors(at)
+    asked = len(chat.prompts)
+    assert asked >= len(leads)  # a label (and a scoring call where held-out samples exist) per feature
+    stored = L.stored_llm_labels(ws, ws.corpus("t"), leads)
+    assert set(stored) == set(leads)  # every finding's feature labelled, in the workspace
+    assert all(label.startswith("concept of") for label, _ in stored.values())
+
+    # the findings now read the LLM labels; the table lists each shown finding's label and score
+    summary = ws.diff("t", column="label", value_a="code").summary(n_per_side=4)
+    lines = [m.value for m in at.markdown if m.value.startswith("More common in")]
+    assert len(lines) == len(summary)
+    for line, finding in zip(lines, summary):
+        if finding.lead in stored:
+            assert finding.label == stored[finding.lead][0]
+            assert widgets.md_escape(finding.label, max_len=160) in line
+    (table,) = label_tables(at)
+    shown = [f.lead for f in summary if f.lead in stored]
+    assert list(table["feature_id"]) == list(dict.fromkeys(shown))
+    for row in table.itertuples(index=False):
+        label, score = stored[int(row.feature_id)]
+        assert row.label == label and (row.score == pytest.approx(score) or (np.isnan(row.score) and np.isnan(score)))
+    assert table["score"].notna().any()
+    assert any("Held-out accuracy" in c.value for c in at.caption)
+
+    assert {f.lead for f in summary} <= set(stored)  # the same findings lead (content labels stay content)
+    at.button(key="diff_findings_llm_label").click().run()  # cached: instant, nothing asked
+    no_errors(at)
+    assert len(chat.prompts) == asked
+    (again,) = label_tables(at)
+    assert again.equals(table)
+
+
+def test_label_on_demand_says_why_without_a_labeller(ws_path, ws):
+    """The tiny reader is too small to label: no button, the reason instead."""
+    at = diff_code_vs_rest(ws_path)
+    assert not [b for b in at.button if b.key == "diff_findings_llm_label"]
+    assert any(c.value.startswith("LLM labels:") and "not worth reading" in c.value for c in at.caption)
+
+
+def test_retrieval_and_clustering_offer_labels_for_what_they_show(private_ws, monkeypatch):
+    """The retrieval query's heaviest features and the clusters' describing features get the same button."""
+    from backend import labels as L
+
+    ws_path, ws = private_ws
+    chat = FakeLabeller()
+    monkeypatch.setattr(widgets, "labelling_llm", lambda _ws: (chat, "a fake labeller"))
+    query = "i love this movie"
+    at = app("retrieval", ws_path, ret_text=query).run()
+    no_errors(at)
+    heaviest = [int(f) for f in ws.query_features("t", query)["feature_id"].head(10)]
+    at.button(key="ret_query_llm_label").click().run()
+    no_errors(at)
+    (table,) = label_tables(at)
+    assert list(table["feature_id"]) == heaviest
+    assert set(L.stored_llm_labels(ws, ws.corpus("t"), heaviest)) == set(heaviest)
+
+    X = ws.latents("t", "max")
+    counts = np.bincount(X.indices, minlength=X.shape[1])
+    rare = [int(f) for f in np.flatnonzero((counts >= 2) & (counts <= 4))][:3]
+    at = app("clustering", ws_path, clu_chosen=rare).run()
+    no_errors(at)
+    button = at.button(key="clu_describing_llm_label")
+    result = ws.cluster("t", rare)
+    describing = result.descriptions.query("diff > 0")["lead_feature"].astype(int).unique()
+    assert button.label.startswith(f"Label these {len(describing)} feature")

@@ -177,3 +177,112 @@ def test_names_are_shown_as_text_not_markdown(page, tiny_ws_path):
     assert re.search(r"(^|\s)--(\s|$)", caption) is None  # Streamlit would draw an em dash
     assert "1 rows, columns: text, a -- b, c_d" in caption.replace("\\", "").replace("\u2060", "")
     assert any("already exists" in e.value and live_markup(e.value) == [] for e in pages[-1].error)
+
+
+# -- issue 11: a new workspace with the SAE of one's choice ---------------------------------------------------
+@pytest.fixture()
+def ws_folder(tmp_path, monkeypatch, tiny_pristine, tiny_sae_dir, tiny_model_dir):
+    """A workspace folder holding a copy of the tiny workspace, and a shipped-SAE registry of one tiny SAE."""
+    import json
+    import shutil
+
+    from backend import config
+    from tests.tiny import HOOK
+
+    folder = tmp_path / "workspaces"
+    folder.mkdir()
+    shutil.copy(tiny_pristine, folder / "tiny.duckdb")
+    monkeypatch.setenv("SAEDASH_WORKSPACES", str(folder))
+    shipped = tmp_path / "shipped_tiny"
+    shutil.copytree(tiny_sae_dir, shipped)
+    (shipped / "training_report.json").write_text(json.dumps({"report": {"fve": 0.6789, "l0": 4.0, "dead_frac": 0.0}}))
+    entry = config.ShippedSAE("tinykey", shipped, str(tiny_model_dir), HOOK, "Planted: tiny questions.")
+    monkeypatch.setattr(config, "SHIPPED_SAES", {"tinykey": entry})
+    return folder
+
+
+def fill_new_workspace(at, name: str, model_dir=None, sae: str | None = None, custom: str = ""):
+    at.text_input(key="new_ws_name").input(name)
+    if model_dir is not None:
+        at.selectbox(key="new_ws_model").set_value("__other__").run()
+        at.text_input(key="new_ws_model_dir").input(str(model_dir))
+    if sae is not None:
+        at.selectbox(key="new_ws_sae").set_value(sae).run()
+    if custom:
+        at.text_input(key="new_ws_sae_custom").input(custom)
+    return at.button(key="new_ws_create").click().run()
+
+
+def test_new_workspace_with_a_shipped_sae_opens_it(page, ws_folder, tiny_model_dir):
+    at = page("corpora", ws_folder / "tiny.duckdb", "t").run()
+    assert_no_errors(at)
+    sae_pick = at.selectbox(key="new_ws_sae")
+    assert sae_pick.options[0] == "tinykey: Planted: tiny questions. (held-out FVE 0.679, L0 4, 0.00% dead)"
+    at = fill_new_workspace(at, "mine", model_dir=tiny_model_dir, sae="tinykey")
+    assert_no_errors(at)
+    created = ws_folder / "mine.duckdb"
+    assert created.exists() and at.session_state["workspace_path"] == str(created)
+    assert "corpus" not in at.session_state
+    assert any("Created workspace **mine** with SAE **tinykey (shipped\\_tiny)**" in s.value for s in at.success)
+    assert any(c.value.startswith("Workspace **mine**") and "SAE **tinykey (shipped\\_tiny)**" in c.value
+               for c in at.caption)  # the summary names the SAE the new workspace uses
+    ws = ws_of(created)
+    assert ws.store.meta()["sae_origin"] == str(ws_folder.parent / "shipped_tiny") and ws.corpus_list() == []
+
+
+def test_workspace_summary_names_its_sae(page, ws_folder, tiny_sae_dir):
+    at = page("corpora", ws_folder / "tiny.duckdb", "t").run()
+    line = next(c.value for c in at.caption if c.value.startswith("Workspace **tiny**"))
+    assert f"SAE **{widgets.md_escape(tiny_sae_dir.name)}** at blocks.1.hook\\_resid\\_post · 64 features" in line
+
+
+@pytest.mark.parametrize("name, sae, custom, other_model, message", [
+    ("../escape", "tinykey", "", True, "cannot name a workspace"),
+    ("", "tinykey", "", True, "cannot name a workspace"),
+    ("tiny", "tinykey", "", True, "A workspace named 'tiny' already exists"),
+    ("fresh", "__custom__", "no/such/folder", True, "No SAE 'no/such/folder'"),
+    ("fresh", "tinykey", "", False, "This SAE was trained on"),  # the default model with the tiny model's SAE
+])
+def test_new_workspace_refusals_create_nothing(page, ws_folder, tiny_model_dir, name, sae, custom, other_model, message):
+    before = sorted(p.name for p in ws_folder.iterdir())
+    at = page("corpora", ws_folder / "tiny.duckdb", "t").run()
+    at = fill_new_workspace(at, name, model_dir=tiny_model_dir if other_model else None, sae=sae, custom=custom)
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and message in errors[0] and errors[0].endswith("No workspace was created."), errors
+    assert sorted(p.name for p in ws_folder.iterdir()) == before
+    assert at.session_state["workspace_path"] == str(ws_folder / "tiny.duckdb")
+
+
+def test_new_workspace_from_a_custom_sae_folder_without_any_workspace(page, ws_folder, tiny_model_dir, tiny_sae_dir):
+    (ws_folder / "tiny.duckdb").unlink()
+    at = page("corpora").run()
+    assert any("create one below" in i.value for i in at.info)
+    at = fill_new_workspace(at, "custom.duckdb", model_dir=tiny_model_dir, sae="__custom__", custom=str(tiny_sae_dir))
+    assert_no_errors(at)
+    assert at.session_state["workspace_path"] == str(ws_folder / "custom.duckdb")
+    assert at.file_uploader  # the page now shows the new workspace, ready for a corpus
+
+
+def test_new_workspace_switches_the_sidebar(ws_folder, tiny_model_dir, monkeypatch):
+    """Through app.py: after creating a workspace, the sidebar's workspace picker shows the new one."""
+    from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.testing.v1 import AppTest
+
+    from tests.pages.conftest import ROOT
+
+    original = PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.switch_page("pages/corpora.py").run()
+    assert at.selectbox(key="_ws_pick").value == "tiny"
+    at = fill_new_workspace(at, "second", model_dir=tiny_model_dir, sae="tinykey")
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.selectbox(key="_ws_pick").value == "second"
+    assert at.session_state["workspace_path"] == str(ws_folder / "second.duckdb")
+    assert any(c.value.startswith("Workspace **second**") for c in at.caption)

@@ -52,12 +52,31 @@ def test_table_lists_live_features_and_filters(page, tiny_ws_path):
     live = set(np.flatnonzero(n_active > 0).tolist())
     assert 0 < len(live) < ws.d_sae  # the tiny SAE has dead features on this corpus
 
+    near_constant = {f for f in live if density[f] >= F.NEAR_CONSTANT_DENSITY}
+    assert near_constant and live - near_constant  # the tiny corpus has both kinds
+
+    # the table opens on informative features: by specificity, near-constant features hidden behind a toggle
     at = page("features", tiny_ws_path, "t").run()
     assert_no_errors(at)
     df = table(at)
-    assert len(df) == len(live) and set(df["feature_id"]) == live
-    assert list(df["density"]) == sorted(df["density"], reverse=True)
+    assert at.selectbox(key="sort_by").value == "specificity" and at.toggle(key="show_near_constant").value is False
+    assert "≥ 50% of documents" in at.toggle(key="show_near_constant").label
+    assert set(df["feature_id"]) == live - near_constant
+    want = F.feature_table(ws, "t", sort_by="specificity", hide_near_constant=True)
+    assert list(df["feature_id"]) == list(want["feature_id"])
+    assert list(df["specificity"]) == sorted(df["specificity"], reverse=True)
+    assert df["specificity"].nunique() > 1  # the order says something
+    assert "label_score" in df.columns and df["label_score"].notna().any()
     assert opened(at) is None and any("Select a feature" in i.value for i in at.info)
+
+    at.toggle(key="show_near_constant").set_value(True).run()
+    df = table(at)
+    assert len(df) == len(live) and set(df["feature_id"]) == live
+    assert list(df["specificity"]) == sorted(df["specificity"], reverse=True)
+    assert list(df["feature_id"]) == list(F.feature_table(ws, "t", sort_by="specificity")["feature_id"])
+
+    at.selectbox(key="sort_by").set_value("density").run()
+    assert list(table(at)["density"]) == sorted(table(at)["density"], reverse=True)
 
     at.toggle(key="hide_dead").set_value(False).run()
     assert len(table(at)) == ws.d_sae
@@ -149,7 +168,7 @@ def test_detail_matches_backend_and_highlights_top_documents(page, tiny_ws_path)
 
 def test_hand_label_wins_and_refreshes_the_table(page, tiny_ws_path):
     ws = ws_of(tiny_ws_path)
-    fid = int(F.feature_table(ws, "t").iloc[0]["feature_id"])
+    fid = int(F.feature_table(ws, "t", sort_by="specificity", hide_near_constant=True).iloc[0]["feature_id"])  # shown
     at = page("features", tiny_ws_path, "t", feature_id=fid).run()
     assert table(at).set_index("feature_id").loc[fid, "label"] != "negation <b>words</b>"  # cached before the edit
     at.text_input(key=f"hand_label_text_{fid}").input("negation <b>words</b>")
@@ -210,11 +229,14 @@ def test_search_by_example_lists_features_with_highlighting(page, tiny_ws_path):
 class FakeLLM(BaseHTTPRequestHandler):
     """An OpenAI-compatible endpoint: labels every feature '<i>python</i> stuff' and answers 'yes' to every sample."""
 
+    @staticmethod
+    def reply(prompt: str) -> str:
+        n = len(re.findall(r"^Sample \d+:", prompt, flags=re.M))
+        return "Label: <i>python</i> stuff" if "Give a short label" in prompt else "\n".join(f"{i + 1}: yes" for i in range(n))
+
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        prompt = body["messages"][-1]["content"]
-        n = len(re.findall(r"^Sample \d+:", prompt, flags=re.M))
-        reply = "Label: <i>python</i> stuff" if "Give a short label" in prompt else "\n".join(f"{i + 1}: yes" for i in range(n))
+        reply = self.reply(body["messages"][-1]["content"])
         data = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -248,6 +270,43 @@ def test_llm_label_button_only_when_configured(page, tiny_ws_path, monkeypatch):
     assert rows.loc[rows["source"] == "llm", "label"].tolist() == ["<i>python</i> stuff"]
     assert "&lt;i&gt;python&lt;/i&gt; stuff" in at.html[0].value
     assert any("LLM label of feature" in s.value for s in at.success)
+
+
+def test_llm_label_offers_the_reader_model(page, tiny_ws_path, monkeypatch):
+    """Without a server, the per-feature LLM label uses the reader model when it can serve (here: a stand-in),
+    and says why not when it cannot (the tiny reader is too small)."""
+    import backend.reader_llm as reader_llm
+
+    for var in ("SAEDASH_LLM_BASE_URL", "SAEDASH_LLM_MODEL", "SAEDASH_LLM_API_KEY", "SAEDASH_LLM_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    ws = ws_of(tiny_ws_path)
+    fid = int(F.feature_table(ws, "t", sort_by="specificity", hide_near_constant=True).iloc[0]["feature_id"])
+    at = page("features", tiny_ws_path, "t", feature_id=fid).run()
+    assert not [b for b in at.button if b.key == f"llm_label_{fid}"]
+    assert any(c.value.startswith("LLM labels:") and "not worth reading" in c.value for c in at.caption)
+
+    prompts = []
+
+    def reader_chat(reader, *args, **kwargs):
+        def chat(messages):
+            prompts.append(messages[-1]["content"])
+            return FakeLLM.reply(messages[-1]["content"])
+        return chat
+
+    monkeypatch.setattr(reader_llm, "reader_llm_status",
+                        lambda reader, *a: reader_llm.ReaderLLMStatus(True, "The reader model writes the labels.", 2e9))
+    monkeypatch.setattr(reader_llm, "reader_chat", reader_chat)
+    at.run()
+    button = at.button(key=f"llm_label_{fid}")
+    assert "reader model" in button.help
+    button.click().run()
+    assert_no_errors(at)
+    assert prompts and "<<" in prompts[0]
+    rows = L.feature_labels(ws, fid)
+    assert rows.loc[rows["source"] == "llm", "label"].tolist() == ["<i>python</i> stuff"]
+    before = len(prompts)
+    at.button(key=f"llm_label_{fid}").click().run()  # asked for again: labels again (the cache is for pages' batches)
+    assert len(prompts) > before
 
 
 def test_llm_settings_panel_configures_the_endpoint(page, tiny_ws_path, monkeypatch):
@@ -380,9 +439,10 @@ def test_real_workspace_table_detail_and_example(page, real_ws_path):
     ws = ws_of(real_ws_path)
     X = ws.latents("demo").tocsc()
     live = int((np.diff(X.indptr) > 0).sum())
+    informative = int(((np.diff(X.indptr) > 0) & (np.diff(X.indptr) / X.shape[0] < F.NEAR_CONSTANT_DENSITY)).sum())
     at = page("features", real_ws_path, "demo").run(timeout=600)
     assert_no_errors(at)
-    assert len(table(at)) == live and live < ws.d_sae
+    assert len(table(at)) == informative and live < ws.d_sae  # near-constant features hidden by default
 
     fid = int(table(at)["feature_id"].iloc[len(table(at)) // 10])  # a moderately common feature
     d = F.feature_detail(ws, "demo", fid)

@@ -5,7 +5,7 @@ import shutil
 import time
 
 from backend import demo
-from backend.demo import DEMO_DOCS
+from backend.demo import DEMO_DOCS, FIRST_LAUNCH_STEPS
 from backend.jobs import REGISTRY
 from pages import widgets
 from tests.pages.conftest import ROOT, assert_no_errors
@@ -20,6 +20,8 @@ def test_workspace_summary(page, tiny_ws_path):
     row = corpora.set_index("name").loc["t"]
     assert (row["documents"], row["embedded"], row["status"]) == (12, 12, "ready")
     assert "label" in str(row["metadata"]) and row["tokens"] > 12
+    ws = widgets.open_workspace(str(tiny_ws_path))
+    assert REGISTRY.get(str(ws.path), ws.corpus("t").corpus_id, "feature-index") is None  # not indexed unasked
 
 
 def test_real_workspace_summary(page, real_ws_path):
@@ -28,6 +30,7 @@ def test_real_workspace_summary(page, real_ws_path):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Reader model"] == "smollm2-135m-instruct" and metrics["Hook"] == "blocks.15.hook_resid_post"
     assert metrics["SAE features"] == f"{widgets.open_workspace(str(real_ws_path)).d_sae:,}"
+    assert any("SAE: **lexical (smollm2-135m-instruct-l15-resid-post)**" in c.value for c in at.caption)
     row = at.dataframe[0].value.set_index("name").loc["demo"]
     assert (row["documents"], row["embedded"]) == (40, 40) and "movie" in str(row["metadata"])
 
@@ -73,9 +76,44 @@ def test_first_launch_builds_the_default_workspace(tmp_path, tiny_pristine, monk
     assert {m.label: m.value for m in at.metric}["SAE features"] == "64"
 
 
-def test_first_launch_shows_the_finishing_steps(tmp_path, tiny_pristine, monkeypatch):
-    """After the embedding bar, the first launch shows each finishing step (statistics, labels, logit lens,
-    document vectors) as it runs, not a bar stuck at 100%."""
+def fake_build_until(target, tiny_pristine, reached, go_on):
+    """A first-launch build that embeds, finishes two steps and stops part-way through labels until `go_on`.
+
+    The workspace file exists from the start, as with the real build (Workspace.open_or_create)."""
+    from backend.jobs import Progress
+
+    def fake_build(progress=None, n_docs=DEMO_DOCS, step_progress=None):
+        shutil.copy(tiny_pristine, target)
+        progress(Progress("movie-reviews", n_docs, n_docs, 1000, 1.0, status="done"))
+        for step in ("statistics", "contexts"):
+            step_progress(step, 0.0)
+            step_progress(step, 1.0)
+        step_progress("labels", 0.6)  # what Workspace.finalize reports part-way through a step
+        reached.set()
+        go_on.wait(30)
+        for step in ("labels", "logit lens", "document vectors"):
+            step_progress(step, 1.0)
+
+    return fake_build
+
+
+def step_lines(at) -> dict[str, str]:
+    """What the first-launch list shows for each step: done, a bar with its percentage, or waiting."""
+    lines = {}
+    for step in FIRST_LAUNCH_STEPS:
+        if any(m.value == f":material/check_circle: {step}" for m in at.markdown):
+            lines[step] = "done"
+        elif any(p.proto.text.startswith(f"{step} · ") for p in at.progress):
+            lines[step] = next(p.proto.text for p in at.progress if p.proto.text.startswith(f"{step} · "))
+        elif any(c.value == f":material/schedule: {step}" for c in at.caption):
+            lines[step] = "waiting"
+    return lines
+
+
+def test_first_launch_shows_each_step_with_its_own_progress(tmp_path, tiny_pristine, monkeypatch):
+    """After the embedding bar, the first launch lists every step (statistics, contexts, labels, logit lens,
+    document vectors): the finished ones, the running one with its own bar, the ones still to come; a
+    browser reload while it runs shows the same list, not the half-built workspace."""
     import threading
 
     from streamlit.testing.v1 import AppTest
@@ -86,26 +124,50 @@ def test_first_launch_shows_the_finishing_steps(tmp_path, tiny_pristine, monkeyp
     monkeypatch.setenv("SAEDASH_WORKSPACES", str(folder))
     monkeypatch.setattr(demo, "default_workspace_path", lambda: target)
     reached, go_on = threading.Event(), threading.Event()
-
-    def fake_build(progress=None, n_docs=DEMO_DOCS, step_progress=None):
-        from backend.jobs import Progress
-
-        progress(Progress("movie-reviews", n_docs, n_docs, 1000, 1.0, status="done"))
-        step_progress("labels", 0.6)  # what Workspace.finalize reports part-way
-        reached.set()
-        go_on.wait(30)
-        step_progress("document vectors", 0.5)
-        shutil.copy(tiny_pristine, target)
-
-    monkeypatch.setattr(demo, "ensure_default_workspace", fake_build)
+    monkeypatch.setattr(demo, "ensure_default_workspace", fake_build_until(target, tiny_pristine, reached, go_on))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
     at.button[0].click().run()
     assert reached.wait(30)
-    at.run()
-    assert_no_errors(at)
-    bar = at.progress[0].proto
-    assert "movie-reviews: finishing · labels" in bar.text and bar.value == 60
-    go_on.set()
+    try:
+        at.run()
+        assert_no_errors(at)
+        expected = {"statistics": "done", "contexts": "done", "labels": "labels · 60%", "logit lens": "waiting",
+                    "document vectors": "waiting"}
+        assert step_lines(at) == expected
+        bars = [(p.proto.text, p.proto.value) for p in at.progress]
+        assert bars == [(f"movie-reviews: {DEMO_DOCS:,}/{DEMO_DOCS:,} documents embedded", 100), ("labels · 60%", 60)]
+        reload = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()  # a new browser session
+        assert_no_errors(reload)
+        assert [s.value for s in reload.subheader] == ["First launch"] and not reload.metric
+        assert step_lines(reload) == expected
+    finally:
+        go_on.set()
     job = REGISTRY.get(str(target), 0)
     job.thread.join(30)
     assert not job.running and job.error is None and job.progress.status == "done"
+    at.run()
+    assert_no_errors(at)
+    assert {m.label: m.value for m in at.metric}["SAE features"] == "64"  # the build is done: the workspace opens
+
+
+def test_default_workspace_builds_its_search_index_in_the_background(page, tmp_path, tiny_pristine, monkeypatch):
+    """Once the default workspace is ready, opening the dashboard starts its feature-search index as a
+    background job (one per corpus) and says how far it is; a user's own workspace is not indexed unasked."""
+    from backend.search import feature_index_status
+
+    target = tmp_path / "default.duckdb"
+    shutil.copy(tiny_pristine, target)
+    monkeypatch.setattr(demo, "default_workspace_path", lambda: target)
+    ws = widgets.open_workspace(str(target))
+    ws.rename_corpus("t", demo.DEMO_CORPUS)
+    corpus = ws.corpus(demo.DEMO_CORPUS)
+    at = page("home", target).run()
+    assert_no_errors(at)
+    job = REGISTRY.get(str(ws.path), corpus.corpus_id, "feature-index")
+    assert job is not None
+    assert any("Search by meaning on" in c.value for c in at.caption) or not job.running
+    job.thread.join(120)
+    assert job.error is None and feature_index_status(ws, corpus).complete
+    at.run()
+    assert REGISTRY.get(str(ws.path), corpus.corpus_id, "feature-index") is job  # complete: not started again
+    assert not any("Search by meaning on" in c.value for c in at.caption)

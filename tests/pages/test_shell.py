@@ -102,3 +102,12 @@ def test_a_page_whose_idle_connection_was_taken_recovers(folder):
     next(b for b in at.button if b.label == "Retry").click().run()
     assert_no_errors(at)
     assert len(at.dataframe(key="feature_table").value) > 0
+
+
+def test_compare_saes_is_in_the_navigation(folder):
+    """The Compare SAEs page is registered in app.py and opens through it (one workspace: it says it needs two)."""
+    at = app().run()
+    at.switch_page("pages/sae_compare.py").run()
+    assert_no_errors(at)
+    assert any(t.value == "Compare SAEs" for t in at.title)
+    assert any("needs two workspaces" in i.value for i in at.info)
