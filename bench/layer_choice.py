@@ -14,7 +14,10 @@ With --sae, SAE embeddings (max-pooled, IDF-weighted) are measured on the same d
   category-c documents among the A and B documents where A's top finding fires (its precision for the
   planted topic; a finding that fires on every document scores 0.25, a perfect one 1.0).
 
-    python bench/layer_choice.py [--layers 10,15,20,24,28] [--sae DIR ...] [--per-class 60]
+    python bench/layer_choice.py [--layers 10,15,20,24,28] [--sae DIR ...] [--per-class 60] [--presence 0.8,0]
+
+SAE rows keep what a workspace stores as present (`--presence`, default the workspace default 0.8 of each
+feature's calibrated scale; 0 keeps every positive activation).
 
 Last line: `best_layer <L>` (highest mean of ARI and P@50 over the raw-residual rows; `--layers ""` skips them)."""
 from __future__ import annotations
@@ -231,6 +234,23 @@ def sae_cluster_vectors(X: sp.csr_matrix, dims: int = 100, seed: int = 0) -> np.
     return _normalize(Z)
 
 
+def present_only(X: sp.csr_matrix, threshold: float, corpus: sp.csr_matrix | None = None) -> sp.csr_matrix:
+    """Keep what a workspace stores as present: max activation >= threshold x the feature's scale, the scale
+    calibrated on `corpus` (default X itself) as backend.store.presence does on a corpus's first documents."""
+    from types import SimpleNamespace
+
+    from backend.store import presence
+
+    if threshold <= 0:
+        return X
+    base = corpus if corpus is not None else X
+    scales = presence.calibrate(SimpleNamespace(feature=base.indices, max_act=base.data), base.shape[0], base.shape[1])
+    out = X.copy()
+    out.data = np.where(out.data >= threshold * scales.scale[out.indices], out.data, 0).astype(out.data.dtype)
+    out.eliminate_zeros()
+    return out
+
+
 def planted_diff_precision(X: sp.csr_matrix, labels: np.ndarray, lengths: np.ndarray, n: int = 40,
                            seed: int = 0) -> float:
     """Mean over categories of the precision of side A's top finding for a topic planted in A (see above)."""
@@ -267,9 +287,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", help="also write the rows here")
+    p.add_argument("--presence", default=None,
+                   help="comma-separated presence thresholds for the SAE rows (default: the workspace default; 0 = raw)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     layers = [int(x) for x in args.layers.split(",") if x]
+    from backend.store.presence import DEFAULT_PRESENCE_THRESHOLD
+
+    args.presence = [float(x) for x in (args.presence or str(DEFAULT_PRESENCE_THRESHOLD)).split(",") if x]
     from backend.models import load_reader
     from backend.search import sentence_embed
 
@@ -314,15 +339,19 @@ def main(argv: list[str] | None = None) -> int:
             add(f"raw residual, {pool} pool", str(L), per)
     raw = [r for r in rows if r["representation"].startswith("raw")]
     for i, (sae, info) in enumerate(saes):
-        per = [(kmeans_ari(sae_cluster_vectors(docs.sae[i]), s.labels), precision_at(sae_scores(docs.sae[i], queries.sae[i]), s.labels))
-               for s, (docs, queries) in zip(sets, reps)]
-        fve = f"{info.report['fve']:.3f}" if info.report else ""
-        name = f"SAE {info.d_sae // 1024}k k={getattr(sae.cfg, 'k', '?')}"
-        add(name, str(hook_layer(info.hook_name)), per, fve)
-        planted = [planted_diff_precision(docs.sae[i], s.labels, docs.lengths) for s, (docs, _) in zip(sets, reps)]
-        rows[-1]["planted_diff"] = float(np.mean(planted))
-        print(f"{'':<26} {'':>5} planted diff: top finding's precision {np.mean(planted):.3f}   "
-              + "  ".join(f"{s.name} {v:.2f}" for s, v in zip(sets, planted)), flush=True)
+        for presence in args.presence:
+            present = [(present_only(docs.sae[i], presence), present_only(queries.sae[i], presence, docs.sae[i]))
+                       for docs, queries in reps]
+            per = [(kmeans_ari(sae_cluster_vectors(X), s.labels), precision_at(sae_scores(X, Q), s.labels))
+                   for s, (X, Q) in zip(sets, present)]
+            fve = f"{info.report['fve']:.3f}" if info.report else ""
+            name = f"SAE {info.d_sae // 1024}k k={getattr(sae.cfg, 'k', '?')} p={presence:g}"
+            add(name, str(hook_layer(info.hook_name)), per, fve)
+            planted = [planted_diff_precision(X, s.labels, docs.lengths) for s, (X, _), (docs, _) in zip(sets, present, reps)]
+            rows[-1]["planted_diff"] = float(np.mean(planted))
+            rows[-1]["presence"] = presence
+            print(f"{'':<26} {'':>5} planted diff: top finding's precision {np.mean(planted):.3f}   "
+                  + "  ".join(f"{s.name} {v:.2f}" for s, v in zip(sets, planted)), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     if raw:
