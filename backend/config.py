@@ -75,7 +75,7 @@ SHIPPED_SAES: dict[str, ShippedSAE] = {
     ),
     "semantic": ShippedSAE(
         "semantic", SEMANTIC_SAE_DIR, DEFAULT_MODEL, SEMANTIC_HOOK,
-        "Layer 28: what documents are about, for retrieval by topic and topic clusters.",
+        "Layer 28: what documents are about, for finding documents on a topic through features (README: which SAE for which question).",
     ),
 }
 
