@@ -85,14 +85,19 @@ def test_renders_preselected_feature_with_raw_coefficient(tiny_workspace_file, f
     assert float([m for m in at.metric if m.label == "Raw coefficient"][0].value) <= -0.5 * feature["p99"] + 1e-6
 
 
-def test_generate_shows_both_columns_and_measures(tiny_workspace_file, feature):
-    at = page(tiny_workspace_file, feature)
-    f = feature["id"]
+def generated_at_strength_two(path, feature):
+    """The page after generating 2 samples of 4 tokens at strength 2.0: (AppTest, the steer result)."""
+    at = page(path, feature)
     set_generation(at, n=2, max_new=4)
-    at.slider(key=f"steer_strength_{f}").set_value(2.0)
+    at.slider(key=f"steer_strength_{feature['id']}").set_value(2.0)
     at.button(key="steer_generate").click().run()
     no_errors(at)
-    res = at.session_state["steer_result"]
+    return at, at.session_state["steer_result"]
+
+
+def test_generate_shows_both_columns_and_measures(tiny_workspace_file, feature):
+    at, res = generated_at_strength_two(tiny_workspace_file, feature)
+    f = feature["id"]
     texts = generation_texts(at)
     assert len(texts["Unsteered"]) == 2 and len(texts["Steered"]) == 2
     for i in range(2):
@@ -115,13 +120,8 @@ def test_generate_shows_both_columns_and_measures(tiny_workspace_file, feature):
 
 
 def test_generation_shows_the_fires_share(tiny_workspace_file, feature):
-    at = page(tiny_workspace_file, feature)
+    at, res = generated_at_strength_two(tiny_workspace_file, feature)
     f = feature["id"]
-    set_generation(at, n=2, max_new=4)
-    at.slider(key=f"steer_strength_{f}").set_value(2.0)
-    at.button(key="steer_generate").click().run()
-    no_errors(at)
-    res = at.session_state["steer_result"]
     share = sum(res.get("steered", 0, i).fires[f] for i in range(2)) / 2
     metric = next(m for m in at.metric if m.label == f"#{f} fires in (steered)")
     assert metric.value == f"{share:.0%}"
