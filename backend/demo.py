@@ -14,9 +14,10 @@ from backend.workspace import Workspace, WorkspaceSpec
 
 DEMO_CORPUS = "movie-reviews"
 DEMO_DOCS = 2000
-# What the first launch reports after the embedding bar, in order: Workspace.finalize's steps, then the
-# document vectors. Each is reported as step_progress(step, fraction of that step) from 0 to 1.
-FIRST_LAUNCH_STEPS = (*FINALIZE_STEPS, "document vectors")
+# What the first launch reports after the embedding bar, in order: Workspace.finalize's steps, each reported as
+# step_progress(step, fraction of that step) from 0 to 1. The MiniLM document vectors and the feature-search
+# index follow in the background once the dashboard is up (backend.jobs.ensure_doc_vectors).
+FIRST_LAUNCH_STEPS = tuple(FINALIZE_STEPS)
 
 
 def default_workspace_path() -> Path:
@@ -41,8 +42,9 @@ def ensure_default_workspace(progress: ProgressCallback | None = None, n_docs: i
     """Create (first launch) or resume the default workspace with its demo corpus embedded and finished.
 
     `progress` follows the embedding; `step_progress(step, fraction)` each of FIRST_LAUNCH_STEPS after it
-    (statistics, contexts, labels, logit lens, document vectors), from 0 to 1 within the step. The
-    feature-search index is not part of it: the dashboard builds it in the background (backend.jobs)."""
+    (statistics, contexts, labels, logit lens), from 0 to 1 within the step. The MiniLM document vectors and
+    the feature-search index are not part of it: the dashboard builds them in the background (backend.jobs),
+    so the first launch does not wait ~1 min for vectors only the dense comparisons use."""
     prepare_builtin()
     ensure_default_sae()
     ws = Workspace.open_or_create(default_workspace_path(), WorkspaceSpec())
@@ -51,16 +53,5 @@ def ensure_default_workspace(progress: ProgressCallback | None = None, n_docs: i
     info = ws.corpus(DEMO_CORPUS)
     if info.n_embedded < info.n_docs or info.status != "ready" or ws.needs_finalize(info):
         ws.embed(info, progress=progress, finalize_progress=step_progress)
-    prepare_search(ws, info, step_progress)
     return ws
 
-
-def prepare_search(ws: Workspace, corpus: "str | Corpus", step_progress: FinalizeProgress | None = None) -> None:
-    """MiniLM vectors of the documents (dense comparisons). The feature-search vectors are built in the
-    background once the dashboard is up (backend.jobs.ensure_feature_index)."""
-    from backend.doc_embeddings import build_doc_embeddings
-
-    report = step_progress or (lambda step, fraction: None)
-    report("document vectors", 0.0)
-    build_doc_embeddings(ws, corpus, progress=lambda done, total: report("document vectors", done / total if total else 1.0))
-    report("document vectors", 1.0)

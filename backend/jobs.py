@@ -163,7 +163,7 @@ class BackgroundJob:
         return self.thread.is_alive()
 
 
-EMBED_JOB, INDEX_JOB = "embed", "feature-index"  # kinds of job: one of each may run per corpus
+EMBED_JOB, INDEX_JOB, VECTORS_JOB = "embed", "feature-index", "doc-vectors"  # kinds: one of each may run per corpus
 
 
 class JobRegistry:
@@ -362,6 +362,70 @@ def start_feature_index(ws: Workspace, corpus: Corpus, registry: JobRegistry = R
     return registry.start(str(ws.path), corpus_id, name, 0, run, kind=INDEX_JOB)
 
 
+# -- MiniLM document vectors, built in the background once the demo corpus is ready ----------------------
+VECTORS_STEP = "document vectors"  # Progress.step of a document-vectors job; docs_done/docs_total count documents
+
+
+def doc_vectors_job(ws: Workspace, corpus: Corpus, registry: JobRegistry = REGISTRY) -> BackgroundJob | None:
+    """The document-vectors job this server process ran or runs for the corpus (None if none)."""
+    return registry.get(str(ws.path), corpus.corpus_id, VECTORS_JOB)
+
+
+def start_doc_vectors(ws: Workspace, corpus: Corpus, registry: JobRegistry = REGISTRY) -> BackgroundJob:
+    """Store the corpus's MiniLM document vectors (backend.doc_embeddings) in a background thread, then start
+    its feature-search index when that is due (ensure_feature_index): both use MiniLM, one after the other."""
+    from backend.doc_embeddings import build_doc_embeddings
+
+    corpus_id, name = corpus.corpus_id, corpus.name
+
+    def run(progress: ProgressCallback, cancel: threading.Event) -> None:
+        t0 = time.time()
+        last = [Progress(name, 0, corpus.n_docs, 0, 0.0, step=VECTORS_STEP)]
+
+        def on_docs(done: int, total: int) -> None:
+            first = last[0].docs_done == 0
+            last[0] = Progress(name, done, total, 0, time.time() - t0, step=VECTORS_STEP,
+                               step_fraction=done / total if total else 1.0,
+                               docs_at_start=done if first else last[0].docs_at_start)
+            progress(last[0])
+
+        build_doc_embeddings(ws, corpus_id, progress=on_docs, cancel=cancel)
+        status = "cancelled" if cancel.is_set() else "done"
+        progress(replace(last[0], status=status, elapsed_s=time.time() - t0))
+        if status == "done":
+            ensure_feature_index(ws, ws.corpus(corpus_id), registry=registry)
+
+    return registry.start(str(ws.path), corpus_id, name, corpus.n_docs, run, kind=VECTORS_JOB)
+
+
+def ensure_doc_vectors(ws: Workspace, corpus: Corpus, requested: bool = False,
+                       registry: JobRegistry = REGISTRY) -> BackgroundJob | None:
+    """Start the background document vectors of a ready corpus that lacks some, and return the running job;
+    None when nothing runs. It starts on its own for the demo corpus of the default workspace (the first
+    launch leaves them to the dashboard), for other corpora when `requested`."""
+    from backend import demo
+    from backend.doc_embeddings import is_complete
+
+    job = doc_vectors_job(ws, corpus, registry)
+    if job is not None and job.running:
+        return job
+    handle = ws.corpus(corpus)
+    if handle.status != "ready" or is_complete(ws, handle):
+        return None
+    if not requested and (job is not None and job.error or not demo.is_demo_corpus(ws, handle)):
+        return None
+    return start_doc_vectors(ws, handle, registry)
+
+
+def wait_for_doc_vectors(ws: Workspace, corpus: Corpus, on_progress: ProgressCallback | None = None,
+                         registry: JobRegistry = REGISTRY, poll_s: float = 0.5) -> None:
+    """Wait while this process's document-vectors job for the corpus runs, reporting its progress."""
+    while (job := doc_vectors_job(ws, corpus, registry)) is not None and job.running:
+        if on_progress is not None:
+            on_progress(job.progress)
+        job.thread.join(poll_s)
+
+
 def ensure_feature_index(ws: Workspace, corpus: Corpus, requested: bool = False,
                          registry: JobRegistry = REGISTRY) -> BackgroundJob | None:
     """Start (or resume) the background feature-search index of a ready corpus when it is not complete, and
@@ -379,6 +443,9 @@ def ensure_feature_index(ws: Workspace, corpus: Corpus, requested: bool = False,
     handle = ws.corpus(corpus)
     if handle.status != "ready" or ws.needs_finalize(handle):
         return None  # labels and contexts come from the finishing steps
+    vectors = doc_vectors_job(ws, handle, registry)
+    if not requested and vectors is not None and vectors.running and vectors.thread is not threading.current_thread():
+        return None  # that job starts the index when it ends (MiniLM serves one job at a time)
     status = feature_index_status(ws, handle)
     if status.complete:
         return None

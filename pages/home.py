@@ -1,16 +1,16 @@
 """Home: what this workspace holds and what to do next; builds the default workspace on first launch.
 
 Layout and widgets only: the first-launch build is a backend.jobs job (embedding, then the finishing
-steps: statistics, contexts, labels, logit lens, document vectors), each shown with its own progress, also
-after a browser reload while it runs (jobs live in the server process). Once the default workspace is
-ready, its feature-search index is built in the background (backend.jobs.ensure_feature_index)."""
+steps: statistics, contexts, labels, logit lens), each shown with its own progress, also after a browser
+reload while it runs (jobs live in the server process). Once the default workspace is ready, its MiniLM
+document vectors and then its feature-search index are built in the background (backend.jobs)."""
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
 from backend.demo import FIRST_LAUNCH_STEPS, default_workspace_path
-from backend.jobs import BackgroundJob, default_build_job, ensure_feature_index, start_default_build
+from backend.jobs import BackgroundJob, default_build_job, ensure_doc_vectors, ensure_feature_index, start_default_build
 from backend.saes import workspace_sae_name
 from backend.search import feature_index_status
 from backend.workspace import Workspace
@@ -67,7 +67,8 @@ def first_launch() -> None:
     st.write(
         "The default workspace uses SmolLM2-135M-Instruct with the project's SAE and a demo corpus of "
         "movie-review snippets labelled fresh, rotten or plot summary. Building it embeds the documents, then "
-        "computes feature statistics, labels, the logit lens and document vectors."
+        "computes feature statistics, contexts, labels and the logit lens. MiniLM document vectors and the "
+        "search-by-meaning index follow in the background once the dashboard is up."
     )
     job = default_build_job()
     if job is None and st.button("Build the default workspace", type="primary", icon=":material/construction:"):
@@ -77,9 +78,16 @@ def first_launch() -> None:
 
 
 def search_index_note(ws: Workspace) -> None:
-    """The default workspace's feature-search index builds in the background once the dashboard is up (and an
-    interrupted index resumes); say how far it is."""
+    """The default workspace's document vectors, then its feature-search index, build in the background once
+    the dashboard is up (and an interrupted index resumes); say how far they are."""
     for corpus in ws.corpus_list():
+        vectors = ensure_doc_vectors(ws, corpus)  # starts only for the demo corpus; starts the index when done
+        if vectors is not None and vectors.running:
+            p = vectors.progress
+            st.caption(f":material/hourglass_top: MiniLM document vectors of **{md_escape(corpus.name)}** (the dense "
+                       f"comparisons on Clustering and Retrieval): {p.docs_done:,} of {p.docs_total:,} documents, in "
+                       "the background; the search-by-meaning index follows.")
+            continue
         job = ensure_feature_index(ws, corpus)  # starts only for the demo corpus, or to resume a started index
         if job is not None and job.running:
             status = feature_index_status(ws, corpus)

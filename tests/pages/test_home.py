@@ -91,7 +91,7 @@ def fake_build_until(target, tiny_pristine, reached, go_on):
         step_progress("labels", 0.6)  # what Workspace.finalize reports part-way through a step
         reached.set()
         go_on.wait(30)
-        for step in ("labels", "logit lens", "document vectors"):
+        for step in ("labels", "logit lens"):
             step_progress(step, 1.0)
 
     return fake_build
@@ -111,8 +111,8 @@ def step_lines(at) -> dict[str, str]:
 
 
 def test_first_launch_shows_each_step_with_its_own_progress(tmp_path, tiny_pristine, monkeypatch):
-    """After the embedding bar, the first launch lists every step (statistics, contexts, labels, logit lens,
-    document vectors): the finished ones, the running one with its own bar, the ones still to come; a
+    """After the embedding bar, the first launch lists every step (statistics, contexts, labels, logit lens):
+    the finished ones, the running one with its own bar, the ones still to come; a
     browser reload while it runs shows the same list, not the half-built workspace."""
     import threading
 
@@ -131,8 +131,7 @@ def test_first_launch_shows_each_step_with_its_own_progress(tmp_path, tiny_prist
     try:
         at.run()
         assert_no_errors(at)
-        expected = {"statistics": "done", "contexts": "done", "labels": "labels · 60%", "logit lens": "waiting",
-                    "document vectors": "waiting"}
+        expected = {"statistics": "done", "contexts": "done", "labels": "labels · 60%", "logit lens": "waiting"}
         assert step_lines(at) == expected
         bars = [(p.proto.text, p.proto.value) for p in at.progress]
         assert bars == [(f"movie-reviews: {DEMO_DOCS:,}/{DEMO_DOCS:,} documents embedded", 100), ("labels · 60%", 60)]
@@ -151,8 +150,10 @@ def test_first_launch_shows_each_step_with_its_own_progress(tmp_path, tiny_prist
 
 
 def test_default_workspace_builds_its_search_index_in_the_background(page, tmp_path, tiny_pristine, monkeypatch):
-    """Once the default workspace is ready, opening the dashboard starts its feature-search index as a
-    background job (one per corpus) and says how far it is; a user's own workspace is not indexed unasked."""
+    """Once the default workspace is ready, opening the dashboard starts its MiniLM document vectors and then
+    its feature-search index as background jobs (one each per corpus) and says how far they are; a user's own
+    workspace is not indexed unasked."""
+    from backend.doc_embeddings import is_complete
     from backend.search import feature_index_status
 
     target = tmp_path / "default.duckdb"
@@ -163,8 +164,14 @@ def test_default_workspace_builds_its_search_index_in_the_background(page, tmp_p
     corpus = ws.corpus(demo.DEMO_CORPUS)
     at = page("home", target).run()
     assert_no_errors(at)
-    job = REGISTRY.get(str(ws.path), corpus.corpus_id, "feature-index")
+    vectors = REGISTRY.get(str(ws.path), corpus.corpus_id, "doc-vectors")
+    assert vectors is not None
+    assert any("MiniLM document vectors of" in c.value for c in at.caption) or not vectors.running
+    vectors.thread.join(120)
+    assert vectors.error is None and is_complete(ws, corpus)
+    job = REGISTRY.get(str(ws.path), corpus.corpus_id, "feature-index")  # the vectors job starts the index
     assert job is not None
+    at.run()
     assert any("Search by meaning on" in c.value for c in at.caption) or not job.running
     job.thread.join(120)
     assert job.error is None and feature_index_status(ws, corpus).complete
