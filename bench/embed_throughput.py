@@ -8,7 +8,7 @@ load hits both alike; each side keeps its best round. Printed for float32 and bf
 `--clock cpu` times with this process's CPU time instead of the wall clock, for machines shared with other jobs.
 With --rss-docs N, first the peak RSS of embedding N documents in a fresh process.
 
-    python bench/embed_throughput.py [--docs 120] [--other-docs 12] [--repeats 2] [--dtypes float32,bfloat16]
+    python bench/embed_throughput.py [--docs 120] [--other-docs 12] [--repeats 3] [--dtypes float32,bfloat16]
 
 --other-docs sizes the run of the dtype not shipped here (bf16 on a CPU without native bf16 runs ~6x slower).
 """
@@ -128,7 +128,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--docs", type=int, default=120, help="documents for the shipped dtype")
     ap.add_argument("--other-docs", type=int, default=12, help="documents for the other dtypes")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
