@@ -286,8 +286,11 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_NoRedirects)
 
 
-def chat(cfg: LLMConfig, messages: list[dict[str, str]]) -> str:
-    """One chat completion; returns the reply text or raises LLMError (redirects are refused)."""
+def chat_completion(cfg: LLMConfig, messages: list[dict[str, str]]) -> tuple[str, dict]:
+    """One chat completion: (reply text, the answer's `usage` dict, empty when it has none), or LLMError.
+
+    The one HTTP call to a server: the key goes only to the URL it was entered with (cfg.headers), and
+    redirects are refused, so a key never follows one."""
     url = cfg.base_url.rstrip("/") + "/chat/completions"
     body = json.dumps({"model": cfg.model, "messages": messages, "temperature": cfg.temperature,
                        "max_tokens": cfg.max_tokens}).encode()
@@ -303,9 +306,16 @@ def chat(cfg: LLMConfig, messages: list[dict[str, str]]) -> str:
     except json.JSONDecodeError as exc:
         raise LLMError(f"LLM endpoint {url} did not answer JSON: {exc}") from exc
     try:
-        return str(payload["choices"][0]["message"]["content"])
+        text = str(payload["choices"][0]["message"]["content"])
     except (KeyError, IndexError, TypeError) as exc:
         raise LLMError(f"Unexpected answer from {url}: {str(payload)[:300]}") from exc
+    usage = payload.get("usage") if isinstance(payload, dict) else None
+    return text, usage if isinstance(usage, dict) else {}
+
+
+def chat(cfg: LLMConfig, messages: list[dict[str, str]]) -> str:
+    """One chat completion; returns the reply text or raises LLMError (redirects are refused)."""
+    return chat_completion(cfg, messages)[0]
 
 
 def format_sample(tokens: list[str], acts: np.ndarray | None, mask: list[bool], center: int | None = None,

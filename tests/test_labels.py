@@ -1,10 +1,7 @@
 """Feature labels: automatic labels from where features fire, hand labels, LLM labels against a local server."""
 from __future__ import annotations
 
-import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import numpy as np
 import pandas as pd
@@ -12,6 +9,7 @@ import pytest
 
 from backend import features as F
 from backend import labels as L
+from tests.fake_llm import FakeChatServer, last_prompt
 from tests.test_features import plant
 
 PYTHON_DOCS = pd.DataFrame({
@@ -97,55 +95,26 @@ def test_hand_label_wins_and_survives_relabelling(pyws):
 
 
 # -- LLM labels against a local OpenAI-compatible server -------------------------------------------
-class FakeLLM:
-    """An OpenAI-shaped /chat/completions endpoint; mode 'smart' answers by the word 'python', 'no' says no to all."""
+def labelling_server() -> FakeChatServer:
+    """Labels every feature 'the word python'; as a judge says yes to samples with 'python' in them, or no
+    to every sample once `mode` is 'no'."""
 
-    def __init__(self) -> None:
-        self.mode = "smart"
-        self.status = 200
-        self.requests: list[dict] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                fake.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-                if fake.status != 200:
-                    self.send_response(fake.status)
-                    self.end_headers()
-                    self.wfile.write(b'{"error": "boom"}')
-                    return
-                content = fake.answer(body["messages"][-1]["content"])
-                data = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def answer(self, prompt: str) -> str:
+    def answer(body: dict) -> str:
+        prompt = last_prompt(body)
         if "predict whether" not in prompt:
             return "Label: the word python"
         samples = re.findall(r"^Sample (\d+): (.*)$", prompt, flags=re.M)
-        yes = lambda t: self.mode == "smart" and "python" in t  # noqa: E731
+        yes = lambda t: server.mode == "smart" and "python" in t  # noqa: E731
         return "\n".join(f"{i}: {'yes' if yes(t) else 'no'}" for i, t in samples)
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    server = FakeChatServer(answer)
+    server.mode = "smart"
+    return server
 
 
 @pytest.fixture()
 def llm():
-    fake = FakeLLM()
+    fake = labelling_server()
     yield fake
     fake.close()
 

@@ -5,63 +5,36 @@ override it in its own state. These tests run real HTTP listeners and look at th
 from __future__ import annotations
 
 import dataclasses
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
 from backend import labels as labels_mod
 from backend.labels import LLMConfig, LLMError, chat, operator_llm_config, same_endpoint, session_llm_config
+from tests.fake_llm import FakeChatServer
 
 HI = [{"role": "user", "content": "hi"}]
 
 
-class Listener(BaseHTTPRequestHandler):
-    """Answers every chat request with 'ok' and records its Authorization header (None when absent)."""
-
-    def do_POST(self):  # noqa: N802
-        self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.seen.append(self.headers.get("Authorization"))
-        if getattr(self.server, "redirect_to", None):
-            self.send_response(307)
-            self.send_header("Location", self.server.redirect_to + "/chat/completions")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        data = json.dumps({"choices": [{"message": {"content": "ok"}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture()
 def listeners():
-    servers = []
+    """Fake servers answering 'ok' (tests.fake_llm); `.seen_auth` lists the Authorization header of each request."""
+    servers: list[FakeChatServer] = []
 
-    def make() -> HTTPServer:
-        server = HTTPServer(("127.0.0.1", 0), Listener)
-        server.seen, server.url = [], f"http://127.0.0.1:{server.server_port}/v1"
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return server
+    def make() -> FakeChatServer:
+        servers.append(FakeChatServer())
+        return servers[-1]
 
     yield make
     for server in servers:
-        server.shutdown()
+        server.close()
 
 
 def test_a_session_key_goes_only_to_its_own_url(listeners):
     a, b = listeners(), listeners()
     session_a = session_llm_config(None, a.url, "m", "sk-A")
-    assert chat(session_a, HI) == "ok" and a.seen == ["Bearer sk-A"]
+    assert chat(session_a, HI) == "ok" and a.seen_auth == ["Bearer sk-A"]
     moved = dataclasses.replace(session_a, base_url=b.url)  # the same config pointed elsewhere carries no key
-    assert moved.api_key is None and chat(moved, HI) == "ok" and b.seen == [None]
+    assert moved.api_key is None and chat(moved, HI) == "ok" and b.seen_auth == [None]
     assert "sk-A" not in repr(session_a)
 
 
@@ -74,7 +47,7 @@ def test_the_operator_key_goes_only_to_the_operator_url(listeners, monkeypatch):
     chat(session_llm_config(op), HI)  # no session settings: the operator's endpoint and key
     chat(session_llm_config(op, model="other-model"), HI)  # same URL, another model: still the operator's key
     chat(session_llm_config(op, base_url=other.url), HI)  # another URL, no key entered: no key at all
-    assert operator.seen == ["Bearer sk-operator"] * 2 and other.seen == [None]
+    assert operator.seen_auth == ["Bearer sk-operator"] * 2 and other.seen_auth == [None]
 
 
 def test_redirects_are_refused_so_a_key_cannot_follow_them(listeners):
@@ -82,7 +55,7 @@ def test_redirects_are_refused_so_a_key_cannot_follow_them(listeners):
     redirector.redirect_to = target.url
     with pytest.raises(LLMError, match="HTTP 307"):
         chat(LLMConfig(redirector.url, "m", "sk-A"), HI)
-    assert redirector.seen == ["Bearer sk-A"] and target.seen == []
+    assert redirector.seen_auth == ["Bearer sk-A"] and target.seen_auth == []
 
 
 def test_operator_config_file(tmp_path, monkeypatch):

@@ -13,12 +13,9 @@ model itself can serve. Texts are passed in: nothing here reads the workspace.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Callable, Literal, Mapping, Sequence, Union
 
@@ -27,7 +24,7 @@ import pandas as pd
 
 from backend.analysis.findings import Finding
 from backend.errors import UserError
-from backend.labels import LLMConfig, LLMError, parse_predictions
+from backend.labels import LLMConfig, LLMError, chat_completion, parse_predictions
 
 
 @dataclass(frozen=True)
@@ -46,33 +43,11 @@ ChatFn = Callable[[Messages], Union[str, ChatReply]]
 def endpoint_chat(cfg: LLMConfig, max_tokens: int | None = None) -> ChatFn:
     """A ChatFn for an OpenAI-compatible server (the labels' ``LLMConfig``) that keeps ``usage``.
 
-    Same request and errors as ``backend.labels.chat``, which returns the text only."""
+    The request, the key's handling and the errors are ``backend.labels.chat_completion``'s."""
     cfg = dataclasses.replace(cfg, max_tokens=max_tokens) if max_tokens else cfg
-    url = cfg.base_url.rstrip("/") + "/chat/completions"
-    from backend.labels import _OPENER
-
-    headers = cfg.headers()  # the key only when cfg's URL is the one it was entered with
 
     def complete(messages: Messages) -> ChatReply:
-        body = json.dumps({"model": cfg.model, "messages": messages, "temperature": cfg.temperature,
-                           "max_tokens": cfg.max_tokens}).encode()
-        req = urllib.request.Request(url, data=body, headers=headers, method="POST")
-        try:
-            with _OPENER.open(req, timeout=cfg.timeout_s) as resp:  # redirects refused: a key never follows one
-                payload = json.loads(resp.read().decode("utf-8"))
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode("utf-8", "replace")[:300]
-            raise LLMError(f"LLM endpoint {url} answered HTTP {exc.code}: {detail}") from exc
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            raise LLMError(f"Cannot reach the LLM endpoint {url}: {getattr(exc, 'reason', exc)}") from exc
-        except json.JSONDecodeError as exc:
-            raise LLMError(f"LLM endpoint {url} did not answer JSON: {exc}") from exc
-        try:
-            text = str(payload["choices"][0]["message"]["content"])
-        except (KeyError, IndexError, TypeError) as exc:
-            raise LLMError(f"Unexpected answer from {url}: {str(payload)[:300]}") from exc
-        usage = payload.get("usage") if isinstance(payload, dict) else None
-        usage = usage if isinstance(usage, dict) else {}
+        text, usage = chat_completion(cfg, list(messages))
 
         def count(key: str) -> int | None:
             value = usage.get(key)

@@ -1,11 +1,8 @@
 """Hypotheses from diff findings, written and checked by a local fake OpenAI-compatible server."""
 from __future__ import annotations
 
-import json
 import math
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
@@ -19,6 +16,7 @@ from backend.analysis.hypotheses import (
     sample_doc_ids,
 )
 from backend.labels import LLMConfig, LLMError
+from tests.fake_llm import FakeChatServer, last_prompt
 
 CANNED = (
     "Here are my hypotheses:\n"
@@ -30,57 +28,26 @@ KEYWORDS = {"links": "http", "negative": "hate", "weather": "rain"}  # what the 
 USAGE = {"prompt_tokens": 50, "completion_tokens": 7, "total_tokens": 57}
 
 
-class FakeLLM:
-    """/chat/completions: canned hypotheses for the proposal, keyword matching for the checks."""
+def hypothesis_server() -> FakeChatServer:
+    """Canned hypotheses (`propose_reply`) for the proposal, keyword matching for the checks, with usage."""
 
-    def __init__(self) -> None:
-        self.requests: list[dict] = []
-        self.propose_reply = CANNED
-        self.status = 200
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                fake.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-                if fake.status != 200:
-                    self.send_response(fake.status)
-                    self.end_headers()
-                    self.wfile.write(b'{"error": "boom"}')
-                    return
-                data = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant",
-                                                                         "content": fake.answer(body)}}],
-                                   "usage": USAGE}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def answer(self, body: dict) -> str:
-        prompt = body["messages"][-1]["content"]
+    def answer(body: dict) -> str:
+        prompt = last_prompt(body)
         if not prompt.startswith("Hypothesis:"):
-            return self.propose_reply
+            return server.propose_reply
         prop = re.search(r"^Property to look for in each document: (.*)$", prompt, flags=re.M).group(1)
         word = next(k for name, k in KEYWORDS.items() if name in prop)
         docs = re.findall(r"^Document (\d+): (.*)$", prompt, flags=re.M)
         return "\n".join(f"{i}: {'yes' if word in text else 'no'}" for i, text in docs)
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    server = FakeChatServer(answer, usage=USAGE)
+    server.propose_reply = CANNED
+    return server
 
 
 @pytest.fixture()
 def llm():
-    fake = FakeLLM()
+    fake = hypothesis_server()
     yield fake
     fake.close()
 

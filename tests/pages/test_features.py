@@ -4,8 +4,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import numpy as np
 import pandas as pd
@@ -14,6 +12,7 @@ import pytest
 from backend import features as F
 from backend import labels as L
 from pages import widgets
+from tests.fake_llm import FakeChatServer, last_prompt
 from tests.tiny import WORDS
 from tests.pages.conftest import assert_no_errors, doc_html, rendered_markup, visible_text
 
@@ -226,26 +225,11 @@ def test_search_by_example_lists_features_with_highlighting(page, tiny_ws_path):
     assert opened(at) == second
 
 
-class FakeLLM(BaseHTTPRequestHandler):
-    """An OpenAI-compatible endpoint: labels every feature '<i>python</i> stuff' and answers 'yes' to every sample."""
-
-    @staticmethod
-    def reply(prompt: str) -> str:
-        n = len(re.findall(r"^Sample \d+:", prompt, flags=re.M))
-        return "Label: <i>python</i> stuff" if "Give a short label" in prompt else "\n".join(f"{i + 1}: yes" for i in range(n))
-
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        reply = self.reply(body["messages"][-1]["content"])
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+def label_everything(body: dict) -> str:
+    """Labels every feature '<i>python</i> stuff' and answers 'yes' to every sample (a fake server's answer)."""
+    prompt = last_prompt(body)
+    n = len(re.findall(r"^Sample \d+:", prompt, flags=re.M))
+    return "Label: <i>python</i> stuff" if "Give a short label" in prompt else "\n".join(f"{i + 1}: yes" for i in range(n))
 
 
 def test_llm_label_button_only_when_configured(page, tiny_ws_path, monkeypatch):
@@ -256,15 +240,14 @@ def test_llm_label_button_only_when_configured(page, tiny_ws_path, monkeypatch):
     at = page("features", tiny_ws_path, "t", feature_id=fid).run()
     assert "Label with an LLM" not in [b.label for b in at.button]
 
-    server = HTTPServer(("127.0.0.1", 0), FakeLLM)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = FakeChatServer(label_everything)
     try:
-        monkeypatch.setenv("SAEDASH_LLM_BASE_URL", f"http://127.0.0.1:{server.server_port}/v1")
+        monkeypatch.setenv("SAEDASH_LLM_BASE_URL", server.url)
         monkeypatch.setenv("SAEDASH_LLM_MODEL", "fake")
         at.run()
         at.button(key=f"llm_label_{fid}").click().run()
     finally:
-        server.shutdown()
+        server.close()
     assert_no_errors(at)
     rows = L.feature_labels(ws, fid)
     assert rows.loc[rows["source"] == "llm", "label"].tolist() == ["<i>python</i> stuff"]
@@ -290,7 +273,7 @@ def test_llm_label_offers_the_reader_model(page, tiny_ws_path, monkeypatch):
     def reader_chat(reader, *args, **kwargs):
         def chat(messages):
             prompts.append(messages[-1]["content"])
-            return FakeLLM.reply(messages[-1]["content"])
+            return label_everything({"messages": messages})
         return chat
 
     monkeypatch.setattr(reader_llm, "reader_llm_status",
@@ -335,21 +318,6 @@ def session_config(at):
     return L.session_llm_config(operator, **entered) if entered else operator
 
 
-class RecordingLLM(FakeLLM):
-    """FakeLLM that records the Authorization header of every request (None when there is none)."""
-
-    def do_POST(self):  # noqa: N802
-        self.server.seen.append(self.headers.get("Authorization"))
-        super().do_POST()
-
-
-def recording_server() -> HTTPServer:
-    server = HTTPServer(("127.0.0.1", 0), RecordingLLM)
-    server.seen = []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 def set_llm(at, url: str, model: str, key: str):
     url_in, model_in, key_in = at.text_input[-3:]
     url_in.input(url)
@@ -361,8 +329,8 @@ def set_llm(at, url: str, model: str, key: str):
 def test_llm_key_stays_with_its_session_and_its_url(page, tiny_ws_path, monkeypatch):
     """Issue 12, problem 1: session A's key and the operator's key never reach session B's server; the page
     never writes the server's environment and never shows a key."""
-    operator, server_a, listener_b = recording_server(), recording_server(), recording_server()
-    url = lambda s: f"http://127.0.0.1:{s.server_port}/v1"  # noqa: E731
+    operator, server_a, listener_b = (FakeChatServer(label_everything) for _ in range(3))
+    url = lambda s: s.url  # noqa: E731
     monkeypatch.setenv("SAEDASH_LLM_BASE_URL", url(operator))
     monkeypatch.setenv("SAEDASH_LLM_MODEL", "fake")
     monkeypatch.setenv("SAEDASH_LLM_API_KEY", "sk-operator")
@@ -373,19 +341,19 @@ def test_llm_key_stays_with_its_session_and_its_url(page, tiny_ws_path, monkeypa
         assert dict(os.environ) == environ_before  # nothing leaks through the process environment
         session_a.button(key=f"llm_label_{fid}").click().run()
         assert_no_errors(session_a)
-        assert server_a.seen and set(server_a.seen) == {"Bearer sk-A"}
+        assert server_a.seen_auth and set(server_a.seen_auth) == {"Bearer sk-A"}
 
         session_b = set_llm(page("features", tiny_ws_path, "t", feature_id=fid).run(), url(listener_b), "fake", "")
         session_b.button(key=f"llm_label_{fid}").click().run()
         assert_no_errors(session_b)
-        assert listener_b.seen and set(listener_b.seen) == {None}  # neither A's key nor the operator's
+        assert listener_b.seen_auth and set(listener_b.seen_auth) == {None}  # neither A's key nor the operator's
 
         session_c = page("features", tiny_ws_path, "t", feature_id=fid).run()  # no settings: the operator's endpoint
         session_c.button(key=f"llm_label_{fid}").click().run()
-        assert operator.seen and set(operator.seen) == {"Bearer sk-operator"}
+        assert operator.seen_auth and set(operator.seen_auth) == {"Bearer sk-operator"}
     finally:
         for server in (operator, server_a, listener_b):
-            server.shutdown()
+            server.close()
     for at in (session_a, session_b, session_c):  # the key field is always empty; no key is ever rendered
         assert at.text_input[-1].value == ""
         assert not any("sk-" in m for m in rendered_markup(at))
