@@ -13,7 +13,7 @@ import torch
 
 ray = pytest.importorskip("ray")
 
-from backend.engines.ray_engine import RayConfig, embed_with_ray, shard_folder  # noqa: E402
+from backend.engines.ray_engine import RayConfig, embed_with_ray, shard_docs, shard_folder  # noqa: E402
 from backend.jobs import JobConfig  # noqa: E402
 from backend.workspace import Workspace, WorkspaceSpec  # noqa: E402
 
@@ -57,6 +57,28 @@ def assert_same_rows(got: pd.DataFrame, want: pd.DataFrame) -> None:
     assert not got.duplicated(["doc_id", "feature_id"]).any()
 
 
+def test_export_orders_each_file_longest_first_after_the_head(tmp_path, tiny_reader, tiny_sae, tiny_sae_dir, tiny_docs):
+    """What the Ray engine hands its actors: batches of similar lengths, the calibration documents first."""
+    import pyarrow.parquet as pq
+
+    ws = new_workspace(tmp_path / "x.duckdb", tiny_reader, tiny_sae, tiny_sae_dir, corpus_frame(tiny_docs, 45))
+    store, cid = ws.store, ws.corpus("c").corpus_id
+    parts = store.export_pending_texts(cid, tmp_path / "in", rows_per_file=20, rows_per_group=4, by_length=True, head=6)
+    files = [pq.read_table(p).to_pandas() for p in parts]
+    assert [len(f) for f in files] == [20, 20, 5]
+    assert [pq.ParquetFile(p).metadata.num_row_groups for p in parts] == [5, 5, 2]
+    everything = pd.concat(files, ignore_index=True)
+    assert sorted(everything["doc_id"]) == sorted(store.pending_doc_ids(cid).tolist())  # each once
+    head = files[0].head(6)
+    assert sorted(head["doc_id"]) == sorted(store.pending_doc_ids(cid)[:6].tolist())
+    for part in [head, files[0].iloc[6:], files[1], files[2]]:  # longest text first, ties by doc id
+        key = list(zip(-part["text"].str.len(), part["doc_id"]))
+        assert key == sorted(key)
+    plain = pd.concat([pq.read_table(p).to_pandas() for p in store.export_pending_texts(cid, tmp_path / "plain", 20)])
+    assert plain["doc_id"].tolist() == sorted(plain["doc_id"])  # the default: doc-id order
+    ws.close()
+
+
 def test_ray_engine_writes_the_local_engines_rows(tmp_path, local_ray, tiny_reader, tiny_sae, tiny_sae_dir, tiny_docs,
                                                   one_thread):
     """Default (compact) workspace: calibration from the shards, presence at ingest, progress, cleanup."""
@@ -66,14 +88,16 @@ def test_ray_engine_writes_the_local_engines_rows(tmp_path, local_ray, tiny_read
     want = local.store.query_df(ROWS_SQL)
 
     ws = new_workspace(tmp_path / "ray.duckdb", tiny_reader, tiny_sae, tiny_sae_dir, docs)
-    seen = []
+    seen, notes = [], []
     state = ws.embed("c", engine="ray", ray=RayConfig(workers=2, docs_per_batch=7, input_rows_per_file=21),
-                     progress=lambda p: seen.append((p.docs_done, p.status)))
+                     progress=lambda p: (seen.append((p.docs_done, p.status)), notes.append(p.note)))
     assert state.status == "done" and ws.corpus("c").status == "ready" and ws.corpus("c").n_embedded == 45
     assert_same_rows(ws.store.query_df(ROWS_SQL), want)
     assert np.allclose(ws.store.presence_scales().scale, local.store.presence_scales().scale, rtol=1e-5)
     done = [d for d, _ in seen]
     assert done == sorted(done) and seen[-1] == (45, "done") and len(seen) >= 7  # one report per 7-document shard
+    assert notes[0] == "Starting 2 Ray workers (each loads the model and the SAE)" and notes[-1] is None
+    assert all(n is None or n.startswith(("Starting 2 Ray workers", "Calibrating presence")) for n in notes)
     assert ws.store.query_one("SELECT count(*), sum(n_docs) FROM ingested_shards") == (7, 45)
     assert not shard_folder(ws.path, ws.corpus("c").corpus_id, RayConfig()).exists()  # shards and inputs cleaned up
     assert ws.store.query_one("SELECT count(*) FROM feature_stats WHERE corpus_id = ?", [ws.corpus("c").corpus_id])[0] > 0
@@ -156,8 +180,13 @@ def test_ray_engine_killed_then_resumed_loses_and_duplicates_nothing(tmp_path, l
     assert 10 <= n_done < 60 and ws.corpus("c").status == "embedding"
     assert ws.store.query_one("SELECT count(*) FROM doc_features WHERE doc_id NOT IN (SELECT doc_id FROM doc_status)")[0] == 0
     left_over = list(shard_folder(ws.path, cid, RayConfig()).glob("shard-*.parquet"))
-    state = embed_with_ray(ws, "c", RayConfig(workers=2, docs_per_batch=6))
+    done_ids = set(ws.store.query_df("SELECT doc_id FROM doc_status")["doc_id"].tolist())
+    held = len(set().union(*(shard_docs(p).tolist() for p in left_over)) - done_ids)
+    shards = []
+    state = embed_with_ray(ws, "c", RayConfig(workers=2, docs_per_batch=6), on_shard=shards.append)
     assert state.status == "done" and ws.corpus("c").n_embedded == 60
+    assert sum(s["n_docs"] for s in shards) == 60 - n_done - held  # what this run embedded, each document once
+    assert all(s["seconds"] > 0 and s["n_tokens"] > 0 for s in shards)
     got = ws.store.query_df(ROWS_SQL)
     assert_same_rows(got, want)
     assert len(ws.store.query_df("SELECT doc_id FROM doc_status")) == 60

@@ -7,16 +7,26 @@ actor loads the tokenizer and the HF weights up to the hook's layer, and a TopK 
 its safetensors file. Rows are the same as the local engine's (tests/test_ray_engine.py): the same HF forward
 in the same dtype, and `sparse_encode`'s own TopK arithmetic. Anything else (a model known only to
 TransformerLens, a hook that is not a residual, another SAE architecture) falls back to the full loaders.
+
+The Ray engine's actor (`EmbedActor`) and its shard writer live here too, so a worker imports this module
+(torch, and transformers when it loads the model) rather than backend.engines.ray_engine, whose driver side
+imports DuckDB, pandas and SciPy (~1 s more of each worker's start on 2 busy cores).
 """
 from __future__ import annotations
 
 import json
+import os
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
+
+from backend.activations import EmbedConfig, SparseRows
 
 from backend.models import BUILTIN_MODELS, ReaderModel, hook_layer, load_reader, prepare_builtin
 from backend.runtime import decoder_layers, hook_site, resolve_dtype, runtime_for
@@ -120,3 +130,82 @@ def load_truncated_reader(name: str, hook: str, device: str = "cpu", dtype: str 
                          hf_dir)
     runtime_for(reader).adopt_hf(hf)
     return reader
+
+
+# -- the Ray engine's actor (backend.engines.ray_engine): here, so a worker imports no DuckDB, pandas or SciPy --
+SHARD_SUFFIX = ".parquet"
+
+
+def write_shard(folder: Path, doc_ids: np.ndarray, rows: SparseRows) -> str:
+    """Write a batch's rows (doc_id = the corpus's doc id), documents in doc-id order, atomically; returns the
+    shard's file name."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    doc_ids = np.asarray(doc_ids, np.int64)
+    order = np.argsort(doc_ids, kind="stable")  # the batch's documents come longest first (the export's order)
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    doc = rank[np.asarray(rows.doc, np.int64)]
+    pick = np.lexsort((np.asarray(rows.feature), doc))
+    doc_ids = doc_ids[order]
+    table = pa.table({
+        "doc_id": pa.array(doc_ids[doc[pick]].astype(np.int32)),
+        "feature_id": pa.array(np.asarray(rows.feature, np.int32)[pick]),
+        "max_act": pa.array(np.asarray(rows.max_act, np.float32)[pick]),
+        "argmax_pos": pa.array(np.asarray(rows.argmax_pos, np.int32)[pick]),
+        "n_active": pa.array(np.asarray(rows.n_active, np.int32)[pick]),
+        "sum_act": pa.array(np.asarray(rows.sum_act, np.float32)[pick]),
+    })
+    docs = {"doc_ids": doc_ids.tolist(), "n_tokens": np.asarray(rows.n_tokens)[order].tolist(),
+            "truncated": np.asarray(rows.truncated, bool)[order].tolist()}
+    table = table.replace_schema_metadata({"saedash_docs": json.dumps(docs)})
+    name = f"shard-{int(doc_ids[0]) if len(doc_ids) else 0:010d}-{uuid.uuid4().hex[:12]}{SHARD_SUFFIX}"
+    tmp = Path(folder) / f".{name}.tmp"
+    pq.write_table(table, tmp)
+    os.replace(tmp, Path(folder) / name)
+    return name
+
+
+class EmbedActor:
+    """A Ray Data actor: holds the reader model and the SAE; maps the pure batch function over batches.
+
+    Each item names one row group of an exported input file (one batch of documents): the actor reads it,
+    embeds it, writes the rows as a shard and returns the shard's name, its documents and tokens, and the
+    seconds the batch took (embedding and writing). Documents in `skip` (held in shards a killed run left)
+    are left out."""
+
+    def __init__(self, model: str, sae_source: str, hook: str, embed_cfg: dict, dtype: str, threads: int,
+                 shard_dir: str, device: str | None = None, skip: frozenset[int] = frozenset()) -> None:
+        torch.set_num_threads(int(threads))
+        # the HF model up to the hook's layer and the SAE's encoder: no TransformerLens, no sae_lens
+        self.sae = load_embedding_sae(sae_source, device=device or "cpu")
+        self.reader = load_truncated_reader(model, hook, device=device or "cpu", dtype=dtype,
+                                            from_pretrained_kwargs=model_kwargs_of(sae_source, self.sae))
+        self.hook = hook
+        self.cfg = EmbedConfig(**embed_cfg)
+        self.folder = Path(shard_dir)
+        self.skip = skip
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import pyarrow.parquet as pq
+
+        from backend.activations import sae_embed_texts
+
+        names, n_docs, n_tokens, seconds = [], [], [], []
+        for path, group in zip(batch["path"], batch["row_group"]):
+            table = pq.ParquetFile(str(path)).read_row_group(int(group), columns=["doc_id", "text"])
+            doc_ids = np.asarray(table.column("doc_id").to_numpy(), np.int64)
+            texts = table.column("text").to_pylist()
+            keep = [i for i, d in enumerate(doc_ids) if int(d) not in self.skip]
+            if not keep:
+                continue
+            doc_ids, texts = doc_ids[keep], [texts[i] for i in keep]
+            t0 = time.perf_counter()
+            rows = sae_embed_texts(self.reader, self.sae, self.hook, texts, self.cfg)
+            names.append(write_shard(self.folder, doc_ids, rows))
+            seconds.append(time.perf_counter() - t0)
+            n_docs.append(len(doc_ids))
+            n_tokens.append(int(np.asarray(rows.n_tokens).sum()))
+        return {"shard": np.array(names, dtype=object), "n_docs": np.array(n_docs, np.int64),
+                "n_tokens": np.array(n_tokens, np.int64), "seconds": np.array(seconds, np.float64)}

@@ -573,17 +573,23 @@ class Store:
         return {r[0] for r in self.query_all("SELECT shard FROM ingested_shards WHERE corpus_id = ?", [int(corpus_id)])}
 
     def export_pending_texts(self, corpus_id: int, folder: str | Path, rows_per_file: int = 10_000,
-                             rows_per_group: int | None = None) -> list[Path]:
+                             rows_per_group: int | None = None, by_length: bool = False,
+                             head: int = 0) -> list[Path]:
         """Write the corpus's not-yet-embedded documents (doc_id, text) as Parquet files in `folder`.
 
         Streamed from DuckDB in record batches, so a corpus larger than memory exports in bounded memory.
-        `rows_per_group` sets the Parquet row groups (what a distributed engine hands one worker at a time)."""
+        `rows_per_group` sets the Parquet row groups (what a distributed engine hands one worker at a time).
+        `by_length` orders each file's rows longest text first, so a row group holds documents of similar
+        length (a padded batch wastes little) and the longest batches start first; the export's first `head`
+        documents (by doc id) still come first, in groups of their own as far as `rows_per_group` allows."""
         import pyarrow as pa
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         paths: list[Path] = []
+        seen = 0
         with self._cursor() as cur:
             reader = cur.sql(
                 """SELECT d.doc_id, d.text FROM documents d ANTI JOIN doc_status s
@@ -592,8 +598,15 @@ class Store:
             for batch in reader:
                 if batch.num_rows == 0:
                     continue
+                table = pa.Table.from_batches([batch])
+                if by_length:
+                    n = table.num_rows
+                    length = pc.fill_null(pc.utf8_length(table.column("text")), 0).to_numpy(zero_copy_only=False)
+                    in_head = np.arange(seen, seen + n) < int(head)
+                    table = table.take(pa.array(np.lexsort((-length.astype(np.int64), ~in_head))))
+                seen += table.num_rows
                 path = folder / f"part-{len(paths):06d}.parquet"
-                pq.write_table(pa.Table.from_batches([batch]), path, row_group_size=rows_per_group or batch.num_rows)
+                pq.write_table(table, path, row_group_size=rows_per_group or table.num_rows)
                 paths.append(path)
         return paths
 
