@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from backend.activations import EmbedConfig, SparseRows
-
 from backend.models import BUILTIN_MODELS, ReaderModel, hook_layer, load_reader, prepare_builtin
 from backend.runtime import decoder_layers, hook_site, resolve_dtype, runtime_for
 
