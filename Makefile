@@ -6,6 +6,10 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONPATH := $(CURDIR)
+# Python caches compiled modules in .venv even where the environment says not to: uv installs without
+# compiling, so without the cache every process recompiles what it imports (~20 s for torch, transformers,
+# sae_lens and streamlit on 2 cores, in each CLI call, test subprocess and Ray worker).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: run test test-all setup system-deps bench clean
 
