@@ -327,6 +327,27 @@ def start_default_build(registry: JobRegistry = REGISTRY) -> BackgroundJob:
     return registry.start(str(demo.default_workspace_path()), DEFAULT_BUILD_SLOT, demo.DEMO_CORPUS, demo.DEMO_DOCS, run)
 
 
+def _run_counted(name: str, step: str, total: int, progress: ProgressCallback, cancel: threading.Event,
+                 build: Callable[[Callable[[int, int], None]], Any]) -> str:
+    """Run `build(on_count)`, a resumable MiniLM pass reporting (done, total), as Progress of `step` (the count
+    it resumed from is docs_at_start, so the ETA counts this run's work); returns "done" or "cancelled"."""
+    t0 = time.time()
+    last = [Progress(name, 0, total, 0, 0.0, step=step)]
+    started = [False]
+
+    def on_count(done: int, total: int) -> None:
+        at_start = done if not started[0] else last[0].docs_at_start
+        started[0] = True
+        last[0] = Progress(name, done, total, 0, time.time() - t0, step=step,
+                           step_fraction=done / total if total else 1.0, docs_at_start=at_start)
+        progress(last[0])
+
+    build(on_count)
+    status = "cancelled" if cancel.is_set() else "done"
+    progress(replace(last[0], status=status, elapsed_s=time.time() - t0))
+    return status
+
+
 # -- the feature-search index, built in the background once a corpus is ready ----------------------------
 INDEX_STEP = "search index"  # Progress.step of an index job; docs_done/docs_total count features
 
@@ -345,19 +366,8 @@ def start_feature_index(ws: Workspace, corpus: Corpus, registry: JobRegistry = R
     corpus_id, name = corpus.corpus_id, corpus.name
 
     def run(progress: ProgressCallback, cancel: threading.Event) -> None:
-        t0 = time.time()
-        last = [Progress(name, 0, 0, 0, 0.0, step=INDEX_STEP)]
-
-        def on_index(done: int, total: int) -> None:
-            first = last[0].docs_total == 0 and last[0].docs_done == 0
-            last[0] = Progress(name, done, total, 0, time.time() - t0, step=INDEX_STEP,
-                               step_fraction=done / total if total else 1.0,
-                               docs_at_start=done if first else last[0].docs_at_start)
-            progress(last[0])
-
-        build_feature_embeddings(ws, corpus_id, progress=on_index, cancel=cancel)
-        status = "cancelled" if cancel.is_set() else "done"
-        progress(replace(last[0], status=status, elapsed_s=time.time() - t0))
+        _run_counted(name, INDEX_STEP, 0, progress, cancel,
+                     lambda on_count: build_feature_embeddings(ws, corpus_id, progress=on_count, cancel=cancel))
 
     return registry.start(str(ws.path), corpus_id, name, 0, run, kind=INDEX_JOB)
 
@@ -379,19 +389,8 @@ def start_doc_vectors(ws: Workspace, corpus: Corpus, registry: JobRegistry = REG
     corpus_id, name = corpus.corpus_id, corpus.name
 
     def run(progress: ProgressCallback, cancel: threading.Event) -> None:
-        t0 = time.time()
-        last = [Progress(name, 0, corpus.n_docs, 0, 0.0, step=VECTORS_STEP)]
-
-        def on_docs(done: int, total: int) -> None:
-            first = last[0].docs_done == 0
-            last[0] = Progress(name, done, total, 0, time.time() - t0, step=VECTORS_STEP,
-                               step_fraction=done / total if total else 1.0,
-                               docs_at_start=done if first else last[0].docs_at_start)
-            progress(last[0])
-
-        build_doc_embeddings(ws, corpus_id, progress=on_docs, cancel=cancel)
-        status = "cancelled" if cancel.is_set() else "done"
-        progress(replace(last[0], status=status, elapsed_s=time.time() - t0))
+        status = _run_counted(name, VECTORS_STEP, corpus.n_docs, progress, cancel,
+                              lambda on_count: build_doc_embeddings(ws, corpus_id, progress=on_count, cancel=cancel))
         if status == "done":
             ensure_feature_index(ws, ws.corpus(corpus_id), registry=registry)
 
