@@ -17,6 +17,7 @@ import scipy.sparse as sp
 
 from backend.activations import EmbedConfig, sae_embed_texts, token_activations
 from backend.runtime import DTYPE_CHOICES, resolve_dtype_name
+from backend.context import DEFAULT_MAX_TOKENS, FORMATTINGS, WorkspaceContext, WorkspaceSettings  # noqa: F401 (re-exported)
 from backend.config import CACHE_DIR, DEFAULT_MODEL, DEFAULT_SAE_DIR, SHIPPED_SAES, pick_device
 from backend.corpora import ReadOptions, prepare_documents, read_corpus, validate_corpus_name
 from backend.feature_precompute import FinalizeProgress
@@ -35,8 +36,6 @@ if TYPE_CHECKING:
     from backend.labels import LLMConfig
 
 
-DEFAULT_MAX_TOKENS = 512
-FORMATTINGS = ("raw", "chat")
 DTYPES = DTYPE_CHOICES  # "auto": bf16 on CUDA and on CPUs with native bf16, else float32 (bench/dtype_agreement.py)
 
 
@@ -69,44 +68,6 @@ class WorkspaceSpec:
             raise StoreError(f"max_tokens must be between 8 and 32768, not {self.max_tokens}.")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise StoreError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}.")
-
-
-@dataclass(frozen=True)
-class WorkspaceSettings:
-    """What a workspace file records about its model and SAE, read once when it opens."""
-
-    model: str
-    hook: str
-    sae_source: str
-    d_sae: int
-    d_in: int | None = None
-    sae_sha256: str | None = None
-    architecture: str | None = None
-    formatting: str = "raw"
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    dtype: str = "float32"
-    sae_report: dict | None = None
-    schema_version: int = 0
-    presence_threshold: float = 0.0  # files made before schema 3 stored every positive activation
-
-    def __post_init__(self) -> None:
-        if self.formatting not in FORMATTINGS:
-            raise StoreError(f"This workspace records an unknown formatting {self.formatting!r}.")
-        if self.d_sae <= 0:
-            raise StoreError("This workspace records no SAE width.")
-
-    @classmethod
-    def from_meta(cls, meta: dict[str, Any], path: Path) -> "WorkspaceSettings":
-        if "hook" not in meta or "model" not in meta:
-            raise StoreError(f"{path} is not a workspace (no model/SAE recorded).")
-        return cls(
-            model=str(meta["model"]), hook=str(meta["hook"]), sae_source=str(meta.get("sae_source")),
-            d_sae=int(meta.get("d_sae") or 0), d_in=meta.get("d_in"), sae_sha256=meta.get("sae_sha256"),
-            architecture=meta.get("architecture"), formatting=meta.get("formatting") or "raw",
-            max_tokens=int(meta.get("max_tokens") or DEFAULT_MAX_TOKENS), dtype=meta.get("dtype") or "float32",
-            sae_report=meta.get("sae_report"), schema_version=int(meta.get("schema_version") or 0),
-            presence_threshold=float(meta.get("presence_threshold") or 0.0),
-        )
 
 
 @dataclass
