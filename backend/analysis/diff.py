@@ -40,9 +40,12 @@ class DiffConfig:
 
     The first four are also :func:`diff_features` arguments. ``length_control`` stratifies by token
     length (when lengths are given); ``include_confounded`` stops ranking length-confounded findings
-    after the others; features among the ``n_candidates`` strongest of each side whose document sets
-    overlap with Jaccard >= ``jaccard_threshold`` (or whose decoder directions have cosine >=
-    ``cosine_threshold``, when given) fold into one finding; ``n_examples`` example documents per side.
+    after the others; features among the ``n_candidates`` strongest of each side fold into one finding
+    when their document sets overlap with Jaccard >= ``jaccard_threshold``, when their labels share a
+    concept word (``fold_by_label``), when one's documents lie inside the other's (overlap >=
+    ``containment_threshold`` of the smaller set, with co-occurrence far beyond chance; None: off), or
+    when their decoder directions have cosine >= ``cosine_threshold`` (when a decoder is given);
+    ``n_examples`` example documents per side.
     """
 
     threshold: float = 0.0
@@ -55,6 +58,8 @@ class DiffConfig:
     jaccard_threshold: float = 0.5
     cosine_threshold: float = 0.9
     n_examples: int = 2
+    fold_by_label: bool = True
+    containment_threshold: float | None = 0.8
 
     def __post_init__(self) -> None:
         if self.threshold < 0:
@@ -71,6 +76,8 @@ class DiffConfig:
             raise UserError("cosine_threshold must lie in [-1, 1].")
         if self.n_examples < 0:
             raise UserError("n_examples must be >= 0.")
+        if self.containment_threshold is not None and not 0.0 < self.containment_threshold <= 1.0:
+            raise UserError("containment_threshold must lie in (0, 1], or be None to turn containment off.")
 
 
 # --------------------------------------------------------------------------- statistics helpers

@@ -23,6 +23,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from backend.analysis import as_csr, binarize
+from backend.analysis.correlate import npmi_from_counts
 from backend.analysis.diff import (
     ALPHA,
     DiffConfig,
@@ -37,6 +38,9 @@ from backend.analysis.diff import (
 from backend.errors import UserError
 
 Side = Literal["a", "b"]
+# Containment folds a feature into another only when the two co-occur far beyond chance (NPMI >= this):
+# a rare feature inside one that fires on most documents is not the same concept.
+CONTAINMENT_MIN_NPMI = 0.5
 
 # -- formatting labels -------------------------------------------------------------------------------
 # A label *starting* with one of these names a formatting feature ("sentence-final period", "commas in lists").
@@ -107,7 +111,8 @@ class Finding:
     share_a - share_b; ``adj_diff``: the same difference adjusted for token length (Mantel-Haenszel over
     length strata), None without length control; ``q_value``, ``length_confounded``: the lead feature's;
     ``score``: the lead's difference the ranking used (``DiffResult.ranked_by``); ``examples_a``/
-    ``examples_b``: doc ids where the lead fires most strongly, per side.
+    ``examples_b``: doc ids where the lead fires most strongly, per side; ``feature_labels``: the label of
+    each member, in ``feature_ids`` order (what was folded in, and why).
     """
 
     side: Side
@@ -123,6 +128,7 @@ class Finding:
     examples_a: tuple[int, ...]
     examples_b: tuple[int, ...]
     score: float
+    feature_labels: tuple[str, ...] = ()
 
     @property
     def lead(self) -> int:
@@ -160,16 +166,80 @@ def _ordered(findings: list[Finding], include_confounded: bool) -> list[Finding]
 
 
 # -- grouping ------------------------------------------------------------------------------------------
+# Words that say nothing about which concept a label names: function words, and the vocabulary labels
+# use around a concept ("varied tokens: …", "after 'the' (…)", "mentions of …", "names of …").
+_NOT_CONCEPT = frozenset(
+    "a an the of and or in on at to for with by from as is are be been this that these those it its into "
+    "than then via vs etc "
+    "text texts token tokens word words phrase phrases term terms name names feature features content "
+    "about related relating mention mentions mentioning reference references referring containing contains "
+    "varied various mixed other misc miscellaneous special kind kinds type types class classes category "
+    "categories concept concepts like such use usage used after before first last start beginning end "
+    "capitalised capitalized all-caps wording topic topics language expression expressions style".split()
+)
+_LABEL_WORD = re.compile(r"[^\W_]+(?:-[^\W_]+)*")
+_OLD_STYLE = re.compile(r"top tokens:\s*(.*?)(?:\s*\|\s*ngrams:.*)?$", re.S | re.I)
+
+
+def _singular(word: str) -> str:
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+def label_words(label: str | None) -> frozenset[str]:
+    """The concept words of a label: the words of its name (before `` — "example"``, or the top tokens of
+    an old ``top tokens: …`` label), lower-cased and singular, without function words, generic label
+    words ("tokens", "after", "mentions", …) and words without a letter.
+
+    Two features whose labels share one of these words name the same concept (``coronavirus`` and
+    ``pandemic / coronavirus``), so a diff folds them into one finding."""
+    text = (label or "").strip()
+    old = _OLD_STYLE.match(text)
+    name = old.group(1) if old else re.split(r"\s+[—–]\s+", text, maxsplit=1)[0]
+    words = (_singular(w) for w in _LABEL_WORD.findall(name.lower()))
+    return frozenset(w for w in words if w not in _NOT_CONCEPT and _LETTER.search(w) and len(w) > 1)
+
+
+def shared_words_matrix(labels: list[str | None]) -> np.ndarray:
+    """k x k: whether labels i and j share a concept word (:func:`label_words`); the diagonal is True."""
+    words = [label_words(label) for label in labels]
+    vocab = {w: i for i, w in enumerate(sorted(set().union(*words)))}
+    incidence = np.zeros((len(labels), max(1, len(vocab))), np.int64)
+    for i, ws in enumerate(words):
+        incidence[i, [vocab[w] for w in ws]] = 1
+    return (incidence @ incidence.T > 0) | np.eye(len(labels), dtype=bool)
+
+
+def overlap_counts(B: sp.spmatrix) -> np.ndarray:
+    """Documents where columns i and j of a binary matrix both fire (dense k x k; diagonal: each column's)."""
+    B = as_csr(B).astype(np.int64)
+    return np.asarray((B.T @ B).toarray(), dtype=float)
+
+
 def jaccard_matrix(B: sp.spmatrix) -> np.ndarray:
     """Jaccard overlap between the document sets of the columns of a binary matrix (dense k x k).
 
     Meant for a few dozen columns: the result is dense."""
-    B = as_csr(B).astype(np.int64)
-    inter = np.asarray((B.T @ B).toarray(), dtype=float)
+    inter = overlap_counts(B)
     n = np.diag(inter)
     union = n[:, None] + n[None, :] - inter
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def inside_matrix(B: sp.spmatrix, threshold: float, min_npmi: float = CONTAINMENT_MIN_NPMI) -> np.ndarray:
+    """``inside[i, j]``: column i's documents lie mostly inside column j's (overlap >= ``threshold`` of i's
+    documents, i no larger than j), and the two co-occur far beyond chance (NPMI >= ``min_npmi``), so a
+    rare feature is not folded into one that fires nearly everywhere. k x k, directional."""
+    inter = overlap_counts(B)
+    n = np.diag(inter)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share_inside = np.where(n[:, None] > 0, inter / np.where(n[:, None] > 0, n[:, None], 1.0), 0.0)
+    npmi = npmi_from_counts(inter, n[:, None], n[None, :], max(1, B.shape[0]))
+    return (share_inside >= threshold) & (n[:, None] <= n[None, :]) & (npmi >= min_npmi)
 
 
 def decoder_cosine(decoder: np.ndarray, feature_ids: np.ndarray) -> np.ndarray:
@@ -180,9 +250,39 @@ def decoder_cosine(decoder: np.ndarray, feature_ids: np.ndarray) -> np.ndarray:
     return W @ W.T
 
 
-def _greedy_groups(similar: np.ndarray) -> list[list[int]]:
+def fold_features(
+    B: sp.spmatrix,
+    feature_ids: np.ndarray,
+    jaccard_threshold: float = 0.5,
+    labels: Mapping[int, str] | None = None,
+    containment_threshold: float | None = None,
+    decoder: np.ndarray | None = None,
+    cosine_threshold: float = 0.9,
+) -> list[list[int]]:
+    """Fold features (columns of the binary ``B``, ids ``feature_ids``, strongest first) into concepts;
+    returns groups of column indices, lead first.
+
+    Each column not yet folded leads a group and takes every later one that describes its concept: that
+    fires on the same documents (Jaccard), shares a label concept word (with ``labels``), whose documents
+    lie inside its own or hold its own (with ``containment_threshold``), or whose decoder direction points
+    the same way (with ``decoder``). Only containment chains on (a variant inside any member's documents
+    joins): a lead's label word or Jaccard partner does not pull in its own partners."""
+    similar = jaccard_matrix(B) >= jaccard_threshold
+    inside = None
+    if labels is not None:
+        similar |= shared_words_matrix([labels.get(int(f)) for f in feature_ids])
+    if containment_threshold is not None:
+        inside = inside_matrix(B, containment_threshold)
+        similar |= inside | inside.T
+    if decoder is not None:
+        similar |= decoder_cosine(decoder, feature_ids) >= cosine_threshold
+    return _greedy_groups(similar, inside)
+
+
+def _greedy_groups(similar: np.ndarray, inside: np.ndarray | None = None) -> list[list[int]]:
     """Greedy folding in priority order: each unassigned column leads a group and takes every later
-    unassigned column similar to it (similarity to the lead, so groups cannot chain)."""
+    unassigned column similar to it (similarity to the lead, so groups do not chain), then, with
+    ``inside``, every later unassigned column whose documents lie inside a member's."""
     k = similar.shape[0]
     assigned = np.zeros(k, bool)
     groups = []
@@ -191,6 +291,12 @@ def _greedy_groups(similar: np.ndarray) -> list[list[int]]:
             continue
         members = [i] + [j for j in range(i + 1, k) if not assigned[j] and similar[i, j]]
         assigned[members] = True
+        while inside is not None:
+            more = [j for j in range(i + 1, k) if not assigned[j] and inside[j, members].any()]
+            if not more:
+                break
+            assigned[more] = True
+            members += more
         groups.append(members)
     return groups
 
@@ -202,21 +308,23 @@ def group_features(
     jaccard_threshold: float = 0.5,
     decoder: np.ndarray | None = None,
     cosine_threshold: float = 0.9,
+    labels: Mapping[int, str] | None = None,
+    containment_threshold: float | None = None,
 ) -> list[list[int]]:
-    """Fold features that fire on the same documents into groups, in the priority order given.
+    """Fold features that describe one concept into groups, in the priority order given.
 
     Each feature not yet grouped leads a group and takes every later feature whose document set (rows
     of ``X`` where it fires above ``threshold``) overlaps its own with Jaccard >= ``jaccard_threshold``,
-    or whose decoder row has cosine >= ``cosine_threshold`` with its own when ``decoder`` is given.
-    Returns lists of feature ids, lead first. Only the chosen columns are touched.
+    or that :func:`fold_features` finds similar by the other evidence given (decoder cosine >=
+    ``cosine_threshold``, a shared label word, containment). Returns lists of feature ids, lead first.
+    Only the chosen columns are touched.
     """
     ids = np.asarray(list(feature_ids), dtype=np.int64)
     if ids.size == 0:
         return []
-    similar = jaccard_matrix(binarize(as_csr(X)[:, ids], threshold)) >= jaccard_threshold
-    if decoder is not None:
-        similar |= decoder_cosine(decoder, ids) >= cosine_threshold
-    return [[int(ids[j]) for j in g] for g in _greedy_groups(similar)]
+    groups = fold_features(binarize(as_csr(X)[:, ids], threshold), ids, jaccard_threshold, labels,
+                           containment_threshold, decoder, cosine_threshold)
+    return [[int(ids[j]) for j in g] for g in groups]
 
 
 # -- the diff as a result object ---------------------------------------------------------------------
@@ -322,142 +430,153 @@ def diff_result(
     lengths_b: np.ndarray | None = None,
     labels: Mapping[int, str] | None = None,
     *,
-    threshold: float = 0.0,
-    min_share: float = 0.0,
-    max_share: float = 1.0,
-    length_bins: int = 5,
-    length_control: bool = True,
-    include_confounded: bool = False,
-    n_candidates: int = 60,
-    jaccard_threshold: float = 0.5,
-    cosine_threshold: float = 0.9,
-    n_examples: int = 2,
     ids_a: np.ndarray | None = None,
     ids_b: np.ndarray | None = None,
     decoder: np.ndarray | None = None,
     formatting_ids: Collection[int] | None = None,
     is_formatting: Callable[[str], bool] = is_formatting_label,
+    **options,
 ) -> DiffResult:
     """Dataset diff of A against B, read as findings (what the Diff page shows).
 
     ``XA``/``XB``: max-pooled doc x feature activations (CSR); a feature fires above ``threshold``.
     ``lengths_a``/``lengths_b``: token lengths, for the length comparison and (with ``length_control``)
-    the length-stratified statistics. ``labels``: {feature_id: label} for the findings' names and for
-    ``is_formatting``, unless ``formatting_ids`` names the formatting features itself. ``decoder``:
-    optional (n_features, d) decoder directions, a second way features fold together. ``ids_a``/``ids_b``:
-    doc id per row (default: row numbers). The remaining options are :class:`DiffConfig`'s.
+    the length-stratified statistics. ``labels``: {feature_id: label} for the findings' names, for
+    folding features whose labels share a concept word, and for ``is_formatting``, unless
+    ``formatting_ids`` names the formatting features itself. ``decoder``: optional (n_features, d)
+    decoder directions, one more way features fold together. ``ids_a``/``ids_b``: doc id per row
+    (default: row numbers). ``options`` are :class:`DiffConfig`'s fields (threshold, min_share, …).
     """
-    config = DiffConfig(threshold=threshold, min_share=min_share, max_share=max_share, length_bins=length_bins,
-                        length_control=length_control, include_confounded=include_confounded,
-                        n_candidates=n_candidates, jaccard_threshold=jaccard_threshold,
-                        cosine_threshold=cosine_threshold, n_examples=n_examples)
+    config = DiffConfig(**options)
     XA, XB = as_csr(XA), as_csr(XB)
     if XA.shape[0] == 0 or XB.shape[0] == 0:
         raise UserError("One side has no documents.")
     ids_a, ids_b = _doc_ids(ids_a, XA.shape[0], "a"), _doc_ids(ids_b, XB.shape[0], "b")
     labels = {int(k): str(v) for k, v in (labels or {}).items()}
-    have_lengths = lengths_a is not None and lengths_b is not None
-    la = np.asarray(lengths_a, float) if have_lengths else None
-    lb = np.asarray(lengths_b, float) if have_lengths else None
-    summary = length_summary(la, lb) if have_lengths else None
-    use_lengths = bool(config.length_control and have_lengths)
-    table = diff_features(XA, XB, threshold, min_share, max_share, la if use_lengths else None,
-                          lb if use_lengths else None, length_bins)
+    la, lb = (None, None) if lengths_a is None or lengths_b is None else (np.asarray(lengths_a, float),
+                                                                       np.asarray(lengths_b, float))
+    summary = length_summary(la, lb) if la is not None else None
+    use_lengths = bool(config.length_control and la is not None)
+    table = diff_features(XA, XB, config.threshold, config.min_share, config.max_share, la if use_lengths else None,
+                          lb if use_lengths else None, config.length_bins)
     ranked_by = "adj_diff" if use_lengths and lengths_differ(summary) else "abs_diff"
-    if "adj_diff" in table:
-        order = np.lexsort((table["feature_id"].to_numpy(), -np.abs(table["adj_diff"].to_numpy())))
-        rank_adjusted = np.empty(len(table), np.int64)
-        rank_adjusted[order] = np.arange(1, len(table) + 1)
-        table["rank_adjusted"] = rank_adjusted
+    _add_rank_adjusted(table)
     formatting = (set(int(f) for f in formatting_ids) if formatting_ids is not None
                   else {f for f, label in labels.items() if is_formatting(label)})
-    strata = length_bins_of(np.concatenate([la, lb]), length_bins) if use_lengths else None
-
-    findings = _ordered(
-        [f for side in ("a", "b") for f in
-         _side_findings(side, table, ranked_by, XA, XB, ids_a, ids_b, labels, formatting, strata, decoder, config)],
-        config.include_confounded)
-    finding_col = np.full(len(table), -1, np.int64)
-    row_of = {int(f): i for i, f in enumerate(table["feature_id"].to_numpy())}
-    for i, f in enumerate(findings):
-        finding_col[[row_of[m] for m in f.feature_ids]] = i
-    table["finding"] = finding_col
+    context = _SideContext(table, ranked_by, XA, XB, ids_a, ids_b, labels, formatting,
+                           length_bins_of(np.concatenate([la, lb]), config.length_bins) if use_lengths else None,
+                           decoder, config)
+    findings = _ordered([f for side in ("a", "b") for f in _side_findings(side, context)], config.include_confounded)
+    table["finding"] = _finding_column(table, findings)
     return DiffResult(table=table, findings=findings, config=config, ranked_by=ranked_by, length_summary=summary,
                       ids_a=ids_a, ids_b=ids_b, XA=XA, XB=XB, lengths_a=la, lengths_b=lb)
 
 
-def _side_findings(
-    side: Side,
-    table: pd.DataFrame,
-    ranked_by: str,
-    XA: sp.csr_matrix,
-    XB: sp.csr_matrix,
-    ids_a: np.ndarray,
-    ids_b: np.ndarray,
-    labels: dict[int, str],
-    formatting: set[int],
-    strata: np.ndarray | None,
-    decoder: np.ndarray | None,
-    config: DiffConfig,
-) -> list[Finding]:
-    """Findings of one side: its top candidates folded by co-firing, with union shares and examples."""
-    if table.empty:
-        return []
-    fid = table["feature_id"].to_numpy(np.int64)
-    score = table[ranked_by].to_numpy(float)
-    confounded = (table["length_confounded"].to_numpy(bool) if "length_confounded" in table
-                  else np.zeros(len(table), bool))
-    is_fmt = np.isin(fid, np.fromiter(formatting, np.int64, len(formatting)))
-    rows = np.flatnonzero(score > 0 if side == "a" else score < 0)
-    if rows.size == 0:
-        return []
-    demote = np.zeros(rows.size, bool) if config.include_confounded else confounded[rows]
-    rows = rows[np.lexsort((fid[rows], -np.abs(score[rows]), is_fmt[rows], demote))][: config.n_candidates]
-    cand = fid[rows]
-    sub_a, sub_b = XA[:, cand], XB[:, cand]
-    bin_a, bin_b = binarize(sub_a, config.threshold), binarize(sub_b, config.threshold)
-    stacked = sp.vstack([bin_a, bin_b], format="csr")
-    similar = jaccard_matrix(stacked) >= config.jaccard_threshold
-    if decoder is not None:
-        similar |= decoder_cosine(decoder, cand) >= config.cosine_threshold
-    groups = _greedy_groups(similar)
+def _add_rank_adjusted(table: pd.DataFrame) -> None:
+    """Rank by |adj_diff| (ties by feature id), when the table has the length-adjusted difference."""
+    if "adj_diff" not in table:
+        return
+    order = np.lexsort((table["feature_id"].to_numpy(), -np.abs(table["adj_diff"].to_numpy())))
+    rank_adjusted = np.empty(len(table), np.int64)
+    rank_adjusted[order] = np.arange(1, len(table) + 1)
+    table["rank_adjusted"] = rank_adjusted
 
-    member_of = sp.csr_matrix((np.ones(len(cand), np.int64),
+
+def _finding_column(table: pd.DataFrame, findings: list[Finding]) -> np.ndarray:
+    """Index of the finding each table row belongs to (-1: none)."""
+    column = np.full(len(table), -1, np.int64)
+    row_of = {int(f): i for i, f in enumerate(table["feature_id"].to_numpy())}
+    for i, f in enumerate(findings):
+        column[[row_of[m] for m in f.feature_ids]] = i
+    return column
+
+
+@dataclass(frozen=True)
+class _SideContext:
+    """What reading one side's findings needs (the same for both sides)."""
+
+    table: pd.DataFrame
+    ranked_by: str
+    XA: sp.csr_matrix
+    XB: sp.csr_matrix
+    ids_a: np.ndarray
+    ids_b: np.ndarray
+    labels: dict[int, str]
+    formatting: set[int]
+    strata: np.ndarray | None
+    decoder: np.ndarray | None
+    config: DiffConfig
+
+
+def _candidate_rows(side: Side, ctx: _SideContext) -> np.ndarray:
+    """Table rows of the side's ``n_candidates`` strongest features: content before formatting, and
+    (unless included) length-confounded after the others."""
+    table, config = ctx.table, ctx.config
+    fid = table["feature_id"].to_numpy(np.int64)
+    score = table[ctx.ranked_by].to_numpy(float)
+    is_fmt = np.isin(fid, np.fromiter(ctx.formatting, np.int64, len(ctx.formatting)))
+    rows = np.flatnonzero(score > 0 if side == "a" else score < 0)
+    demote = np.zeros(rows.size, bool) if config.include_confounded else _confounded(table)[rows]
+    return rows[np.lexsort((fid[rows], -np.abs(score[rows]), is_fmt[rows], demote))][: config.n_candidates]
+
+
+def _confounded(table: pd.DataFrame) -> np.ndarray:
+    if "length_confounded" in table:
+        return table["length_confounded"].to_numpy(bool)
+    return np.zeros(len(table), bool)
+
+
+def _union_shares(bin_a: sp.csr_matrix, bin_b: sp.csr_matrix, groups: list[list[int]],
+                  strata: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Per group: share of A and of B documents where any member fires, and the length-adjusted
+    difference of those shares (None without strata)."""
+    member_of = sp.csr_matrix((np.ones(sum(map(len, groups)), np.int64),
                                (np.concatenate(groups), np.repeat(np.arange(len(groups)), [len(g) for g in groups]))),
-                              shape=(len(cand), len(groups)))
+                              shape=(bin_a.shape[1], len(groups)))
     any_a = binarize(bin_a.astype(np.int64) @ member_of, 0.0)
     any_b = binarize(bin_b.astype(np.int64) @ member_of, 0.0)
-    n_a, n_b = XA.shape[0], XB.shape[0]
+    n_a, n_b = bin_a.shape[0], bin_b.shape[0]
     share_a = np.bincount(any_a.indices, minlength=len(groups)) / n_a
     share_b = np.bincount(any_b.indices, minlength=len(groups)) / n_b
-    adj = None
-    if strata is not None:
-        n_strata = int(strata.max()) + 1
-        a, strata_a = stratum_counts(any_a, strata[:n_a], n_strata)
-        c, strata_b = stratum_counts(any_b, strata[n_a:], n_strata)
-        adj = cmh_test(a, strata_a, c, strata_b)["adj_diff"]
+    if strata is None:
+        return share_a, share_b, None
+    n_strata = int(strata.max()) + 1
+    a, strata_a = stratum_counts(any_a, strata[:n_a], n_strata)
+    c, strata_b = stratum_counts(any_b, strata[n_a:], n_strata)
+    return share_a, share_b, cmh_test(a, strata_a, c, strata_b)["adj_diff"]
 
-    q = table["q_value"].to_numpy(float)
+
+def _side_findings(side: Side, ctx: _SideContext) -> list[Finding]:
+    """Findings of one side: its top candidates folded into concepts, with union shares and examples."""
+    rows = _candidate_rows(side, ctx) if not ctx.table.empty else np.zeros(0, np.int64)
+    if rows.size == 0:
+        return []
+    config = ctx.config
+    cand = ctx.table["feature_id"].to_numpy(np.int64)[rows]
+    sub_a, sub_b = ctx.XA[:, cand], ctx.XB[:, cand]
+    bin_a, bin_b = binarize(sub_a, config.threshold), binarize(sub_b, config.threshold)
+    groups = fold_features(sp.vstack([bin_a, bin_b], format="csr"), cand, config.jaccard_threshold,
+                           ctx.labels if config.fold_by_label else None, config.containment_threshold,
+                           ctx.decoder, config.cosine_threshold)
+    share_a, share_b, adj = _union_shares(bin_a, bin_b, groups, ctx.strata)
     cols_a, cols_b = as_csr(sub_a).tocsc(), as_csr(sub_b).tocsc()  # canonical CSC: examples read columns directly
+
+    def examples(cols: sp.csc_matrix, ids: np.ndarray, lead_local: int) -> tuple[int, ...]:
+        rows_ = example_documents(cols, lead_local, n=config.n_examples, threshold=config.threshold)
+        return tuple(int(d) for d in ids[rows_])
+
+    score, q, confounded = (ctx.table[ctx.ranked_by].to_numpy(float), ctx.table["q_value"].to_numpy(float),
+                            _confounded(ctx.table))
     out = []
     for g, members in enumerate(groups):
-        lead_local, lead_row = members[0], rows[members[0]]
-        lead = int(cand[lead_local])
-        ex_a = example_documents(cols_a, lead_local, n=config.n_examples, threshold=config.threshold)
-        ex_b = example_documents(cols_b, lead_local, n=config.n_examples, threshold=config.threshold)
+        lead, lead_row = int(cand[members[0]]), rows[members[0]]
         out.append(Finding(
-            side=side,
-            label=labels.get(lead) or f"feature {lead}",
-            feature_ids=tuple(int(cand[m]) for m in members),
-            share_a=float(share_a[g]),
-            share_b=float(share_b[g]),
-            diff=float(share_a[g] - share_b[g]),
-            adj_diff=None if adj is None else float(adj[g]),
-            q_value=float(q[lead_row]),
-            length_confounded=bool(confounded[lead_row]),
-            is_formatting=lead in formatting,
-            examples_a=tuple(int(d) for d in ids_a[ex_a]),
-            examples_b=tuple(int(d) for d in ids_b[ex_b]),
+            side=side, label=ctx.labels.get(lead) or f"feature {lead}", feature_ids=tuple(int(cand[m]) for m in members),
+            share_a=float(share_a[g]), share_b=float(share_b[g]), diff=float(share_a[g] - share_b[g]),
+            adj_diff=None if adj is None else float(adj[g]), q_value=float(q[lead_row]),
+            length_confounded=bool(confounded[lead_row]), is_formatting=lead in ctx.formatting,
+            examples_a=examples(cols_a, ctx.ids_a, members[0]), examples_b=examples(cols_b, ctx.ids_b, members[0]),
             score=float(score[lead_row]),
+            feature_labels=tuple(ctx.labels.get(int(cand[m])) or f"feature {int(cand[m])}" for m in members),
         ))
     return out

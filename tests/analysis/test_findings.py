@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 
 from backend.analysis.diff import DiffConfig, diff_features, example_documents, summarize_diff
-from backend.analysis.findings import diff_result, group_features, is_formatting_label
+from backend.analysis.findings import diff_result, group_features, is_formatting_label, label_words
 from backend.errors import UserError
 
 COPIES = list(range(100, 117))  # 17 features that all fire on the "link" documents
@@ -194,3 +194,108 @@ def test_config_is_the_keyword_set_and_is_validated(copies_corpora):
         diff_result(XA, XB, ids_a=np.arange(3))
     with pytest.raises(UserError, match="no documents"):
         diff_result(XA[:0], XB)
+
+
+# -- one concept, one finding ----------------------------------------------------------------------------
+CONCEPT = {10: "coronavirus", 11: "coronavirus / covid", 12: 'pandemic / coronavirus — "the «coronavirus» spread"'}
+OLD_GROUPING = {"fold_by_label": False, "containment_threshold": None}  # the grouping up to round 1
+
+
+@pytest.fixture(scope="module")
+def concept_corpora():
+    """One concept spread over three features that fire on disjoint thirds of its documents (60% of A, 6%
+    of B), two unrelated concepts with equal shares (20% vs 2%), a variant (13) firing inside feature 10's
+    documents under an unrelated label, and a rare feature (14) inside one that fires almost everywhere (15)."""
+    rng = np.random.default_rng(3)
+    n, F = 1500, 60
+    fire_a, fire_b = rng.random((n, F)) < 0.05, rng.random((n, F)) < 0.05
+    for fire, rate in ((fire_a, 0.6), (fire_b, 0.06)):
+        concept = rng.random(n) < rate
+        third = rng.integers(0, 3, n)
+        for k, f in enumerate(CONCEPT):
+            fire[:, f] = concept & (third == k)
+        fire[:, 13] = fire[:, 10] & (rng.random(n) < 0.5)
+    fire_a[:, 20], fire_b[:, 20] = rng.random(n) < 0.2, rng.random(n) < 0.02
+    fire_a[:, 21], fire_b[:, 21] = rng.random(n) < 0.2, rng.random(n) < 0.02
+    fire_a[:, 15], fire_b[:, 15] = rng.random(n) < 0.97, rng.random(n) < 0.85
+    fire_a[:, 14], fire_b[:, 14] = fire_a[:, 15] & (rng.random(n) < 0.15), fire_b[:, 15] & (rng.random(n) < 0.02)
+    labels = {f: f"f{f}x" for f in range(F)}
+    labels.update(CONCEPT)
+    labels.update({13: "outbreak", 14: "chess", 15: "film / movie", 20: "football / soccer", 21: "weather / rain"})
+    union_a, union_b = fire_a[:, list(CONCEPT)].any(axis=1), fire_b[:, list(CONCEPT)].any(axis=1)
+    return to_csr(fire_a, rng), to_csr(fire_b, rng), labels, union_a, union_b
+
+
+def test_one_concept_on_disjoint_documents_is_one_finding_with_the_unions_shares(concept_corpora):
+    XA, XB, labels, union_a, union_b = concept_corpora
+    old = diff_result(XA, XB, labels=labels, **OLD_GROUPING)
+    assert sum(bool(set(f.feature_ids) & set(CONCEPT)) for f in old.findings) == 3  # Jaccard alone: three
+
+    res = diff_result(XA, XB, labels=labels)
+    concept = [f for f in res.findings if set(f.feature_ids) & set(CONCEPT)]
+    assert len(concept) == 1
+    concept = concept[0]
+    assert set(CONCEPT) | {13} == set(concept.feature_ids) and concept.side == "a"
+    assert concept.share_a == pytest.approx(union_a.mean()) and concept.share_b == pytest.approx(union_b.mean())
+    assert concept.share_a > 2.5 * max(f.share_a for f in old.findings if set(f.feature_ids) & set(CONCEPT))
+    assert dict(zip(concept.feature_ids, concept.feature_labels)) == {f: labels[f] for f in concept.feature_ids}
+    assert res.summary(n_per_side=4)[0] == concept  # the union is the strongest finding of A
+    # two unrelated concepts with equal shares stay two findings, and so does a rare feature inside a common one
+    lead_of = {m: f.lead for f in res.findings for m in f.feature_ids}
+    assert lead_of[20] != lead_of[21] and lead_of[14] != lead_of[15]
+    assert (res.table.set_index("feature_id").loc[list(CONCEPT), "finding"] == res.findings.index(concept)).all()
+
+
+def test_variant_inside_a_concepts_documents_folds_by_containment(concept_corpora):
+    XA, XB, labels, _, _ = concept_corpora
+    lead_of = {m: f.lead for f in diff_result(XA, XB, labels=labels, fold_by_label=False).findings
+               for m in f.feature_ids}
+    assert lead_of[13] == lead_of[10] and lead_of[10] != lead_of[11]  # no shared document, no shared label word
+    off = diff_result(XA, XB, labels=labels, fold_by_label=False, containment_threshold=None)
+    assert len({f.lead for f in off.findings if {10, 13} & set(f.feature_ids)}) == 2
+    assert group_features(XA, [10, 13, 11, 14, 15], labels=labels, containment_threshold=0.8) == [[10, 13, 11], [14], [15]]
+
+
+def _random_labelled_diff(seed: int):
+    """Random firing; each feature labelled with one to three words of a small vocabulary, so many share one."""
+    rng = np.random.default_rng(seed)
+    n, F = 400, 80
+    vocab = ["virus", "covid", "pandemic", "some", "few", "certain", "goal", "match", "rain", "snow", "movie", "plot"]
+    labels = {f: " / ".join(rng.choice(vocab, rng.integers(1, 4), replace=False)) + ' — "an «example»"'
+              for f in range(F)}
+    XA = bernoulli_csr(rng.uniform(0.0, 0.4, F)[None, :].repeat(n, 0), rng)
+    XB = bernoulli_csr(rng.uniform(0.0, 0.4, F)[None, :].repeat(n, 0), rng)
+    return XA, XB, labels
+
+
+def _same_side_pairs_sharing_a_word(summary) -> int:
+    return sum(bool(label_words(f.label) & label_words(g.label))
+               for i, f in enumerate(summary) for g in summary[i + 1:] if f.side == g.side)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_summary_never_shows_two_same_side_findings_sharing_a_label_word(seed):
+    XA, XB, labels = _random_labelled_diff(seed)
+    assert _same_side_pairs_sharing_a_word(diff_result(XA, XB, labels=labels, **OLD_GROUPING).summary(10)) > 0
+    res = diff_result(XA, XB, labels=labels)
+    for include in (False, True):
+        summary = res.summary(n_per_side=10, include_confounded=include)
+        assert len(summary) >= 4 and _same_side_pairs_sharing_a_word(summary) == 0
+    folded = [f for f in res.findings if f.n_features > 1]
+    assert folded and all(label_words(f.label) & label_words(lab) for f in folded for lab in f.feature_labels[1:])
+
+
+@pytest.mark.parametrize("label, words", [
+    ('certain / few / some — "in «some» cases"', {"certain", "few", "some"}),
+    ("pandemic / coronavirus", {"pandemic", "coronavirus"}),
+    ("Mentions of the COVID-19 pandemic", {"covid-19", "pandemic"}),
+    ("after 'the' (film / plots)", {"film", "plot"}),
+    ("varied tokens: a / b / c", set()),
+    ("jokes / comedies", {"joke", "comedy"}),
+    ("top tokens: ' and', ' his' | ngrams: 'by the'", {"his"}),
+    ("links (t.co URLs)", {"link", "co", "url"}),
+    ("", set()),
+    (None, set()),
+])
+def test_label_words(label, words):
+    assert label_words(label) == words
