@@ -261,69 +261,87 @@ def npmi_pairs(
     min_co = max(1, int(min_count if min_cooccur is None else min_cooccur))
     counts_all = feature_counts(B)
     keep = counts_all >= max(1, min_count)
-    fids = np.flatnonzero(keep)
-    if fids.size < 2 or n == 0 or top <= 0:
+    if int(keep.sum()) < 2 or n == 0 or top <= 0:
         return pd.DataFrame(columns=PAIR_COLUMNS)
     use_numba = HAVE_NUMBA and engine in ("auto", "numba")
     if engine == "numba" and not HAVE_NUMBA:
         raise RuntimeError("numba is not installed")
     best = _TopPairs(top)
     if use_numba:
-        # frequent features first: their pair counts come from document bitsets (popcount)
-        dense = fids[counts_all[fids] >= dense_share * n]
-        if dense.size > MAX_BITSET_FEATURES:
-            dense = np.sort(dense[np.argsort(-counts_all[dense], kind="stable")[:MAX_BITSET_FEATURES]])
-        h = int(dense.size)
-        is_dense = np.zeros(B.shape[1], bool)
-        is_dense[dense] = True
-        fids = np.r_[dense, fids[~is_dense[fids]]]  # compact id -> original id
-        newid = np.full(B.shape[1], -1, np.int64)
-        newid[fids] = np.arange(fids.size)
-        indptr, indices = _remap_rows(B.indptr.astype(np.int64), B.indices, newid, h)
-        bits = _build_bits(indptr, indices, h, (n + 63) // 64)
-        counts = counts_all[fids]
-        lid = _label_ids(fids, exclude_same_label)
-        logc = np.log(np.maximum(np.arange(n + 1), 1)).astype(np.float64)
-        logc[0] = -np.inf
-        dtype = np.uint16 if n < 65535 else np.int32
-        logn = float(np.log(n))
-
-        def run(f0: int) -> None:
-            out = np.zeros((min(block, fids.size - f0), fids.size), dtype=dtype)
-            f1 = f0 + out.shape[0]
-            if f0 < h:
-                _fill_bits(bits, f0, min(f1, h), out)
-            _count_block(indptr, indices, f0, f1, h, out)
-            rowmax, *_ = _scan_block(out, f0, counts, logc, logn, lid, min_co, 0.0, False)
-            valid = rowmax[rowmax > -2.0]
-            tau0 = np.partition(valid, valid.size - top)[valid.size - top] if valid.size >= top else -np.inf
-            tau = max(tau0, best.tau)
-            if not np.isfinite(tau):
-                tau = -1.0
-            _, ii, jj, cc, vv = _scan_block(out, f0, counts, logc, logn, lid, min_co, tau, True)
-            best.add(ii, jj, cc, vv)
-
-        starts = list(range(0, fids.size, block))
-        workers = max(1, min(n_jobs or min(2, os.cpu_count() or 1), len(starts)))
-        if workers == 1:
-            for f0 in starts:
-                run(f0)
-        else:
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(run, starts))
+        fids = _pairs_numba(B, counts_all, np.flatnonzero(keep), best, exclude_same_label, min_co, block, n_jobs,
+                            dense_share)
     else:
-        Bk = _compact(B, keep)
-        counts = counts_all[fids]
-        lid = _label_ids(fids, exclude_same_label)
-        Bc = Bk.tocsc()
-        for f0 in range(0, fids.size, block):
-            f1 = min(f0 + block, fids.size)
-            C = (Bc[:, f0:f1].T @ Bk).tocoo()
-            m = (C.col > C.row + f0) & (C.data >= min_co)
-            ii, jj, cc = C.row[m] + f0, C.col[m], C.data[m].astype(np.int64)
-            m2 = lid[ii] != lid[jj]
-            ii, jj, cc = ii[m2], jj[m2], cc[m2]
-            best.add(ii, jj, cc, npmi_from_counts(cc, counts[ii], counts[jj], n))
+        fids = _pairs_scipy(B, counts_all, keep, best, exclude_same_label, min_co, block)
+    return _pairs_frame(best, fids, counts_all, top)
+
+
+def _pairs_numba(B: sp.csr_matrix, counts_all: np.ndarray, fids: np.ndarray, best: _TopPairs,
+                 labels: dict | None, min_co: int, block: int, n_jobs: int | None, dense_share: float) -> np.ndarray:
+    """Fill ``best`` with the numba engine; returns the compact id -> feature id map its pairs use.
+
+    Frequent features come first: their pair counts come from document bitsets (popcount)."""
+    n = B.shape[0]
+    dense = fids[counts_all[fids] >= dense_share * n]
+    if dense.size > MAX_BITSET_FEATURES:
+        dense = np.sort(dense[np.argsort(-counts_all[dense], kind="stable")[:MAX_BITSET_FEATURES]])
+    h = int(dense.size)
+    is_dense = np.zeros(B.shape[1], bool)
+    is_dense[dense] = True
+    fids = np.r_[dense, fids[~is_dense[fids]]]  # compact id -> original id
+    newid = np.full(B.shape[1], -1, np.int64)
+    newid[fids] = np.arange(fids.size)
+    indptr, indices = _remap_rows(B.indptr.astype(np.int64), B.indices, newid, h)
+    bits = _build_bits(indptr, indices, h, (n + 63) // 64)
+    counts, lid = counts_all[fids], _label_ids(fids, labels)
+    logc = np.log(np.maximum(np.arange(n + 1), 1)).astype(np.float64)
+    logc[0] = -np.inf
+    dtype, logn, top = np.uint16 if n < 65535 else np.int32, float(np.log(n)), best.k
+
+    def run(f0: int) -> None:
+        out = np.zeros((min(block, fids.size - f0), fids.size), dtype=dtype)
+        f1 = f0 + out.shape[0]
+        if f0 < h:
+            _fill_bits(bits, f0, min(f1, h), out)
+        _count_block(indptr, indices, f0, f1, h, out)
+        rowmax, *_ = _scan_block(out, f0, counts, logc, logn, lid, min_co, 0.0, False)
+        valid = rowmax[rowmax > -2.0]
+        tau0 = np.partition(valid, valid.size - top)[valid.size - top] if valid.size >= top else -np.inf
+        tau = max(tau0, best.tau)
+        _, ii, jj, cc, vv = _scan_block(out, f0, counts, logc, logn, lid, min_co, tau if np.isfinite(tau) else -1.0,
+                                        True)
+        best.add(ii, jj, cc, vv)
+
+    starts = list(range(0, fids.size, block))
+    workers = max(1, min(n_jobs or min(2, os.cpu_count() or 1), len(starts)))
+    if workers == 1:
+        for f0 in starts:
+            run(f0)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(run, starts))
+    return fids
+
+
+def _pairs_scipy(B: sp.csr_matrix, counts_all: np.ndarray, keep: np.ndarray, best: _TopPairs,
+                 labels: dict | None, min_co: int, block: int) -> np.ndarray:
+    """Fill ``best`` from sparse products, a block of features at a time; returns compact id -> feature id."""
+    n, fids = B.shape[0], np.flatnonzero(keep)
+    Bk = _compact(B, keep)
+    counts, lid = counts_all[fids], _label_ids(fids, labels)
+    Bc = Bk.tocsc()
+    for f0 in range(0, fids.size, block):
+        f1 = min(f0 + block, fids.size)
+        C = (Bc[:, f0:f1].T @ Bk).tocoo()
+        m = (C.col > C.row + f0) & (C.data >= min_co)
+        ii, jj, cc = C.row[m] + f0, C.col[m], C.data[m].astype(np.int64)
+        m2 = lid[ii] != lid[jj]
+        ii, jj, cc = ii[m2], jj[m2], cc[m2]
+        best.add(ii, jj, cc, npmi_from_counts(cc, counts[ii], counts[jj], n))
+    return fids
+
+
+def _pairs_frame(best: _TopPairs, fids: np.ndarray, counts_all: np.ndarray, top: int) -> pd.DataFrame:
+    """The ``top`` pairs as a table, feature_a < feature_b, by npmi then count_ab (descending)."""
     ii, jj, cc, vv = best.parts
     a, b = np.minimum(fids[ii], fids[jj]), np.maximum(fids[ii], fids[jj])
     df = pd.DataFrame(

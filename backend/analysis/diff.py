@@ -208,25 +208,38 @@ def diff_features(
     def in_range(s: np.ndarray) -> np.ndarray:
         return (s >= min_share) & (s <= max_share)
 
-    tested = ((n_a_all + n_b_all) > 0) & (in_range(sa_all) | in_range(sb_all))
-    fid = np.flatnonzero(tested)
-    n_a, n_b = n_a_all[fid], n_b_all[fid]
-    share_a, share_b = sa_all[fid], sb_all[fid]
+    fid = np.flatnonzero(((n_a_all + n_b_all) > 0) & (in_range(sa_all) | in_range(sb_all)))
+    table = _share_table(fid, n_a_all[fid], N_a, n_b_all[fid], N_b)
+    if lengths_a is not None and lengths_b is not None:
+        table = _add_length_control(table, BA, BB, fid, lengths_a, lengths_b, length_bins)
+    order = np.lexsort((table["feature_id"].to_numpy(), -np.abs(table["abs_diff"].to_numpy())))
+    table = table.iloc[order].reset_index(drop=True)
+    table.insert(0, "rank", np.arange(1, len(table) + 1))
+    return table
 
+
+def _p_values(n_a: np.ndarray, N_a: int, n_b: np.ndarray, N_b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(z, p, method): the z-test, replaced by Fisher's exact test where expected counts are small."""
     z, p = two_proportion_z(n_a, N_a, n_b, N_b)
-    method = np.full(fid.size, "z", dtype=object)
+    method = np.full(np.asarray(n_a).size, "z", dtype=object)
     K = n_a + n_b
     exp_min = np.minimum(K * min(N_a, N_b) / (N_a + N_b), (N_a + N_b - K) * min(N_a, N_b) / (N_a + N_b))
     small = (exp_min < 5) & (K <= FISHER_MAX_TOTAL)
     if small.any():
         p[small] = fisher_two_sided(n_a[small], N_a, n_b[small], N_b)
         method[small] = "fisher"
+    return z, p, method
 
+
+def _share_table(fid: np.ndarray, n_a: np.ndarray, N_a: int, n_b: np.ndarray, N_b: int) -> pd.DataFrame:
+    """The unranked per-feature table: counts, shares, effect sizes and tests of the tested features."""
+    share_a, share_b = n_a / N_a, n_b / N_b
+    z, p, method = _p_values(n_a, N_a, n_b, N_b)
     abs_diff = share_a - share_b
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(np.maximum(share_a, share_b) > 0, abs_diff / np.maximum(share_a, share_b), 0.0)
     log2_ratio = np.log2(((n_a + 0.5) / (N_a + 1.0)) / ((n_b + 0.5) / (N_b + 1.0)))
-    table = pd.DataFrame(
+    return pd.DataFrame(
         {
             "feature_id": fid.astype(np.int64),
             "n_a": n_a,
@@ -242,12 +255,6 @@ def diff_features(
             "q_value": bh_adjust(p),
         }
     )
-    if lengths_a is not None and lengths_b is not None:
-        table = _add_length_control(table, BA, BB, fid, lengths_a, lengths_b, length_bins)
-    order = np.lexsort((table["feature_id"].to_numpy(), -np.abs(table["abs_diff"].to_numpy())))
-    table = table.iloc[order].reset_index(drop=True)
-    table.insert(0, "rank", np.arange(1, len(table) + 1))
-    return table
 
 
 def _add_length_control(
@@ -367,9 +374,6 @@ def summarize_diff(
     sorted by summed |abs_diff|: name (label of the strongest member), keywords,
     feature_ids, labels, direction ("more in A" / "more in B"), mean_abs_diff, n_features.
     """
-    from scipy.cluster.hierarchy import fcluster, linkage
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
     if len(table) == 0:
         return []
     rows = table.sort_values("rank").head(top) if "rank" in table else table.head(top)
@@ -380,41 +384,48 @@ def summarize_diff(
         fids = sub["feature_id"].astype(int).to_numpy()
         diffs = sub["abs_diff"].to_numpy()
         texts = [labels.get(int(f), "") or f"feature {int(f)}" for f in fids]
-        docs = [" ".join(_label_tokens(t)) or f"feature{int(f)}" for t, f in zip(texts, fids)]
-        if len(fids) == 1:
-            assign = np.array([1])
-        else:
-            vec = TfidfVectorizer(token_pattern=r"\S+", sublinear_tf=True).fit_transform(docs)
-            sim = (vec @ vec.T).toarray()
-            dist = np.clip(1.0 - sim, 0.0, None)
-            condensed = dist[np.triu_indices(len(fids), 1)]
-            assign = fcluster(linkage(condensed, method="average"), t=distance_threshold, criterion="distance")
-        for g in np.unique(assign):
-            m = assign == g
-            order = np.argsort(-np.abs(diffs[m]))
-            g_fids, g_diffs = fids[m][order], diffs[m][order]
-            g_texts = [texts[i] for i in np.flatnonzero(m)[order]]
-            tok_counts: dict[str, int] = {}
-            for t in g_texts:
-                for tok in set(_label_tokens(t)):
-                    tok_counts[tok] = tok_counts.get(tok, 0) + 1
-            keywords = [t for t, _ in sorted(tok_counts.items(), key=lambda kv: (-kv[1], kv[0]))[:5]]
-            groups.append(
-                {
-                    "name": g_texts[0],
-                    "keywords": keywords,
-                    "feature_ids": [int(f) for f in g_fids],
-                    "labels": g_texts,
-                    "direction": direction,
-                    "mean_abs_diff": float(np.mean(np.abs(g_diffs))),
-                    "n_features": int(m.sum()),
-                    "_weight": float(np.sum(np.abs(g_diffs))),
-                }
-            )
+        assign = _label_clusters(texts, fids, distance_threshold)
+        groups += [_label_group(fids, diffs, texts, assign == g, direction) for g in np.unique(assign)]
     groups.sort(key=lambda g: -g["_weight"])
     for g in groups:
         g.pop("_weight")
     return groups[:n_groups]
+
+
+def _label_clusters(texts: list[str], fids: np.ndarray, distance_threshold: float) -> np.ndarray:
+    """Cluster id per label: average-linkage clustering of TF-IDF label-token vectors, cut at the distance."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    if len(fids) == 1:
+        return np.array([1])
+    docs = [" ".join(_label_tokens(t)) or f"feature{int(f)}" for t, f in zip(texts, fids)]
+    vec = TfidfVectorizer(token_pattern=r"\S+", sublinear_tf=True).fit_transform(docs)
+    dist = np.clip(1.0 - (vec @ vec.T).toarray(), 0.0, None)
+    condensed = dist[np.triu_indices(len(fids), 1)]
+    return fcluster(linkage(condensed, method="average"), t=distance_threshold, criterion="distance")
+
+
+def _label_group(fids: np.ndarray, diffs: np.ndarray, texts: list[str], m: np.ndarray, direction: str) -> dict:
+    """One summary group (the features under mask ``m``), strongest member first, with its keywords."""
+    order = np.argsort(-np.abs(diffs[m]))
+    g_fids, g_diffs = fids[m][order], diffs[m][order]
+    g_texts = [texts[i] for i in np.flatnonzero(m)[order]]
+    tok_counts: dict[str, int] = {}
+    for t in g_texts:
+        for tok in set(_label_tokens(t)):
+            tok_counts[tok] = tok_counts.get(tok, 0) + 1
+    keywords = [t for t, _ in sorted(tok_counts.items(), key=lambda kv: (-kv[1], kv[0]))[:5]]
+    return {
+        "name": g_texts[0],
+        "keywords": keywords,
+        "feature_ids": [int(f) for f in g_fids],
+        "labels": g_texts,
+        "direction": direction,
+        "mean_abs_diff": float(np.mean(np.abs(g_diffs))),
+        "n_features": int(m.sum()),
+        "_weight": float(np.sum(np.abs(g_diffs))),
+    }
 
 
 def example_documents(X, feature_id: int, n: int = 5, seed: int = 0, threshold: float = 0.0) -> np.ndarray:
