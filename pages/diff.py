@@ -151,10 +151,23 @@ def findings_section(ws: Workspace, res: DiffResult, sides: Sides, include_confo
     for i, finding in enumerate(summary):
         with st.container(border=True):
             st.markdown(finding_line(finding, sides))
+            finding_members(res, finding, sides, key=f"diff_members_{i}")
             finding_examples(ws, res, sides, finding, key=f"diff_finding_{i}")
-    st.caption("Each finding groups features that fire on the same documents; its label is its strongest feature's.")
+    st.caption("Each finding folds features that describe one concept (they fire on the same documents, their "
+               "labels share a word, or one fires inside the other's documents); its label is its strongest "
+               "feature's, its shares count documents where any of them fires.")
     label_findings(ws, summary, sides)
     widgets.export_buttons(res.to_frame(sides.name_a, sides.name_b), key="diff_findings_export", stem="diff_findings")
+
+
+def finding_members(res: DiffResult, finding: Finding, sides: Sides, key: str) -> None:
+    """The features folded into a multi-feature finding, with their labels and their own shares."""
+    if finding.n_features < 2:
+        return
+    with st.expander(f"The {finding.n_features} features of this finding", icon=":material/stacks:"):
+        members = res.members(finding).rename(columns={"share_a": f"share {sides.name_a}",
+                                                       "share_b": f"share {sides.name_b}"})
+        st.dataframe(members, hide_index=True, width="stretch", key=key)
 
 
 def label_findings(ws: Workspace, summary: list[Finding], sides: Sides) -> None:

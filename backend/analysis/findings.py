@@ -203,9 +203,20 @@ def label_words(label: str | None) -> frozenset[str]:
     return frozenset(w for w in words if w not in _NOT_CONCEPT and _LETTER.search(w) and len(w) > 1)
 
 
+def concept_keys(label: str | None) -> frozenset[str]:
+    """What two labels must share to name one concept: their :func:`label_words`, or, for a label without
+    any (``the``, ``a / an``), its whole name, so two findings both named "the" fold too."""
+    words = label_words(label)
+    if words or not (label or "").strip():
+        return words
+    name = re.split(r"\s+[—–]\s+", label.strip(), maxsplit=1)[0]
+    return frozenset({"=" + " ".join(name.lower().split())})
+
+
 def shared_words_matrix(labels: list[str | None]) -> np.ndarray:
-    """k x k: whether labels i and j share a concept word (:func:`label_words`); the diagonal is True."""
-    words = [label_words(label) for label in labels]
+    """k x k: whether labels i and j share a concept word or, lacking any, a name (:func:`concept_keys`);
+    the diagonal is True."""
+    words = [concept_keys(label) for label in labels]
     vocab = {w: i for i, w in enumerate(sorted(set().union(*words)))}
     incidence = np.zeros((len(labels), max(1, len(vocab))), np.int64)
     for i, ws in enumerate(words):
@@ -388,6 +399,14 @@ class DiffResult:
         acts = np.asarray(X[rows][:, [int(feature_id)]].toarray()).ravel() if rows.size else np.zeros(0)
         return pd.DataFrame({"doc_id": ids[rows].astype(np.int64), "activation": acts.astype(float)})
 
+    def members(self, finding: Finding) -> pd.DataFrame:
+        """The features folded into a finding, lead first: feature_id, label, and each one's own share_a,
+        share_b (the finding reports the share where *any* of them fires)."""
+        rows = self.table.set_index("feature_id").loc[list(finding.feature_ids)]
+        labels = finding.feature_labels or tuple(f"feature {f}" for f in finding.feature_ids)
+        return pd.DataFrame({"feature_id": np.asarray(finding.feature_ids, np.int64), "label": list(labels),
+                             "share_a": rows["share_a"].to_numpy(float), "share_b": rows["share_b"].to_numpy(float)})
+
     def to_frame(self, name_a: str = "A", name_b: str = "B") -> pd.DataFrame:
         """One row per finding, for export (feature and doc ids as comma-separated text)."""
         def join(values: tuple[int, ...]) -> str:
@@ -410,6 +429,7 @@ class DiffResult:
                 "is_formatting": [f.is_formatting for f in self.findings],
                 "examples_a": [join(f.examples_a) for f in self.findings],
                 "examples_b": [join(f.examples_b) for f in self.findings],
+                "feature_labels": [" | ".join(f.feature_labels) for f in self.findings],
             }
         )
 

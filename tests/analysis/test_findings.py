@@ -299,3 +299,25 @@ def test_summary_never_shows_two_same_side_findings_sharing_a_label_word(seed):
 ])
 def test_label_words(label, words):
     assert label_words(label) == words
+
+
+def test_labels_without_a_concept_word_fold_by_their_name():
+    fire = np.zeros((9, 4), bool)
+    for f, rows in enumerate((slice(0, 2), slice(2, 4), slice(4, 6), slice(6, 9))):
+        fire[rows, f] = True  # disjoint documents: only labels can fold them
+    labels = {0: 'the — "«the» end"', 1: 'The — "in «the» box"', 2: "a / an", 3: "pandemic"}
+    X = sp.csr_matrix(fire.astype(float))
+    assert group_features(X, [0, 1, 2, 3]) == [[0], [1], [2], [3]]
+    assert group_features(X, [0, 1, 2, 3], labels=labels) == [[0, 1], [2], [3]]
+
+
+def test_members_list_the_folded_features_with_their_own_shares(concept_corpora):
+    XA, XB, labels, _, _ = concept_corpora
+    res = diff_result(XA, XB, labels=labels)
+    concept = next(f for f in res.findings if 10 in f.feature_ids)
+    members = res.members(concept)
+    assert list(members["feature_id"]) == list(concept.feature_ids)
+    assert list(members["label"]) == [labels[f] for f in concept.feature_ids]
+    own = np.asarray((XA[:, list(concept.feature_ids)] > 0).mean(axis=0)).ravel()
+    assert np.allclose(members["share_a"], own) and concept.share_a > members["share_a"].max()
+    assert res.to_frame().loc[res.findings.index(concept), "feature_labels"].split(" | ")[0] == labels[concept.lead]
