@@ -1,13 +1,15 @@
-"""Dataset-diff findings: features that fire on the same documents, read as one line each.
+"""Dataset-diff findings: the features that describe one concept, read as one line each.
 
-An SAE often spreads one concept over many latents (17 features all firing on ``://t.co`` links), so a
-diff ranked feature by feature fills its summary with copies of one difference and hides the other
-side's. Here the strongest features of each side are folded greedily into findings by the Jaccard
-overlap of the documents they fire on (over both sides' documents; optionally also by decoder cosine).
-A finding is led by its strongest feature and reports the share of documents in which *any* member
-fires, with example documents. The summary takes the strongest findings of *each* side;
-length-confounded findings, and formatting findings (punctuation, newlines) while a content finding
-also differs, rank after the others.
+An SAE often spreads one concept over many latents (17 features all firing on ``://t.co`` links; three
+"coronavirus" features, each firing on different documents), so a diff ranked feature by feature fills its
+summary with copies of one difference and hides the other side's. Here the strongest features of each side
+are folded greedily into findings: a feature joins a stronger one when their document sets overlap
+(Jaccard, over both sides' documents), when their labels share a concept word (:func:`label_words`), when
+one's documents lie inside the other's (containment, with co-occurrence far beyond chance), or optionally
+when their decoder directions point the same way. A finding is led by its strongest feature and reports
+the share of documents in which *any* member fires, with example documents. The summary takes the
+strongest findings of *each* side; length-confounded findings, and formatting findings (punctuation,
+newlines) while a content finding also differs, rank after the others.
 
 :func:`diff_result` is the whole dataset diff (statistics, length control, findings, examples), so the
 Diff page and a notebook get the same answer from one call.
