@@ -13,7 +13,7 @@ its other members (would decoder cosine, which the workspace diff does not pass,
 
     python bench/finding_groups.py [--per-class 120] [--workspace /tmp/finding_groups.duckdb]
 
-The workspace is built once (about 2 minutes of embedding on 2 busy cores) and reused."""
+The workspace is built once (about 9 minutes of embedding on 2 busy shared cores) and reused; then ~1 minute."""
 from __future__ import annotations
 
 import argparse
