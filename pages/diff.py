@@ -41,7 +41,7 @@ def intro() -> None:
     st.caption(
         "Which concepts are more common in one set of documents than in another? Each feature is tested for "
         "the share of documents in which it fires (two-proportion z-test, exact Fisher test for rare features, "
-        "Benjamini-Hochberg q-values); features that fire on the same documents are grouped into one finding.")
+        "Benjamini-Hochberg q-values); features that describe one concept are grouped into one finding.")
     with st.expander("Why document length matters, and how the length control works"):
         st.markdown(
             "Document embeddings are **max-pooled**: a feature counts as present when it fires on *any* token. "
