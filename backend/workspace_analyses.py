@@ -28,6 +28,12 @@ CorpusRef = "str | int | Corpus"
 RETRIEVE_MODES = ("sae", "dense", "hybrid")
 
 
+def _doc_ids(reading: ClusterReading) -> ClusterReading:
+    """Typical documents named by doc_id, as everywhere on the façade."""
+    reading.documents = reading.documents.rename(columns={"row": "doc_id"})
+    return reading
+
+
 class WorkspaceAnalyses:
     """Mixin: needs `corpus()`, `latents()`, `doc_lengths()`, `metadata()`, `labels()` from Workspace."""
 
@@ -159,10 +165,12 @@ class WorkspaceAnalyses:
                       n_docs: int = 3, min_support: int = 5) -> ClusterReading:
         """Topical groups: the MiniLM document vectors clustered (k-means by default; "spectral",
         "agglomerative"), labels 0..k-1 by decreasing size, each cluster read through its most over- and
-        under-represented SAE features and its documents nearest the cluster's MiniLM centre."""
+        under-represented SAE features and its documents nearest the cluster's MiniLM centre (`documents`:
+        cluster, rank, doc_id, similarity)."""
         handle = self.corpus(corpus)
-        return cluster_dense_read(self.latents(handle, "max"), self._doc_vectors(handle), k, method=method, seed=seed,
-                                  feature_labels=self.labels(handle), top=top, n_docs=n_docs, min_support=min_support)
+        return _doc_ids(cluster_dense_read(self.latents(handle, "max"), self._doc_vectors(handle), k, method=method,
+                                           seed=seed, feature_labels=self.labels(handle), top=top, n_docs=n_docs,
+                                           min_support=min_support))
 
     def describe_clusters(self, corpus: CorpusRef, labels: Any, top: int = 5, n_docs: int = 3, min_support: int = 5,
                           typical: str = "sae") -> ClusterReading:
@@ -174,8 +182,8 @@ class WorkspaceAnalyses:
             raise UserError(f"typical must be 'sae' or 'dense', not {typical!r}")
         handle = self.corpus(corpus)
         vectors = self._doc_vectors(handle) if typical == "dense" else None
-        return read_clusters(self.latents(handle, "max"), np.asarray(labels), vectors, self.labels(handle),
-                             method="given", top=top, n_docs=n_docs, min_support=min_support)
+        return _doc_ids(read_clusters(self.latents(handle, "max"), np.asarray(labels), vectors, self.labels(handle),
+                                      method="given", top=top, n_docs=n_docs, min_support=min_support))
 
     def _doc_vectors(self, handle: "Corpus") -> np.ndarray:
         from backend.doc_embeddings import doc_vectors

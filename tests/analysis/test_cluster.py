@@ -356,7 +356,7 @@ def test_workspace_cluster_dense_and_describe(tiny_workspace_file, tmp_path, tin
         X, V = ws.latents("t", "max"), doc_embeddings.doc_vectors(ws, ws.corpus("t"))
         want = cl.cluster_dense_read(X, V, 3, feature_labels=ws.labels("t"), min_support=2)
         assert np.array_equal(res.labels, want.labels) and res.features.equals(want.features)
-        assert res.documents.equals(want.documents) and res.method == "minilm-kmeans"
+        assert res.documents.equals(want.documents.rename(columns={"row": "doc_id"})) and res.method == "minilm-kmeans"
         concepts = ws.cluster("t", [int(f) for f in np.argsort(-np.bincount(X.indices, minlength=X.shape[1]))[1:4]])
         read = ws.describe_clusters("t", concepts.labels, min_support=2)
         assert read.features.equals(cl.read_clusters(X, concepts.labels, None, ws.labels("t"), min_support=2).features)
