@@ -18,6 +18,7 @@ from backend.analysis.findings import DiffResult, diff_result
 from backend.analysis.hypotheses import ChatFn, HypothesisConfig, HypothesisReport, run_hypotheses, sample_doc_ids
 from backend.analysis.retrieve import cosine_scores, dense_retrieve, hybrid_ranking, query_scores, query_weights, rank_by_query
 from backend.errors import UserError
+from backend.label_text import split_label
 
 if TYPE_CHECKING:
     from backend.labels import LLMConfig
@@ -122,7 +123,8 @@ class WorkspaceAnalyses:
             ranking = rank_by_query(X, self.embed_text(query), top=top, weighting=weighting)
             return ranking.table.rename(columns={"row": "doc_id"}).reset_index(drop=True)
         weights, sae, _ = query_scores(X, self.embed_text(query), weighting)
-        fused = hybrid_ranking(X, weights, sae, self._dense_scores(handle, query), self.labels(handle), top, fusion)
+        names = {f: split_label(text)[0] for f, text in self.labels(handle, [int(f) for f in weights["feature_id"]]).items()}
+        fused = hybrid_ranking(X, weights, sae, self._dense_scores(handle, query), names, top, fusion)
         return fused.rename(columns={"row": "doc_id"}).reset_index(drop=True)
 
     def _dense_scores(self, handle: "Corpus", query: str) -> np.ndarray:

@@ -312,8 +312,10 @@ def test_workspace_retrieve_modes(tiny_ws):
     for doc_id, fids in zip(hybrid["doc_id"], hybrid["features"]):
         present = set(X[int(doc_id)].indices)
         assert set(fids) <= query_fids & present and len(fids) == min(3, len(query_fids & present))
+    from backend.label_text import split_label
+
     labels = tiny_ws.labels("t")
     first = hybrid["features"].iloc[0]
-    assert all((labels.get(f) or f"feature {f}") in hybrid["why"].iloc[0] for f in first)
+    assert all((split_label(labels[f])[0] if f in labels else f"feature {f}") in hybrid["why"].iloc[0] for f in first)
     with pytest.raises(UserError, match="mode"):
         tiny_ws.retrieve("t", query, mode="bm25")

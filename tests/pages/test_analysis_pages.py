@@ -551,3 +551,24 @@ def test_retrieval_and_clustering_offer_labels_for_what_they_show(private_ws, mo
     result = ws.cluster("t", rare)
     describing = result.descriptions.query("diff > 0")["lead_feature"].astype(int).unique()
     assert button.label.startswith(f"Label these {len(describing)} feature")
+
+
+# -- hybrid retrieval and topic clusters read through SAE features (added with the hybrid modes) ----------------
+def test_retrieval_opens_with_the_hybrid_ranking_and_its_reasons(ws_path, ws):
+    """A text query is answered first by ws.retrieve(mode="hybrid"): its order, ranks and why column, shown
+    before the SAE and MiniLM rankings (which stay beside each other below)."""
+    query = "i love this movie"
+    at = app("retrieval", ws_path, ret_text=query).run()
+    no_errors(at)
+    want = ws.retrieve("t", query, top=10, mode="hybrid")
+    got = frame_with(at, "fused", "why")
+    assert list(got["doc_id"]) == list(want["doc_id"]) and np.allclose(got["fused"], want["score"])
+    assert list(got["sae_rank"]) == list(want["sae_rank"]) and list(got["dense_rank"]) == list(want["dense_rank"])
+    assert list(got["why"]) == list(want["why"]) and got["why"].str.len().gt(0).any()
+    titles = [m.value for m in at.markdown]
+    hybrid_at = titles.index("**Hybrid: SAE features and MiniLM fused**")
+    assert hybrid_at < titles.index("**Each ranking on its own**")
+    frames = [d.value for d in at.dataframe]
+    first = next(i for i, f in enumerate(frames) if "fused" in f.columns)
+    assert first < next(i for i, f in enumerate(frames) if "n_overlap" in f.columns)
+    assert first < next(i for i, f in enumerate(frames) if "cosine" in f.columns)
