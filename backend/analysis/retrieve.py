@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from scipy.special import ndtri  # the standard normal's quantile function
 
 from backend.analysis import as_csr, binarize, feature_counts
 from backend.errors import UserError
@@ -237,14 +238,12 @@ def tail_excess(z: np.ndarray, k: int = CLARITY_K) -> float:
     ~0 for a ranker whose scores are noise for this query (its best documents are just the largest of many
     draws), large when a group of documents stands apart: a query-performance estimate from the score
     distribution alone (no relevance labels), the weight of that ranker under ``fusion="adaptive"``."""
-    from scipy.stats import norm
-
     n = z.size
     k = int(min(k, n))
     if k == 0:
         return 0.0
     top = np.partition(z, n - k)[n - k:].mean()
-    expected = norm.ppf(1 - (np.arange(1, k + 1) - 0.375) / (n + 0.25)).mean()  # Blom's normal order statistics
+    expected = ndtri(1 - (np.arange(1, k + 1) - 0.375) / (n + 0.25)).mean()  # Blom's normal order statistics
     return max(float(top - expected), 0.0)
 
 
