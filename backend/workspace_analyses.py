@@ -16,7 +16,9 @@ from backend.analysis.concepts import ConceptConfig
 from backend.analysis.diff import DiffConfig, split_by_column
 from backend.analysis.findings import DiffResult, diff_result
 from backend.analysis.hypotheses import ChatFn, HypothesisConfig, HypothesisReport, run_hypotheses, sample_doc_ids
-from backend.analysis.retrieve import cosine_scores, dense_retrieve, hybrid_ranking, query_scores, query_weights, rank_by_query
+from backend.analysis.retrieve import (
+    cosine_scores, dense_retrieve, hybrid_ranking, query_scores, query_weights, rank_by_query,
+)
 from backend.errors import UserError
 from backend.label_text import split_label
 
@@ -123,7 +125,8 @@ class WorkspaceAnalyses:
             ranking = rank_by_query(X, self.embed_text(query), top=top, weighting=weighting)
             return ranking.table.rename(columns={"row": "doc_id"}).reset_index(drop=True)
         weights, sae, _ = query_scores(X, self.embed_text(query), weighting)
-        names = {f: split_label(text)[0] for f, text in self.labels(handle, [int(f) for f in weights["feature_id"]]).items()}
+        query_labels = self.labels(handle, [int(f) for f in weights["feature_id"]])
+        names = {f: split_label(text)[0] for f, text in query_labels.items()}
         fused = hybrid_ranking(X, weights, sae, self._dense_scores(handle, query), names, top, fusion)
         return fused.rename(columns={"row": "doc_id"}).reset_index(drop=True)
 

@@ -8,6 +8,8 @@ Builds (once, reused on later runs) a workspace with the default model + SAE hol
   "It seems that …"), 40 as questions ("Is it true that …?"), 40 in capitals, 40 with a link appended;
   140 left plain. The property is planted on sentences of every topic, so the topic says nothing about it.
   Queries are one sentence with the property (written before any run, not tuned).
+- ``hedges``: bench/concept_checks.py's generated sentences (200: half hedged with one of 15 hedge words, half
+  plain or boosted), queried with the same hedged sentence.
 
 Then P@50 (precision in the top min(50, relevant documents)) of ``ws.retrieve(..., mode=m)`` for
 m = sae, dense, hybrid on every query, and the MiniLM k-means clusters of ``topics`` described by their
@@ -101,13 +103,20 @@ def property_corpus(seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["truth", "text"])
 
 
+def hedge_frame(n: int = 200) -> pd.DataFrame:
+    from concept_checks import hedge_corpus  # bench/ is on the path when this file runs as a script
+
+    texts, hedged = hedge_corpus(n=n)
+    return pd.DataFrame({"truth": np.where(hedged == 1, "hedged", "certain"), "text": texts})
+
+
 def build(path: Path, progress: bool = True):
     """The workspace with both corpora embedded and their MiniLM vectors stored (reused when present)."""
     from backend import doc_embeddings
     from backend.workspace import Workspace, WorkspaceSpec
 
     ws = Workspace.open_or_create(str(path), WorkspaceSpec())
-    for name, frame in (("topics", topic_corpus()), ("properties", property_corpus())):
+    for name, frame in (("topics", topic_corpus()), ("properties", property_corpus()), ("hedges", hedge_frame())):
         if not ws.has_corpus(name):
             ws.add_corpus(name, frame, text_column="text")
         if ws.corpus(name).status != "ready":
@@ -194,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     topical = retrieval_rows(ws, "topics", {c: "\n".join(q) for c, q in TOPIC_QUERIES.items()})
     props = retrieval_rows(ws, "properties", PROPERTY_QUERIES)
+    props += retrieval_rows(ws, "hedges", {"hedged": PROPERTY_QUERIES["hedged"]})
     print("\nText-query retrieval, precision@50 (ws.retrieve(corpus, query, top=50, mode=…))")
     print_retrieval(topical + props)
     mt, mp = (np.mean([r[3:] for r in rows], axis=0) for rows in (topical, props))
