@@ -18,8 +18,8 @@ over- and under-represented SAE features (``ws.cluster_dense`` + its description
     PYTHONPATH=. python bench/hybrid_retrieval.py [--workspace /tmp/hybrid_bench.duckdb] [--threads 2]
         [--fortunes-dir DIR]   # where the fortunes files are, when the `fortunes` package is not installed
 
-600 documents: the build took 760 s on this shared 2-core machine (load ~15) and is reused afterwards; a
-measurement run took 427 s (every ws.retrieve call reads its query with the model again: 5 calls per query).
+800 documents: the build took 880 s on this shared 2-core machine (load ~15) and is reused afterwards; a
+measurement run took 425 s (every ws.retrieve call reads its query with the model again: 5 calls per query).
 Last line: ``p50 topical sae=<a> dense=<b> hybrid=<c> property sae=<d> dense=<e> hybrid=<f>``."""
 from __future__ import annotations
 
