@@ -11,13 +11,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from backend.analysis.cluster import DocumentClusters, cluster_along
+from backend.analysis.cluster import ClusterReading, DocumentClusters, cluster_along, cluster_dense_read, read_clusters
 from backend.analysis.concepts import ConceptConfig
 from backend.analysis.diff import DiffConfig, split_by_column
 from backend.analysis.findings import DiffResult, diff_result
 from backend.analysis.hypotheses import ChatFn, HypothesisConfig, HypothesisReport, run_hypotheses, sample_doc_ids
-from backend.analysis.retrieve import dense_retrieve, query_weights, rank_by_query
+from backend.analysis.retrieve import (
+    cosine_scores, dense_retrieve, hybrid_ranking, query_scores, query_weights, rank_by_query,
+)
 from backend.errors import UserError
+from backend.label_text import split_label
 
 if TYPE_CHECKING:
     from backend.labels import LLMConfig
@@ -25,6 +28,13 @@ if TYPE_CHECKING:
     from backend.store import Corpus
 
 CorpusRef = "str | int | Corpus"
+RETRIEVE_MODES = ("sae", "dense", "hybrid")
+
+
+def _doc_ids(reading: ClusterReading) -> ClusterReading:
+    """Typical documents named by doc_id, as everywhere on the façade."""
+    reading.documents = reading.documents.rename(columns={"row": "doc_id"})
+    return reading
 
 
 class WorkspaceAnalyses:
@@ -93,16 +103,38 @@ class WorkspaceAnalyses:
         return run_hypotheses(findings, examples_a, examples_b, docs_a, docs_b, llm, config, name_a, name_b)
 
     # -- retrieval -------------------------------------------------------------------------------
-    def retrieve(self, corpus: CorpusRef, query: str, top: int = 50, weighting: str = "idf") -> pd.DataFrame:
-        """The SAE ranking of documents for a text query: doc_id, score, n_overlap (best first).
+    def retrieve(self, corpus: CorpusRef, query: str, top: int = 50, weighting: str = "idf", mode: str = "sae",
+                 fusion: str = "adaptive") -> pd.DataFrame:
+        """Documents for a text query, best first. `mode="sae"` (default): the SAE ranking, doc_id, score, n_overlap.
 
         The query is read by the reader model and SAE like a document (max-pooled features); documents
         are ranked by cosine over features weighted by inverse document frequency (`weighting="idf"`, so
         features that fire almost everywhere do not drown the rare, topical ones; "none": plain cosine).
-        `query_features` shows the weights."""
+        `query_features` shows the weights. `mode="dense"`: `retrieve_dense`. `mode="hybrid"`: both
+        rankings fused (`fusion="adaptive"`: standardized scores, each ranking weighted by how clearly its best
+        documents stand apart for this query; "zscore": unweighted; "rrf": reciprocal rank fusion), with
+        doc_id, score, sae_rank, dense_rank, sae_score, dense_score, and the query's features that make each
+        hit relevant (`features`, ids; `why`, their labels and shares of the SAE score)."""
+        if mode not in RETRIEVE_MODES:
+            raise UserError(f"mode must be one of {', '.join(RETRIEVE_MODES)}, not {mode!r}")
+        if mode == "dense":
+            return self.retrieve_dense(corpus, query, top=top)
         handle = self.corpus(corpus)
-        ranking = rank_by_query(self.latents(handle, "max"), self.embed_text(query), top=top, weighting=weighting)
-        return ranking.table.rename(columns={"row": "doc_id"}).reset_index(drop=True)
+        X = self.latents(handle, "max")
+        if mode == "sae":
+            ranking = rank_by_query(X, self.embed_text(query), top=top, weighting=weighting)
+            return ranking.table.rename(columns={"row": "doc_id"}).reset_index(drop=True)
+        weights, sae, _ = query_scores(X, self.embed_text(query), weighting)
+        query_labels = self.labels(handle, [int(f) for f in weights["feature_id"]])
+        names = {f: split_label(text)[0] for f, text in query_labels.items()}
+        fused = hybrid_ranking(X, weights, sae, self._dense_scores(handle, query), names, top, fusion)
+        return fused.rename(columns={"row": "doc_id"}).reset_index(drop=True)
+
+    def _dense_scores(self, handle: "Corpus", query: str) -> np.ndarray:
+        """MiniLM cosine of the query with every document (vectors computed and stored on first use)."""
+        from backend.doc_embeddings import embed_query
+
+        return cosine_scores(embed_query(query), self._doc_vectors(handle))
 
     def query_features(self, corpus: CorpusRef, query: str, weighting: str = "idf") -> pd.DataFrame:
         """The query's features with their activation, document frequency, idf and weight in `retrieve`."""
@@ -133,6 +165,35 @@ class WorkspaceAnalyses:
         handle = self.corpus(corpus)
         return cluster_along(self.latents(handle, "max"), [int(f) for f in feature_ids], k=k, method=method,
                              groups=groups, config=config, seed=seed, min_cluster_size=min_cluster_size)
+
+    def cluster_dense(self, corpus: CorpusRef, k: int, method: str = "kmeans", seed: int = 0, top: int = 5,
+                      n_docs: int = 3, min_support: int = 5) -> ClusterReading:
+        """Topical groups: the MiniLM document vectors clustered (k-means by default; "spectral",
+        "agglomerative"), labels 0..k-1 by decreasing size, each cluster read through its most over- and
+        under-represented SAE features and its documents nearest the cluster's MiniLM centre (`documents`:
+        cluster, rank, doc_id, similarity)."""
+        handle = self.corpus(corpus)
+        return _doc_ids(cluster_dense_read(self.latents(handle, "max"), self._doc_vectors(handle), k, method=method,
+                                           seed=seed, feature_labels=self.labels(handle), top=top, n_docs=n_docs,
+                                           min_support=min_support))
+
+    def describe_clusters(self, corpus: CorpusRef, labels: Any, top: int = 5, n_docs: int = 3, min_support: int = 5,
+                          typical: str = "sae") -> ClusterReading:
+        """Any clustering of the corpus (one label per document, e.g. `ws.cluster(...).labels`) read through
+        SAE features: per cluster the most over- and under-represented features (z of the log-odds ratio,
+        near-constant features skipped) with labels, and typical documents, nearest the cluster's centre in
+        SAE features (`typical="sae"`) or MiniLM vectors ("dense")."""
+        if typical not in ("sae", "dense"):
+            raise UserError(f"typical must be 'sae' or 'dense', not {typical!r}")
+        handle = self.corpus(corpus)
+        vectors = self._doc_vectors(handle) if typical == "dense" else None
+        return _doc_ids(read_clusters(self.latents(handle, "max"), np.asarray(labels), vectors, self.labels(handle),
+                                      method="given", top=top, n_docs=n_docs, min_support=min_support))
+
+    def _doc_vectors(self, handle: "Corpus") -> np.ndarray:
+        from backend.doc_embeddings import doc_vectors
+
+        return doc_vectors(self, handle)
 
     # -- steering --------------------------------------------------------------------------------
     def steer(

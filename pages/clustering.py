@@ -1,4 +1,8 @@
-"""Clustering along chosen concepts (the paper's "cluster by concept"), beside a dense MiniLM baseline.
+"""Clustering: topics found by MiniLM and read through SAE features (the first tab: dense vectors group documents
+by topic better), and clustering along chosen concepts (the paper's "cluster by concept"), beside a dense baseline.
+
+Topics: `Workspace.cluster_dense` (MiniLM k-means by default), each cluster described by its most over- and
+under-represented SAE features (z of the log-odds ratio, near-constant features skipped) and typical documents.
 
 The chosen features are first folded into concepts (features that fire on the same documents). The
 "concepts" method groups documents by which concepts they carry, keeping the documents that carry none as
@@ -15,7 +19,7 @@ import streamlit as st
 
 from backend import doc_embeddings
 from backend.analysis.cluster import (
-    NONE_LABEL, DocumentClusters, agreement, cluster_name, dense_cluster, describe_clusters, umap_2d,
+    NONE_LABEL, ClusterReading, DocumentClusters, agreement, cluster_name, dense_cluster, describe_clusters, umap_2d,
 )
 from backend.analysis.concepts import Concept, ConceptConfig
 from backend.errors import UserError
@@ -66,6 +70,12 @@ def run_cluster(_ws: Workspace, _corpus: Corpus, key: widgets.CacheKey, fids: tu
 def run_describe(_ws: Workspace, _corpus: Corpus, key: widgets.CacheKey, labels: tuple[int, ...],
                  fids: tuple[int, ...] | None, threshold: float) -> pd.DataFrame:
     return describe_clusters(_ws.latents(_corpus, "max"), np.asarray(labels), feature_ids=fids, top=8, threshold=threshold)
+
+
+@st.cache_data(show_spinner="Clustering MiniLM embeddings and reading the clusters…", max_entries=16)
+def run_topics(_ws: Workspace, _corpus: Corpus, key: widgets.CacheKey, n_stored: int, k: int, method: str,
+               min_support: int) -> ClusterReading:
+    return _ws.cluster_dense(_corpus, k=k, method=method, top=5, n_docs=3, min_support=min_support)
 
 
 @st.cache_data(show_spinner="Clustering MiniLM embeddings…", max_entries=16)
@@ -305,15 +315,62 @@ def export_cluster(ws: Workspace, corpus: Corpus, result: DocumentClusters, dens
         show_documents(ws, corpus, rows[:5], chosen, key="clu_preview", labels=labels)
 
 
-def main() -> None:
-    st.title("Clustering")
-    st.caption("Cluster documents along the concepts you care about. The chosen features are folded into concepts "
-               "(features that fire on the same documents); documents are grouped by which concepts they carry, or "
-               "by their raw feature patterns (Jaccard similarity). Documents that carry none of the chosen concepts "
-               "stay one explicit group. The same corpus clustered on dense MiniLM sentence embeddings is shown beside it.")
-    ws, corpus = widgets.require_corpus()
-    labels = corpus_labels(ws, corpus)
-    arrive_with_feature(ws)
+# -- topics: MiniLM clusters read through SAE features --------------------------------------------
+def topic_options(corpus: Corpus) -> tuple[int, str, int]:
+    c1, c2, c3 = st.columns(3)
+    k = int(c1.number_input("Topics (k)", 2, max(2, min(50, corpus.n_docs - 1)), min(5, max(2, corpus.n_docs - 1)),
+                            key="clu_topics_k"))
+    method = c2.selectbox("Dense method", list(DENSE_METHODS), format_func=DENSE_METHODS.get, key="clu_topics_method")
+    support = int(c3.number_input("A describing feature fires in at least (documents)", 1, max(1, corpus.n_docs),
+                                  min(5, max(2, corpus.n_docs // 50)), key="clu_topics_support"))
+    return k, method, support
+
+
+def show_topic(ws: Workspace, corpus: Corpus, reading: ClusterReading, row, labels: dict[int, str]) -> list[int]:
+    """One topic: its over- and under-represented features and typical documents. Returns the over features."""
+    feats = reading.features[reading.features["cluster"] == row.cluster]
+    over = feats[feats["side"] == "over"]
+    mostly = f" · mostly *{md_escape(over['label'].iloc[0], 80)}*" if len(over) and over["label"].iloc[0] else ""
+    st.markdown(f"**Topic {row.cluster}** · {row.size:,} documents ({row.share:.0%}){mostly}")
+    table = feats[["side", "feature_id", "in_share", "out_share", "lift", "z", "n_in"]].rename(
+        columns={"in_share": "in_topic", "out_share": "rest"})
+    show_table(with_evidence(ws, corpus, table, labels), in_topic=SHARE, rest=SHARE,
+               lift=st.column_config.NumberColumn(format="%.1f"), z=st.column_config.NumberColumn(format="%+.1f"))
+    docs = reading.documents[reading.documents["cluster"] == row.cluster]["doc_id"].tolist()
+    texts = documents(ws, corpus, docs).set_index("doc_id")["text"]
+    st.caption("Typical: " + " · ".join(f"{d}: {md_escape(snippet(texts[d], 120))}" for d in docs))
+    return [int(f) for f in over["feature_id"]]
+
+
+def topics_tab(ws: Workspace, corpus: Corpus, labels: dict[int, str]) -> None:
+    st.caption("MiniLM sentence embeddings group documents by topic better than SAE features do; each group is then "
+               "read through SAE features: those more common inside than in the rest (over) and rarer inside (under), "
+               "ranked by z of the log-odds ratio; features in over half of all documents are skipped.")
+    if not (doc_embeddings.is_complete(ws, corpus) or corpus.n_docs <= AUTO_DENSE_MAX
+            or st.button("Compute MiniLM embeddings", key="clu_topics_compute", icon=":material/calculate:")):
+        st.caption(f"MiniLM embeddings of the {corpus.n_docs:,} documents are computed once and stored in the workspace.")
+        return
+    if corpus.n_docs < 3:
+        st.info("Topics need at least 3 documents.")
+        return
+    dense_vectors(ws, corpus, allow_compute=True)
+    k, method, support = topic_options(corpus)
+    reading = run_topics(ws, corpus, widgets.cache_key(ws, corpus), doc_embeddings.n_stored(ws, corpus), k, method,
+                         support)
+    t1, t2 = st.columns(2)
+    t1.metric("Topic clusters", int((reading.clusters["cluster"] >= 0).sum()))
+    if "label" in corpus.meta_columns:
+        truth = metadata(ws, corpus, "label").to_numpy()
+        known = ~pd.isna(truth)
+        if known.sum() >= 2:
+            t2.metric("Topics · ARI against label", f"{agreement(reading.labels[known], truth[known].astype(str))['ari']:.3f}")
+    describing: list[int] = []
+    for row in reading.clusters.itertuples(index=False):
+        describing += show_topic(ws, corpus, reading, row, labels)
+    label_on_demand(ws, corpus, describing, key="clu_topics")
+
+
+def concepts_tab(ws: Workspace, corpus: Corpus, labels: dict[int, str]) -> None:
     chosen = feature_picker(ws, corpus, key="clu", title="Concepts to cluster along")
     if not chosen:
         st.info("Choose at least one feature above (search by meaning, paste an example, or pick from the list).")
@@ -336,6 +393,26 @@ def main() -> None:
     show_agreement(ws, corpus, result, dense_labels)
     show_maps(ws, corpus, result, chosen, options.threshold, vectors)
     export_cluster(ws, corpus, result, dense_labels, chosen, labels)
+
+
+TABS = ("Topics (MiniLM, read through SAE features)", "Along chosen concepts")
+
+
+def main() -> None:
+    st.title("Clustering")
+    st.caption("Group documents by topic (MiniLM sentence embeddings, each group read through the SAE features that "
+               "set it apart), or along the concepts you care about: the chosen features are folded into concepts "
+               "(features that fire on the same documents); documents are grouped by which concepts they carry, or "
+               "by their raw feature patterns (Jaccard similarity). Documents that carry none of the chosen concepts "
+               "stay one explicit group. The same corpus clustered on dense MiniLM sentence embeddings is shown beside it.")
+    ws, corpus = widgets.require_corpus()
+    labels = corpus_labels(ws, corpus)
+    arrive_with_feature(ws)
+    tab_topics, tab_concepts = st.tabs(TABS, default=TABS[1] if st.session_state.get("clu_chosen") else TABS[0])
+    with tab_topics:
+        topics_tab(ws, corpus, labels)
+    with tab_concepts:  # last: it stops the script until features are chosen
+        concepts_tab(ws, corpus, labels)
 
 
 main()

@@ -1,9 +1,10 @@
 """Retrieval by property: documents where chosen features fire (AND / OR, per-feature thresholds), or
-documents whose SAE features match a text query, beside dense MiniLM retrieval of the same query.
+documents for a text query: the SAE and MiniLM rankings fused (hybrid, first), then each ranking beside the other.
 
-Layout and widgets only. A text query is ranked by `Workspace.retrieve` (IDF-weighted SAE features; the
-weights come from `Workspace.query_features` and are shown) beside `Workspace.retrieve_dense`, so the page
-shows what a notebook gets; feature conditions go through backend.analysis.retrieve on the workspace's latents."""
+Layout and widgets only. A text query is ranked by `Workspace.retrieve(..., mode="hybrid")` (each hit with the
+query features that make it relevant), by `Workspace.retrieve` (IDF-weighted SAE features; the weights come from
+`Workspace.query_features` and are shown) and by `Workspace.retrieve_dense`, so the page shows what a notebook
+gets; feature conditions go through backend.analysis.retrieve on the workspace's latents."""
 from __future__ import annotations
 
 import numpy as np
@@ -36,6 +37,12 @@ def sae_ranking(_ws: Workspace, _corpus: Corpus, key: widgets.CacheKey, query: s
     """(ranking: doc_id, score, n_overlap; the query's features with their weights)."""
     return (_ws.retrieve(_corpus, query, top=top, weighting=weighting),
             _ws.query_features(_corpus, query, weighting=weighting))
+
+
+@st.cache_data(show_spinner="Fusing the SAE and MiniLM rankings…", max_entries=32)
+def hybrid_ranking(_ws: Workspace, _corpus: Corpus, key: widgets.CacheKey, n_stored: int, query: str, weighting: str,
+                   top: int) -> pd.DataFrame:
+    return _ws.retrieve(_corpus, query, top=top, weighting=weighting, mode="hybrid")
 
 
 @st.cache_data(show_spinner="Ranking documents by MiniLM…", max_entries=32)
@@ -145,14 +152,45 @@ def sae_results(ws: Workspace, corpus: Corpus, ranking: pd.DataFrame, weights: p
                    scores=ranking["score"].to_numpy()[:3])
 
 
-def dense_results(ws: Workspace, corpus: Corpus, query: str, top: int) -> pd.DataFrame | None:
+def dense_ready(ws: Workspace, corpus: Corpus) -> bool:
+    """Whether the MiniLM vectors exist or may be computed now (small corpora, or when asked)."""
+    if doc_embeddings.is_complete(ws, corpus) or corpus.n_docs <= AUTO_DENSE_MAX:
+        return True
+    if st.button("Compute MiniLM embeddings for the hybrid and dense rankings", key="ret_dense_compute",
+                 icon=":material/calculate:"):
+        return True
+    st.caption(f"MiniLM embeddings of the {corpus.n_docs:,} documents are computed once and stored in the workspace; "
+               "until then only the SAE ranking is shown.")
+    return False
+
+
+def hybrid_results(ws: Workspace, corpus: Corpus, query: str, weighting: str, top: int,
+                   labels: dict[int, str]) -> None:
+    """The fused ranking first: what wins on topics (MiniLM) and on properties (SAE features) in one list."""
+    st.markdown("**Hybrid: SAE features and MiniLM fused**")
+    ranking = hybrid_ranking(ws, corpus, widgets.cache_key(ws, corpus), doc_embeddings.n_stored(ws, corpus), query,
+                             weighting, top)
+    st.caption("Each ranking's scores are standardized and summed, weighted by how clearly its best documents stand "
+               "apart for this query: MiniLM leads on topics, the SAE features on properties (hedging, questions, "
+               "capitals, links). *why*: the query's features in the document that weigh most in its SAE score.")
+    table = result_table(ws, corpus, ranking["doc_id"].to_numpy(),
+                         {"fused": ranking["score"].to_numpy(), "sae_rank": ranking["sae_rank"].to_numpy(),
+                          "dense_rank": ranking["dense_rank"].to_numpy(), "why": ranking["why"].to_numpy()})
+    show_table(table, fused=st.column_config.NumberColumn("fused", format="%.2f"),
+               sae_rank=st.column_config.NumberColumn("SAE rank"), dense_rank=st.column_config.NumberColumn("MiniLM rank"),
+               why=st.column_config.TextColumn("why (query features in it)", width="large"))
+    top_hits = ranking.head(3)
+    features = list(dict.fromkeys(int(f) for fids in top_hits["features"] for f in fids))
+    if features:
+        show_documents(ws, corpus, top_hits["doc_id"].to_numpy(), features, key="ret_hybrid_docs", labels=labels,
+                       scores=top_hits["score"].to_numpy())
+
+
+def dense_results(ws: Workspace, corpus: Corpus, query: str, top: int, ready: bool) -> pd.DataFrame | None:
     st.markdown("**Dense MiniLM** (cosine of sentence embeddings)")
-    ready = doc_embeddings.is_complete(ws, corpus) or corpus.n_docs <= AUTO_DENSE_MAX
-    if not ready and not st.button("Compute MiniLM embeddings for the dense comparison", key="ret_dense_compute",
-                                   icon=":material/calculate:"):
-        st.caption(f"MiniLM embeddings of the {corpus.n_docs:,} documents are computed once and stored in the workspace.")
+    if not ready:
+        st.caption("Not computed yet (see above).")
         return None
-    dense_vectors(ws, corpus, allow_compute=True)  # computes and stores them with a progress bar
     ranking = dense_ranking(ws, corpus, widgets.cache_key(ws, corpus), doc_embeddings.n_stored(ws, corpus), query, top)
     show_table(result_table(ws, corpus, ranking["doc_id"].to_numpy(), {"cosine": ranking["score"].to_numpy()}),
                cosine=SCORE_FORMAT)
@@ -165,7 +203,7 @@ def dense_results(ws: Workspace, corpus: Corpus, query: str, top: int) -> pd.Dat
 
 def by_text(ws: Workspace, corpus: Corpus, labels: dict[int, str]) -> None:
     query = st.text_area("Query text", key="ret_text", height=80,
-                         placeholder="A sentence with the properties you look for; its SAE features become the query.")
+                         placeholder="A sentence with the properties or the topic you look for.")
     c1, c2 = st.columns([1, 2])
     top = int(c1.number_input("Documents", 1, 500, 10, key="ret_text_top"))
     weighting = c2.radio("Feature weighting", list(WEIGHTINGS), format_func=WEIGHTINGS.get, horizontal=True,
@@ -174,13 +212,18 @@ def by_text(ws: Workspace, corpus: Corpus, labels: dict[int, str]) -> None:
                               "so the query's rarer, topical features decide the ranking.")
     if not query.strip():
         return
+    ready = dense_ready(ws, corpus)
+    if ready:
+        dense_vectors(ws, corpus, allow_compute=True)  # computes and stores them with a progress bar
+        hybrid_results(ws, corpus, query, weighting, top, labels)
     ranking, weights = sae_ranking(ws, corpus, widgets.cache_key(ws, corpus), query, weighting, top)
     query_weights_block(ws, corpus, weights, weighting, labels)
+    st.markdown("**Each ranking on its own**")
     left, right = st.columns(2)
     with left:
         sae_results(ws, corpus, ranking, weights, weighting, labels)
     with right:
-        dense = dense_results(ws, corpus, query, top)
+        dense = dense_results(ws, corpus, query, top, ready)
     if dense is not None and len(ranking):
         both = len(set(ranking["doc_id"]) & set(dense["doc_id"]))
         st.caption(f"{both} of the top {top} documents are found by both methods.")
@@ -194,9 +237,9 @@ def by_text(ws: Workspace, corpus: Corpus, labels: dict[int, str]) -> None:
 
 st.title("Retrieval")
 st.caption(
-    "Find documents by what is in them: the SAE features that must fire (with thresholds), or the features "
-    "a query text activates, weighted so rare features count more. Dense MiniLM retrieval of the same query "
-    "is shown beside it."
+    "Find documents by what is in them: the SAE features that must fire (with thresholds), or a query text. "
+    "A query is answered first by the hybrid ranking (SAE features and MiniLM fused: MiniLM wins on topics, the "
+    "SAE features on properties such as hedging or questions), then by each ranking beside the other."
 )
 workspace, corpus_handle = widgets.require_corpus()
 corpus_label_map = corpus_labels(workspace, corpus_handle)

@@ -270,56 +270,44 @@ def cluster_documents(
         raise ValueError(f"unknown method {method!r}")
     feature_ids = [int(f) for f in feature_ids]
     pats = chosen_patterns(X, feature_ids, threshold)
-    n = pats.doc_pattern.size
-    n_empty = int((pats.doc_pattern < 0).sum())
     u = pats.U.shape[0]
-    labels = np.full(n, NONE_LABEL, np.int64)
-    base = dict(method=method, feature_ids=feature_ids, n_unique_patterns=u, n_empty=n_empty)
-    if u == 0:
-        return ClusterResult(labels=labels, n_clusters=0, suggested_k=0, silhouette=float("nan"), **base)
-    if u == 1:
+    labels = np.full(pats.doc_pattern.size, NONE_LABEL, np.int64)
+    base = dict(method=method, feature_ids=feature_ids, n_unique_patterns=u, n_empty=int((pats.doc_pattern < 0).sum()))
+    if u <= 1:  # nothing fires, or one pattern: no clustering to do
         labels[pats.doc_pattern >= 0] = 0
-        return ClusterResult(labels=labels, n_clusters=1, suggested_k=1, silhouette=float("nan"), **base)
-
+        return ClusterResult(labels=labels, n_clusters=u, suggested_k=u, silhouette=float("nan"), **base)
     with _few_threads(u):
         W, exact = pattern_affinity(pats.U)
-        M = _normalized(W, pats.counts)
         k_req = None if n_clusters is None else max(1, min(int(n_clusters), u))
-        n_eig = max(K_MAX + 1, (k_req or 0))
-        vals, vecs = _top_eigen(M, min(n_eig, u), seed)
+        vals, vecs = _top_eigen(_normalized(W, pats.counts), min(max(K_MAX + 1, k_req or 0), u), seed)
     suggested = min(eigengap_k(vals, K_MAX), u)
-    k = k_req or suggested
+    labels = _order_by_size(_assign(method, pats, vecs, k_req or suggested, seed, min_cluster_size, labels))
+    return ClusterResult(labels=labels, n_clusters=int(np.unique(labels[labels >= 0]).size), suggested_k=suggested,
+                         silhouette=_silhouette(pats, labels, seed), eigenvalues=vals, exact=exact, **base)
 
-    if method == "kmeans":
-        plab = _weighted_kmeans(pats.U.astype(float), pats.counts, k, seed) if k > 1 else np.zeros(u, int)
-        labels[pats.doc_pattern >= 0] = plab[pats.doc_pattern[pats.doc_pattern >= 0]]
-    elif method == "spectral":
-        emb = vecs[:, :k]
-        emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-        plab = _weighted_kmeans(emb, pats.counts, k, seed) if k > 1 else np.zeros(u, int)
-        labels[pats.doc_pattern >= 0] = plab[pats.doc_pattern[pats.doc_pattern >= 0]]
-    else:
+
+def _unit_rows(A: np.ndarray) -> np.ndarray:
+    return A / np.maximum(np.linalg.norm(A, axis=1, keepdims=True), 1e-12)
+
+
+def _assign(method: str, pats: Patterns, vecs: np.ndarray, k: int, seed: int, min_cluster_size: int | None,
+            labels: np.ndarray) -> np.ndarray:
+    """Document labels (``labels`` filled in place for documents with a pattern) by one method."""
+    has = pats.doc_pattern >= 0
+    if method == "hdbscan":  # on the documents' spectral embedding
         from sklearn.cluster import HDBSCAN
 
-        dims = max(2, k)
-        emb = vecs[:, :dims]
-        emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-        docs = np.flatnonzero(pats.doc_pattern >= 0)
+        docs = np.flatnonzero(has)
+        emb = _unit_rows(vecs[:, :max(2, k)])
         min_size = min_cluster_size or max(2, min(docs.size, max(15, docs.size // 20)))
         with _few_threads(docs.size):
             hl = HDBSCAN(min_cluster_size=min_size, copy=True).fit_predict(emb[pats.doc_pattern[docs]])
         labels[docs] = np.where(hl < 0, NOISE_LABEL, hl)
-    labels = _order_by_size(labels)
-    n_found = int(np.unique(labels[labels >= 0]).size)
-    return ClusterResult(
-        labels=labels,
-        n_clusters=n_found,
-        suggested_k=suggested,
-        silhouette=_silhouette(pats, labels, seed),
-        eigenvalues=vals,
-        exact=exact,
-        **base,
-    )
+        return labels
+    points = pats.U.astype(float) if method == "kmeans" else _unit_rows(vecs[:, :k])
+    plab = _weighted_kmeans(points, pats.counts, k, seed) if k > 1 else np.zeros(pats.U.shape[0], int)
+    labels[has] = plab[pats.doc_pattern[has]]
+    return labels
 
 
 # --------------------------------------------------------------------------- along concepts (front door)
@@ -638,3 +626,133 @@ def agreement(labels: np.ndarray, truth: np.ndarray) -> dict[str, float]:
         "nmi": float(normalized_mutual_info_score(truth, labels)),
         "n": int(labels.size),
     }
+
+
+# --------------------------------------------------------------------------- any clustering read through SAE features
+
+READING_SIDES = ("over", "under")
+READING_COLUMNS = ["cluster", "side", "rank", "feature_id", "n_in", "in_share", "out_share", "lift", "log_odds", "z"]
+
+
+@dataclass(eq=False)
+class ClusterReading:
+    """Clusters made by any method (MiniLM k-means, concepts, spectral, HDBSCAN …) read through SAE features.
+
+    ``labels``: one per document (negative: the none / noise groups, described like the clusters).
+    ``clusters``: one row per group: cluster, name, size, share, over and under (the ids of its most
+    over- and under-represented features, strongest first). ``features``: :func:`distinctive_features`
+    plus a ``label`` column. ``documents``: :func:`typical_documents` (cluster, rank, row, similarity)."""
+
+    labels: np.ndarray
+    method: str
+    clusters: pd.DataFrame
+    features: pd.DataFrame
+    documents: pd.DataFrame
+
+
+def _group_counts(X, labels: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(groups, documents per group, (groups x features) count of documents where each feature fires)."""
+    B = binarize(as_csr(X), threshold)
+    groups, inv = np.unique(np.asarray(labels), return_inverse=True)
+    if groups.size * B.shape[1] > 100_000_000:
+        raise UserError("too many clusters x features to describe; ask for fewer clusters")
+    n = B.shape[0]
+    ind = sp.csr_matrix((np.ones(n, np.int32), (inv.ravel(), np.arange(n))), shape=(groups.size, n))
+    return groups, np.bincount(inv.ravel(), minlength=groups.size).astype(float), np.asarray((ind @ B).toarray(), float)
+
+
+def distinctive_features(X, labels, top: int = 5, min_support: int = 5, max_share: float = 0.5,
+                         threshold: float = 0.0, prior: float = 0.5) -> pd.DataFrame:
+    """Per group of ``labels``, the SAE features most over- and under-represented against the rest.
+
+    Each feature's presence inside vs outside the group is a 2x2 table; its log-odds ratio (``prior``
+    added to every cell) over its standard error is ``z``, which ranks (a large difference on few
+    documents does not outrank a clear one on many). Near-constant features are skipped: those firing in
+    more than ``max_share`` of all documents (punctuation, sentence starts) or in fewer than
+    ``min_support``. An "over" feature must fire in at least ``min_support`` documents of the group;
+    an "under" one must be expected there that often at its rate outside. Columns: cluster, side
+    (over/under), rank, feature_id, n_in, in_share, out_share, lift (in_share / out_share, smoothed),
+    log_odds, z."""
+    if not 0 < max_share <= 1:
+        raise UserError("max_share is a share of documents, in (0, 1]")
+    groups, sizes, counts = _group_counts(X, labels, threshold)
+    n, total = sizes.sum(), counts.sum(axis=0)
+    common = (total >= min_support) & (total <= max_share * n)
+    frames = []
+    for gi, group in enumerate(groups):
+        size, rest = sizes[gi], n - sizes[gi]
+        n_in, n_out = counts[gi], total - counts[gi]
+        a, b, c, d = n_in + prior, size - n_in + prior, n_out + prior, rest - n_out + prior
+        log_odds = np.log(a / b) - np.log(c / d)
+        z = log_odds / np.sqrt(1 / a + 1 / b + 1 / c + 1 / d)
+        out_share = n_out / max(rest, 1.0)
+        ok = {"over": common & (n_in >= min_support) & (z > 0),
+              "under": common & (out_share * size >= min_support) & (z < 0)}
+        for side in READING_SIDES:
+            cand = np.flatnonzero(ok[side])
+            sel = cand[np.lexsort((cand, -np.abs(z[cand])))][:top]
+            frames.append(pd.DataFrame({
+                "cluster": int(group), "side": side, "rank": np.arange(1, sel.size + 1), "feature_id": sel.astype(np.int64),
+                "n_in": n_in[sel].astype(np.int64), "in_share": n_in[sel] / size, "out_share": out_share[sel],
+                "lift": (a[sel] / (size + 2 * prior)) / (c[sel] / (rest + 2 * prior)), "log_odds": log_odds[sel],
+                "z": z[sel]}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=READING_COLUMNS)
+
+
+def typical_documents(vectors, labels, n: int = 3) -> pd.DataFrame:
+    """Per group, the ``n`` documents closest (cosine) to the mean of its L2-normalized members.
+
+    ``vectors``: dense document vectors (e.g. MiniLM) or a sparse SAE matrix (its binary presence is
+    used). Columns: cluster, rank, row, similarity."""
+    labels = np.asarray(labels)
+    if sp.issparse(vectors):
+        B = binarize(as_csr(vectors), 0.0, dtype=np.float64)
+        V = sp.diags(1.0 / np.maximum(np.sqrt(np.asarray(B.sum(axis=1)).ravel()), 1e-12)) @ B
+    else:
+        V = _unit_rows(np.asarray(vectors, dtype=np.float64))
+    if V.shape[0] != labels.size:
+        raise UserError(f"{labels.size} labels for {V.shape[0]} documents")
+    rows = []
+    for group in np.unique(labels):
+        members = np.flatnonzero(labels == group)
+        centre = np.asarray(V[members].mean(axis=0)).ravel()
+        sims = np.asarray(V[members] @ centre).ravel() / max(float(np.linalg.norm(centre)), 1e-12)
+        best = np.lexsort((members, -sims))[:n]
+        rows += [(int(group), r + 1, int(members[i]), float(sims[i])) for r, i in enumerate(best)]
+    return pd.DataFrame(rows, columns=["cluster", "rank", "row", "similarity"])
+
+
+def read_clusters(X, labels, vectors=None, feature_labels: dict[int, str] | None = None, method: str = "",
+                  top: int = 5, n_docs: int = 3, min_support: int = 5, max_share: float = 0.5,
+                  threshold: float = 0.0) -> ClusterReading:
+    """Any clustering of the rows of ``X`` described by distinctive SAE features and typical documents.
+
+    Typical documents are closest to the centre in ``vectors`` (e.g. MiniLM, for a dense clustering), or in
+    SAE feature presence when ``vectors`` is None. See :class:`ClusterReading`."""
+    labels = np.asarray(labels)
+    if labels.size != X.shape[0]:
+        raise UserError(f"{labels.size} labels for {X.shape[0]} documents")
+    feats = distinctive_features(X, labels, top, min_support, max_share, threshold)
+    names = feature_labels or {}
+    feats["label"] = [names.get(int(f), "") for f in feats["feature_id"]]
+    docs = typical_documents(X if vectors is None else vectors, labels, n_docs)
+    groups, sizes = np.unique(labels, return_counts=True)
+    order = [i for i in np.lexsort((groups, -sizes)) if groups[i] >= 0] + [i for i in range(groups.size) if groups[i] < 0]
+    side = {s: feats[feats["side"] == s].groupby("cluster")["feature_id"].agg(tuple) for s in READING_SIDES}
+    table = pd.DataFrame([(int(groups[i]), cluster_name(int(groups[i])), int(sizes[i]), sizes[i] / labels.size,
+                           *(side[s].get(int(groups[i]), ()) for s in READING_SIDES)) for i in order],
+                         columns=["cluster", "name", "size", "share", "over", "under"])
+    return ClusterReading(labels=labels, method=method, clusters=table, features=feats, documents=docs)
+
+
+def cluster_dense_read(X, vectors: np.ndarray, k: int, method: str = "kmeans", seed: int = 0,
+                       feature_labels: dict[int, str] | None = None, **options) -> ClusterReading:
+    """Cluster dense document vectors (:func:`dense_cluster`; labels 0..k-1 by decreasing size) and read
+    the clusters through SAE features (:func:`read_clusters`, typical documents in the dense space)."""
+    if int(k) < 2:
+        raise UserError("ask for at least 2 clusters")
+    vectors = np.asarray(vectors)
+    if vectors.shape[0] != X.shape[0] or vectors.shape[0] <= int(k):
+        raise UserError(f"{vectors.shape[0]} document vectors for {X.shape[0]} documents and k={int(k)}")
+    labels = _order_by_size(np.asarray(dense_cluster(vectors, int(k), method=method, seed=seed), np.int64))
+    return read_clusters(X, labels, vectors, feature_labels, method=f"minilm-{method}", **options)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from scipy.special import ndtri  # the standard normal's quantile function
 
 from backend.analysis import as_csr, binarize, feature_counts
 from backend.errors import UserError
@@ -67,15 +68,18 @@ def retrieve(X, conditions: list[Condition], mode: str = "and", top: int = 50) -
 
 def dense_retrieve(query_vec: np.ndarray, doc_vecs: np.ndarray, top: int = 50) -> pd.DataFrame:
     """Cosine similarity of one dense query vector to every document vector. Columns: row, score."""
-    q = np.asarray(query_vec, dtype=np.float64).ravel()
-    D = np.asarray(doc_vecs, dtype=np.float64)
-    qn = np.linalg.norm(q)
-    dn = np.linalg.norm(D, axis=1)
-    sims = (D @ q) / np.maximum(dn * qn, 1e-12)
+    sims = cosine_scores(query_vec, doc_vecs)
     k = min(top, sims.size)
     part = np.argpartition(-sims, k - 1)[:k] if 0 < k < sims.size else np.arange(sims.size)
     sel = part[np.lexsort((part, -sims[part]))][:k]
     return pd.DataFrame({"row": sel.astype(np.int64), "score": sims[sel]})
+
+
+def cosine_scores(query_vec: np.ndarray, doc_vecs: np.ndarray) -> np.ndarray:
+    """Cosine of one dense query vector with every document vector (0 for a zero vector)."""
+    q = np.asarray(query_vec, dtype=np.float64).ravel()
+    D = np.asarray(doc_vecs, dtype=np.float64)
+    return (D @ q) / np.maximum(np.linalg.norm(D, axis=1) * np.linalg.norm(q), 1e-12)
 
 
 WEIGHTINGS = ("idf", "none")
@@ -149,19 +153,7 @@ def rank_by_query(
     firing many unrelated features scores lower. Only documents sharing at least one query feature
     are ranked; ties go to the lower row. Features fire above ``threshold`` for document frequencies.
     """
-    X = as_csr(X)
-    weights, idf = _query_weights(X, query_features, _check_weighting(weighting), threshold)
-    if weights.empty:
-        return QueryRanking(_empty(RANKING_COLUMNS), weights, weighting)
-    fids = weights["feature_id"].to_numpy()
-    w = weights["weight"].to_numpy()
-    sub = X[:, fids]
-    if idf is not None:
-        sub = sub @ sp.diags(idf[fids])
-    dots = np.asarray(sub @ w).ravel()
-    overlap = np.diff((sub != 0).tocsr().indptr) if sub.nnz else np.zeros(X.shape[0], np.int64)
-    norms = row_norms(X, idf)
-    scores = dots / np.maximum(norms * np.linalg.norm(w), 1e-12)
+    weights, scores, overlap = query_scores(X, query_features, weighting, threshold)
     cand = np.flatnonzero(overlap > 0)
     if cand.size == 0:
         return QueryRanking(_empty(RANKING_COLUMNS), weights, weighting)
@@ -169,6 +161,28 @@ def rank_by_query(
     sel = cand[order]
     table = pd.DataFrame({"row": sel.astype(np.int64), "score": scores[sel], "n_overlap": overlap[sel].astype(np.int64)})
     return QueryRanking(table, weights, weighting)
+
+
+def query_scores(
+    X, query_features: dict[int, float], weighting: str = "idf", threshold: float = 0.0
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """(query weights, every document's score, every document's number of shared query features).
+
+    The scores of :func:`rank_by_query` for all rows (0 where no query feature fires), for fusing
+    with another ranking."""
+    X = as_csr(X)
+    weights, idf = _query_weights(X, query_features, _check_weighting(weighting), threshold)
+    if weights.empty:
+        return weights, np.zeros(X.shape[0]), np.zeros(X.shape[0], np.int64)
+    fids = weights["feature_id"].to_numpy()
+    w = weights["weight"].to_numpy()
+    sub = X[:, fids]
+    if idf is not None:
+        sub = sub @ sp.diags(idf[fids])
+    dots = np.asarray(sub @ w).ravel()
+    overlap = np.diff((sub != 0).tocsr().indptr) if sub.nnz else np.zeros(X.shape[0], np.int64)
+    scores = dots / np.maximum(row_norms(X, idf) * np.linalg.norm(w), 1e-12)
+    return weights, scores, overlap
 
 
 def retrieve_by_vector(
@@ -189,3 +203,138 @@ def row_norms(X, column_weights: np.ndarray | None = None) -> np.ndarray:
         vals = vals * np.asarray(column_weights, dtype=np.float64)[X.indices]
     sq = sp.csr_matrix((vals**2, X.indices, X.indptr), shape=X.shape)
     return np.sqrt(np.asarray(sq.sum(axis=1)).ravel())
+
+
+# --------------------------------------------------------------------------- hybrid: SAE + dense fused
+
+FUSIONS = ("adaptive", "zscore", "rrf")
+RRF_K = 60  # Cormack, Clarke & Buettcher (2009): 1 / (60 + rank)
+CLARITY_K = 50  # documents in the top tail that decides a ranker's weight under "adaptive"
+
+
+def _ranks(scores: np.ndarray) -> np.ndarray:
+    """1-based rank of every row by decreasing score, ties to the lower row."""
+    order = np.lexsort((np.arange(scores.size), -scores))
+    ranks = np.empty(scores.size, np.int64)
+    ranks[order] = np.arange(1, scores.size + 1)
+    return ranks
+
+
+def _standardized(scores: np.ndarray, robust: bool = False) -> np.ndarray:
+    """(score - centre) / spread over all documents: mean and std, or median and 1.4826 x MAD (the std of
+    a normal) when ``robust``, so the relevant documents themselves do not widen the spread. Zeros when
+    the scores do not vary."""
+    centre, spread = float(scores.mean()), float(scores.std())
+    if robust:
+        median = float(np.median(scores))
+        mad = 1.4826 * float(np.median(np.abs(scores - median)))
+        centre, spread = median, (mad if mad > 1e-12 else spread)
+    return (scores - centre) / spread if spread > 1e-12 else np.zeros_like(scores)
+
+
+def tail_excess(z: np.ndarray, k: int = CLARITY_K) -> float:
+    """How far a ranker's top ``k`` standardized scores stand above the top ``k`` of as many normal draws.
+
+    ~0 for a ranker whose scores are noise for this query (its best documents are just the largest of many
+    draws), large when a group of documents stands apart: a query-performance estimate from the score
+    distribution alone (no relevance labels), the weight of that ranker under ``fusion="adaptive"``."""
+    n = z.size
+    k = int(min(k, n))
+    if k == 0:
+        return 0.0
+    top = np.partition(z, n - k)[n - k:].mean()
+    expected = ndtri(1 - (np.arange(1, k + 1) - 0.375) / (n + 0.25)).mean()  # Blom's normal order statistics
+    return max(float(top - expected), 0.0)
+
+
+def _fusion_terms(vectors: dict[str, np.ndarray], ranks: dict[str, np.ndarray], fusion: str,
+                  rrf_k: int) -> dict[str, np.ndarray]:
+    """Each ranker's term of the fused score, before the user's weights."""
+    if fusion == "rrf":
+        return {n: 1.0 / (rrf_k + r) for n, r in ranks.items()}
+    if fusion == "zscore":
+        return {n: _standardized(v) for n, v in vectors.items()}
+    z = {n: _standardized(v, robust=True) for n, v in vectors.items()}
+    clarity = {n: tail_excess(v) for n, v in z.items()}
+    total = sum(clarity.values())
+    share = {n: (c / total if total > 0 else 1.0 / len(z)) for n, c in clarity.items()}
+    return {n: share[n] * z[n] for n in z}
+
+
+def fuse_scores(scores: dict[str, np.ndarray], top: int = 50, fusion: str = "adaptive",
+                weights: dict[str, float] | None = None, rrf_k: int = RRF_K) -> pd.DataFrame:
+    """One ranking from several rankers' scores of every document, best first.
+
+    ``fusion="adaptive"`` (default): each ranker's scores are standardized robustly (median, MAD) and
+    summed, weighted by :func:`tail_excess`, how clearly its best documents stand apart for this query.
+    So a query is led by the signal that separates documents (MiniLM on a topic, SAE features on a
+    property such as hedging, where every sentence looks alike to MiniLM), and both count when both do.
+    ``"zscore"``: the unweighted sum of standardized scores (CombSUM); ``"rrf"``: reciprocal rank
+    fusion, sum of 1 / (rrf_k + rank). Both weigh a ranker that is noise for this query as much as
+    one that is not. ``weights`` scale each ranker's term (default 1). Columns: row, score, and per
+    ranker ``<name>_rank`` (1-based, over all documents) and ``<name>_score``; ties go to the lower row."""
+    if fusion not in FUSIONS:
+        raise UserError(f"fusion must be one of {', '.join(FUSIONS)}, not {fusion!r}")
+    vectors = {n: np.asarray(v, dtype=np.float64).ravel() for n, v in scores.items()}
+    sizes = {v.size for v in vectors.values()}
+    if len(sizes) != 1:
+        raise UserError(f"every ranker must score the same documents, got sizes {sorted(sizes)}")
+    n_docs = sizes.pop()
+    ranks = {n: _ranks(v) for n, v in vectors.items()}
+    terms = _fusion_terms(vectors, ranks, fusion, rrf_k)
+    fused = sum((weights or {}).get(n, 1.0) * t for n, t in terms.items())
+    sel = np.lexsort((np.arange(n_docs), -fused))[:top]
+    out = pd.DataFrame({"row": sel.astype(np.int64), "score": fused[sel]})
+    for n in vectors:
+        out[f"{n}_rank"] = ranks[n][sel]
+        out[f"{n}_score"] = vectors[n][sel]
+    return out
+
+
+def explain_hits(X, weights: pd.DataFrame, rows, top: int = 5, threshold: float = 0.0) -> pd.DataFrame:
+    """Which of the query's features make each hit relevant to it, strongest first.
+
+    ``weights``: the query's features (:func:`query_weights`: feature_id, idf, weight). A feature's
+    contribution to a document is its term of the SAE score's dot product, activation x idf x query
+    weight; ``shares`` are those terms over the document's whole dot product (they sum to 1 over all
+    the shared features, of which the ``top`` strongest are listed). Columns: row, feature_ids,
+    shares (tuples, aligned), n_shared."""
+    X = as_csr(X)
+    rows = np.asarray(rows, dtype=np.int64)
+    fids = weights["feature_id"].to_numpy(np.int64)
+    if fids.size == 0 or rows.size == 0:
+        return pd.DataFrame({"row": rows, "feature_ids": [()] * rows.size, "shares": [()] * rows.size,
+                             "n_shared": np.zeros(rows.size, np.int64)})
+    term = (weights["idf"].to_numpy() * weights["weight"].to_numpy())
+    acts = X[rows][:, fids].toarray()
+    contrib = np.where(acts > threshold, acts, 0.0) * term
+    total = contrib.sum(axis=1)
+    ids, shares = [], []
+    for r in range(rows.size):
+        order = np.lexsort((fids, -contrib[r]))[:top]
+        order = order[contrib[r, order] > 0]
+        ids.append(tuple(int(f) for f in fids[order]))
+        shares.append(tuple(float(x) for x in contrib[r, order] / max(total[r], 1e-12)))
+    return pd.DataFrame({"row": rows, "feature_ids": ids, "shares": shares,
+                         "n_shared": (contrib > 0).sum(axis=1).astype(np.int64)})
+
+
+HYBRID_COLUMNS = ["row", "score", "sae_rank", "dense_rank", "sae_score", "dense_score", "features", "why"]
+
+
+def hybrid_ranking(X, weights: pd.DataFrame, sae_scores: np.ndarray, dense_scores: np.ndarray,
+                   labels: dict[int, str] | None = None, top: int = 50, fusion: str = "adaptive",
+                   n_why: int = 3) -> pd.DataFrame:
+    """The SAE and dense rankings of one query fused (:func:`fuse_scores`), each hit explained.
+
+    ``weights``/``sae_scores``: :func:`query_scores` of the query; ``dense_scores``: e.g. MiniLM cosines
+    (:func:`cosine_scores`). Columns: row, score (fused), sae_rank, dense_rank (1-based over all
+    documents), sae_score, dense_score, features (the query features present in the document that
+    weigh most in its SAE score, :func:`explain_hits`) and why (those features as "label (share)")."""
+    fused = fuse_scores({"sae": sae_scores, "dense": dense_scores}, top=top, fusion=fusion)
+    hits = explain_hits(X, weights, fused["row"].to_numpy(), top=n_why)
+    labels = labels or {}
+    fused["features"] = hits["feature_ids"].to_numpy()
+    fused["why"] = [" · ".join(f"{labels.get(f) or f'feature {f}'} ({s:.0%})" for f, s in zip(ids, shares))
+                    for ids, shares in zip(hits["feature_ids"], hits["shares"])]
+    return fused[HYBRID_COLUMNS]

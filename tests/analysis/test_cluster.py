@@ -6,6 +6,7 @@ import pytest
 import scipy.sparse as sp
 
 from backend.analysis import cluster as cl
+from backend.errors import UserError
 
 
 def planted(n_per: int = 200, k: int = 3, seed: int = 0, n_empty: int = 30):
@@ -253,3 +254,114 @@ def test_one_explicit_family_gives_carries_vs_not_for_any_k():
         cl.cluster_along(X, chosen, method="ward")
     with pytest.raises(ValueError, match="at least 2"):
         cl.cluster_along(X, chosen, k=1)
+
+
+# -- any clustering read through SAE features --------------------------------------------------------
+def reading_corpus(seed: int = 0):
+    """300 documents in 3 groups of 100. Planted: feature 10 fires in 80% of group 0 and 5% elsewhere
+    (over-represented); feature 11 in 60% of groups 0 and 2 and never in group 1 (under-represented there);
+    feature 0 in 95% of documents, a little more in group 2 (near-constant); feature 12 only in two documents,
+    both of group 2 (too rare); features 20..39 noise at 20%."""
+    rng = np.random.default_rng(seed)
+    truth = np.repeat(np.arange(3), 100)
+    p = np.zeros((300, 40))
+    p[:, 10] = np.where(truth == 0, 0.8, 0.05)
+    p[:, 11] = np.where(truth == 1, 0.0, 0.6)
+    p[:, 0] = np.where(truth == 2, 1.0, 0.93)
+    p[:, 20:] = 0.2
+    fire = rng.random(p.shape) < p
+    fire[:, 12] = False
+    fire[[250, 260], 12] = True
+    return sp.csr_matrix(np.where(fire, rng.uniform(0.5, 2.0, p.shape), 0.0)), truth
+
+
+def test_distinctive_features_finds_planted_over_and_under_and_skips_constant_and_rare():
+    X, truth = reading_corpus()
+    out = cl.distinctive_features(X, truth, top=3)
+    assert list(out.columns) == cl.READING_COLUMNS
+    over0 = out[(out["cluster"] == 0) & (out["side"] == "over")]
+    assert int(over0["feature_id"].iloc[0]) == 10 and over0["in_share"].iloc[0] > 0.6 > 0.2 > over0["out_share"].iloc[0]
+    under1 = out[(out["cluster"] == 1) & (out["side"] == "under")]
+    # group 1 lacks feature 11 entirely and has feature 10 at 5% against 42% elsewhere
+    assert set(under1["feature_id"].head(2)) == {10, 11}
+    assert under1.set_index("feature_id").loc[11, "n_in"] == 0 and (under1["z"].head(2) < -3).all()
+    assert (out.loc[out["side"] == "over", "z"] > 0).all() and (out.loc[out["side"] == "under", "z"] < 0).all()
+    assert not set(out["feature_id"]) & {0, 12}  # near-constant and too rare
+    # controls: without the filters both would describe group 2 (feature 12 has the largest lift there)
+    loose = cl.distinctive_features(X, truth, top=40, min_support=1, max_share=1.0)
+    over2 = loose[(loose["cluster"] == 2) & (loose["side"] == "over")].set_index("feature_id")
+    assert {0, 12} <= set(over2.index) and over2.loc[12, "lift"] > over2.loc[0, "lift"]
+    # exact statistics for one row
+    row = over0.iloc[0]
+    n_in = int((X[truth == 0][:, 10] > 0).sum())
+    n_out = int((X[truth != 0][:, 10] > 0).sum())
+    a, b, c, d = n_in + 0.5, 100 - n_in + 0.5, n_out + 0.5, 200 - n_out + 0.5
+    assert row["n_in"] == n_in and row["log_odds"] == pytest.approx(np.log(a * d / (b * c)))
+    assert row["z"] == pytest.approx(np.log(a * d / (b * c)) / np.sqrt(1 / a + 1 / b + 1 / c + 1 / d))
+    with pytest.raises(UserError):
+        cl.distinctive_features(X, truth, max_share=0.0)
+
+
+def test_typical_documents_are_nearest_the_centre():
+    rng = np.random.default_rng(1)
+    centres = np.eye(3, 8) * 5
+    truth = np.repeat(np.arange(3), 30)
+    V = centres[truth] + rng.normal(size=(90, 8))
+    V[[7, 45]] = centres[[0, 1]]  # exactly at their group's centre direction
+    out = cl.typical_documents(V, truth, n=2)
+    assert list(out.columns) == ["cluster", "rank", "row", "similarity"]
+    assert out[out["cluster"] == 0]["row"].iloc[0] == 7 and out[out["cluster"] == 1]["row"].iloc[0] == 45
+    assert (out.groupby("cluster")["similarity"].apply(lambda s: s.is_monotonic_decreasing)).all()
+    X, labels = reading_corpus()
+    sparse = cl.typical_documents(X, labels, n=3)  # presence vectors of a sparse SAE matrix
+    assert len(sparse) == 9 and all(labels[r] == c for r, c in zip(sparse["row"], sparse["cluster"]))
+    with pytest.raises(UserError):
+        cl.typical_documents(V, truth[:10])
+
+
+def test_dense_clusters_read_through_their_planted_features():
+    """MiniLM-like vectors make the groups; each group is read through the SAE feature planted in it."""
+    rng = np.random.default_rng(2)
+    truth = np.repeat(np.arange(3), [120, 90, 60])
+    V = np.eye(3, 16)[truth] * 3 + rng.normal(scale=0.5, size=(270, 16))
+    fire = rng.random((270, 30)) < 0.15
+    for g in range(3):
+        fire[:, g] = np.where(truth == g, rng.random(270) < 0.9, rng.random(270) < 0.03)
+    X = sp.csr_matrix(fire.astype(float))
+    res = cl.cluster_dense_read(X, V, k=3, feature_labels={0: "zero", 1: "one", 2: "two"})
+    assert cl.agreement(res.labels, truth)["ari"] == pytest.approx(1.0)
+    assert list(res.clusters["size"]) == [120, 90, 60]  # ordered by size: cluster c is group c
+    assert [t[0] for t in res.clusters["over"]] == [0, 1, 2]
+    first = res.features[(res.features["side"] == "over") & (res.features["rank"] == 1)]
+    assert list(first["label"]) == ["zero", "one", "two"]
+    assert all(truth[r] == c for r, c in zip(res.documents["row"], res.documents["cluster"]))
+    # any labels, e.g. a concept clustering's with its none group, read the same way
+    given = np.where(truth == 2, cl.NONE_LABEL, truth)
+    read = cl.read_clusters(X, given)
+    assert list(read.clusters["cluster"]) == [0, 1, cl.NONE_LABEL] and read.clusters["name"].iloc[2] == "none of the chosen concepts"
+    with pytest.raises(UserError):
+        cl.cluster_dense_read(X, V, k=1)
+
+
+def test_workspace_cluster_dense_and_describe(tiny_workspace_file, tmp_path, tiny_reader, tiny_sae):
+    import shutil
+
+    from backend import doc_embeddings
+    from backend.workspace import Workspace
+
+    shutil.copy(tiny_workspace_file, tmp_path / "ws.duckdb")
+    ws = Workspace.open(tmp_path / "ws.duckdb", device="cpu", reader=tiny_reader, sae=tiny_sae)
+    try:
+        res = ws.cluster_dense("t", k=3, min_support=2)
+        X, V = ws.latents("t", "max"), doc_embeddings.doc_vectors(ws, ws.corpus("t"))
+        want = cl.cluster_dense_read(X, V, 3, feature_labels=ws.labels("t"), min_support=2)
+        assert np.array_equal(res.labels, want.labels) and res.features.equals(want.features)
+        assert res.documents.equals(want.documents.rename(columns={"row": "doc_id"})) and res.method == "minilm-kmeans"
+        concepts = ws.cluster("t", [int(f) for f in np.argsort(-np.bincount(X.indices, minlength=X.shape[1]))[1:4]])
+        read = ws.describe_clusters("t", concepts.labels, min_support=2)
+        assert read.features.equals(cl.read_clusters(X, concepts.labels, None, ws.labels("t"), min_support=2).features)
+        assert set(read.clusters["cluster"]) == set(concepts.labels)
+        with pytest.raises(UserError):
+            ws.describe_clusters("t", concepts.labels, typical="umap")
+    finally:
+        ws.close()

@@ -560,3 +560,53 @@ def test_retrieval_and_clustering_offer_labels_for_what_they_show(private_ws, mo
     result = ws.cluster("t", rare)
     describing = result.descriptions.query("diff > 0")["lead_feature"].astype(int).unique()
     assert button.label.startswith(f"Label these {len(describing)} feature")
+
+
+# -- hybrid retrieval and topic clusters read through SAE features (added with the hybrid modes) ----------------
+def test_retrieval_opens_with_the_hybrid_ranking_and_its_reasons(ws_path, ws):
+    """A text query is answered first by ws.retrieve(mode="hybrid"): its order, ranks and why column, shown
+    before the SAE and MiniLM rankings (which stay beside each other below)."""
+    query = "i love this movie"
+    at = app("retrieval", ws_path, ret_text=query).run()
+    no_errors(at)
+    want = ws.retrieve("t", query, top=10, mode="hybrid")
+    got = frame_with(at, "fused", "why")
+    assert list(got["doc_id"]) == list(want["doc_id"]) and np.allclose(got["fused"], want["score"])
+    assert list(got["sae_rank"]) == list(want["sae_rank"]) and list(got["dense_rank"]) == list(want["dense_rank"])
+    assert list(got["why"]) == list(want["why"]) and got["why"].str.len().gt(0).any()
+    titles = [m.value for m in at.markdown]
+    hybrid_at = titles.index("**Hybrid: SAE features and MiniLM fused**")
+    assert hybrid_at < titles.index("**Each ranking on its own**")
+    frames = [d.value for d in at.dataframe]
+    first = next(i for i, f in enumerate(frames) if "fused" in f.columns)
+    assert first < next(i for i, f in enumerate(frames) if "n_overlap" in f.columns)
+    assert first < next(i for i, f in enumerate(frames) if "cosine" in f.columns)
+
+
+def test_clustering_opens_on_minilm_topics_read_through_sae_features(ws_path, ws):
+    """With no concept chosen the page shows MiniLM topics (what groups by topic best), each with the over- and
+    under-represented SAE features ws.cluster_dense finds, and its typical documents; the concept clustering
+    is the other tab."""
+    at = app("clustering", ws_path).run()
+    no_errors(at)
+    k, support = at.number_input(key="clu_topics_k").value, at.number_input(key="clu_topics_support").value
+    assert at.selectbox(key="clu_topics_method").value == "kmeans" and support == 2  # 12 documents
+    want = ws.cluster_dense("t", k=k, min_support=support)
+    assert int(metric(at, "Topic clusters")) == k == len(want.clusters)
+    shown = [d.value for d in at.dataframe if {"in_topic", "rest", "z"} <= set(d.value.columns)]
+    assert len(shown) == len(want.clusters)
+    for cluster, got in zip(want.clusters["cluster"], shown):
+        expect = want.features[want.features["cluster"] == cluster]
+        assert list(got["feature_id"]) == list(expect["feature_id"]) and list(got["side"]) == list(expect["side"])
+        assert np.allclose(got["in_topic"], expect["in_share"]) and np.allclose(got["z"], expect["z"])
+    assert any(len(g) for g in shown) and {"over", "under"} <= set(pd.concat(shown)["side"])
+    heads = [m.value for m in at.markdown if m.value.startswith("**Topic ")]
+    assert [h.split(" · ")[0] for h in heads] == [f"**Topic {c}**" for c in want.clusters["cluster"]]
+    typical = [c.value for c in at.caption if c.value.startswith("Typical: ")]
+    first_docs = want.documents[want.documents["cluster"] == 0]["doc_id"].tolist()
+    assert typical and typical[0].startswith(f"Typical: {first_docs[0]}: ")
+    truth = ws.metadata("t", "label").to_numpy().astype(str)
+    from backend.analysis.cluster import agreement
+
+    assert float(metric(at, "Topics · ARI against label")) == pytest.approx(agreement(want.labels, truth)["ari"], abs=1e-3)
+    assert any("Choose at least one feature" in i.value for i in at.info)  # the concepts tab waits for features
