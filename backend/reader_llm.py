@@ -5,14 +5,14 @@ key. A small reader (the default 135M model) writes labels that are not worth re
 offered: `reader_llm_status` says why, and the page shows that reason.
 
 `reader_chat(reader)` returns a `ChatFn` (messages → `ChatReply`), the same protocol the OpenAI-compatible
-endpoint serves (backend.analysis.hypotheses.endpoint_chat), so labels and hypotheses take either."""
+endpoint serves (backend.llm.endpoint_chat), so labels and hypotheses take either."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
-from backend.analysis.hypotheses import ChatFn, ChatReply, Messages
+from backend.chat import ChatFn, ChatReply, Messages
 from backend.errors import UnavailableError
 from backend.models import ReaderModel
 

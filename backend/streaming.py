@@ -26,7 +26,7 @@ from backend.corpora import (CorpusError, ReadOptions, check_columns, guess_form
 from backend.store import Store
 
 if TYPE_CHECKING:
-    from backend.workspace import Workspace
+    from backend.context import WorkspaceContext
 
 DEFAULT_CHUNK_ROWS = 10_000
 # A chunk also ends after this many bytes of the file: pandas and the store's insert hold several copies of
@@ -267,7 +267,7 @@ def _aligned(chunk: pd.DataFrame, columns: list, offset: int) -> pd.DataFrame:
     return chunk.reindex(columns=columns)
 
 
-def add_corpus_streamed(target: "Workspace | Store", name: str, path: str | Path, text_column: str | None = None,
+def add_corpus_streamed(target: "WorkspaceContext | Store", name: str, path: str | Path, text_column: str | None = None,
                         options: ReadOptions = ReadOptions(), chunk_rows: int = DEFAULT_CHUNK_ROWS,
                         file_name: str | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
     """Store a corpus file of any size (Parquet, JSONL, CSV, TSV, TXT) chunk by chunk; returns its id.

@@ -31,9 +31,9 @@ from backend.workspace_analyses import WorkspaceAnalyses
 if TYPE_CHECKING:
     from typing import Callable
 
-    from backend.analysis.hypotheses import ChatFn
+    from backend.chat import ChatFn
     from backend.engines.ray_engine import RayConfig
-    from backend.labels import LLMConfig
+    from backend.llm import LLMConfig
 
 
 DTYPES = DTYPE_CHOICES  # "auto": bf16 on CUDA and on CPUs with native bf16, else float32 (bench/dtype_agreement.py)

@@ -20,7 +20,7 @@ from backend.analysis.retrieve import dense_retrieve, query_weights, rank_by_que
 from backend.errors import UserError
 
 if TYPE_CHECKING:
-    from backend.labels import LLMConfig
+    from backend.llm import LLMConfig
     from backend.steering import SteerConfig, SteerResult
     from backend.store import Corpus
 

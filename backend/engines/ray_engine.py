@@ -53,8 +53,8 @@ from backend.jobs import Progress, ProgressCallback
 from backend.store import Store, presence
 
 if TYPE_CHECKING:
+    from backend.context import WorkspaceContext
     from backend.store import Corpus
-    from backend.workspace import Workspace
 
 
 @dataclass(frozen=True)
@@ -204,7 +204,7 @@ def _start_ray(cfg: RayConfig) -> bool:
     return True
 
 
-def embed_with_ray(ws: "Workspace", corpus: "str | int | Corpus", cfg: RayConfig = RayConfig(),
+def embed_with_ray(ws: WorkspaceContext, corpus: "str | int | Corpus", cfg: RayConfig = RayConfig(),
                    progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
                    on_shard: Callable[[dict[str, Any]], None] | None = None) -> Progress:
     """Embed the corpus's pending documents with Ray Data actors; same guarantees as backend.jobs.embed_corpus.

@@ -12,11 +12,11 @@ from backend.steering.units import ActivationLevels, UnitKind, typical_units
 if TYPE_CHECKING:
     import pandas as pd
 
+    from backend.context import WorkspaceContext
     from backend.store import Corpus
-    from backend.workspace import Workspace
 
 
-def activation_levels(ws: Workspace, corpus: Corpus | str | int, feature_ids: list[int]) -> dict[int, ActivationLevels]:
+def activation_levels(ws: WorkspaceContext, corpus: Corpus | str | int, feature_ids: list[int]) -> dict[int, ActivationLevels]:
     """{feature_id: its p99 and max activation over the corpus's documents} (None where not finalized)."""
     from backend.feature_queries import feature_stats
 
@@ -28,7 +28,7 @@ def activation_levels(ws: Workspace, corpus: Corpus | str | int, feature_ids: li
     return levels
 
 
-def concept_texts(ws: Workspace, corpus: Corpus | str | int, feature_ids: list[int], n_contexts: int = 5) -> dict[int, list[str]]:
+def concept_texts(ws: WorkspaceContext, corpus: Corpus | str | int, feature_ids: list[int], n_contexts: int = 5) -> dict[int, list[str]]:
     """{feature_id: its top contexts as plain text} (features without contexts are left out)."""
     from backend.feature_queries import feature_contexts
 
@@ -43,7 +43,7 @@ def concept_texts(ws: Workspace, corpus: Corpus | str | int, feature_ids: list[i
 
 
 def steer_in_workspace(
-    ws: Workspace,
+    ws: WorkspaceContext,
     prompts: list[str],
     strengths: Mapping[int, float],
     config: SteerConfig | None = None,
@@ -64,7 +64,7 @@ def steer_in_workspace(
 
 
 def sweep_in_workspace(
-    ws: Workspace,
+    ws: WorkspaceContext,
     feature_id: int,
     strengths: list[float],
     prompts: list[str],
