@@ -9,7 +9,7 @@ re-embedded on the next build and nothing else is.
 
 The index of a large SAE takes minutes (8,192 features: ~49k sentences), so it is built in chunks of
 features, most useful first (`index_order`), each chunk in its own transaction: a build can run in the
-background (backend.jobs.start_feature_index), stop at any point and resume with nothing lost or
+background (backend.background.start_feature_index), stop at any point and resume with nothing lost or
 duplicated, and a search meanwhile covers the features indexed so far. `feature_search_index` records
 what a build set out to cover (`feature_index_status`)."""
 from __future__ import annotations

@@ -19,7 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 import streamlit as st
 
-from backend import doc_embeddings, jobs
+from backend import background, doc_embeddings
 from backend.errors import UserError
 from backend.labels import Labeller, stored_llm_labels
 from backend.store import Corpus
@@ -142,7 +142,7 @@ def dense_vectors(ws: Workspace, corpus: CorpusRef, allow_compute: bool) -> np.n
             bar.progress(done / max(1, total), text=f"MiniLM embeddings: {done:,}/{total:,} documents")
 
         # the dashboard's background job may be building them already (the demo corpus): follow it, then finish
-        jobs.wait_for_doc_vectors(ws, handle, lambda p: report(p.docs_done, p.docs_total))
+        background.wait_for_doc_vectors(ws, handle, lambda p: report(p.docs_done, p.docs_total))
         doc_embeddings.build_doc_embeddings(ws, handle, progress=report)
         bar.empty()
     return _dense(ws, handle, widgets.cache_key(ws, handle), doc_embeddings.n_stored(ws, handle))

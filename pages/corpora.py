@@ -2,7 +2,7 @@
 create a new workspace (reader model, SAE, formatting) and switch to it.
 
 Layout and widgets only: reading and validating files is backend.corpora, jobs and their resume policy are
-backend.jobs (jobs follow a corpus by id, so renaming it while it embeds is harmless)."""
+backend.background (jobs follow a corpus by id, so renaming it while it embeds is harmless)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,7 +14,7 @@ import streamlit as st
 from backend.config import DEFAULT_MODEL, shipped_saes, workspace_file
 from backend.corpora import FORMATS, CorpusError, ReadOptions, guess_text_column, read_corpus, validate_text_column
 from backend.errors import UserError
-from backend.jobs import next_action, resume_interrupted, start_embedding, start_finishing
+from backend.background import next_action, resume_interrupted, start_embedding, start_finishing
 from backend.models import BUILTIN_MODELS
 from backend.saes import resolve_sae_source, sae_name, workspace_sae_name
 from backend.store import Corpus

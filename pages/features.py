@@ -16,7 +16,7 @@ import streamlit as st
 from backend import feature_queries
 from backend.errors import UserError
 from backend.labels import LLMConfig, LLMError, operator_llm_config, session_llm_config, set_hand_label
-from backend.jobs import wait_until_searchable
+from backend.background import wait_until_searchable
 from backend.search import SearchModelMissing, search_features
 from backend.store import Corpus, StoreError
 from backend.workspace import Workspace

@@ -20,7 +20,7 @@ import streamlit as st
 
 from backend.config import WORKSPACES_DIR
 from backend.errors import UserError
-from backend.jobs import BackgroundJob, job_for
+from backend.background import BackgroundJob, job_for
 from backend.store import Corpus, WorkspaceLocked
 from backend.workspace import Workspace
 
