@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, Literal
 import torch
 
 from backend.config import CACHE_DIR, DEFAULT_MODEL, REPO_ROOT, pick_device
+from backend.dtypes import resolve_dtype  # "auto": bf16 on CUDA, the measured CPU default elsewhere
 
 log = logging.getLogger(__name__)
 
@@ -416,8 +417,6 @@ def load_reader(
     `notify` hears the one-time setup of a built-in model (package install, dequantizing); without it,
     the `model_status` listener around the call, else stderr."""
     device = pick_device(device)
-    from backend.runtime import resolve_dtype  # "auto": bf16 on CUDA, the measured CPU default elsewhere
-
     tdtype = resolve_dtype(dtype, device)
     t0 = time.time()
     if name in BUILTIN_MODELS:
@@ -447,14 +446,6 @@ def load_reader(
         reader = ReaderModel(name, model, tok, getattr(tok, "chat_template", None) is not None, None, "transformer_lens")
     log.info("Loaded %s on %s in %.1fs", name, device, time.time() - t0)
     return reader
-
-
-def residuals(reader: ReaderModel, tokens: torch.Tensor, hook_name: str) -> torch.Tensor:
-    """Activation at the hook [batch, pos, d_model]; the forward stops there. Read by the reader's runtime
-    (backend.runtime, the one way to run the model), kept here for callers of the older path."""
-    from backend.runtime import residuals as runtime_residuals
-
-    return runtime_residuals(reader, tokens, hook_name)
 
 
 # -- model dimensions from configs alone (checked at workspace creation, no weights loaded) -------------

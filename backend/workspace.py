@@ -19,13 +19,14 @@ from backend.activations import EmbedConfig, sae_embed_texts, token_activations
 from backend.runtime import DTYPE_CHOICES, resolve_dtype_name
 from backend.context import DEFAULT_MAX_TOKENS, FORMATTINGS, WorkspaceContext, WorkspaceSettings  # noqa: F401 (re-exported)
 from backend.config import CACHE_DIR, DEFAULT_MODEL, DEFAULT_SAE_DIR, SHIPPED_SAES, pick_device
-from backend.corpora import ReadOptions, prepare_documents, read_corpus, validate_corpus_name
+from backend.corpora import ReadOptions, validate_corpus_name
 from backend.feature_precompute import FinalizeProgress
 from backend.jobs import JobConfig, Progress, ProgressCallback, embed_corpus
 from backend.models import ModelDims, ReaderModel, load_reader, model_dims
 from backend.saes import SAEError, cache_sae, check_model_name, check_pairing, check_sae_fits_model, load_sae, sae_info
 from backend.store import Corpus, Pooling, Store, StoreError
 from backend.store.presence import DEFAULT_PRESENCE_THRESHOLD, check_threshold
+from backend.streaming import add_corpus_streamed, prepare_documents, read_corpus
 from backend.workspace_analyses import WorkspaceAnalyses
 
 if TYPE_CHECKING:
@@ -224,8 +225,6 @@ class Workspace(WorkspaceAnalyses):
         fine; bytes and file objects are read whole, under `options.max_bytes`."""
         name = validate_corpus_name(name)
         if isinstance(data, (str, Path)):
-            from backend.streaming import add_corpus_streamed
-
             return add_corpus_streamed(self.store, name, data, text_column, options, file_name=file_name)
         df = data if isinstance(data, pd.DataFrame) else read_corpus(data, file_name, options)
         df, column = prepare_documents(df, text_column, options)  # one per-document limit; optional windows

@@ -41,7 +41,7 @@ def test_gemma_packages_are_pinned():
 def test_gemma_hooked_residuals_equal_the_hf_model(gemma):
     from transformers import AutoModelForCausalLM
 
-    from backend.models import residuals
+    from backend.runtime import residuals
 
     assert (gemma.n_layers, gemma.d_model) == (18, 640)
     hf = AutoModelForCausalLM.from_pretrained(str(gemma.hf_dir), dtype=torch.float32)
