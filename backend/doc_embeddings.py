@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from backend import search
 from backend.context import WorkspaceContext
 from backend.store import Corpus, Store
 from backend.store.schema import DOC_VECTOR_DIM
@@ -48,8 +49,6 @@ def build_doc_embeddings(
 
     Each batch is written in its own transaction, so an interrupted pass resumes where it stopped.
     ``progress(done, total)`` is called once before the first batch and after every batch."""
-    from backend.search import sentence_embed
-
     store: Store = ws.store
     cid = store.corpus_id(corpus)
     total = store.corpus(cid).n_docs
@@ -64,7 +63,7 @@ def build_doc_embeddings(
             if cancel is not None and cancel.is_set():
                 break
             ids = todo[start:start + batch_size]
-            vecs = sentence_embed(store.texts(cid, ids), batch_size=batch_size)
+            vecs = search.sentence_embed(store.texts(cid, ids), batch_size=batch_size)
             data = pd.DataFrame({"doc_id": ids.astype(np.int32), "vec": list(vecs.astype(np.float32))})
             store.replace_rows("doc_embeddings", data, where={"corpus_id": cid, "doc_id": ids.tolist()},
                                fixed={"corpus_id": cid})
@@ -98,9 +97,7 @@ def doc_vectors(
 
 def embed_query(text: str) -> np.ndarray:
     """The L2-normalized MiniLM vector (384,) of one query text (same model as the documents)."""
-    from backend.search import sentence_embed
-
-    return sentence_embed([text.strip() or " "])[0]
+    return search.sentence_embed([text.strip() or " "])[0]
 
 
 def delete_doc_embeddings(ws: WorkspaceContext, corpus: Corpus) -> None:

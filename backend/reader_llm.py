@@ -15,6 +15,7 @@ import torch
 from backend.chat import ChatFn, ChatReply, Messages
 from backend.errors import UnavailableError
 from backend.models import ReaderModel
+from backend.runtime import runtime_for
 
 MIN_LABELLER_PARAMS = 1_000_000_000  # below ~1B, instruct models write labels that are mostly noise
 
@@ -50,8 +51,6 @@ def reader_chat(reader: ReaderModel, max_new_tokens: int = 200, min_params: int 
     status = reader_llm_status(reader, min_params)
     if not status.usable:
         raise UnavailableError(status.reason)
-    from backend.runtime import runtime_for
-
     runtime = runtime_for(reader)
 
     def chat(messages: Messages) -> ChatReply:

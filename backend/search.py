@@ -29,6 +29,7 @@ import pandas as pd
 
 from backend import labels as labels_mod
 from backend.context import WorkspaceContext
+from backend.feature_queries import feature_table
 from backend.store import Corpus, Store
 from backend.store.schema import DOC_VECTOR_DIM
 
@@ -111,8 +112,6 @@ def index_order(ws: WorkspaceContext, cid: int, feature_ids: list[int]) -> list[
     """`feature_ids`, most useful to a search first: features with a hand or LLM label, then by the feature
     table's specificity (a well-explained label, firing in some documents but not in almost all), then
     features with no statistics in this corpus, by id."""
-    from backend.feature_queries import feature_table
-
     curated = set(ws.store.query_df(
         "SELECT DISTINCT feature_id FROM feature_labels WHERE source IN ('hand', 'llm')")["feature_id"].astype(int))
     table = feature_table(ws, cid, hide_dead=False, sort_by="specificity", descending=True)

@@ -17,7 +17,9 @@ from backend.analysis.diff import DiffConfig, split_by_column
 from backend.analysis.findings import DiffResult, diff_result
 from backend.analysis.hypotheses import ChatFn, HypothesisConfig, HypothesisReport, run_hypotheses, sample_doc_ids
 from backend.analysis.retrieve import dense_retrieve, query_weights, rank_by_query
+from backend.doc_embeddings import doc_vectors, embed_query
 from backend.errors import UserError
+from backend.steering.inputs import steer_in_workspace, sweep_in_workspace
 
 if TYPE_CHECKING:
     from backend.llm import LLMConfig
@@ -111,8 +113,6 @@ class WorkspaceAnalyses:
 
     def retrieve_dense(self, corpus: CorpusRef, query: str, top: int = 50) -> pd.DataFrame:
         """The MiniLM baseline beside it: doc_id, score (cosine; vectors computed and stored on first use)."""
-        from backend.doc_embeddings import doc_vectors, embed_query
-
         handle = self.corpus(corpus)
         ranking = dense_retrieve(embed_query(query), doc_vectors(self, handle), top=top)
         return ranking.rename(columns={"row": "doc_id"}).reset_index(drop=True)
@@ -145,8 +145,6 @@ class WorkspaceAnalyses:
         text toward the concept and 4+ usually breaks it. Each generation carries its measures: the per-token
         activation, perplexity under the unsteered model, MiniLM similarity to the feature's top contexts,
         and `fires`: whether the feature fires anywhere in the output, max-pooled as documents are judged."""
-        from backend.steering.inputs import steer_in_workspace
-
         return steer_in_workspace(self, list(prompts), dict(strengths), config, corpus, unit, on_token)  # type: ignore[arg-type]
 
     def steer_sweep(
@@ -154,7 +152,5 @@ class WorkspaceAnalyses:
         corpus: CorpusRef | None = None, unit: str = "p99_act", on_progress: Any = None,
     ) -> pd.DataFrame:
         """One feature at several strengths: share of generations where it fires, activation, perplexity."""
-        from backend.steering.inputs import sweep_in_workspace
-
         return sweep_in_workspace(self, int(feature_id), list(strengths), list(prompts), config, corpus, unit,  # type: ignore[arg-type]
                                   on_progress)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from backend.demo import FIRST_LAUNCH_STEPS, default_workspace_path
 from backend.background import BackgroundJob, default_build_job, ensure_doc_vectors, ensure_feature_index, start_default_build
+from backend.demo import FIRST_LAUNCH_STEPS, default_workspace_path
 from backend.saes import workspace_sae_name
 from backend.search import feature_index_status
 from backend.workspace import Workspace

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Mapping
 
+from backend.feature_queries import feature_contexts, feature_stats
 from backend.steering.config import SteerConfig
 from backend.steering.runs import OnProgress, OnToken, SteerResult, steer, strength_sweep
 from backend.steering.units import ActivationLevels, UnitKind, typical_units
@@ -18,8 +19,6 @@ if TYPE_CHECKING:
 
 def activation_levels(ws: WorkspaceContext, corpus: Corpus | str | int, feature_ids: list[int]) -> dict[int, ActivationLevels]:
     """{feature_id: its p99 and max activation over the corpus's documents} (None where not finalized)."""
-    from backend.feature_queries import feature_stats
-
     handle = ws.corpus(corpus)
     levels = {}
     for f in feature_ids:
@@ -30,8 +29,6 @@ def activation_levels(ws: WorkspaceContext, corpus: Corpus | str | int, feature_
 
 def concept_texts(ws: WorkspaceContext, corpus: Corpus | str | int, feature_ids: list[int], n_contexts: int = 5) -> dict[int, list[str]]:
     """{feature_id: its top contexts as plain text} (features without contexts are left out)."""
-    from backend.feature_queries import feature_contexts
-
     handle = ws.corpus(corpus)
     out = {}
     for f in feature_ids:
