@@ -55,6 +55,69 @@ class JobConfig:
     overlap_writes: bool = True  # write batch i while computing batch i+1
 
 
+class _BatchWrites:
+    """Writes each batch's rows, in a thread while the next batch computes (`overlap`) or inline; a write error
+    is kept and raised by the embedding loop (`check`)."""
+
+    def __init__(self, store: Store, corpus_id: int, overlap: bool) -> None:
+        self.store, self.corpus_id = store, corpus_id
+        self.error: list[BaseException] = []
+        self.queue: queue.Queue = queue.Queue(maxsize=2)
+        self.thread = threading.Thread(target=self._run, daemon=True) if overlap else None
+        if self.thread:
+            self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            try:
+                if not self.error:
+                    self.store.write_embeddings(self.corpus_id, *item)
+            except BaseException as exc:  # noqa: BLE001 - surfaced in the main loop
+                self.error.append(exc)
+
+    def check(self) -> None:
+        if self.error:
+            raise self.error[0]
+
+    def put(self, ids: Any, rows: SparseRows) -> None:
+        if self.thread:
+            self.queue.put((ids, rows))
+        else:
+            self.store.write_embeddings(self.corpus_id, ids, rows)
+
+    def close(self) -> None:
+        if self.thread:
+            self.queue.put(None)
+            self.thread.join()
+
+
+def _batch_embedder(store: Store, corpus_id: int, reader: ReaderModel, sae: Any, hook_name: str,
+                    embed_cfg: EmbedConfig) -> Callable[[Any], SparseRows]:
+    """doc ids -> their sparse rows: the pure batch function on the stored texts."""
+
+    def embed_ids(ids: Any) -> SparseRows:
+        docs = reader.encode_documents(store.texts(corpus_id, ids), embed_cfg.formatting, embed_cfg.max_tokens)
+        return embed_encoded(reader, sae, hook_name, docs, embed_cfg)
+
+    return embed_ids
+
+
+def _record_end(store: Store, corpus_id: int, state: Progress, t0: float, progress: ProgressCallback | None) -> Progress:
+    """The run's final status, in the progress and in the store ("ready" only once finalizing has committed:
+    see Workspace.finalize; a cancelled corpus is pending again)."""
+    state.elapsed_s = time.time() - t0
+    if state.status == "running":
+        state.docs_done = state.docs_total - len(store.pending_doc_ids(corpus_id))
+        state.status = "done" if state.docs_done == state.docs_total else "failed"
+    store.set_status(corpus_id, "finalizing" if state.status == "done" else ("pending" if state.status == "cancelled" else state.status))
+    if progress:
+        progress(state)
+    return state
+
+
 def embed_corpus(
     store: Store,
     corpus: int,
@@ -70,48 +133,23 @@ def embed_corpus(
 
     The job follows the corpus by id, so renaming it while the job runs changes nothing here."""
     info = store.corpus(corpus)
-    pending = store.pending_doc_ids(info.corpus_id)
-    total = info.n_docs
-    done0 = total - len(pending)
-    state = Progress(info.name, done0, total, 0, 0.0, docs_at_start=done0)
-    store.set_status(info.corpus_id, "embedding")
+    cid, pending = info.corpus_id, store.pending_doc_ids(info.corpus_id)
+    state = Progress(info.name, info.n_docs - len(pending), info.n_docs, 0, 0.0, docs_at_start=info.n_docs - len(pending))
+    store.set_status(cid, "embedding")
     t0 = time.time()
-    writes: queue.Queue = queue.Queue(maxsize=2)
-    write_error: list[BaseException] = []
-
-    def writer() -> None:
-        while True:
-            item = writes.get()
-            if item is None:
-                return
-            try:
-                if not write_error:
-                    store.write_embeddings(info.corpus_id, *item)
-            except BaseException as exc:  # noqa: BLE001 - surfaced in the main loop
-                write_error.append(exc)
-
-    def embed_ids(ids: Any) -> SparseRows:
-        docs = reader.encode_documents(store.texts(info.corpus_id, ids), embed_cfg.formatting, embed_cfg.max_tokens)
-        return embed_encoded(reader, sae, hook_name, docs, embed_cfg)
-
-    thread = threading.Thread(target=writer, daemon=True) if job_cfg.overlap_writes else None
-    if thread:
-        thread.start()
+    embed_ids = _batch_embedder(store, cid, reader, sae, hook_name, embed_cfg)
+    writes = _BatchWrites(store, cid, job_cfg.overlap_writes)
     try:
         # a workspace with a presence threshold first calibrates it on its first documents (backend.store.presence)
-        calibration = ensure_calibrated(store, info.corpus_id, pending, embed_ids, int(sae.cfg.d_sae))
+        calibration = ensure_calibrated(store, cid, pending, embed_ids, int(sae.cfg.d_sae))
         for start in range(0, len(pending), job_cfg.docs_per_batch):
             if cancel is not None and cancel.is_set():
                 state.status = "cancelled"
                 break
-            if write_error:
-                raise write_error[0]
+            writes.check()
             ids = pending[start : start + job_cfg.docs_per_batch]
             rows: SparseRows = calibration.take(ids, embed_ids) if calibration is not None else embed_ids(ids)
-            if thread:
-                writes.put((ids, rows))
-            else:
-                store.write_embeddings(info.corpus_id, ids, rows)
+            writes.put(ids, rows)
             state.docs_done += len(ids)
             state.tokens_done += int(rows.n_tokens.sum())
             state.elapsed_s = time.time() - t0
@@ -119,26 +157,14 @@ def embed_corpus(
                 progress(state)
     except BaseException as exc:
         state.status, state.error = "failed", f"{type(exc).__name__}: {exc}"
-        if thread:
-            writes.put(None)
-            thread.join()
-        store.set_status(info.corpus_id, "failed", traceback.format_exc(limit=3))
+        writes.close()
+        store.set_status(cid, "failed", traceback.format_exc(limit=3))
         if progress:
             progress(state)
         raise
-    if thread:
-        writes.put(None)
-        thread.join()
-    if write_error:
-        state.status, state.error = "failed", str(write_error[0])
-        store.set_status(info.corpus_id, "failed", state.error)
-        raise write_error[0]
-    state.elapsed_s = time.time() - t0
-    if state.status == "running":
-        state.docs_done = total - len(store.pending_doc_ids(info.corpus_id))
-        state.status = "done" if state.docs_done == total else "failed"
-    # "ready" only once finalizing (statistics, labels) has committed: see Workspace.finalize.
-    store.set_status(info.corpus_id, "finalizing" if state.status == "done" else ("pending" if state.status == "cancelled" else state.status))
-    if progress:
-        progress(state)
-    return state
+    writes.close()
+    if writes.error:
+        state.status, state.error = "failed", str(writes.error[0])
+        store.set_status(cid, "failed", state.error)
+        raise writes.error[0]
+    return _record_end(store, cid, state, t0, progress)
