@@ -71,7 +71,8 @@ def format_size(n_bytes: int) -> str:
     return f"{value:.1f} {unit}" if value < 10 else f"{value:,.0f} {unit}"
 
 
-def _over_limit_message(size: int, limit: int) -> str:
+def over_limit_message(size: int, limit: int) -> str:
+    """Why a file over the size limit is refused (in bytes when the rounded sizes would read the same)."""
     shown, shown_limit = format_size(size), format_size(limit)
     if shown == shown_limit:  # rounding would print "200 MB, over the limit of 200 MB"
         shown, shown_limit = f"{size:,} bytes", f"{limit:,} bytes"

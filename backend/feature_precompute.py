@@ -33,7 +33,7 @@ def build_feature_tables(store: Store, corpus_id: int, d_sae: int) -> None:
     """(Re)build feature_docs (each feature's TOP_DOCS_PER_FEATURE strongest documents), feature_stats, feature_hist.
 
     Everything is computed from doc_features, the one full copy of the embeddings: queries that need all of
-    a feature's documents read them through backend.feature_queries.FEATURE_DOCS, not a second table.
+    a feature's documents read them through backend.feature_docs.FEATURE_DOCS, not a second table.
     Histograms have N_BINS bins of width max_act / N_BINS (the reader derives the bounds)."""
     n_bins = N_BINS
     with store.transaction() as tx:

@@ -105,6 +105,15 @@ def _batch_embedder(store: Store, corpus_id: int, reader: ReaderModel, sae: Any,
     return embed_ids
 
 
+def _record_failure(store: Store, corpus_id: int, state: Progress, error: str, detail: str,
+                    progress: ProgressCallback | None) -> None:
+    """A failed run: its error in the progress, `detail` (a traceback or the error) with the corpus's status."""
+    state.status, state.error = "failed", error
+    store.set_status(corpus_id, "failed", detail)
+    if progress:
+        progress(state)
+
+
 def _record_end(store: Store, corpus_id: int, state: Progress, t0: float, progress: ProgressCallback | None) -> Progress:
     """The run's final status, in the progress and in the store ("ready" only once finalizing has committed:
     see Workspace.finalize; a cancelled corpus is pending again)."""
@@ -118,17 +127,9 @@ def _record_end(store: Store, corpus_id: int, state: Progress, t0: float, progre
     return state
 
 
-def embed_corpus(
-    store: Store,
-    corpus: int,
-    reader: ReaderModel,
-    sae: Any,
-    hook_name: str,
-    embed_cfg: EmbedConfig,
-    job_cfg: JobConfig = JobConfig(),
-    progress: ProgressCallback | None = None,
-    cancel: threading.Event | None = None,
-) -> Progress:
+def embed_corpus(store: Store, corpus: int, reader: ReaderModel, sae: Any, hook_name: str, embed_cfg: EmbedConfig,
+                 job_cfg: JobConfig = JobConfig(), progress: ProgressCallback | None = None,
+                 cancel: threading.Event | None = None) -> Progress:
     """Embed every document of the corpus that is not embedded yet; returns the final progress.
 
     The job follows the corpus by id, so renaming it while the job runs changes nothing here."""
@@ -156,15 +157,11 @@ def embed_corpus(
             if progress:
                 progress(state)
     except BaseException as exc:
-        state.status, state.error = "failed", f"{type(exc).__name__}: {exc}"
         writes.close()
-        store.set_status(cid, "failed", traceback.format_exc(limit=3))
-        if progress:
-            progress(state)
+        _record_failure(store, cid, state, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=3), progress)
         raise
     writes.close()
     if writes.error:
-        state.status, state.error = "failed", str(writes.error[0])
-        store.set_status(cid, "failed", state.error)
+        _record_failure(store, cid, state, str(writes.error[0]), str(writes.error[0]), None)
         raise writes.error[0]
     return _record_end(store, cid, state, t0, progress)

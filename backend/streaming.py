@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
 
 import pandas as pd
 
-from backend.corpora import (CorpusError, ReadOptions, _over_limit_message, check_columns, format_size, guess_format,
-                             guess_text_column, split_long_documents, validate_corpus_name, validate_text_column)
+from backend.corpora import (CorpusError, ReadOptions, check_columns, format_size, guess_format, guess_text_column,
+                             over_limit_message, split_long_documents, validate_corpus_name, validate_text_column)
 from backend.store import Store
 
 if TYPE_CHECKING:
@@ -279,7 +279,7 @@ def read_corpus(source: str | Path | BinaryIO | bytes, name: str | None = None, 
         name = name or path.name
         size = path.stat().st_size
         if size > options.max_bytes:
-            raise CorpusError(_over_limit_message(size, options.max_bytes))
+            raise CorpusError(over_limit_message(size, options.max_bytes))
         data = path.read_bytes()
     elif isinstance(source, (bytes, bytearray)):
         data = bytes(source)
@@ -295,7 +295,7 @@ def read_corpus(source: str | Path | BinaryIO | bytes, name: str | None = None, 
         raise CorpusError("A file name is needed to know its format.")
     if len(data) > options.max_bytes:
         if isinstance(source, (bytes, bytearray)):
-            raise CorpusError(_over_limit_message(len(data), options.max_bytes))
+            raise CorpusError(over_limit_message(len(data), options.max_bytes))
         raise CorpusError(f"The file is over the limit of {format_size(options.max_bytes)}.")
     if not data.strip():
         raise CorpusError("The file is empty.")
