@@ -8,19 +8,26 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+from tqdm import tqdm
 
 from backend import config
+from backend.builtin_data import training_texts
+from backend.corpora import DEFAULT_WINDOW_CHARS, ReadOptions, validate_corpus_name
+from backend.demo import ensure_default_workspace
+from backend.engines.ray_engine import RayConfig
 from backend.errors import UserError
-
-if TYPE_CHECKING:
-    from backend.workspace import Workspace
+from backend.export import check_feature_ids, export_format, write_export
+from backend.models import load_reader, prepare_builtin
+from backend.saes import resolve_sae_source, sae_name, save_fp16
+from backend.streaming import prepare_documents, read_corpus
+from backend.training import TrainConfig, collect_activations, output_dir, to_sae_lens, train_topk
+from backend.workspace import Workspace, WorkspaceSpec
 
 
 def _tqdm_progress(desc: str):
-    from tqdm import tqdm
-
     bar: dict = {}
 
     def cb(p) -> None:
@@ -38,8 +45,6 @@ def _tqdm_progress(desc: str):
 
 def _tqdm_steps():
     """A finishing-step callback (step, fraction of it): one bar per step after the embedding."""
-    from tqdm import tqdm
-
     bars: dict = {}
 
     def cb(step: str, fraction: float) -> None:
@@ -59,9 +64,6 @@ def _tqdm_steps():
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from backend.demo import ensure_default_workspace
-    from backend.models import prepare_builtin
-
     print(f"Model cache: {prepare_builtin(args.model)}")
     if not args.model_only:
         ws = ensure_default_workspace(_tqdm_progress("Embedding the demo corpus"), step_progress=_tqdm_steps())
@@ -71,13 +73,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train_sae(args: argparse.Namespace) -> int:
-    from backend.builtin_data import training_texts
-    from backend.corpora import prepare_documents, read_corpus
-    from backend.models import load_reader
-    from backend.saes import save_fp16
-    from backend.training import TrainConfig, to_sae_lens, collect_activations, output_dir, train_topk
-    from tqdm import tqdm
-
     if args.layer is not None:
         args.hook = f"blocks.{args.layer}.hook_resid_post"
     cfg = TrainConfig(d_sae=args.d_sae, k=args.k, n_tokens=args.n_tokens, epochs=args.epochs, seed=args.seed,
@@ -109,8 +104,6 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
         save_fp16(final, out)
     else:
         final.save_model(out)
-    from dataclasses import asdict
-
     (out / "training_report.json").write_text(json.dumps({"report": asdict(report), "recipe": asdict(cfg)}, indent=1))
     print(json.dumps(asdict(report), indent=1))
     print(f"Saved the SAE in {out}; use it with: python -m backend create WS.duckdb --sae {out}", file=sys.stderr)
@@ -118,8 +111,6 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
 
 
 def _open(path: str) -> Workspace:
-    from backend.workspace import Workspace
-
     return Workspace.open(path)
 
 
@@ -134,9 +125,6 @@ def cmd_saes(args: argparse.Namespace) -> int:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    from backend.saes import resolve_sae_source, sae_name
-    from backend.workspace import Workspace, WorkspaceSpec
-
     sae = resolve_sae_source(args.sae)  # a shipped key, a folder or release:sae_id; refused before any file is made
     ws = Workspace.create(args.workspace, WorkspaceSpec(model=args.model, sae=sae, formatting=args.formatting,
                                                         max_tokens=args.max_tokens))
@@ -147,8 +135,6 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from backend.corpora import ReadOptions, validate_corpus_name
-
     name = validate_corpus_name(args.name)
     options = ReadOptions(txt_mode=args.txt_mode, split_long=args.split_long, window_chars=args.window_chars)
     ws = _open(args.workspace)
@@ -174,8 +160,6 @@ def _report_truncated(ws: Workspace, name: str) -> None:
 def cmd_embed(args: argparse.Namespace) -> int:
     ray_cfg = None
     if args.engine == "ray":
-        from backend.engines.ray_engine import RayConfig
-
         given = {"workers": args.workers} if args.workers is not None else {}
         ray_cfg = RayConfig(address=args.address, gpus_per_worker=args.gpus_per_worker,
                             threads_per_worker=args.threads_per_worker, **given)
@@ -194,8 +178,6 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from backend.export import check_feature_ids, export_format, write_export
-
     fmt = export_format(args.out)  # refused before the workspace is read
     if args.only_active and not args.feature:
         raise UserError("--only-active needs at least one --feature.")
@@ -213,19 +195,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from backend.corpora import DEFAULT_WINDOW_CHARS
-    from backend.training import TrainConfig
-
-    p = argparse.ArgumentParser(prog="python -m backend", description="SAE embeddings of text corpora, offline.")
-    p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_prepare(sub) -> None:
     s = sub.add_parser("prepare", help="cache the default model and build the default workspace (demo corpus)")
     s.add_argument("--model", default=config.DEFAULT_MODEL)
     s.add_argument("--model-only", action="store_true")
     s.set_defaults(fn=cmd_prepare)
 
+
+def _add_train_sae(sub) -> None:
     s = sub.add_parser("train-sae", help="train a TopK SAE on a model's hook activations (SAELens format)")
     s.add_argument("--model", default=config.DEFAULT_MODEL)
     where = s.add_mutually_exclusive_group()
@@ -236,19 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--corpus", help="a corpus file; default: the offline training mix")
     s.add_argument("--text-column")
     recipe = TrainConfig()
-    s.add_argument("--d-sae", type=int, default=recipe.d_sae)
-    s.add_argument("--k", type=int, default=recipe.k)
-    s.add_argument("--n-tokens", type=int, default=recipe.n_tokens)
-    s.add_argument("--epochs", type=int, default=recipe.epochs)
-    s.add_argument("--seed", type=int, default=recipe.seed)
+    for name in ("d_sae", "k", "n_tokens", "epochs", "seed"):  # the recipe's defaults
+        s.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(recipe, name))
     s.add_argument("--formatting", choices=["raw", "chat"], default="raw")
     s.add_argument("--fp16", action="store_true", help="save fp16 weights (the shipped default SAE)")
     s.add_argument("--device")
     s.set_defaults(fn=cmd_train_sae)
 
-    s = sub.add_parser("saes", help="list the shipped SAEs, what each suits and their held-out FVE")
-    s.set_defaults(fn=cmd_saes)
 
+def _add_create(sub) -> None:
     s = sub.add_parser("create", help="create a workspace for a model and an SAE")
     s.add_argument("workspace")
     s.add_argument("--model", default=config.DEFAULT_MODEL)
@@ -258,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-tokens", type=int, default=512)
     s.set_defaults(fn=cmd_create)
 
+
+def _add_add(sub) -> None:
     s = sub.add_parser("add", help="add a corpus file (csv, tsv, jsonl, parquet, txt; streamed in chunks, so any "
                                       "size) and embed it")
     s.add_argument("workspace")
@@ -271,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-embed", action="store_true")
     s.set_defaults(fn=cmd_add)
 
+
+def _add_embed(sub) -> None:
     s = sub.add_parser("embed", help="embed (or resume embedding) a corpus")
     s.add_argument("workspace")
     s.add_argument("name")
@@ -282,10 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads-per-worker", type=int, default=1, help="CPU threads per Ray actor")
     s.set_defaults(fn=cmd_embed)
 
-    s = sub.add_parser("show", help="summarise a workspace")
-    s.add_argument("workspace")
-    s.set_defaults(fn=cmd_show)
 
+def _add_export(sub) -> None:
     s = sub.add_parser("export", help="export a corpus's documents (csv, jsonl, parquet by extension)")
     s.add_argument("workspace")
     s.add_argument("name")
@@ -293,6 +268,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--feature", type=int, action="append", help="add this feature's activation column (repeatable)")
     s.add_argument("--only-active", action="store_true", help="keep documents where a chosen feature fires")
     s.set_defaults(fn=cmd_export)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one small function per command that takes options, two commands without any."""
+    p = argparse.ArgumentParser(prog="python -m backend", description="SAE embeddings of text corpora, offline.")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_prepare(sub)
+    _add_train_sae(sub)
+    sub.add_parser("saes", help="list the shipped SAEs, what each suits and their held-out FVE").set_defaults(fn=cmd_saes)
+    _add_create(sub)
+    _add_add(sub)
+    _add_embed(sub)
+    show = sub.add_parser("show", help="summarise a workspace")
+    show.add_argument("workspace")
+    show.set_defaults(fn=cmd_show)
+    _add_export(sub)
     return p
 
 

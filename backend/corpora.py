@@ -1,18 +1,17 @@
 """Corpus rules: options, names, the text column, per-document limits and windows, with clear errors.
 
 One set of limits for every format: a file-size limit (`max_bytes`) on what is read whole into memory
-(an upload, `read_corpus`), and a per-document limit (`max_doc_chars`) checked on the chosen text column,
+(an upload, `backend.streaming.read_corpus`), and a per-document limit (`max_doc_chars`) checked on the chosen text column,
 so a document is accepted or refused the same way whether it arrives as CSV, TSV, JSONL, Parquet, TXT or a
-DataFrame, whole or streamed. Parsing the formats is `backend.streaming`'s (in chunks, for files of any size)."""
+DataFrame, whole or streamed. Parsing the formats (`read_corpus`, `prepare_documents`) is `backend.streaming`'s (in chunks, for files of any size)."""
 from __future__ import annotations
 
 from backend.errors import UserError
 
-import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal
 
 import pandas as pd
 
@@ -72,7 +71,8 @@ def format_size(n_bytes: int) -> str:
     return f"{value:.1f} {unit}" if value < 10 else f"{value:,.0f} {unit}"
 
 
-def _over_limit_message(size: int, limit: int) -> str:
+def over_limit_message(size: int, limit: int) -> str:
+    """Why a file over the size limit is refused (in bytes when the rounded sizes would read the same)."""
     shown, shown_limit = format_size(size), format_size(limit)
     if shown == shown_limit:  # rounding would print "200 MB, over the limit of 200 MB"
         shown, shown_limit = f"{size:,} bytes", f"{limit:,} bytes"
@@ -100,44 +100,6 @@ def guess_format(name: str) -> str:
     if fmt not in FORMATS:
         raise CorpusError(f"Unsupported file type {suffix!r} for {name!r}; use one of: {', '.join(FORMATS)}.")
     return fmt
-
-
-def read_corpus(source: str | Path | BinaryIO | bytes, name: str | None = None, options: ReadOptions = ReadOptions()) -> pd.DataFrame:
-    """Parse a corpus file (path, bytes or a binary file object) whole into one DataFrame, under the
-    file-size limit. The parsing is `backend.streaming`'s (chunks joined), so messages match a streamed read;
-    `Workspace.add_corpus` streams a path instead of calling this."""
-    from backend.streaming import iter_document_chunks  # streaming builds on this module's rules
-
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.exists():
-            raise CorpusError(f"No such file: {path}.")
-        name = name or path.name
-        size = path.stat().st_size
-        if size > options.max_bytes:
-            raise CorpusError(_over_limit_message(size, options.max_bytes))
-        data = path.read_bytes()
-    elif isinstance(source, (bytes, bytearray)):
-        data = bytes(source)
-    elif callable(getattr(source, "read", None)):
-        data = source.read(options.max_bytes + 1)
-        if not isinstance(data, bytes):
-            raise CorpusError("Open the file in binary mode ('rb'): a corpus is read as bytes.")
-    else:
-        raise CorpusError(
-            f"A corpus is a DataFrame, a file path, bytes or a binary file object, not {type(source).__name__}."
-        )
-    if name is None:
-        raise CorpusError("A file name is needed to know its format.")
-    if len(data) > options.max_bytes:
-        if isinstance(source, (bytes, bytearray)):
-            raise CorpusError(_over_limit_message(len(data), options.max_bytes))
-        raise CorpusError(f"The file is over the limit of {format_size(options.max_bytes)}.")
-    if not data.strip():
-        raise CorpusError("The file is empty.")
-    fmt = options.fmt or guess_format(name)
-    chunks = list(iter_document_chunks(io.BytesIO(data), fmt, txt_mode=options.txt_mode))
-    return chunks[0] if len(chunks) == 1 else pd.concat(chunks, ignore_index=True)
 
 
 def check_columns(df: pd.DataFrame) -> None:
@@ -278,15 +240,3 @@ def split_long_documents(df: pd.DataFrame, text_column: str, window_chars: int =
     out[WINDOW_COLUMNS[0]] = [first_source_doc + r for r in rows]
     out[WINDOW_COLUMNS[1]] = offsets
     return out
-
-
-def prepare_documents(df: pd.DataFrame, text_column: str | None = None,
-                      options: ReadOptions = ReadOptions()) -> tuple[pd.DataFrame, str]:
-    """The documents to store and their text column: guessed when not given, validated under the
-    per-document limit, and split into windows when `options.split_long`."""
-    from backend.streaming import prepare_chunks  # one validation path for frames and streamed chunks
-
-    if not isinstance(df, pd.DataFrame):
-        raise CorpusError(f"Expected a DataFrame, not {type(df).__name__}.")
-    column, chunks = prepare_chunks([df], text_column, options)
-    return next(chunks), column

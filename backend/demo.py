@@ -16,7 +16,7 @@ DEMO_CORPUS = "movie-reviews"
 DEMO_DOCS = 2000
 # What the first launch reports after the embedding bar, in order: Workspace.finalize's steps, each reported as
 # step_progress(step, fraction of that step) from 0 to 1. The MiniLM document vectors and the feature-search
-# index follow in the background once the dashboard is up (backend.jobs.ensure_doc_vectors).
+# index follow in the background once the dashboard is up (backend.background.ensure_doc_vectors).
 FIRST_LAUNCH_STEPS = tuple(FINALIZE_STEPS)
 
 
@@ -43,7 +43,7 @@ def ensure_default_workspace(progress: ProgressCallback | None = None, n_docs: i
 
     `progress` follows the embedding; `step_progress(step, fraction)` each of FIRST_LAUNCH_STEPS after it
     (statistics, contexts, labels, logit lens), from 0 to 1 within the step. The MiniLM document vectors and
-    the feature-search index are not part of it: the dashboard builds them in the background (backend.jobs),
+    the feature-search index are not part of it: the dashboard builds them in the background (backend.background),
     so the first launch does not wait ~1 min for vectors only the dense comparisons use."""
     prepare_builtin()
     ensure_default_sae()

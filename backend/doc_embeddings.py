@@ -10,16 +10,15 @@ batched, resumable (only documents without a stored vector are embedded) and rep
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
+from backend import search
+from backend.context import WorkspaceContext
 from backend.store import Corpus, Store
 from backend.store.schema import DOC_VECTOR_DIM
-
-if TYPE_CHECKING:
-    from backend.workspace import Workspace
 
 DIM = DOC_VECTOR_DIM
 
@@ -32,26 +31,24 @@ def _stored_ids(store: Store, cid: int) -> np.ndarray:
     return np.asarray(r["doc_id"], dtype=np.int64)
 
 
-def n_stored(ws: Workspace, corpus: Corpus) -> int:
+def n_stored(ws: WorkspaceContext, corpus: Corpus) -> int:
     """Documents of the corpus that already have a stored dense vector."""
     cid = ws.store.corpus_id(corpus)
     return int(ws.store.query_one("SELECT count(*) FROM doc_embeddings WHERE corpus_id = ?", [cid])[0])
 
 
-def is_complete(ws: Workspace, corpus: Corpus) -> bool:
+def is_complete(ws: WorkspaceContext, corpus: Corpus) -> bool:
     return n_stored(ws, corpus) >= ws.store.corpus(corpus).n_docs
 
 
 def build_doc_embeddings(
-    ws: Workspace, corpus: Corpus, batch_size: int = 64, progress: DocProgress | None = None,
+    ws: WorkspaceContext, corpus: Corpus, batch_size: int = 64, progress: DocProgress | None = None,
     cancel: threading.Event | None = None,
 ) -> int:
     """Embed the corpus's documents that have no stored vector yet; returns how many were embedded now.
 
     Each batch is written in its own transaction, so an interrupted pass resumes where it stopped.
     ``progress(done, total)`` is called once before the first batch and after every batch."""
-    from backend.search import sentence_embed
-
     store: Store = ws.store
     cid = store.corpus_id(corpus)
     total = store.corpus(cid).n_docs
@@ -66,7 +63,7 @@ def build_doc_embeddings(
             if cancel is not None and cancel.is_set():
                 break
             ids = todo[start:start + batch_size]
-            vecs = sentence_embed(store.texts(cid, ids), batch_size=batch_size)
+            vecs = search.sentence_embed(store.texts(cid, ids), batch_size=batch_size)
             data = pd.DataFrame({"doc_id": ids.astype(np.int32), "vec": list(vecs.astype(np.float32))})
             store.replace_rows("doc_embeddings", data, where={"corpus_id": cid, "doc_id": ids.tolist()},
                                fixed={"corpus_id": cid})
@@ -78,7 +75,7 @@ def build_doc_embeddings(
 
 
 def doc_vectors(
-    ws: Workspace, corpus: Corpus, progress: DocProgress | None = None, batch_size: int = 64, compute: bool = True,
+    ws: WorkspaceContext, corpus: Corpus, progress: DocProgress | None = None, batch_size: int = 64, compute: bool = True,
 ) -> np.ndarray:
     """Dense vectors of every document: float32 (n_docs, 384), row i = doc_id i, L2-normalized.
 
@@ -100,12 +97,10 @@ def doc_vectors(
 
 def embed_query(text: str) -> np.ndarray:
     """The L2-normalized MiniLM vector (384,) of one query text (same model as the documents)."""
-    from backend.search import sentence_embed
-
-    return sentence_embed([text.strip() or " "])[0]
+    return search.sentence_embed([text.strip() or " "])[0]
 
 
-def delete_doc_embeddings(ws: Workspace, corpus: Corpus) -> None:
+def delete_doc_embeddings(ws: WorkspaceContext, corpus: Corpus) -> None:
     """Drop the stored vectors of one corpus (they are recomputed on the next doc_vectors call)."""
     cid = ws.store.corpus_id(corpus)
     ws.store.replace_rows("doc_embeddings", pd.DataFrame(), where={"corpus_id": cid})

@@ -10,17 +10,17 @@ feature_top_tokens, feature_contexts, feature_labels (source 'auto'), feature_lo
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from backend import labels as labels_mod
-from backend.feature_queries import DOC_FEATURES, FEATURE_DOCS, HIST_BINS, META_CODES, TOP_DOCS
+from backend.context import WorkspaceContext
+from backend.feature_docs import DOC_FEATURES, FEATURE_DOCS, META_CODES, TOP_DOCS
+from backend.feature_queries import HIST_BINS
+from backend.logit_lens import compute_logits, ensure_logits, logit_directions, write_logits  # noqa: F401 (re-exported)
 from backend.store import Store
-
-if TYPE_CHECKING:
-    from backend.workspace import Workspace
 
 N_BINS = HIST_BINS
 TOP_DOCS_PER_FEATURE = TOP_DOCS  # feature_docs keeps each feature's strongest documents only (contexts use 20)
@@ -33,7 +33,7 @@ def build_feature_tables(store: Store, corpus_id: int, d_sae: int) -> None:
     """(Re)build feature_docs (each feature's TOP_DOCS_PER_FEATURE strongest documents), feature_stats, feature_hist.
 
     Everything is computed from doc_features, the one full copy of the embeddings: queries that need all of
-    a feature's documents read them through backend.feature_queries.FEATURE_DOCS, not a second table.
+    a feature's documents read them through backend.feature_docs.FEATURE_DOCS, not a second table.
     Histograms have N_BINS bins of width max_act / N_BINS (the reader derives the bounds)."""
     n_bins = N_BINS
     with store.transaction() as tx:
@@ -73,7 +73,7 @@ def build_feature_tables(store: Store, corpus_id: int, d_sae: int) -> None:
 
 
 # -- contexts, top tokens and labels (need the tokenizer) ----------------------------------------
-def collect_contexts(ws: Workspace, corpus_id: int, n_docs: int = 20, before: int = 8, after: int = 4,
+def collect_contexts(ws: WorkspaceContext, corpus_id: int, n_docs: int = 20, before: int = 8, after: int = 4,
                      chunk: int = 512, progress: Callable[[float], None] | None = None) -> labels_mod.ContextSet:
     """Token at argmax and a token window around it, for each feature's top `n_docs` documents.
 
@@ -155,7 +155,7 @@ def write_contexts(store: Store, corpus_id: int, df: pd.DataFrame) -> None:
                        where={"corpus_id": int(corpus_id)}, fixed={"corpus_id": int(corpus_id)})
 
 
-def background_token_ids(ws: Workspace, corpus_id: int, n: int = 500, seed: int = 0) -> list[list[int]]:
+def background_token_ids(ws: WorkspaceContext, corpus_id: int, n: int = 500, seed: int = 0) -> list[list[int]]:
     """Counted token ids of a random sample of the corpus's documents (the TF-IDF background)."""
     ids = ws.store.query_df("SELECT doc_id FROM documents WHERE corpus_id = ? ORDER BY hash(doc_id + ?) LIMIT ?",
                             [corpus_id, int(seed), int(n)])["doc_id"].to_numpy()
@@ -164,7 +164,7 @@ def background_token_ids(ws: Workspace, corpus_id: int, n: int = 500, seed: int 
     return [[t for t, m in zip(d.ids, d.count_mask) if m] for d in docs]
 
 
-def finalize_corpus(ws: Workspace, corpus_id: int, n_top_docs: int = 20,
+def finalize_corpus(ws: WorkspaceContext, corpus_id: int, n_top_docs: int = 20,
                     progress: FinalizeProgress | None = None) -> None:
     """Statistics, histograms, top documents per feature, top tokens, contexts, auto labels and logit lens.
 
@@ -193,59 +193,3 @@ def finalize_corpus(ws: Workspace, corpus_id: int, n_top_docs: int = 20,
     ensure_logits(ws, progress=lambda f: report("logit lens", 0.9 * f))
     report("logit lens", 1.0)
     report("done", 1.0)
-
-
-# -- logit lens (workspace level) ---------------------------------------------------------
-def logit_directions(ws: Workspace) -> tuple[Any, Any]:
-    """(W_dec scaled by the final norm's weight when it has one, W_U) as float32 CPU tensors."""
-    import torch
-
-    model = ws.reader.model
-    w_dec = ws.sae.W_dec.detach().float().cpu()
-    ln_w = getattr(model.ln_final, "w", None)
-    if isinstance(ln_w, torch.Tensor):
-        w_dec = w_dec * ln_w.detach().float().cpu()
-    return w_dec, model.W_U.detach().float().cpu()
-
-
-def compute_logits(ws: Workspace, k: int = 20, block: int = 512,
-                   progress: Callable[[float], None] | None = None) -> pd.DataFrame:
-    """Top-k promoted and suppressed tokens of every feature's decoder direction through the unembedding.
-
-    `progress(fraction)` after each block of features."""
-    import torch
-
-    w_dec, w_u = logit_directions(ws)
-    decode = labels_mod.make_decoder(ws.reader.tokenizer)
-    k = min(k, w_u.shape[1])
-    parts = []
-    with torch.inference_mode():
-        for s in range(0, w_dec.shape[0], block):
-            logits = w_dec[s : s + block] @ w_u
-            for kind, (vals, idx) in (("promoted", logits.topk(k, dim=1)), ("suppressed", (-logits).topk(k, dim=1))):
-                vals = vals if kind == "promoted" else -vals
-                n = vals.shape[0]
-                parts.append(pd.DataFrame({
-                    "feature_id": np.repeat(np.arange(s, s + n, dtype=np.int32), k),
-                    "rank": np.tile(np.arange(k, dtype=np.int32), n),
-                    "token_id": idx.reshape(-1).numpy(), "value": vals.reshape(-1).numpy().astype(np.float32),
-                    "kind": kind,
-                }))
-            if progress is not None:
-                progress(min(1.0, (s + block) / w_dec.shape[0]))
-    df = pd.concat(parts, ignore_index=True)
-    strings = {int(t): decode((int(t),)) for t in np.unique(df["token_id"])}
-    df["token"] = df["token_id"].map(strings)
-    return df[["feature_id", "rank", "token", "value", "kind"]]
-
-
-def write_logits(store: Store, df: pd.DataFrame) -> None:
-    """Replace feature_logits with df (feature_id, rank, token, value, kind)."""
-    store.replace_rows("feature_logits", df[["feature_id", "rank", "token", "value", "kind"]].sort_values(
-        ["feature_id", "kind", "rank"]), where={})
-
-
-def ensure_logits(ws: Workspace, k: int = 20, progress: Callable[[float], None] | None = None) -> None:
-    """Compute the logit-lens table once per workspace (`progress(fraction)` while it computes)."""
-    if ws.store.query_one("SELECT count(*) FROM feature_logits")[0] == 0:
-        write_logits(ws.store, compute_logits(ws, k, progress=progress))

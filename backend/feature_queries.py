@@ -1,7 +1,7 @@
 """Feature queries: what the feature pages read, as parameterized SQL over precomputed tables.
 
 No function here loads the model (the logit lens table is built once by backend.feature_precompute;
-`logit_lens` asks it to on a workspace that predates it). Public functions take a Workspace and a
+`logit_lens` asks it to on a workspace that predates it). Public functions take a WorkspaceContext and a
 typed `Corpus` handle (from `ws.corpus(name_or_id)`); the `_q_*` helpers take a resolved corpus id so
 `feature_detail` runs as few queries as possible.
 
@@ -19,52 +19,36 @@ Tables read (schema in backend.store.schema):
 """
 from __future__ import annotations
 
-import json
 import math
-import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 
 from backend import labels as labels_mod
+from backend.feature_docs import (DOC_FEATURES, FEATURE_DOCS, META_CODES, TOP_DOCS, DocFeatureCache,  # noqa: F401
+                                  FeatureDocsCache, MetaCodeCache, ranked_documents)
+from backend.logit_lens import _stored_logits, logit_lens  # noqa: F401 (logit_lens: re-exported)
+from backend.activations import token_activations
+from backend.context import WorkspaceContext
 from backend.store import Corpus, Store, StoreError
 
-if TYPE_CHECKING:
-    from backend.workspace import Workspace
-
 HIST_BINS = 20
-TOP_DOCS = 20  # documents per feature kept in feature_docs (the top documents and contexts read them)
 QUANTILE_BUCKETS: tuple[tuple[float, float], ...] = ((0.75, 1.0), (0.5, 0.75), (0.25, 0.5), (0.0, 0.25))
 SORTABLE = ("specificity", "feature_id", "density", "n_docs_active", "max_act", "mean_act", "p99_act")
 NEAR_CONSTANT_DENSITY = 0.5  # near-constant: fires in at least this share of documents (hidden on request)
 
 
 # -- queries behind the feature pages (SQL only, no model) ------------------------------------
-def _stored_logits(store: Store, feature_id: int, k: int) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
-    rows = store.query_all("SELECT kind, token, value FROM feature_logits WHERE feature_id = ? AND rank < ? ORDER BY kind, rank",
-                           [int(feature_id), int(k)])
-    return [(t, float(v)) for kd, t, v in rows if kd == "promoted"], [(t, float(v)) for kd, t, v in rows if kd == "suppressed"]
-
-
-def logit_lens(ws: Workspace, feature_id: int, k: int = 10) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
-    """(promoted, suppressed): tokens whose logits the feature's decoder direction raises / lowers most."""
-    from backend.feature_precompute import ensure_logits
-
-    ensure_logits(ws, max(k, 20))
-    return _stored_logits(ws.store, feature_id, k)
-
-
-
 # Public functions take (ws, corpus, feature_id); the `_q_*` helpers take a resolved corpus id so
 # that feature_detail resolves the corpus once and runs as few queries as possible.
-def _cid(ws: Workspace, corpus: Corpus) -> int:
+def _cid(ws: WorkspaceContext, corpus: Corpus) -> int:
     """The corpus id of a handle (a name or id from an older caller is resolved through the workspace)."""
     return corpus.corpus_id if isinstance(corpus, Corpus) else ws.corpus(corpus).corpus_id
 
 
-def feature_table(ws: Workspace, corpus: Corpus, min_density: float = 0.0, max_density: float = 1.0, hide_dead: bool = True,
+def feature_table(ws: WorkspaceContext, corpus: Corpus, min_density: float = 0.0, max_density: float = 1.0, hide_dead: bool = True,
                   sort_by: str = "density", descending: bool = True, limit: int | None = None, offset: int = 0,
                   n_tokens: int = 5, hide_near_constant: bool = False,
                   near_constant_density: float = NEAR_CONSTANT_DENSITY) -> pd.DataFrame:
@@ -110,7 +94,7 @@ def _q_stats(store: Store, cid: int, fid: int) -> dict[str, Any]:
     return {} if df.empty else {k: (None if pd.isna(v) else v) for k, v in df.to_dict("records")[0].items()}
 
 
-def feature_stats(ws: Workspace, corpus: Corpus, feature_id: int) -> dict[str, Any]:
+def feature_stats(ws: WorkspaceContext, corpus: Corpus, feature_id: int) -> dict[str, Any]:
     """The feature's row of feature_stats (empty dict when the corpus is not finalized)."""
     return _q_stats(ws.store, _cid(ws, corpus), int(feature_id))
 
@@ -122,33 +106,9 @@ def _q_histogram(store: Store, cid: int, fid: int) -> pd.DataFrame:
         "WHERE h.corpus_id = ? AND h.feature_id = ? ORDER BY h.bin", [HIST_BINS, HIST_BINS, cid, fid])
 
 
-def feature_histogram(ws: Workspace, corpus: Corpus, feature_id: int) -> pd.DataFrame:
+def feature_histogram(ws: WorkspaceContext, corpus: Corpus, feature_id: int) -> pd.DataFrame:
     """bin, lo, hi, count of max_act over the documents where the feature fires."""
     return _q_histogram(ws.store, _cid(ws, corpus), int(feature_id))
-
-
-def ranked_documents(store: Store, cid: int, fid: int, ranks: Iterable[int]) -> pd.DataFrame:
-    """rank, doc_id, max_act, argmax_pos, n_active of the feature's documents at these ranks (0 = strongest).
-
-    The top ranks come from feature_docs; deeper ones from FEATURE_DOCS (each feature's documents in rank
-    order, per process) and a point lookup in doc_features (its zone maps on doc_id make it cheap)."""
-    ranks = sorted({int(r) for r in ranks})
-    df = store.query_df(
-        "SELECT rank, doc_id, max_act, argmax_pos, n_active FROM feature_docs WHERE corpus_id = ? AND feature_id = ? "
-        "AND rank IN (SELECT unnest(?::INTEGER[])) ORDER BY rank", [cid, fid, ranks])
-    deep = sorted(set(r for r in ranks if r >= TOP_DOCS) - set(df["rank"].astype(int)))
-    if deep:
-        ordered = FEATURE_DOCS.docs_of(store, cid, fid)
-        deep = [r for r in deep if r < len(ordered)]
-    if deep:
-        docs = ordered[deep]
-        extra = store.query_df(
-            "SELECT doc_id, max_act, argmax_pos, n_active FROM doc_features WHERE corpus_id = ? AND feature_id = ? "
-            "AND doc_id = ANY(?::INTEGER[])", [cid, fid, [int(d) for d in docs]])
-        extra = pd.DataFrame({"rank": deep, "doc_id": docs}).merge(extra, on="doc_id")
-        df = pd.concat([df, extra[df.columns]], ignore_index=True).sort_values("rank", ignore_index=True)
-        df = df.astype({"rank": np.int32, "doc_id": np.int32})
-    return df
 
 
 def _q_ranked_docs(store: Store, cid: int, fid: int, ranks: list[int]) -> pd.DataFrame:
@@ -161,7 +121,7 @@ def _q_ranked_docs(store: Store, cid: int, fid: int, ranks: list[int]) -> pd.Dat
     return df.assign(text=[texts.get(int(d)) for d in df["doc_id"]])
 
 
-def top_documents(ws: Workspace, corpus: Corpus, feature_id: int, n: int = 10, offset: int = 0) -> pd.DataFrame:
+def top_documents(ws: WorkspaceContext, corpus: Corpus, feature_id: int, n: int = 10, offset: int = 0) -> pd.DataFrame:
     """rank, doc_id, max_act, argmax_pos, n_active, text of the documents where the feature fires most."""
     return _q_ranked_docs(ws.store, _cid(ws, corpus), int(feature_id), list(range(int(offset), int(offset) + int(n))))
 
@@ -184,7 +144,7 @@ def _split_samples(docs: pd.DataFrame, n_top: int, qranks: pd.DataFrame) -> tupl
     return top, qranks.merge(docs.drop(columns="n_active"), on="rank")
 
 
-def quantile_samples(ws: Workspace, corpus: Corpus, feature_id: int, per_bucket: int = 3) -> pd.DataFrame:
+def quantile_samples(ws: WorkspaceContext, corpus: Corpus, feature_id: int, per_bucket: int = 3) -> pd.DataFrame:
     """bucket, rank, doc_id, max_act, argmax_pos, text: documents from each activation quartile."""
     cid, fid = _cid(ws, corpus), int(feature_id)
     qr = quantile_ranks(int(_q_stats(ws.store, cid, fid).get("n_docs_active") or 0), per_bucket)
@@ -192,92 +152,6 @@ def quantile_samples(ws: Workspace, corpus: Corpus, feature_id: int, per_bucket:
 
 
 CORRELATED_COLUMNS = ["feature_id", "npmi", "n_cooc", "n_docs_active", "label"]
-
-
-class DocFeatureCache:
-    """Per process: each corpus's document -> active features lists (CSR arrays), loaded once.
-
-    Co-occurrence needs the features of arbitrary documents; DuckDB reads whole row groups for
-    that, so these lists are kept in memory (4 bytes per (document, active feature))."""
-
-    def __init__(self) -> None:
-        self._data: dict[tuple[str, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        self._lock = threading.Lock()
-
-    def invalidate(self, store: Store, corpus_id: int) -> None:
-        with self._lock:
-            self._data.pop((str(store.path), int(corpus_id)), None)
-
-    def get(self, store: Store, corpus_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(indptr, features, n_docs_active): features of doc d are features[indptr[d]:indptr[d + 1]];
-        n_docs_active[f] = documents where feature f fires."""
-        key = (str(store.path), int(corpus_id))
-        with self._lock:
-            if key not in self._data:
-                self._data[key] = self._load(store, corpus_id)
-            return self._data[key]
-
-    @staticmethod
-    def _load(store: Store, corpus_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        r = store.fetch_numpy("SELECT doc_id, feature_id FROM doc_features WHERE corpus_id = ? AND max_act > 0",
-                              [corpus_id])
-        docs, feats = np.asarray(r["doc_id"], np.int64), np.asarray(r["feature_id"], np.int32)
-        if len(docs) and (np.diff(docs) < 0).any():  # written in doc order, but be safe
-            order = np.argsort(docs, kind="stable")
-            docs, feats = docs[order], feats[order]
-        n_docs = int(docs.max()) + 1 if len(docs) else 0
-        indptr = np.zeros(n_docs + 1, np.int64)
-        np.cumsum(np.bincount(docs, minlength=n_docs), out=indptr[1:])
-        st = store.fetch_numpy("SELECT feature_id, n_docs_active FROM feature_stats WHERE corpus_id = ?", [corpus_id])
-        n_active = np.zeros(int(st["feature_id"].max()) + 1 if len(st["feature_id"]) else 0, np.int64)
-        n_active[np.asarray(st["feature_id"], np.int64)] = st["n_docs_active"]
-        return indptr, feats, n_active
-
-
-DOC_FEATURES = DocFeatureCache()
-
-
-class FeatureDocsCache:
-    """Per process: each corpus's feature -> documents lists in rank order (CSC arrays), loaded once.
-
-    What feature_docs held for every rank before it kept only the top documents: quantile samples, NPMI's
-    stratified sample and the metadata breakdown need all of a feature's documents, and doc_features is
-    ordered by document. 4 bytes per (document, present feature), from one sorted scan."""
-
-    def __init__(self) -> None:
-        self._data: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
-        self._lock = threading.Lock()
-
-    def invalidate(self, store: Store, corpus_id: int) -> None:
-        with self._lock:
-            self._data.pop((str(store.path), int(corpus_id)), None)
-
-    def get(self, store: Store, corpus_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """(indptr, docs): the documents of feature f, strongest first (ties: lower doc_id), are
-        docs[indptr[f]:indptr[f + 1]]."""
-        key = (str(store.path), int(corpus_id))
-        with self._lock:
-            if key not in self._data:
-                self._data[key] = self._load(store, corpus_id)
-            return self._data[key]
-
-    def docs_of(self, store: Store, corpus_id: int, feature_id: int) -> np.ndarray:
-        indptr, docs = self.get(store, corpus_id)
-        f = int(feature_id)
-        return docs[indptr[f]:indptr[f + 1]] if f + 1 < len(indptr) else docs[:0]
-
-    @staticmethod
-    def _load(store: Store, corpus_id: int) -> tuple[np.ndarray, np.ndarray]:
-        r = store.fetch_numpy("SELECT feature_id, doc_id FROM doc_features WHERE corpus_id = ? AND max_act > 0 "
-                              "ORDER BY feature_id, max_act DESC, doc_id", [corpus_id])
-        feats = np.asarray(r["feature_id"], np.int64)
-        n_features = int(feats.max()) + 1 if len(feats) else 0
-        indptr = np.zeros(n_features + 1, np.int64)
-        np.cumsum(np.bincount(feats, minlength=n_features), out=indptr[1:])
-        return indptr, np.asarray(r["doc_id"], np.int32)
-
-
-FEATURE_DOCS = FeatureDocsCache()
 
 
 def cooccurrence(store: Store, corpus_id: int, doc_ids: np.ndarray, d_sae: int) -> np.ndarray:
@@ -314,7 +188,7 @@ def _q_correlated(store: Store, cid: int, fid: int, n_a: int, n: int, top: int, 
     return df[CORRELATED_COLUMNS].reset_index(drop=True)
 
 
-def correlated_features(ws: Workspace, corpus: Corpus, feature_id: int, top: int = 10, max_docs: int = 2000,
+def correlated_features(ws: WorkspaceContext, corpus: Corpus, feature_id: int, top: int = 10, max_docs: int = 2000,
                         min_count: int = 2) -> pd.DataFrame:
     """feature_id, npmi, n_cooc, n_docs_active, label: features that fire in the same documents.
 
@@ -328,45 +202,7 @@ def correlated_features(ws: Workspace, corpus: Corpus, feature_id: int, top: int
                          min_count, ws.d_sae)
 
 
-class MetaCodeCache:
-    """Per process: one metadata column of a corpus as integer codes per embedded document, loaded once."""
-
-    def __init__(self) -> None:
-        self._data: dict[tuple[str, int, str], tuple[np.ndarray, np.ndarray]] = {}
-        self._lock = threading.Lock()
-
-    def invalidate(self, store: Store, corpus_id: int) -> None:
-        with self._lock:
-            for key in [k for k in self._data if k[:2] == (str(store.path), int(corpus_id))]:
-                del self._data[key]
-
-    def get(self, store: Store, corpus_id: int, column: str) -> tuple[np.ndarray, np.ndarray]:
-        """(values, codes): codes[doc_id] indexes values, -1 for documents not embedded."""
-        key = (str(store.path), int(corpus_id), column)
-        with self._lock:
-            if key not in self._data:
-                self._data[key] = self._load(store, corpus_id, column)
-            return self._data[key]
-
-    @staticmethod
-    def _load(store: Store, corpus_id: int, column: str) -> tuple[np.ndarray, np.ndarray]:
-        name, cols, n_docs = store.query_one("SELECT name, meta_columns, n_docs FROM corpora WHERE corpus_id = ?", [corpus_id])
-        if column not in json.loads(cols or "[]"):
-            raise StoreError(f"Corpus {name!r} has no metadata column {column!r}; it has {json.loads(cols or '[]')}.")
-        df = store.query_df(
-            """SELECT m.doc_id, coalesce(m.value, '(missing)') AS value FROM doc_meta m
-               SEMI JOIN doc_status s ON s.corpus_id = m.corpus_id AND s.doc_id = m.doc_id
-               WHERE m.corpus_id = ? AND m.key = ?""", [corpus_id, column])
-        values, inv = np.unique(df["value"].astype(str).to_numpy(), return_inverse=True)
-        codes = np.full(int(n_docs), -1, np.int64)
-        codes[df["doc_id"].to_numpy(np.int64)] = inv
-        return values, codes
-
-
-META_CODES = MetaCodeCache()
-
-
-def metadata_breakdown(ws: Workspace, corpus: Corpus, feature_id: int, column: str) -> pd.DataFrame:
+def metadata_breakdown(ws: WorkspaceContext, corpus: Corpus, feature_id: int, column: str) -> pd.DataFrame:
     """value, n_active, share_active, n_all, share_all, lift: where the feature fires vs all embedded documents.
 
     The first call per (corpus, column) and process loads the column's values (META_CODES) and the feature ->
@@ -390,7 +226,7 @@ def _q_top_tokens(store: Store, cid: int, fid: int, n: int) -> pd.DataFrame:
                           "ORDER BY count DESC, mean_act DESC LIMIT ?", [cid, fid, int(n)])
 
 
-def feature_top_tokens(ws: Workspace, corpus: Corpus, feature_id: int, n: int = 10) -> pd.DataFrame:
+def feature_top_tokens(ws: WorkspaceContext, corpus: Corpus, feature_id: int, n: int = 10) -> pd.DataFrame:
     """token, count, mean_act at the argmax of the feature's top documents."""
     return _q_top_tokens(ws.store, _cid(ws, corpus), int(feature_id), n)
 
@@ -400,7 +236,7 @@ def _q_contexts(store: Store, cid: int, fid: int) -> pd.DataFrame:
                           "WHERE corpus_id = ? AND feature_id = ? ORDER BY rank", [cid, fid])
 
 
-def feature_contexts(ws: Workspace, corpus: Corpus, feature_id: int) -> pd.DataFrame:
+def feature_contexts(ws: WorkspaceContext, corpus: Corpus, feature_id: int) -> pd.DataFrame:
     """rank, doc_id, max_act, before, token, after: windows around the argmax of the top documents."""
     return _q_contexts(ws.store, _cid(ws, corpus), int(feature_id))
 
@@ -424,7 +260,7 @@ class FeatureDetail:
     correlated: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CORRELATED_COLUMNS))
 
 
-def feature_detail(ws: Workspace, corpus: Corpus, feature_id: int, n_docs: int = 10, per_bucket: int = 3, n_logits: int = 10,
+def feature_detail(ws: WorkspaceContext, corpus: Corpus, feature_id: int, n_docs: int = 10, per_bucket: int = 3, n_logits: int = 10,
                    n_correlated: int = 10, max_docs_npmi: int = 2000) -> FeatureDetail:
     """The feature detail page's data; reads only precomputed tables (no model)."""
     cid, fid = _cid(ws, corpus), int(feature_id)
@@ -458,18 +294,18 @@ class TextFeatures:
     count_mask: list[bool] = field(default_factory=list)  # False for position 0 and template tokens
 
 
-def features_of_text(ws: Workspace, text: str, top: int = 20, corpus: Corpus | None = None) -> TextFeatures:
+def features_of_text(ws: WorkspaceContext, text: str, top: int = 20, corpus: Corpus | None = None) -> TextFeatures:
     """Which features fire on `text`, strongest first, with their token-level activations."""
-    ta = ws.text_activations(text)
-    acts = np.asarray(ta.acts, dtype=np.float32)
+    tokens, acts, mask = token_activations(ws.reader, ws.sae, ws.hook, text, ws.embed_config, None)
+    acts = np.asarray(acts, dtype=np.float32)
     mx = acts.max(axis=0) if len(acts) else np.zeros(ws.d_sae, np.float32)
     order = [int(f) for f in np.argsort(-mx, kind="stable")[:top] if mx[f] > 0]
     cid = _cid(ws, corpus) if corpus is not None else None
     lab = labels_mod.best_labels(ws.store, cid, order)
     df = pd.DataFrame({
         "feature_id": order, "max_act": mx[order].astype(float),
-        "argmax_token": [ta.tokens[int(acts[:, f].argmax())] for f in order],
+        "argmax_token": [tokens[int(acts[:, f].argmax())] for f in order],
         "n_tokens_active": (acts[:, order] > 0).sum(axis=0).astype(int) if order else np.zeros(0, int),
         "label": [lab.get(f) for f in order],
     })
-    return TextFeatures(df, list(ta.tokens), acts[:, order], list(ta.count_mask))
+    return TextFeatures(df, list(tokens), acts[:, order], list(mask))

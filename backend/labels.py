@@ -13,29 +13,24 @@ server (`LLMConfig`) or any chat function (`backend.reader_llm.reader_chat`: the
 `llm_label_features` does not ask again about features that already hold an LLM label for the corpus."""
 from __future__ import annotations
 
-from backend.errors import UnavailableError
-
-import json
-import math
-import os
 import re
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections import Counter
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Union
+from typing import Any, Union
 
 import numpy as np
 import pandas as pd
 
+from backend.activations import token_activations
+from backend.chat import ChatFn, parse_predictions
+from backend.context import WorkspaceContext
+from backend.feature_docs import ranked_documents
+from backend.label_text import readable_labels
+# The HTTP client lives in backend.llm; its names stay importable from here.
+from backend.llm import (LLMConfig, LLMError, chat, chat_completion, operator_llm_config,  # noqa: F401
+                         same_endpoint, session_llm_config)
 from backend.store import Corpus, Store, StoreError
-
-if TYPE_CHECKING:
-    from backend.analysis.hypotheses import ChatFn
-    from backend.workspace import Workspace
 
 Decoder = Callable[[tuple[int, ...]], str]
 SOURCES = ("hand", "llm", "auto")
@@ -67,7 +62,7 @@ def write_labels(store: Store, df: pd.DataFrame, source: str, corpus_id: int | N
                        fixed={"source": source, "corpus_id": corpus_id})
 
 
-def set_hand_label(ws: Workspace, feature_id: int, text: str | None) -> None:
+def set_hand_label(ws: WorkspaceContext, feature_id: int, text: str | None) -> None:
     """Set (or with empty text, remove) the workspace-wide hand label of a feature."""
     store: Store = ws.store
     fid = int(feature_id)
@@ -92,7 +87,7 @@ def best_labels(store: Store, corpus_id: int | None, feature_ids: Iterable[int] 
     return dict(zip(df["feature_id"].astype(int), df["label"]))
 
 
-def labels(ws: Workspace, corpus: Corpus | None = None, feature_ids: Iterable[int] | None = None) -> dict[int, str]:
+def labels(ws: WorkspaceContext, corpus: Corpus | None = None, feature_ids: Iterable[int] | None = None) -> dict[int, str]:
     """Best label per feature (hand > llm > auto), preferring labels derived from `corpus`."""
     cid = None if corpus is None else (corpus.corpus_id if isinstance(corpus, Corpus) else ws.corpus(corpus).corpus_id)
     return best_labels(ws.store, cid, feature_ids)
@@ -115,7 +110,7 @@ def pick_best(rows: pd.DataFrame, corpus_id: int | None) -> str | None:
     return str(rows.loc[order.index[0], "label"])
 
 
-def feature_labels(ws: Workspace, feature_id: int) -> pd.DataFrame:
+def feature_labels(ws: WorkspaceContext, feature_id: int) -> pd.DataFrame:
     """Every stored label of one feature: label, source, score, corpus_id, updated_at (best source first)."""
     return ws.store.query_df(
         "SELECT label, source, score, corpus_id, updated_at FROM feature_labels WHERE feature_id = ? "
@@ -155,167 +150,7 @@ def auto_labels(ctx: ContextSet, background: list[list[int]], decode: Decoder,
     e.g. `certain / some / few — "in «certain» cases"`; score = activation-weighted share of the top
     contexts the name explains (label_text.readable_labels takes the options).
     Tokens in `skip_ids` (special tokens) are never read as words."""
-    from backend.label_text import readable_labels
-
     return readable_labels(ctx, background, decode, skip_ids=skip_ids)
-
-
-# -- LLM labels ------------------------------------------------------------------------------------
-class LLMError(UnavailableError):
-    """The LLM endpoint is not configured, unreachable or answered something unusable."""
-
-
-def same_endpoint(a: str | None, b: str | None) -> bool:
-    """Whether two base URLs name the same endpoint (scheme, host, port and path; case and a trailing / ignored)."""
-    if not a or not b:
-        return False
-    pa, pb = urllib.parse.urlsplit(a.strip().rstrip("/")), urllib.parse.urlsplit(b.strip().rstrip("/"))
-    return (pa.scheme.lower(), pa.netloc.lower(), pa.path) == (pb.scheme.lower(), pb.netloc.lower(), pb.path)
-
-
-@dataclass(frozen=True)
-class LLMConfig:
-    """An OpenAI-compatible chat endpoint.
-
-    A key belongs to the URL it was entered with (`key_url`, the base URL by default): a config whose
-    base URL differs from its key's URL (e.g. `dataclasses.replace(cfg, base_url=...)`) carries no key,
-    so a key can never be sent to another server. The key is left out of repr()."""
-
-    base_url: str
-    model: str
-    api_key: str | None = field(default=None, repr=False)
-    timeout_s: float = 60.0
-    temperature: float = 0.0
-    max_tokens: int = 300
-    key_url: str | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        url = str(self.base_url or "").strip()
-        if urllib.parse.urlsplit(url).scheme not in ("http", "https") or not urllib.parse.urlsplit(url).netloc:
-            raise LLMError(f"The LLM base URL must start with http:// or https:// and name a server, not {url!r}.")
-        if not str(self.model or "").strip():
-            raise LLMError("Name the LLM model to use.")
-        object.__setattr__(self, "base_url", url)
-        object.__setattr__(self, "model", str(self.model).strip())
-        key = (self.api_key or "").strip() or None
-        if key is not None and self.key_url is None:
-            object.__setattr__(self, "key_url", url)  # a key given with this URL belongs to it
-        if key is not None and not same_endpoint(self.key_url, url):
-            key = None  # a key entered for another server never goes here
-        object.__setattr__(self, "api_key", key)
-        if key is None:
-            object.__setattr__(self, "key_url", None)
-
-    @property
-    def has_key(self) -> bool:
-        return self.api_key is not None
-
-    def headers(self) -> dict[str, str]:
-        """Request headers: the key only when it belongs to this base URL."""
-        out = {"Content-Type": "application/json"}
-        if self.api_key and same_endpoint(self.key_url, self.base_url):
-            out["Authorization"] = f"Bearer {self.api_key}"
-        return out
-
-    @classmethod
-    def from_env(cls) -> "LLMConfig | None":
-        """From SAEDASH_LLM_BASE_URL, SAEDASH_LLM_MODEL, SAEDASH_LLM_API_KEY; None when not configured."""
-        url, model = os.environ.get("SAEDASH_LLM_BASE_URL"), os.environ.get("SAEDASH_LLM_MODEL")
-        if not url or not model:
-            return None
-        return cls(url, model, os.environ.get("SAEDASH_LLM_API_KEY") or None)
-
-    @classmethod
-    def from_file(cls, path: str | os.PathLike) -> "LLMConfig":
-        """From a TOML or JSON file with base_url, model and optionally api_key, timeout_s, max_tokens."""
-        import tomllib
-
-        text = Path(path).read_text(encoding="utf-8")
-        try:
-            data = json.loads(text) if str(path).endswith(".json") else tomllib.loads(text)
-        except (ValueError, tomllib.TOMLDecodeError) as exc:
-            raise LLMError(f"The LLM config file {path} cannot be read: {exc}") from None
-        data = data.get("llm", data) if isinstance(data, dict) else {}
-        known = {"base_url", "model", "api_key", "timeout_s", "temperature", "max_tokens"}
-        if not isinstance(data, dict) or not {"base_url", "model"} <= set(data) or set(data) - known:
-            raise LLMError(f"The LLM config file {path} needs base_url and model (and may set {', '.join(sorted(known - {'base_url', 'model'}))}).")
-        return cls(**data)
-
-
-def operator_llm_config() -> LLMConfig | None:
-    """The endpoint the person running the server configured: the SAEDASH_LLM_* environment variables, else
-    the TOML/JSON file named by SAEDASH_LLM_CONFIG; None when neither is set. Read fresh on every call."""
-    cfg = LLMConfig.from_env()
-    if cfg is None and os.environ.get("SAEDASH_LLM_CONFIG"):
-        path = Path(os.environ["SAEDASH_LLM_CONFIG"]).expanduser()
-        if not path.is_file():
-            raise LLMError(f"SAEDASH_LLM_CONFIG names {path}, which is not a file.")
-        cfg = LLMConfig.from_file(path)
-    return cfg
-
-
-def session_llm_config(operator: LLMConfig | None, base_url: str = "", model: str = "",
-                       api_key: str = "") -> LLMConfig | None:
-    """The endpoint one dashboard session uses: the operator's, with what the session entered.
-
-    Empty fields fall back to the operator's URL and model. A key typed in the session goes only to the URL
-    typed with it; the operator's key only to the operator's URL, so a session that points elsewhere
-    without typing a key sends none. None when no URL or model is known."""
-    url = (base_url or "").strip() or (operator.base_url if operator else "")
-    name = (model or "").strip() or (operator.model if operator else "")
-    if not url or not name:
-        return None
-    if (api_key or "").strip():
-        return LLMConfig(url, name, api_key.strip(), **_tuning(operator))
-    if operator is not None:  # the operator's key keeps its own URL; __post_init__ drops it elsewhere
-        return replace(operator, base_url=url, model=name)
-    return LLMConfig(url, name)
-
-
-def _tuning(cfg: LLMConfig | None) -> dict[str, Any]:
-    return {} if cfg is None else {"timeout_s": cfg.timeout_s, "temperature": cfg.temperature, "max_tokens": cfg.max_tokens}
-
-
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """Refuse redirects: urllib would forward the Authorization header to wherever a server points."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001
-        return None
-
-
-_OPENER = urllib.request.build_opener(_NoRedirects)
-
-
-def chat_completion(cfg: LLMConfig, messages: list[dict[str, str]]) -> tuple[str, dict]:
-    """One chat completion: (reply text, the answer's `usage` dict, empty when it has none), or LLMError.
-
-    The one HTTP call to a server: the key goes only to the URL it was entered with (cfg.headers), and
-    redirects are refused, so a key never follows one."""
-    url = cfg.base_url.rstrip("/") + "/chat/completions"
-    body = json.dumps({"model": cfg.model, "messages": messages, "temperature": cfg.temperature,
-                       "max_tokens": cfg.max_tokens}).encode()
-    req = urllib.request.Request(url, data=body, headers=cfg.headers(), method="POST")
-    try:
-        with _OPENER.open(req, timeout=cfg.timeout_s) as resp:
-            payload = json.loads(resp.read().decode("utf-8"))
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode("utf-8", "replace")[:300]
-        raise LLMError(f"LLM endpoint {url} answered HTTP {exc.code}: {detail}") from exc
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        raise LLMError(f"Cannot reach the LLM endpoint {url}: {getattr(exc, 'reason', exc)}") from exc
-    except json.JSONDecodeError as exc:
-        raise LLMError(f"LLM endpoint {url} did not answer JSON: {exc}") from exc
-    try:
-        text = str(payload["choices"][0]["message"]["content"])
-    except (KeyError, IndexError, TypeError) as exc:
-        raise LLMError(f"Unexpected answer from {url}: {str(payload)[:300]}") from exc
-    usage = payload.get("usage") if isinstance(payload, dict) else None
-    return text, usage if isinstance(usage, dict) else {}
-
-
-def chat(cfg: LLMConfig, messages: list[dict[str, str]]) -> str:
-    """One chat completion; returns the reply text or raises LLMError (redirects are refused)."""
-    return chat_completion(cfg, messages)[0]
 
 
 def format_sample(tokens: list[str], acts: np.ndarray | None, mask: list[bool], center: int | None = None,
@@ -352,16 +187,6 @@ def parse_label(reply: str) -> str:
     return line.strip(" \"'`*").strip()
 
 
-def parse_predictions(reply: str, n: int) -> np.ndarray:
-    """Yes/no per numbered sample (1-based); unanswered samples count as no."""
-    out = np.zeros(n, bool)
-    for m in re.finditer(r"(\d+)\s*[:.)\-]\s*(yes|no|true|false|1|0)\b", reply, flags=re.I):
-        i = int(m.group(1)) - 1
-        if 0 <= i < n:
-            out[i] = m.group(2).lower() in ("yes", "true", "1")
-    return out
-
-
 def score_predictions(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     """(accuracy, F1) of yes/no predictions."""
     pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
@@ -387,7 +212,7 @@ def _negative_docs(store: Store, cid: int, feature_id: int, n: int, seed: int) -
     return df["doc_id"].astype(int).tolist()
 
 
-def _samples(ws: Workspace, cid: int, feature_id: int, n_show: int, n_negative: int, n_holdout: int, seed: int) -> _Samples:
+def _samples(ws: WorkspaceContext, cid: int, feature_id: int, n_show: int, n_negative: int, n_holdout: int, seed: int) -> _Samples:
     """Marked top samples, unmarked non-activating samples, and a balanced unmarked held-out set."""
     store: Store = ws.store
     st = store.query_one("SELECT n_docs_active FROM feature_stats WHERE corpus_id = ? AND feature_id = ?", [cid, int(feature_id)])
@@ -397,14 +222,12 @@ def _samples(ws: Workspace, cid: int, feature_id: int, n_show: int, n_negative: 
     show = list(range(min(n_show, n_act)))
     rest = np.arange(len(show), n_act)
     held_ranks = sorted(set(rest[np.linspace(0, len(rest) - 1, min(n_holdout, len(rest))).round().astype(int)].tolist())) if len(rest) else []
-    from backend.feature_queries import ranked_documents  # feature_docs keeps top ranks only; this reads any rank
-
     ranks = ranked_documents(store, cid, int(feature_id), show + held_ranks)[["rank", "doc_id", "argmax_pos"]]
     negs = _negative_docs(store, cid, feature_id, n_negative + len(held_ranks), seed)
 
     def text(doc_id: int, center: int | None, mark: bool) -> str:
-        ta = ws.token_activations(cid, doc_id, [int(feature_id)])
-        return format_sample(ta.tokens, ta.acts[:, 0], ta.count_mask, center, mark=mark)
+        tokens, acts, mask = _doc_activations(ws, cid, doc_id, int(feature_id))
+        return format_sample(tokens, acts[:, 0], mask, center, mark=mark)
 
     by_rank = {int(r): (int(d), int(p)) for r, d, p in ranks.itertuples(index=False)}
     shown_pos = [text(*by_rank[r], mark=True) for r in show if r in by_rank]
@@ -415,6 +238,14 @@ def _samples(ws: Workspace, cid: int, feature_id: int, n_show: int, n_negative: 
     held = [(t, True) for t in held_pos] + [(t, False) for t in held_neg]
     perm = rng.permutation(len(held))
     return _Samples(shown_pos, shown_neg, [held[i][0] for i in perm], np.array([held[i][1] for i in perm], bool))
+
+
+def _doc_activations(ws: WorkspaceContext, cid: int, doc_id: int, feature_id: int) -> tuple[list[str], np.ndarray, list[bool]]:
+    """Token-level activations of one feature over one stored document (what `Workspace.token_activations` reads)."""
+    text = ws.store.texts(cid, [int(doc_id)])
+    if not text:
+        raise StoreError(f"No document {doc_id} in corpus {cid!r}.")
+    return token_activations(ws.reader, ws.sae, ws.hook, text[0], ws.embed_config, [feature_id])
 
 
 def _numbered(texts: list[str]) -> str:
@@ -438,7 +269,7 @@ def as_chat(llm: Labeller) -> Callable[[list[dict[str, str]]], str]:
     return ask
 
 
-def llm_label_feature(ws: Workspace, corpus: Corpus, feature_id: int, cfg: Labeller, n_show: int = 5,
+def llm_label_feature(ws: WorkspaceContext, corpus: Corpus, feature_id: int, cfg: Labeller, n_show: int = 5,
                       n_negative: int = 3, n_holdout: int = 4, seed: int = 0) -> dict[str, Any]:
     """Ask the LLM for a label, then score it on held-out samples: {feature_id, label, score, accuracy, f1, n_scored}.
 
@@ -459,7 +290,7 @@ def llm_label_feature(ws: Workspace, corpus: Corpus, feature_id: int, cfg: Label
 LLM_RESULT_COLUMNS = ["feature_id", "label", "score", "accuracy", "f1", "n_scored", "cached"]
 
 
-def stored_llm_labels(ws: Workspace, corpus: Corpus, feature_ids: Iterable[int]) -> dict[int, tuple[str, float]]:
+def stored_llm_labels(ws: WorkspaceContext, corpus: Corpus, feature_ids: Iterable[int]) -> dict[int, tuple[str, float]]:
     """{feature_id: (label, score)} of the features that already hold an LLM label derived from `corpus`."""
     return _stored_llm_labels(ws.store, ws.store.corpus_id(corpus), feature_ids)
 
@@ -474,7 +305,7 @@ def _stored_llm_labels(store: Store, corpus_id: int, feature_ids: Iterable[int])
     return {int(f): (str(lab), float("nan") if score is None else float(score)) for f, lab, score in rows}
 
 
-def llm_label_features(ws: Workspace, corpus: Corpus, feature_ids: Iterable[int], cfg: Labeller | None = None,
+def llm_label_features(ws: WorkspaceContext, corpus: Corpus, feature_ids: Iterable[int], cfg: Labeller | None = None,
                        progress: Callable[[int, int], None] | None = None, force: bool = False,
                        **kwargs: Any) -> pd.DataFrame:
     """LLM-label and score several features; stores each as an 'llm' label as soon as it is scored.

@@ -5,16 +5,17 @@ key. A small reader (the default 135M model) writes labels that are not worth re
 offered: `reader_llm_status` says why, and the page shows that reason.
 
 `reader_chat(reader)` returns a `ChatFn` (messages → `ChatReply`), the same protocol the OpenAI-compatible
-endpoint serves (backend.analysis.hypotheses.endpoint_chat), so labels and hypotheses take either."""
+endpoint serves (backend.llm.endpoint_chat), so labels and hypotheses take either."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
-from backend.analysis.hypotheses import ChatFn, ChatReply, Messages
+from backend.chat import ChatFn, ChatReply, Messages
 from backend.errors import UnavailableError
 from backend.models import ReaderModel
+from backend.runtime import runtime_for
 
 MIN_LABELLER_PARAMS = 1_000_000_000  # below ~1B, instruct models write labels that are mostly noise
 
@@ -50,8 +51,6 @@ def reader_chat(reader: ReaderModel, max_new_tokens: int = 200, min_params: int 
     status = reader_llm_status(reader, min_params)
     if not status.usable:
         raise UnavailableError(status.reason)
-    from backend.runtime import runtime_for
-
     runtime = runtime_for(reader)
 
     def chat(messages: Messages) -> ChatReply:

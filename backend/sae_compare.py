@@ -23,6 +23,7 @@ import torch
 
 from backend.analysis import as_csr, binarize
 from backend.errors import UserError
+from backend.saes import same_model
 
 if TYPE_CHECKING:
     from backend.workspace import Workspace
@@ -177,8 +178,6 @@ class FeatureComparison:
 
 def check_comparable(ws_a: Workspace, ws_b: Workspace) -> None:
     """Refuse two workspaces whose SAEs read different reader models (their features cannot be compared)."""
-    from backend.saes import same_model
-
     model_a, model_b = ws_a.settings.model, ws_b.settings.model
     if not same_model(model_a, model_b):
         raise SAECompareError(

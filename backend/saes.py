@@ -19,7 +19,7 @@ from backend.config import pick_device
 from backend.models import BUILTIN_MODELS, hook_layer
 
 if TYPE_CHECKING:
-    from backend.workspace import Workspace
+    from backend.context import WorkspaceContext  # (no DuckDB for the Ray actors, which import this module)
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 
@@ -221,7 +221,7 @@ def resolve_sae_source(choice: str | Path) -> str:
     )
 
 
-def workspace_sae_name(ws: Workspace) -> str:
+def workspace_sae_name(ws: WorkspaceContext) -> str:
     """The SAE a workspace uses, in words (`sae_name` of what it was created from)."""
     settings = ws.settings
     return sae_name(ws.store.meta().get("sae_origin"), settings.sae_source, settings.sae_sha256)

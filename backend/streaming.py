@@ -2,7 +2,7 @@
 
 The one parser of every format. Parquet is read by record batches, JSONL / TXT line by line and CSV / TSV
 row by row (the csv module, so quoted newlines work), so memory holds one chunk of `chunk_rows` documents
-whatever the file's size. `corpora.read_corpus` (an upload held in memory) joins the same chunks into one
+whatever the file's size. `read_corpus` (an upload held in memory) joins the same chunks into one
 frame, so a file is accepted or refused with the same message either way. Each chunk is validated by the
 per-document rules of `corpora.validate_text_column` (the text column is guessed on the first chunk; row
 numbers count from the file's first row). The store commits chunk by chunk (DuckDB keeps a transaction's
@@ -14,6 +14,7 @@ rows in memory) and deletes the corpus again if any chunk fails: a bad row anywh
 from __future__ import annotations
 
 import csv
+import io
 import json
 from contextlib import ExitStack
 from pathlib import Path
@@ -21,12 +22,12 @@ from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
 
 import pandas as pd
 
-from backend.corpora import (CorpusError, ReadOptions, check_columns, guess_format, guess_text_column,
-                             split_long_documents, validate_corpus_name, validate_text_column)
+from backend.corpora import (CorpusError, ReadOptions, check_columns, format_size, guess_format, guess_text_column,
+                             over_limit_message, split_long_documents, validate_corpus_name, validate_text_column)
 from backend.store import Store
 
 if TYPE_CHECKING:
-    from backend.workspace import Workspace
+    from backend.context import WorkspaceContext
 
 DEFAULT_CHUNK_ROWS = 10_000
 # A chunk also ends after this many bytes of the file: pandas and the store's insert hold several copies of
@@ -267,7 +268,53 @@ def _aligned(chunk: pd.DataFrame, columns: list, offset: int) -> pd.DataFrame:
     return chunk.reindex(columns=columns)
 
 
-def add_corpus_streamed(target: "Workspace | Store", name: str, path: str | Path, text_column: str | None = None,
+def read_corpus(source: str | Path | BinaryIO | bytes, name: str | None = None, options: ReadOptions = ReadOptions()) -> pd.DataFrame:
+    """Parse a corpus file (path, bytes or a binary file object) whole into one DataFrame, under the
+    file-size limit. The parsing is this module's (chunks joined), so messages match a streamed read;
+    `Workspace.add_corpus` streams a path instead of calling this."""
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.exists():
+            raise CorpusError(f"No such file: {path}.")
+        name = name or path.name
+        size = path.stat().st_size
+        if size > options.max_bytes:
+            raise CorpusError(over_limit_message(size, options.max_bytes))
+        data = path.read_bytes()
+    elif isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+    elif callable(getattr(source, "read", None)):
+        data = source.read(options.max_bytes + 1)
+        if not isinstance(data, bytes):
+            raise CorpusError("Open the file in binary mode ('rb'): a corpus is read as bytes.")
+    else:
+        raise CorpusError(
+            f"A corpus is a DataFrame, a file path, bytes or a binary file object, not {type(source).__name__}."
+        )
+    if name is None:
+        raise CorpusError("A file name is needed to know its format.")
+    if len(data) > options.max_bytes:
+        if isinstance(source, (bytes, bytearray)):
+            raise CorpusError(over_limit_message(len(data), options.max_bytes))
+        raise CorpusError(f"The file is over the limit of {format_size(options.max_bytes)}.")
+    if not data.strip():
+        raise CorpusError("The file is empty.")
+    fmt = options.fmt or guess_format(name)
+    chunks = list(iter_document_chunks(io.BytesIO(data), fmt, txt_mode=options.txt_mode))
+    return chunks[0] if len(chunks) == 1 else pd.concat(chunks, ignore_index=True)
+
+
+def prepare_documents(df: pd.DataFrame, text_column: str | None = None,
+                      options: ReadOptions = ReadOptions()) -> tuple[pd.DataFrame, str]:
+    """The documents to store and their text column: guessed when not given, validated under the
+    per-document limit, and split into windows when `options.split_long`."""
+    if not isinstance(df, pd.DataFrame):
+        raise CorpusError(f"Expected a DataFrame, not {type(df).__name__}.")
+    column, chunks = prepare_chunks([df], text_column, options)
+    return next(chunks), column
+
+
+def add_corpus_streamed(target: "WorkspaceContext | Store", name: str, path: str | Path, text_column: str | None = None,
                         options: ReadOptions = ReadOptions(), chunk_rows: int = DEFAULT_CHUNK_ROWS,
                         file_name: str | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
     """Store a corpus file of any size (Parquet, JSONL, CSV, TSV, TXT) chunk by chunk; returns its id.

@@ -16,7 +16,8 @@ import torch
 
 from backend import config
 from backend.errors import UserError
-from backend.models import ReaderModel, residuals
+from backend.models import ReaderModel
+from backend.runtime import residuals
 
 log = logging.getLogger(__name__)
 

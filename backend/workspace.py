@@ -15,25 +15,28 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from backend import labels as label_store
 from backend.activations import EmbedConfig, sae_embed_texts, token_activations
 from backend.runtime import DTYPE_CHOICES, resolve_dtype_name
 from backend.context import DEFAULT_MAX_TOKENS, FORMATTINGS, WorkspaceContext, WorkspaceSettings  # noqa: F401 (re-exported)
 from backend.config import CACHE_DIR, DEFAULT_MODEL, DEFAULT_SAE_DIR, SHIPPED_SAES, pick_device
-from backend.corpora import ReadOptions, prepare_documents, read_corpus, validate_corpus_name
-from backend.feature_precompute import FinalizeProgress
+from backend.corpora import ReadOptions, validate_corpus_name
+from backend.engines.ray_engine import RayConfig, embed_with_ray
+from backend.feature_precompute import FinalizeProgress, finalize_corpus
 from backend.jobs import JobConfig, Progress, ProgressCallback, embed_corpus
 from backend.models import ModelDims, ReaderModel, load_reader, model_dims
-from backend.saes import SAEError, cache_sae, check_model_name, check_pairing, check_sae_fits_model, load_sae, sae_info
+from backend.saes import (SAEError, cache_sae, check_model_name, check_pairing, check_sae_fits_model, load_sae, model_kwargs,
+                          sae_info)
 from backend.store import Corpus, Pooling, Store, StoreError
 from backend.store.presence import DEFAULT_PRESENCE_THRESHOLD, check_threshold
+from backend.streaming import add_corpus_streamed, prepare_documents, read_corpus
 from backend.workspace_analyses import WorkspaceAnalyses
 
 if TYPE_CHECKING:
     from typing import Callable
 
-    from backend.analysis.hypotheses import ChatFn
-    from backend.engines.ray_engine import RayConfig
-    from backend.labels import LLMConfig
+    from backend.chat import ChatFn
+    from backend.llm import LLMConfig
 
 
 DTYPES = DTYPE_CHOICES  # "auto": bf16 on CUDA and on CPUs with native bf16, else float32 (bench/dtype_agreement.py)
@@ -191,8 +194,6 @@ class Workspace(WorkspaceAnalyses):
         sae = self.sae
         with self._load_lock:
             if self._reader is None:
-                from backend.saes import model_kwargs
-
                 self._reader = load_reader(self.settings.model, device=self.device, dtype=self.settings.dtype,
                                            from_pretrained_kwargs=model_kwargs(sae))
                 check_pairing(sae_info(sae, self.settings.sae_source), self._reader.name, self._reader.d_model,
@@ -224,8 +225,6 @@ class Workspace(WorkspaceAnalyses):
         fine; bytes and file objects are read whole, under `options.max_bytes`."""
         name = validate_corpus_name(name)
         if isinstance(data, (str, Path)):
-            from backend.streaming import add_corpus_streamed
-
             return add_corpus_streamed(self.store, name, data, text_column, options, file_name=file_name)
         df = data if isinstance(data, pd.DataFrame) else read_corpus(data, file_name, options)
         df, column = prepare_documents(df, text_column, options)  # one per-document limit; optional windows
@@ -248,8 +247,6 @@ class Workspace(WorkspaceAnalyses):
         RayConfig: a cluster address, workers, GPUs per worker); the local engine uses this process's threads."""
         corpus_id = self.corpus(corpus).corpus_id
         if engine == "ray":
-            from backend.engines.ray_engine import RayConfig, embed_with_ray
-
             state = embed_with_ray(self, corpus_id, ray or RayConfig(), progress, cancel)
         elif engine == "local":
             state = embed_corpus(self.store, corpus_id, self.reader, self.sae, self.hook, self.embed_config, job_cfg,
@@ -265,8 +262,6 @@ class Workspace(WorkspaceAnalyses):
 
         `progress(step, fraction)` follows each step (feature_precompute.FINALIZE_STEPS: statistics, contexts,
         labels, logit lens) from 0 to 1 within that step."""
-        from backend.feature_precompute import finalize_corpus
-
         handle = self.corpus(corpus)
         if handle.n_embedded < handle.n_docs:
             raise StoreError(f"Corpus {handle.name!r} is not fully embedded yet ({handle.n_embedded:,} of "
@@ -336,9 +331,7 @@ class Workspace(WorkspaceAnalyses):
 
     def labels(self, corpus: "str | int | Corpus | None" = None, feature_ids: list[int] | None = None) -> dict[int, str]:
         """{feature_id: best label} (hand > LLM > auto), preferring labels derived from `corpus`."""
-        from backend.labels import labels as best_labels
-
-        return best_labels(self, self.corpus(corpus) if corpus is not None else None, feature_ids)
+        return label_store.labels(self, self.corpus(corpus) if corpus is not None else None, feature_ids)
 
     def label_features(self, corpus: "str | int | Corpus", feature_ids: list[int], llm: LLMConfig | ChatFn | None = None,
                        progress: Callable[[int, int], None] | None = None, force: bool = False) -> pd.DataFrame:
@@ -349,15 +342,11 @@ class Workspace(WorkspaceAnalyses):
         None for the operator's configured server (LLMError when there is none). Features already holding an
         LLM label for this corpus are not asked again unless `force`. Hand labels still win in `labels()`.
         Returns feature_id, label, score (held-out accuracy), accuracy, f1, n_scored, cached."""
-        from backend.labels import llm_label_features
-
-        return llm_label_features(self, self.corpus(corpus), feature_ids, llm, progress=progress, force=force)
+        return label_store.llm_label_features(self, self.corpus(corpus), feature_ids, llm, progress=progress, force=force)
 
     def label_revision(self) -> tuple[int, str]:
         """Changes whenever any label is written (a cache key for pages that show labels)."""
-        from backend.labels import label_revision
-
-        return label_revision(self.store)
+        return label_store.label_revision(self.store)
 
     def active_features(self, corpus: "str | int | Corpus") -> pd.DataFrame:
         """feature_id, n_docs (documents where it fires), densest first, from the stored statistics."""

@@ -19,11 +19,13 @@ from backend.analysis.hypotheses import ChatFn, HypothesisConfig, HypothesisRepo
 from backend.analysis.retrieve import (
     cosine_scores, dense_retrieve, hybrid_ranking, query_scores, query_weights, rank_by_query,
 )
+from backend.doc_embeddings import doc_vectors, embed_query
 from backend.errors import UserError
 from backend.label_text import split_label
+from backend.steering.inputs import steer_in_workspace, sweep_in_workspace
 
 if TYPE_CHECKING:
-    from backend.labels import LLMConfig
+    from backend.llm import LLMConfig
     from backend.steering import SteerConfig, SteerResult
     from backend.store import Corpus
 
@@ -132,8 +134,6 @@ class WorkspaceAnalyses:
 
     def _dense_scores(self, handle: "Corpus", query: str) -> np.ndarray:
         """MiniLM cosine of the query with every document (vectors computed and stored on first use)."""
-        from backend.doc_embeddings import embed_query
-
         return cosine_scores(embed_query(query), self._doc_vectors(handle))
 
     def query_features(self, corpus: CorpusRef, query: str, weighting: str = "idf") -> pd.DataFrame:
@@ -143,8 +143,6 @@ class WorkspaceAnalyses:
 
     def retrieve_dense(self, corpus: CorpusRef, query: str, top: int = 50) -> pd.DataFrame:
         """The MiniLM baseline beside it: doc_id, score (cosine; vectors computed and stored on first use)."""
-        from backend.doc_embeddings import doc_vectors, embed_query
-
         handle = self.corpus(corpus)
         ranking = dense_retrieve(embed_query(query), doc_vectors(self, handle), top=top)
         return ranking.rename(columns={"row": "doc_id"}).reset_index(drop=True)
@@ -191,8 +189,6 @@ class WorkspaceAnalyses:
                                       method="given", top=top, n_docs=n_docs, min_support=min_support))
 
     def _doc_vectors(self, handle: "Corpus") -> np.ndarray:
-        from backend.doc_embeddings import doc_vectors
-
         return doc_vectors(self, handle)
 
     # -- steering --------------------------------------------------------------------------------
@@ -206,8 +202,6 @@ class WorkspaceAnalyses:
         text toward the concept and 4+ usually breaks it. Each generation carries its measures: the per-token
         activation, perplexity under the unsteered model, MiniLM similarity to the feature's top contexts,
         and `fires`: whether the feature fires anywhere in the output, max-pooled as documents are judged."""
-        from backend.steering.inputs import steer_in_workspace
-
         return steer_in_workspace(self, list(prompts), dict(strengths), config, corpus, unit, on_token)  # type: ignore[arg-type]
 
     def steer_sweep(
@@ -215,7 +209,5 @@ class WorkspaceAnalyses:
         corpus: CorpusRef | None = None, unit: str = "p99_act", on_progress: Any = None,
     ) -> pd.DataFrame:
         """One feature at several strengths: share of generations where it fires, activation, perplexity."""
-        from backend.steering.inputs import sweep_in_workspace
-
         return sweep_in_workspace(self, int(feature_id), list(strengths), list(prompts), config, corpus, unit,  # type: ignore[arg-type]
                                   on_progress)

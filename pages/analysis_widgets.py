@@ -19,13 +19,15 @@ import pandas as pd
 import scipy.sparse as sp
 import streamlit as st
 
-from backend import doc_embeddings, jobs
+from backend import background, doc_embeddings
 from backend.errors import UserError
-from backend.labels import Labeller, stored_llm_labels
-from backend.store import Corpus
-from backend.workspace import Workspace
+from backend.export import feature_columns
 from backend.feature_queries import feature_contexts
 from backend.label_text import evidence_text, split_label
+from backend.labels import Labeller, stored_llm_labels
+from backend.search import SearchModelMissing, search_features
+from backend.store import Corpus
+from backend.workspace import Workspace
 from pages import widgets
 from pages.widgets import CacheKey, corpus_handle, md_escape  # noqa: F401  (md_escape: re-exported for the pages)
 
@@ -142,7 +144,7 @@ def dense_vectors(ws: Workspace, corpus: CorpusRef, allow_compute: bool) -> np.n
             bar.progress(done / max(1, total), text=f"MiniLM embeddings: {done:,}/{total:,} documents")
 
         # the dashboard's background job may be building them already (the demo corpus): follow it, then finish
-        jobs.wait_for_doc_vectors(ws, handle, lambda p: report(p.docs_done, p.docs_total))
+        background.wait_for_doc_vectors(ws, handle, lambda p: report(p.docs_done, p.docs_total))
         doc_embeddings.build_doc_embeddings(ws, handle, progress=report)
         bar.empty()
     return _dense(ws, handle, widgets.cache_key(ws, handle), doc_embeddings.n_stored(ws, handle))
@@ -195,8 +197,6 @@ def _meaning_hits(ws: Workspace, corpus: Corpus, key: str, lab: dict[int, str]) 
     query = st.text_input("Describe the concept", key=f"{key}_pk_query", placeholder="e.g. praise, violence, source code")
     if not query.strip():
         return None
-    from backend.search import SearchModelMissing, search_features
-
     try:
         with st.spinner("Searching…"):
             return search_features(ws, corpus, query, top=20)[["feature_id", "label", "score"]]
@@ -309,8 +309,6 @@ def document_table(
     labels: dict[int, str] | None = None, extra: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """doc_id, extra columns (score, cluster…), text, n_tokens, metadata, and activation columns of the features."""
-    from backend.export import feature_columns
-
     doc_ids = [int(d) for d in doc_ids]
     docs = documents(ws, corpus, doc_ids).set_index("doc_id").reindex(doc_ids).reset_index()
     parts = [docs[["doc_id"]]]

@@ -2,7 +2,7 @@
 create a new workspace (reader model, SAE, formatting) and switch to it.
 
 Layout and widgets only: reading and validating files is backend.corpora, jobs and their resume policy are
-backend.jobs (jobs follow a corpus by id, so renaming it while it embeds is harmless)."""
+backend.background (jobs follow a corpus by id, so renaming it while it embeds is harmless)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,13 +11,14 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from backend.background import next_action, resume_interrupted, start_embedding, start_finishing
 from backend.config import DEFAULT_MODEL, shipped_saes, workspace_file
-from backend.corpora import FORMATS, CorpusError, ReadOptions, guess_text_column, read_corpus, validate_text_column
+from backend.corpora import FORMATS, CorpusError, ReadOptions, guess_text_column, validate_text_column
 from backend.errors import UserError
-from backend.jobs import next_action, resume_interrupted, start_embedding, start_finishing
 from backend.models import BUILTIN_MODELS
 from backend.saes import resolve_sae_source, sae_name, workspace_sae_name
 from backend.store import Corpus
+from backend.streaming import read_corpus
 from backend.workspace import FORMATTINGS, Workspace, WorkspaceSpec
 from pages import widgets
 from pages.widgets import md_escape

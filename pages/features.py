@@ -14,9 +14,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from backend import feature_queries
+from backend.background import wait_until_searchable
 from backend.errors import UserError
-from backend.labels import LLMConfig, LLMError, operator_llm_config, session_llm_config, set_hand_label
-from backend.jobs import wait_until_searchable
+from backend.labels import set_hand_label
+from backend.llm import LLMConfig, LLMError, operator_llm_config, session_llm_config
 from backend.search import SearchModelMissing, search_features
 from backend.store import Corpus, StoreError
 from backend.workspace import Workspace

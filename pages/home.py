@@ -1,16 +1,16 @@
 """Home: what this workspace holds and what to do next; builds the default workspace on first launch.
 
-Layout and widgets only: the first-launch build is a backend.jobs job (embedding, then the finishing
+Layout and widgets only: the first-launch build is a backend.background job (embedding, then the finishing
 steps: statistics, contexts, labels, logit lens), each shown with its own progress, also after a browser
 reload while it runs (jobs live in the server process). Once the default workspace is ready, its MiniLM
-document vectors and then its feature-search index are built in the background (backend.jobs)."""
+document vectors and then its feature-search index are built in the background (backend.background)."""
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
+from backend.background import BackgroundJob, default_build_job, ensure_doc_vectors, ensure_feature_index, start_default_build
 from backend.demo import FIRST_LAUNCH_STEPS, default_workspace_path
-from backend.jobs import BackgroundJob, default_build_job, ensure_doc_vectors, ensure_feature_index, start_default_build
 from backend.saes import workspace_sae_name
 from backend.search import feature_index_status
 from backend.workspace import Workspace

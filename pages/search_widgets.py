@@ -1,12 +1,12 @@
 """Search by meaning's index on the Features page: its background build's progress and what a search covers.
 
-Layout and widgets only: the index is built by a backend.jobs job (backend.search.build_feature_embeddings),
+Layout and widgets only: the index is built by a backend.background job (backend.search.build_feature_embeddings),
 most useful features first; a search meanwhile covers the features indexed so far."""
 from __future__ import annotations
 
 import streamlit as st
 
-from backend.jobs import BackgroundJob, ensure_feature_index, feature_index_job
+from backend.background import BackgroundJob, ensure_feature_index, feature_index_job
 from backend.search import FeatureIndexStatus
 from backend.store import Corpus
 from backend.workspace import Workspace

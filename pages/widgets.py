@@ -18,9 +18,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from backend import reader_llm
+from backend.background import BackgroundJob, job_for
 from backend.config import WORKSPACES_DIR
 from backend.errors import UserError
-from backend.jobs import BackgroundJob, job_for
+from backend.export import export_frame
+from backend.llm import LLMConfig, LLMError, operator_llm_config, session_llm_config
 from backend.store import Corpus, WorkspaceLocked
 from backend.workspace import Workspace
 
@@ -253,8 +256,6 @@ def show_html(markup: str) -> None:
 # -- export --------------------------------------------------------------------
 def export_buttons(df: pd.DataFrame, key: str, stem: str = "documents") -> None:
     """Download buttons for CSV (formula-safe), JSONL and Parquet."""
-    from backend.export import export_frame
-
     if df is None or len(df) == 0:
         st.caption("Nothing to export.")
         return
@@ -297,10 +298,8 @@ def running_job(ws: Workspace, corpus: Corpus | str) -> BackgroundJob | None:
 LLM_SESSION_KEY = "llm_session"  # this session's LLM settings: {base_url, model, api_key}; never in os.environ
 
 
-def session_llm() -> "LLMConfig | None":
+def session_llm() -> LLMConfig | None:
     """The endpoint this session uses: the operator's, with this session's settings (a key bound to its URL)."""
-    from backend.labels import LLMError, operator_llm_config, session_llm_config
-
     entered = st.session_state.get(LLM_SESSION_KEY)
     try:
         return session_llm_config(operator_llm_config(), **entered) if entered else operator_llm_config()
@@ -315,10 +314,8 @@ def labelling_llm(ws: Workspace) -> tuple[Any, str]:
     cfg = session_llm()
     if cfg is not None:
         return cfg, f"the LLM server at {cfg.base_url} (model {cfg.model})"
-    from backend.reader_llm import reader_chat, reader_llm_status
-
-    status = reader_llm_status(ws.reader)
+    status = reader_llm.reader_llm_status(ws.reader)
     if status.usable:
-        return reader_chat(ws.reader), status.reason
+        return reader_llm.reader_chat(ws.reader), status.reason
     return None, ("No LLM server is configured (set one on the Features page, or SAEDASH_LLM_BASE_URL and "
                   f"SAEDASH_LLM_MODEL on the server), and the reader model cannot serve: {status.reason}")

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from backend.corpora import (
-    CorpusError, ReadOptions, format_size, guess_text_column, prepare_documents, read_corpus, split_windows,
-    validate_corpus_name, validate_text_column,
+    CorpusError, ReadOptions, format_size, guess_text_column, split_windows, validate_corpus_name, validate_text_column,
 )
+from backend.streaming import prepare_documents, read_corpus
 
 
 def test_csv_keeps_metadata_and_quoted_newlines():

@@ -25,7 +25,7 @@ def default_sae():
 def test_hooked_residuals_equal_the_hf_model(reader):
     from transformers import AutoModelForCausalLM
 
-    from backend.models import residuals
+    from backend.runtime import residuals
 
     hf = AutoModelForCausalLM.from_pretrained(str(reader.hf_dir), dtype=torch.float32)
     doc = reader.encode_documents(["The movie was a delight from start to finish."])[0]

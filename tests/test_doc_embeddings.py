@@ -82,27 +82,27 @@ def test_deleted_with_the_corpus(ws):
 def test_background_vectors_start_for_the_demo_corpus_then_hand_over_to_the_index(ws, monkeypatch):
     """The first launch leaves the demo corpus's vectors to a background job, which starts the search index
     when it ends; other corpora get them when asked."""
-    from backend import demo, jobs
+    from backend import background, demo
 
-    registry = jobs.JobRegistry()
+    registry = background.JobRegistry()
     ws.embed("d")
     corpus = ws.corpus("d")
-    assert jobs.ensure_doc_vectors(ws, corpus, registry=registry) is None  # not the demo corpus, nobody asked
+    assert background.ensure_doc_vectors(ws, corpus, registry=registry) is None  # not the demo corpus, nobody asked
     monkeypatch.setattr(demo, "is_demo_corpus", lambda w, c: c.name == "d")
     indexed: list[str] = []
-    monkeypatch.setattr(jobs, "ensure_feature_index", lambda w, c, requested=False, registry=None: indexed.append(c.name))
-    job = jobs.ensure_doc_vectors(ws, corpus, registry=registry)
-    assert job is not None and job.key == (str(ws.path), corpus.corpus_id, jobs.VECTORS_JOB)
-    seen: list[jobs.Progress] = []
-    jobs.wait_for_doc_vectors(ws, corpus, seen.append, registry=registry)
+    monkeypatch.setattr(background, "ensure_feature_index", lambda w, c, requested=False, registry=None: indexed.append(c.name))
+    job = background.ensure_doc_vectors(ws, corpus, registry=registry)
+    assert job is not None and job.key == (str(ws.path), corpus.corpus_id, background.VECTORS_JOB)
+    seen: list[background.Progress] = []
+    background.wait_for_doc_vectors(ws, corpus, seen.append, registry=registry)
     p = job.progress
     assert not job.running and job.error is None
-    assert (p.status, p.step, p.docs_done, p.docs_total) == ("done", jobs.VECTORS_STEP, 5, 5)
+    assert (p.status, p.step, p.docs_done, p.docs_total) == ("done", background.VECTORS_STEP, 5, 5)
     assert DE.is_complete(ws, "d") and indexed == ["d"]  # then the index
-    assert jobs.ensure_doc_vectors(ws, corpus, registry=registry) is None  # complete: nothing to do
+    assert background.ensure_doc_vectors(ws, corpus, registry=registry) is None  # complete: nothing to do
     other = ws.corpus("other")
     ws.embed("other")
-    asked = jobs.ensure_doc_vectors(ws, ws.corpus("other"), requested=True, registry=registry)
+    asked = background.ensure_doc_vectors(ws, ws.corpus("other"), requested=True, registry=registry)
     asked.thread.join(60)
     assert DE.is_complete(ws, other) and indexed == ["d", "other"]
 
@@ -110,24 +110,24 @@ def test_background_vectors_start_for_the_demo_corpus_then_hand_over_to_the_inde
 def test_the_index_waits_for_running_vectors_unless_a_search_asks(ws, monkeypatch):
     import threading
 
-    from backend import jobs
+    from backend import background
 
-    registry = jobs.JobRegistry()
+    registry = background.JobRegistry()
     ws.embed("d")
     corpus = ws.corpus("d")
     gate = threading.Event()
     monkeypatch.setattr(DE, "build_doc_embeddings", lambda *a, **k: gate.wait(30) and 0)
-    vectors = jobs.ensure_doc_vectors(ws, corpus, requested=True, registry=registry)
+    vectors = background.ensure_doc_vectors(ws, corpus, requested=True, registry=registry)
     try:
         assert vectors.running
-        assert jobs.ensure_feature_index(ws, corpus, registry=registry) is None  # MiniLM is busy: wait
-        index = jobs.ensure_feature_index(ws, corpus, requested=True, registry=registry)  # a search does not wait
-        assert index is not None and index.key[2] == jobs.INDEX_JOB
+        assert background.ensure_feature_index(ws, corpus, registry=registry) is None  # MiniLM is busy: wait
+        index = background.ensure_feature_index(ws, corpus, requested=True, registry=registry)  # a search does not wait
+        assert index is not None and index.key[2] == background.INDEX_JOB
         index.cancel.set()
         index.thread.join(60)
     finally:
         gate.set()
     vectors.thread.join(30)
-    after = jobs.feature_index_job(ws, corpus, registry)  # the vectors job may have resumed the index: stop it
+    after = background.feature_index_job(ws, corpus, registry)  # the vectors job may have resumed the index: stop it
     after.cancel.set()
     after.thread.join(60)

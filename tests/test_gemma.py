@@ -41,7 +41,7 @@ def test_gemma_packages_are_pinned():
 def test_gemma_hooked_residuals_equal_the_hf_model(gemma):
     from transformers import AutoModelForCausalLM
 
-    from backend.models import residuals
+    from backend.runtime import residuals
 
     assert (gemma.n_layers, gemma.d_model) == (18, 640)
     hf = AutoModelForCausalLM.from_pretrained(str(gemma.hf_dir), dtype=torch.float32)
@@ -123,7 +123,7 @@ def _missing_model(requirements_file: str):
 
 
 def test_missing_chunk_packages_are_installed_or_named(tmp_path, monkeypatch):
-    from backend.models import _assemble_gguf
+    from backend.builtin_models import _assemble_gguf
 
     notes: list[str] = []
     monkeypatch.setenv("SAEDASH_NO_INSTALL", "1")

@@ -1,4 +1,4 @@
-"""Background jobs as the dashboard starts them (backend.jobs): they follow a corpus by id, report their
+"""Background jobs as the dashboard starts them (backend.background): they follow a corpus by id, report their
 finishing steps, repair a corpus whose finishing is missing, and resume what a previous server left."""
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import threading
 import pandas as pd
 import pytest
 
-from backend.jobs import (
-    JobConfig, JobRegistry, Progress, embed_corpus, interrupted, next_action, resume_interrupted, start_embedding,
-    start_finishing,
+from backend.background import (
+    JobRegistry, interrupted, next_action, resume_interrupted, start_embedding, start_finishing,
 )
+from backend.jobs import JobConfig, Progress, embed_corpus
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

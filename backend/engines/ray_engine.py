@@ -53,8 +53,8 @@ from backend.jobs import Progress, ProgressCallback
 from backend.store import Store, presence
 
 if TYPE_CHECKING:
+    from backend.context import WorkspaceContext
     from backend.store import Corpus
-    from backend.workspace import Workspace
 
 
 @dataclass(frozen=True)
@@ -204,7 +204,105 @@ def _start_ray(cfg: RayConfig) -> bool:
     return True
 
 
-def embed_with_ray(ws: "Workspace", corpus: "str | int | Corpus", cfg: RayConfig = RayConfig(),
+class _RayRun:
+    """One `embed_with_ray` call: the corpus, its shard folder, the driver's ingest and the progress it reports."""
+
+    def __init__(self, ws: WorkspaceContext, corpus: "str | int | Corpus", cfg: RayConfig,
+                 progress: ProgressCallback | None) -> None:
+        self.store, self.info, self.progress = ws.store, ws.corpus(corpus), progress
+        self.cid = self.info.corpus_id
+        self.folder = shard_folder(self.store.path, self.cid, cfg)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.pending = self.store.pending_doc_ids(self.cid)
+        done0 = self.info.n_docs - len(self.pending)
+        self.state = Progress(self.info.name, done0, self.info.n_docs, 0, 0.0, docs_at_start=done0)
+        self.store.set_status(self.cid, "embedding")
+        self.t0 = time.time()
+        self.ingest = ShardIngest(self.store, self.cid, self.folder, self.pending, ws.d_sae)
+        self.embedded = 0  # documents in shards that arrived this run (held back while the calibration documents come)
+
+    def report(self, note: str | None = None) -> None:
+        state, ingest = self.state, self.ingest
+        state.docs_done = self.info.n_docs - len(self.pending) + ingest.docs_written
+        state.tokens_done = ingest.tokens_written
+        state.elapsed_s = time.time() - self.t0
+        if note is None and ingest.calib_ids and self.embedded:
+            note = (f"Calibrating presence on the first {len(ingest.calib_ids):,} documents "
+                    f"({self.embedded:,} documents embedded)")
+        state.note = note if state.status == "running" else None
+        if self.progress:
+            self.progress(state)
+
+    def export_inputs(self, cfg: RayConfig) -> list[Path]:
+        """The pending documents as Parquet input files, one row group per batch. Longest documents first
+        (batches of similar lengths pad little, the longest start first), after the calibration documents,
+        which the driver needs before it ingests anything."""
+        inputs = self.folder / "inputs"
+        shutil.rmtree(inputs, ignore_errors=True)
+        return self.store.export_pending_texts(self.cid, inputs, cfg.input_rows_per_file, cfg.docs_per_batch,
+                                               by_length=True, head=presence.CALIBRATION_DOCS if self.ingest.calib_ids else 0)
+
+    def ingest_results(self, out: Any, cancel: threading.Event | None,
+                       on_shard: Callable[[dict[str, Any]], None] | None) -> None:
+        """Ingest each shard as it arrives. prefetch_batches=0: each shard reaches the driver when its batch ends
+        (a prefetching iterator holds it back until the next one is done)."""
+        for batch in out.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=0):
+            for i, name in enumerate(batch["shard"]):
+                if name:
+                    self.embedded += int(batch["n_docs"][i])
+                    if on_shard:
+                        on_shard({"shard": str(name), "n_docs": int(batch["n_docs"][i]),
+                                  "n_tokens": int(batch["n_tokens"][i]), "seconds": float(batch["seconds"][i])})
+                    self.ingest.add(str(name))
+            self.report()
+            if cancel is not None and cancel.is_set():
+                self.state.status = "cancelled"
+                break
+
+    def fail(self, exc: BaseException) -> None:
+        """Record a failure (call from the `except` block: the traceback is the one being handled)."""
+        self.state.status, self.state.error = "failed", f"{type(exc).__name__}: {exc}"
+        self.store.set_status(self.cid, "failed", traceback.format_exc(limit=3))
+        if self.progress:
+            self.progress(self.state)
+
+    def finish(self) -> Progress:
+        state, left = self.state, len(self.store.pending_doc_ids(self.cid))
+        if state.status == "running":
+            state.status = "done" if left == 0 else "failed"
+            if left:
+                state.error = f"{left:,} documents were not embedded"
+        if state.status == "done":
+            shutil.rmtree(self.folder, ignore_errors=True)
+        self.store.set_status(self.cid, "finalizing" if state.status == "done" else (
+            "pending" if state.status == "cancelled" else state.status), state.error)
+        self.report()
+        return state
+
+
+def _embedding_actors(ws: WorkspaceContext, cfg: RayConfig, folder: Path, held: set[int], parts: list[Path]) -> Any:
+    """The Ray dataset of shards: `EmbedActor`s mapped over one small item per batch of documents (each actor
+    reads its batch from the input files, so nothing holds the corpus in memory)."""
+    import ray
+
+    items = input_items(parts)
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 100 * cfg.workers)))
+    settings = ws.settings
+    resources: dict[str, float] = {"num_cpus": cfg.threads_per_worker}
+    if cfg.gpus_per_worker:
+        resources["num_gpus"] = float(cfg.gpus_per_worker)
+    return ds.map_batches(
+        EmbedActor,
+        fn_constructor_kwargs=dict(model=settings.model, sae_source=settings.sae_source, hook=settings.hook,
+                                   embed_cfg=asdict(ws.embed_config), dtype=settings.dtype,
+                                   threads=cfg.threads_per_worker, shard_dir=str(folder),
+                                   device="cuda" if cfg.gpus_per_worker else "cpu", skip=frozenset(held)),
+        batch_size=1, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=min(cfg.workers, len(items))), **resources,
+    )
+
+
+def embed_with_ray(ws: WorkspaceContext, corpus: "str | int | Corpus", cfg: RayConfig = RayConfig(),
                    progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
                    on_shard: Callable[[dict[str, Any]], None] | None = None) -> Progress:
     """Embed the corpus's pending documents with Ray Data actors; same guarantees as backend.jobs.embed_corpus.
@@ -215,101 +313,27 @@ def embed_with_ray(ws: "Workspace", corpus: "str | int | Corpus", cfg: RayConfig
     "seconds"} (seconds: the actor's time embedding and writing it), e.g. to measure the workers' rate."""
     import ray
 
-    store = ws.store
-    info = ws.corpus(corpus)
-    cid = info.corpus_id
-    folder = shard_folder(store.path, cid, cfg)
-    folder.mkdir(parents=True, exist_ok=True)
-    pending = store.pending_doc_ids(cid)
-    state = Progress(info.name, info.n_docs - len(pending), info.n_docs, 0, 0.0,
-                     docs_at_start=info.n_docs - len(pending))
-    store.set_status(cid, "embedding")
-    t0 = time.time()
-    ingest = ShardIngest(store, cid, folder, pending, ws.d_sae)
-    started = False
-
-    embedded = [0]  # documents in shards that arrived this run (held back while the calibration documents come)
-
-    def report(note: str | None = None) -> None:
-        state.docs_done = info.n_docs - len(pending) + ingest.docs_written
-        state.tokens_done = ingest.tokens_written
-        state.elapsed_s = time.time() - t0
-        if note is None and ingest.calib_ids and embedded[0]:
-            note = (f"Calibrating presence on the first {len(ingest.calib_ids):,} documents "
-                    f"({embedded[0]:,} documents embedded)")
-        state.note = note if state.status == "running" else None
-        if progress:
-            progress(state)
-
+    run, started = _RayRun(ws, corpus, cfg, progress), False
     try:
-        for name in _finished_shards(folder):  # a killed run's shards: nothing in them is embedded again
-            ingest.add(name)
-        if ingest.docs_written:
-            report()
-        held = ingest.waiting_docs()
-        todo_count = len(store.pending_doc_ids(cid)) - len(held)
-        if todo_count > 0 and not (cancel is not None and cancel.is_set()):
-            inputs = folder / "inputs"
-            shutil.rmtree(inputs, ignore_errors=True)
-            # longest documents first (batches of similar lengths pad little, the longest start first), after the
-            # calibration documents, which the driver needs before it ingests anything
-            parts = store.export_pending_texts(cid, inputs, cfg.input_rows_per_file, cfg.docs_per_batch, by_length=True,
-                                               head=presence.CALIBRATION_DOCS if ingest.calib_ids else 0)
-            report(f"Starting {cfg.workers} Ray workers (each loads the model and the SAE)")
+        for name in _finished_shards(run.folder):  # a killed run's shards: nothing in them is embedded again
+            run.ingest.add(name)
+        if run.ingest.docs_written:
+            run.report()
+        held = run.ingest.waiting_docs()
+        if len(run.store.pending_doc_ids(run.cid)) - len(held) > 0 and not (cancel is not None and cancel.is_set()):
+            parts = run.export_inputs(cfg)
+            run.report(f"Starting {cfg.workers} Ray workers (each loads the model and the SAE)")
             started = _start_ray(cfg)
             _quiet_ray_data()
-            # one small item per batch of documents; each actor reads its batch from the input files (streamed:
-            # nothing holds the corpus in memory)
-            items = input_items(parts)
-            ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 100 * cfg.workers)))
-            settings = ws.settings
-            resources: dict[str, float] = {"num_cpus": cfg.threads_per_worker}
-            if cfg.gpus_per_worker:
-                resources["num_gpus"] = float(cfg.gpus_per_worker)
-            out = ds.map_batches(
-                EmbedActor,
-                fn_constructor_kwargs=dict(model=settings.model, sae_source=settings.sae_source, hook=settings.hook,
-                                           embed_cfg=asdict(ws.embed_config), dtype=settings.dtype,
-                                           threads=cfg.threads_per_worker, shard_dir=str(folder),
-                                           device="cuda" if cfg.gpus_per_worker else "cpu", skip=frozenset(held)),
-                batch_size=1, batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=min(cfg.workers, len(items))), **resources,
-            )
-            # prefetch_batches=0: each shard reaches the driver when its batch ends (a prefetching iterator holds
-            # it back until the next one is done)
-            for batch in out.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=0):
-                for i, name in enumerate(batch["shard"]):
-                    if name:
-                        embedded[0] += int(batch["n_docs"][i])
-                        if on_shard:
-                            on_shard({"shard": str(name), "n_docs": int(batch["n_docs"][i]),
-                                      "n_tokens": int(batch["n_tokens"][i]), "seconds": float(batch["seconds"][i])})
-                        ingest.add(str(name))
-                report()
-                if cancel is not None and cancel.is_set():
-                    state.status = "cancelled"
-                    break
-            shutil.rmtree(inputs, ignore_errors=True)
+            run.ingest_results(_embedding_actors(ws, cfg, run.folder, held, parts), cancel, on_shard)
+            shutil.rmtree(run.folder / "inputs", ignore_errors=True)
     except BaseException as exc:
-        state.status, state.error = "failed", f"{type(exc).__name__}: {exc}"
-        store.set_status(cid, "failed", traceback.format_exc(limit=3))
-        if progress:
-            progress(state)
+        run.fail(exc)
         raise
     finally:
         if started:
             ray.shutdown()
-    left = len(store.pending_doc_ids(cid))
-    if state.status == "running":
-        state.status = "done" if left == 0 else "failed"
-        if left:
-            state.error = f"{left:,} documents were not embedded"
-    if state.status == "done":
-        shutil.rmtree(folder, ignore_errors=True)
-    store.set_status(cid, "finalizing" if state.status == "done" else ("pending" if state.status == "cancelled" else state.status),
-                     state.error)
-    report()
-    return state
+    return run.finish()
 
 
 def _quiet_ray_data() -> None:

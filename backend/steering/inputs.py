@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Mapping
 
+from backend.feature_queries import feature_contexts, feature_stats
 from backend.steering.config import SteerConfig
 from backend.steering.runs import OnProgress, OnToken, SteerResult, steer, strength_sweep
 from backend.steering.units import ActivationLevels, UnitKind, typical_units
@@ -12,14 +13,12 @@ from backend.steering.units import ActivationLevels, UnitKind, typical_units
 if TYPE_CHECKING:
     import pandas as pd
 
+    from backend.context import WorkspaceContext
     from backend.store import Corpus
-    from backend.workspace import Workspace
 
 
-def activation_levels(ws: Workspace, corpus: Corpus | str | int, feature_ids: list[int]) -> dict[int, ActivationLevels]:
+def activation_levels(ws: WorkspaceContext, corpus: Corpus | str | int, feature_ids: list[int]) -> dict[int, ActivationLevels]:
     """{feature_id: its p99 and max activation over the corpus's documents} (None where not finalized)."""
-    from backend.feature_queries import feature_stats
-
     handle = ws.corpus(corpus)
     levels = {}
     for f in feature_ids:
@@ -28,10 +27,8 @@ def activation_levels(ws: Workspace, corpus: Corpus | str | int, feature_ids: li
     return levels
 
 
-def concept_texts(ws: Workspace, corpus: Corpus | str | int, feature_ids: list[int], n_contexts: int = 5) -> dict[int, list[str]]:
+def concept_texts(ws: WorkspaceContext, corpus: Corpus | str | int, feature_ids: list[int], n_contexts: int = 5) -> dict[int, list[str]]:
     """{feature_id: its top contexts as plain text} (features without contexts are left out)."""
-    from backend.feature_queries import feature_contexts
-
     handle = ws.corpus(corpus)
     out = {}
     for f in feature_ids:
@@ -43,7 +40,7 @@ def concept_texts(ws: Workspace, corpus: Corpus | str | int, feature_ids: list[i
 
 
 def steer_in_workspace(
-    ws: Workspace,
+    ws: WorkspaceContext,
     prompts: list[str],
     strengths: Mapping[int, float],
     config: SteerConfig | None = None,
@@ -64,7 +61,7 @@ def steer_in_workspace(
 
 
 def sweep_in_workspace(
-    ws: Workspace,
+    ws: WorkspaceContext,
     feature_id: int,
     strengths: list[float],
     prompts: list[str],

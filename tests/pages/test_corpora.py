@@ -7,7 +7,7 @@ import time
 import pandas as pd
 import pytest
 
-from backend.jobs import REGISTRY
+from backend.background import REGISTRY
 from pages import widgets
 from tests.pages.conftest import assert_no_errors, rendered_markup
 

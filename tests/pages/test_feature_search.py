@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 
-from backend import jobs
+from backend import background
 from backend import labels as L
 from backend import search
 from pages import widgets
@@ -40,10 +40,10 @@ def test_search_tab_says_what_part_of_the_index_it_searched(page, tiny_ws_path):
     release = threading.Event()
 
     def still_indexing(progress, cancel):  # stands in for the background build, stopped part-way
-        progress(jobs.Progress("t", CHUNK, total, 0, 1.0, step=jobs.INDEX_STEP, step_fraction=CHUNK / total))
+        progress(background.Progress("t", CHUNK, total, 0, 1.0, step=background.INDEX_STEP, step_fraction=CHUNK / total))
         release.wait(60)
 
-    job = jobs.REGISTRY.start(str(ws.path), corpus.corpus_id, "t", 0, still_indexing, kind=jobs.INDEX_JOB)
+    job = background.REGISTRY.start(str(ws.path), corpus.corpus_id, "t", 0, still_indexing, kind=background.INDEX_JOB)
     try:
         at = page("features", tiny_ws_path, "t").run()
         assert_no_errors(at)
@@ -70,11 +70,11 @@ def test_first_search_starts_the_index_and_waits_only_for_its_first_chunk(page, 
     monkeypatch.setattr(search, "CHUNK_FEATURES", CHUNK)
     corpus = ws.corpus("t")
     at = page("features", tiny_ws_path, "t").run()
-    assert jobs.feature_index_job(ws, corpus) is None  # not the demo corpus: nothing starts before a search
+    assert background.feature_index_job(ws, corpus) is None  # not the demo corpus: nothing starts before a search
     at.text_input(key="meaning_query").input("python")
     next(b for b in at.button if b.label == "Search").click().run()
     assert_no_errors(at)
-    job = jobs.feature_index_job(ws, corpus)
+    job = background.feature_index_job(ws, corpus)
     assert job is not None
     assert len(at.dataframe(key="meaning_hits").value) > 0
     assert any("Searching" in i.value for i in at.info) or not job.running  # partial while it builds

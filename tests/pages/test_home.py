@@ -6,7 +6,7 @@ import time
 
 from backend import demo
 from backend.demo import DEMO_DOCS, FIRST_LAUNCH_STEPS
-from backend.jobs import REGISTRY
+from backend.background import REGISTRY
 from pages import widgets
 from tests.pages.conftest import ROOT, assert_no_errors
 
