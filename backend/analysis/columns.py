@@ -20,6 +20,7 @@ Kind = Literal["numeric", "date", "categorical"]
 KINDS = ("auto", "numeric", "date", "categorical")
 MISSING_TOKENS = frozenset({"", "nan", "none", "null", "na", "nat"})
 PARSE_SHARE = 0.8  # "auto" picks a kind when at least this share of the present values parse as it
+AUTO_SAMPLE = 2000
 
 
 class ColumnError(UserError):
@@ -89,10 +90,13 @@ def parse_dates(text: pd.Series) -> np.ndarray:
 
 
 def _auto_kind(text: pd.Series, present: np.ndarray, allowed: Collection[str]) -> Kind:
-    n = max(1, int(present.sum()))
-    if "numeric" in allowed and np.isfinite(parse_numbers(text[present])).sum() >= PARSE_SHARE * n:
+    """Decided on up to AUTO_SAMPLE present values spread evenly over the column (fast on 100k rows)."""
+    rows = np.flatnonzero(present)
+    sample = text.iloc[rows[np.linspace(0, rows.size - 1, min(rows.size, AUTO_SAMPLE)).astype(np.int64)]]
+    n = len(sample)
+    if "numeric" in allowed and np.isfinite(parse_numbers(sample)).sum() >= PARSE_SHARE * n:
         return "numeric"
-    if "date" in allowed and (~np.isnat(parse_dates(text[present]))).sum() >= PARSE_SHARE * n:
+    if "date" in allowed and (~np.isnat(parse_dates(sample))).sum() >= PARSE_SHARE * n:
         return "date"
     if "categorical" in allowed:
         return "categorical"

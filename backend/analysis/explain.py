@@ -318,11 +318,13 @@ def _examples(X: sp.csr_matrix, targets: Targets, plan: list[tuple[Side, list[in
 def _plan(B_sel: sp.csr_matrix, eff_sel: dict[str, np.ndarray], sides: list[Side], cfg: ExplainConfig
           ) -> tuple[list[tuple[Side, list[int]]], pd.DataFrame]:
     """Candidates per direction from the selection half, folded into groups by co-firing there."""
+    by_side = [(side, _candidates(eff_sel, side, cfg, B_sel.shape[0])) for side in sides]
+    every = np.unique(np.concatenate([c for _, c in by_side]))
+    Bc = as_csr(B_sel[:, every])  # sliced once for all directions
     plan, rows = [], []
-    for side in sides:
-        cand = _candidates(eff_sel, side, cfg, B_sel.shape[0])
-        groups = group_features(B_sel, cand, jaccard_threshold=cfg.jaccard_threshold)
-        plan += [(side, g) for g in groups]
+    for side, cand in by_side:
+        groups = group_features(Bc, np.searchsorted(every, cand), jaccard_threshold=cfg.jaccard_threshold)
+        plan += [(side, [int(every[i]) for i in g]) for g in groups]
         t = eff_sel["t"][cand, side.column] * side.sign
         rows.append(pd.DataFrame({"feature_id": cand.astype(np.int64), "direction": side.name,
                                   "column": side.column, "sign": side.sign,
