@@ -89,7 +89,7 @@ def parse_dates(text: pd.Series) -> np.ndarray:
     return np.array(parsed.dt.tz_localize(None), dtype="datetime64[ns]")
 
 
-def _auto_kind(text: pd.Series, present: np.ndarray, allowed: Collection[str]) -> Kind:
+def _auto_kind(text: pd.Series, present: np.ndarray, allowed: Collection[str], column: str) -> Kind:
     """Decided on up to AUTO_SAMPLE present values spread evenly over the column (fast on 100k rows)."""
     rows = np.flatnonzero(present)
     sample = text.iloc[rows[np.linspace(0, rows.size - 1, min(rows.size, AUTO_SAMPLE)).astype(np.int64)]]
@@ -100,7 +100,10 @@ def _auto_kind(text: pd.Series, present: np.ndarray, allowed: Collection[str]) -
         return "date"
     if "categorical" in allowed:
         return "categorical"
-    raise ColumnError(f"The values of this column are not {' or '.join(k + 's' for k in allowed)}.")
+    names = {"numeric": "numbers", "date": "dates", "categorical": "categories"}
+    shown = ", ".join(repr(v) for v in dict.fromkeys(sample.head(50).tolist()).keys() if v)
+    raise ColumnError(f"Column {column!r} holds neither {' nor '.join(names[k] for k in allowed)}"
+                      f" (values such as {shown[:80]}).")
 
 
 def read_column(series: pd.Series, column: str = "column", kind: str = "auto",
@@ -117,7 +120,7 @@ def read_column(series: pd.Series, column: str = "column", kind: str = "auto",
     present = ~missing
     if not present.any():
         raise ColumnError(f"Column {column!r} has no values.")
-    chosen: Kind = _auto_kind(text, present, allowed) if kind == "auto" else kind  # type: ignore[assignment]
+    chosen: Kind = _auto_kind(text, present, allowed, column) if kind == "auto" else kind  # type: ignore[assignment]
     if chosen == "numeric":
         parsed = parse_numbers(text)
         ok = present & np.isfinite(parsed)

@@ -595,6 +595,20 @@ def _messages(col: ColumnValues, targets: Targets, baseline_note: str | None) ->
     return out
 
 
+def _models(h: Halves, targets: Targets, eff_sel: dict[str, np.ndarray], dense: np.ndarray | None,
+            cfg: ExplainConfig, report: Progress) -> tuple[ModelScore | None, ModelScore | None]:
+    """The L1 model on the screened SAE features and, given dense vectors, on them (the baseline)."""
+    report(0.45, "Fitting the sparse linear model on SAE features")
+    screened = screen_features(eff_sel, h.sel.size, cfg)
+    model = (heldout_score(h.B_sel[:, screened].astype(np.float64), h.B_test[:, screened].astype(np.float64),
+                           targets, h.sel, h.test, cfg) if screened.size else None)
+    if dense is None:
+        return model, None
+    report(0.8, "Fitting the same model on MiniLM document vectors")
+    inputs = dense_inputs(np.asarray(dense)[targets.rows], h.sel, h.test)
+    return model, heldout_score(*inputs, targets, h.sel, h.test, cfg)
+
+
 def _values_of(col: ColumnValues, targets: Targets) -> np.ndarray:
     if not targets.numeric:
         return np.asarray(targets.classes, dtype=object)[targets.raw]
@@ -630,18 +644,10 @@ def explain_column(
                              None if targets.numeric else targets.raw)
     halves = Halves.split(Xu, sel, test, config.threshold)
     report(0.05, "Testing every feature on the selection half")
-    B_sel = halves.B_sel
-    eff_sel = feature_effects(B_sel, targets.Y[sel])
+    eff_sel = feature_effects(halves.B_sel, targets.Y[sel])
     report(0.25, "Grouping the strongest features and testing them on the held-out half")
     findings, table = build_findings(halves, targets, eff_sel, config, labels or {}, column, ids[targets.rows])
-    report(0.45, "Fitting the sparse linear model on SAE features")
-    screened = screen_features(eff_sel, sel.size, config)
-    model = (heldout_score(B_sel[:, screened].astype(np.float64), halves.B_test[:, screened].astype(np.float64),
-                           targets, sel, test, config) if screened.size else None)
-    base = None
-    if dense is not None:
-        report(0.8, "Fitting the same model on MiniLM document vectors")
-        base = heldout_score(*dense_inputs(np.asarray(dense)[targets.rows], sel, test), targets, sel, test, config)
+    model, base = _models(halves, targets, eff_sel, dense, config, report)
     note = None if dense is not None else (baseline_note or "No MiniLM document vectors: no baseline score.")
     report(1.0, "Done")
     return ExplainResult(
