@@ -16,6 +16,7 @@ from backend.analysis.explain import (
     feature_effects,
     split_halves,
 )
+from backend.errors import UserError
 from backend.export import export_frame
 
 UP, DOWN, COPY, FLAT = 7, 13, 21, 30
@@ -203,6 +204,15 @@ def test_workspace_explain_is_the_pure_function_on_the_workspace_data(columns_wo
 
 
 def test_workspace_explain_with_the_minilm_baseline(columns_workspace):
-    res = columns_workspace.explain("c", "votes", min_docs=3)
-    assert res.baseline is not None and np.isfinite(res.baseline)
+    ws = columns_workspace
+    stored_only = ws.explain("c", "votes", baseline="stored", min_docs=3)  # no vectors stored yet: a note, no error
+    assert stored_only.baseline is None and "not all computed" in stored_only.baseline_note
+    seen = []
+    res = ws.explain("c", "votes", min_docs=3, progress=lambda f, m: seen.append(m))
+    assert res.baseline is not None and np.isfinite(res.baseline) and res.baseline_note is None
     assert res.baseline_model.n_inputs == 384
+    assert any(m.startswith("MiniLM document vectors") for m in seen)
+    again = ws.explain("c", "votes", baseline="stored", min_docs=3)  # now stored: the same baseline
+    assert again.baseline == pytest.approx(res.baseline)
+    with pytest.raises(UserError):
+        ws.explain("c", "votes", baseline="sometimes")
