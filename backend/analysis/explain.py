@@ -95,7 +95,7 @@ def feature_effects(B: sp.csr_matrix, Y: np.ndarray) -> dict[str, np.ndarray]:
         m0 = (Y.sum(axis=0) - s_on) / n0
         v1 = np.maximum(q_on - n1 * m1 ** 2, 0.0) / (n1 - 1)
         v0 = np.maximum((Y * Y).sum(axis=0) - q_on - n0 * m0 ** 2, 0.0) / (n0 - 1)
-        floor = 1e-9 * max(float(Y.var()), 1e-12)
+        floor = 1e-9 * np.maximum(Y.var(axis=0), 1e-12)  # per column: a raw column in seconds must not swamp ranks
         se2 = np.maximum(v1 / n1 + v0 / n0, floor)
         t = (m1 - m0) / np.sqrt(se2)
         df = se2 ** 2 / ((v1 / n1) ** 2 / (n1 - 1) + (v0 / n0) ** 2 / (n0 - 1) + 1e-300)
@@ -109,7 +109,8 @@ def feature_effects(B: sp.csr_matrix, Y: np.ndarray) -> dict[str, np.ndarray]:
 class Targets:
     """The column as what the tests and the model need: ``Y`` (n, m) tested per direction, ``raw`` values
     (numbers, or category codes), ``directions`` (names of Y's columns; numeric: one column, read as
-    "higher" for t > 0 and "lower" for t < 0), ``classes`` for categories, ``task`` of the model."""
+    ``directions[0]`` for t > 0 and ``directions[1]`` for t < 0: "higher"/"lower", "later"/"earlier" for
+    dates), ``classes`` for categories, ``task`` of the model."""
 
     Y: np.ndarray
     raw: np.ndarray
@@ -124,13 +125,13 @@ class Targets:
         return not self.classes
 
 
-def _numeric_targets(col: ColumnValues, robust: bool) -> Targets:
+def _numeric_targets(col: ColumnValues, robust: bool, words: tuple[str, str] = ("higher", "lower")) -> Targets:
     y = np.asarray(col.values, float)
     if np.unique(y).size < 2:
         raise ExplainError(f"Every used document has the same value of {col.column!r}: nothing to explain.")
     tested = stats.rankdata(y) / y.size if robust else y
     task = "binary" if np.unique(y).size == 2 else "regression"
-    return Targets(Y=tested[:, None], raw=y, directions=("higher",), classes=(), task=task, rows=col.rows)
+    return Targets(Y=tested[:, None], raw=y, directions=words, classes=(), task=task, rows=col.rows)
 
 
 def _categorical_targets(col: ColumnValues, cfg: ExplainConfig) -> Targets:
@@ -147,10 +148,12 @@ def _categorical_targets(col: ColumnValues, cfg: ExplainConfig) -> Targets:
 
 
 def column_targets(col: ColumnValues, cfg: ExplainConfig) -> Targets:
-    """Numbers (and dates, as numbers) are explained as higher/lower; other columns value by value."""
+    """Numbers are explained as higher/lower, dates as later/earlier; other columns value by value."""
     if col.kind == "date":
-        col = ColumnValues(col.column, "numeric", col.values.astype("datetime64[s]").astype(np.int64).astype(float),
-                           col.rows, col.n_total, col.n_missing, col.n_unparseable, col.bad_examples)
+        seconds = col.values.astype("datetime64[s]").astype(np.int64).astype(float)
+        as_numbers = ColumnValues(col.column, "numeric", seconds, col.rows, col.n_total, col.n_missing,
+                                  col.n_unparseable, col.bad_examples)
+        return _numeric_targets(as_numbers, cfg.robust, ("later", "earlier"))
     return _numeric_targets(col, cfg.robust) if col.kind == "numeric" else _categorical_targets(col, cfg)
 
 
@@ -179,11 +182,13 @@ class Side:
 
 def sides_of(targets: Targets) -> list[Side]:
     if targets.numeric:
-        return [Side("higher", 0, 1), Side("lower", 0, -1)]
+        return [Side(targets.directions[0], 0, 1), Side(targets.directions[1], 0, -1)]
     return [Side(v, j, 1) for j, v in enumerate(targets.classes)]
 
 
-def _fmt(value: float, numeric: bool) -> str:
+def _fmt(value: float, numeric: bool, date: bool = False) -> str:
+    if date and np.isfinite(value):
+        return str(np.datetime64(int(value), "s").astype("datetime64[D]"))
     if not numeric:
         return f"{100 * value:.0f}%"
     return f"{value:,.3g}" if abs(value) < 1000 else f"{value:,.0f}"
@@ -235,7 +240,9 @@ class ExplainFinding:
         """E.g. "Goes with higher stars: praise for the acting — mean 4.2 where it fires vs 3.1 elsewhere"."""
         if self.numeric:
             head = f"Goes with {self.direction} {self.column}"
-            body = f"mean {_fmt(self.mean_on, True)} where it fires vs {_fmt(self.mean_off, True)} elsewhere"
+            date = self.direction in ("later", "earlier")  # a date column, explained as seconds
+            body = (f"mean {_fmt(self.mean_on, True, date)} where it fires vs {_fmt(self.mean_off, True, date)} "
+                    "elsewhere")
         else:
             head = f"Goes with {self.column} = {self.direction}"
             body = f"{_fmt(self.mean_on, False)} {self.direction} where it fires vs {_fmt(self.mean_off, False)} elsewhere"
@@ -291,7 +298,7 @@ def heldout_effects(B: sp.csr_matrix, Y: np.ndarray, raw: np.ndarray | None, col
 
 
 def side_mask(targets: Targets, side: Side) -> np.ndarray:
-    """Documents of one direction (at or above the median for "higher", at or below for "lower")."""
+    """Documents of one direction (at or above the median for "higher"/"later", at or below otherwise)."""
     if not targets.numeric:
         return targets.raw == side.column
     median = float(np.median(targets.raw))

@@ -2,6 +2,8 @@
 façade on a tiny-model workspace with numeric and date columns."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -146,6 +148,16 @@ def test_documents_behind_a_finding_and_export_neutralise_formulas():
     assert docs["lead_activation"].is_monotonic_decreasing
     csv = export_frame(res.to_frame(), "csv").decode()
     assert "'=HYPERLINK" in csv and "\n=HYPERLINK" not in csv
+
+
+def test_a_date_column_is_explained_as_later_and_earlier():
+    X, _, y = planted()
+    dates = pd.Series((np.datetime64("2020-01-01") + (y * 100).astype("timedelta64[D]")).astype(str), dtype=object)
+    res = explain_column(X, dates, "date")
+    later = [f for f in res.summary(n_per_direction=1) if f.direction == "later"]
+    assert res.kind == "date" and res.directions == ("later", "earlier") and later[0].lead == UP
+    assert later[0].significant  # the ranks are tested on their own scale, not swamped by seconds since 1970
+    assert re.search(r"Goes with later date: feature 7 — mean 202\d-\d\d-\d\d where it fires vs 202\d-", later[0].sentence)
 
 
 def test_bad_options_and_columns_are_refused():
