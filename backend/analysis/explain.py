@@ -282,13 +282,17 @@ def _standardized(eff: dict[str, np.ndarray], Y: np.ndarray, rows: np.ndarray, c
 
 
 def heldout_effects(B: sp.csr_matrix, Y: np.ndarray, raw: np.ndarray | None, columns: np.ndarray,
-                    signs: np.ndarray) -> pd.DataFrame:
+                    signs: np.ndarray, min_docs: int = 2) -> pd.DataFrame:
     """Column i of binary ``B`` tested against ``Y[:, columns[i]]`` in direction ``signs[i]`` (one-sided
-    Welch t, BH over the columns). Means are of ``raw`` when given (numbers), else of Y (category shares)."""
+    Welch t, BH over the columns). Means are of ``raw`` when given (numbers), else of Y (category shares).
+    A column firing in fewer than ``min_docs`` documents (or in all but that few) is not tested (p = 1):
+    Welch's test on two or three documents of equal value would call anything significant."""
     columns, signs = np.asarray(columns, np.int64), np.asarray(signs, float)
     eff = feature_effects(B, Y if raw is None else np.column_stack([Y, raw]))
     rows = np.arange(B.shape[1])
     t, p = _one_sided(eff, columns, signs)
+    testable = (eff["n_on"] >= min_docs) & (eff["n_on"] <= B.shape[0] - min_docs)
+    t, p = np.where(testable, t, 0.0), np.where(testable, p, 1.0)
     value_col = columns if raw is None else np.full(columns.size, Y.shape[1])
     mean_on, mean_off = eff["mean_on"][rows, value_col], eff["mean_off"][rows, value_col]
     return pd.DataFrame({"n_test": eff["n_on"].astype(np.int64), "share_test": eff["n_on"] / max(1, B.shape[0]),
@@ -373,9 +377,10 @@ def build_findings(h: Halves, targets: Targets, eff_sel: dict[str, np.ndarray], 
     raw = targets.raw[h.test] if targets.numeric else None
     Y = targets.Y[h.test]
     U = binarize(Bt @ _member_matrix([g for _, g in plan], cand), 0.0)
-    g = heldout_effects(U, Y, raw, np.array([s.column for s, _ in plan]), np.array([s.sign for s, _ in plan]))
+    g = heldout_effects(U, Y, raw, np.array([s.column for s, _ in plan]), np.array([s.sign for s, _ in plan]),
+                        cfg.min_docs)
     per_feature = heldout_effects(as_csr(Bt[:, np.searchsorted(cand, table["feature_id"].to_numpy())]), Y, raw,
-                                  table["column"].to_numpy(), table["sign"].to_numpy())
+                                  table["column"].to_numpy(), table["sign"].to_numpy(), cfg.min_docs)
     table = pd.concat([table.drop(columns=["column", "sign"]), per_feature], axis=1)
     examples = _examples(h.X, targets, plan, cfg)
     lead_t = {(r.direction, r.feature_id): r.t_select for r in table.itertuples()}

@@ -97,6 +97,21 @@ def test_findings_are_tested_on_documents_they_were_not_chosen_on():
     assert higher[0].lead == UP  # significant findings come first
 
 
+def test_a_finding_firing_in_a_handful_of_held_out_documents_is_not_called_significant():
+    """Two or three held-out documents with the same extreme rating give Welch's test zero variance on one
+    side; such a finding is reported, untested, instead of with a tiny q-value."""
+    X, stars, y = planted(seed=4)
+    sel, test = split_halves(len(stars), 0.5, 0)
+    X = X.tocsc()
+    X[:, 41] = 0.0  # no background firings
+    X = X.tolil()
+    X[sel[y[sel] == 1][:6], 41] = 2.0  # chosen on the selection half
+    X[test[y[test] == 1][:3], 41] = 2.0  # three held-out documents, all rated 1
+    res = explain_column(X.tocsr(), stars, "stars", config=ExplainConfig(min_docs=5))
+    row = res.table.set_index(["direction", "feature_id"]).loc[("lower", 41)]
+    assert row["n_test"] < 5 and row["p_value"] == 1.0 and row["q_value"] == 1.0
+
+
 def test_missing_and_unparseable_rows_are_counted_and_left_out():
     X, stars, _ = planted()
     stars = stars.copy()
