@@ -90,7 +90,8 @@ def show_trend(ws, corpus: str, column: str) -> None:
     for f in res.summary(n_per_direction=3):
         rows = ws.documents(corpus, list(f.examples))["text"].str.slice(0, 70).tolist()
         hit = romance[res.documents(f)["doc_id"].to_numpy()].mean()
-        print(f"   {f.sentence} (q={f.q_value:.2g}; {hit:.0%} of its documents have a romance word) e.g. {rows[:1]}")
+        print(f"   {f.sentence} (lead q={f.q_value:.2g}, group trend p={f.p_value:.2g}; {hit:.0%} of its documents "
+              f"have a romance word) e.g. {rows[:1]}")
 
 
 def main() -> None:
