@@ -29,7 +29,7 @@ SECTIONS = {
     "Workspace": [("home", "Home", ":material/home:"), ("corpora", "Corpora", ":material/library_books:")],
     "Explore": [("features", "Features", ":material/extension:"), ("retrieval", "Retrieval", ":material/search:")],
     "Analyse": [("diff", "Dataset diff", ":material/compare_arrows:"), ("clustering", "Clustering", ":material/scatter_plot:"),
-                ("correlations", "Correlations", ":material/link:")],
+                ("correlations", "Correlations", ":material/link:"), ("explain", "Explain & trends", ":material/insights:")],
     "Model": [("steering", "Steering", ":material/tune:"), ("sae_compare", "Compare SAEs", ":material/compare_arrows:")],
 }
 

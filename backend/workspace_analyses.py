@@ -14,11 +14,14 @@ import pandas as pd
 from backend.analysis.cluster import ClusterReading, DocumentClusters, cluster_along, cluster_dense_read, read_clusters
 from backend.analysis.concepts import ConceptConfig
 from backend.analysis.diff import DiffConfig, split_by_column
+from backend.analysis.explain import ExplainConfig, ExplainResult, explain_column
 from backend.analysis.findings import DiffResult, diff_result
 from backend.analysis.hypotheses import ChatFn, HypothesisConfig, HypothesisReport, run_hypotheses, sample_doc_ids
 from backend.analysis.retrieve import (
     cosine_scores, dense_retrieve, hybrid_ranking, query_scores, query_weights, rank_by_query,
 )
+from backend.analysis.trend import TrendConfig, TrendResult, trend_result
+from backend.dense_baseline import BaselineMode, Progress, baseline_vectors, scaled
 from backend.doc_embeddings import doc_vectors, embed_query
 from backend.errors import UserError
 from backend.label_text import split_label
@@ -103,6 +106,38 @@ class WorkspaceAnalyses:
         docs_a = texts(handle_a, sample_doc_ids(result.ids_a, config.sample_size, config.seed))
         docs_b = texts(handle_b, sample_doc_ids(result.ids_b, config.sample_size, config.seed + 1))
         return run_hypotheses(findings, examples_a, examples_b, docs_a, docs_b, llm, config, name_a, name_b)
+
+    # -- explain a column, trends -----------------------------------------------------------------
+    def explain(
+        self, corpus: CorpusRef, column: str, *, kind: str = "auto", baseline: BaselineMode = True,
+        config: ExplainConfig | None = None, progress: Progress | None = None, **options: Any,
+    ) -> ExplainResult:
+        """Which concepts go with higher and lower values of a metadata column (or with each of its values),
+        chosen on one half of the documents and tested on the other, and the held-out score of an L1 linear
+        model on SAE features (``res.score``) beside the same model on MiniLM vectors (``res.baseline``).
+
+        ``baseline``: True computes missing MiniLM vectors, "stored" uses them only when complete, False skips.
+        ``progress(fraction, message)``; ``options``: `ExplainConfig` fields (min_docs, test_size, seed, …)."""
+        handle = self.corpus(corpus)
+        cfg = config or ExplainConfig(**options)
+        dense, note = baseline_vectors(self, handle, baseline, scaled(progress, 0.0, 0.5))  # type: ignore[arg-type]
+        return explain_column(self.latents(handle, "max"), self.metadata(handle, column), column, self.labels(handle),
+                              dense, kind=kind, config=cfg, baseline_note=note,
+                              progress=scaled(progress, 0.5 if dense is not None else 0.0, 1.0))
+
+    def trend(
+        self, corpus: CorpusRef, column: str, bins: str | int | None = None, *, features: list[int] | None = None,
+        kind: str = "auto", config: TrendConfig | None = None, progress: Progress | None = None, **options: Any,
+    ) -> TrendResult:
+        """How concepts rose and fell along an ordered column (a date, a year, a number): shares per bin with
+        Wilson intervals, Cochran-Armitage trends with BH q-values, grouped rising/falling findings.
+
+        ``bins``: None (years or months for dates, by span; quantiles for numbers), "year", "month",
+        "quantile" or a number of quantile bins; ``features``: pinned feature ids whose shares are added."""
+        handle = self.corpus(corpus)
+        cfg = config or TrendConfig(**options)
+        return trend_result(self.latents(handle, "max"), self.metadata(handle, column), column, self.labels(handle),
+                            bins=bins, features=features, kind=kind, config=cfg, progress=progress)
 
     # -- retrieval -------------------------------------------------------------------------------
     def retrieve(self, corpus: CorpusRef, query: str, top: int = 50, weighting: str = "idf", mode: str = "sae",

@@ -69,3 +69,69 @@ def volcano(ranked: pd.DataFrame, names: list[str], alpha: float) -> go.Figure:
     fig.update_layout(height=420, margin=dict(l=10, r=10, t=30, b=10),
                       title="Volcano: share difference (A − B) vs significance", xaxis_title="abs diff (share A − share B)")
     return fig
+
+
+def _plain(text: str) -> str:
+    """Plotly hover and legend text render a subset of HTML: angle brackets become look-alikes."""
+    return str(text).replace("<", "‹").replace(">", "›")
+
+
+def trend_figure(table: pd.DataFrame, series: list[str] | None = None, title: str = "Share of documents per bin") -> go.Figure:
+    """Shares over bins (backend.analysis.trend table), one line per series with its Wilson interval as a
+    band; bins in their order on a categorical axis."""
+    fig = go.Figure()
+    names = series if series is not None else list(dict.fromkeys(table["series"]))
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+    for i, name in enumerate(names):
+        rows = table[table["series"] == name].sort_values("bin_index")
+        if rows.empty:
+            continue
+        color = palette[i % len(palette)]
+        x = rows["bin"].astype(str).tolist()
+        legend = _plain(f"{name}: {rows['label'].iloc[0]}")[:80]
+        fig.add_trace(go.Scatter(x=x + x[::-1], y=list(rows["ci_high"]) + list(rows["ci_low"])[::-1], fill="toself",
+                                 fillcolor=color, opacity=0.15, line=dict(width=0), hoverinfo="skip",
+                                 showlegend=False, legendgroup=name))
+        fig.add_trace(go.Scatter(x=x, y=rows["share"], mode="lines+markers", name=legend, legendgroup=name,
+                                 line=dict(color=color), customdata=rows[["n_fires", "n_docs"]].to_numpy(),
+                                 hovertemplate="%{x}: %{y:.1%} (%{customdata[0]:,} of %{customdata[1]:,} documents)"))
+    fig.update_layout(title=title, height=420, margin=dict(l=10, r=10, t=40, b=10), hovermode="x unified",
+                      legend=dict(orientation="h", y=-0.25), yaxis_tickformat=".0%")
+    fig.update_xaxes(type="category", title_text="bin")
+    fig.update_yaxes(title_text="share of documents (95% interval)", rangemode="tozero")
+    return fig
+
+
+def explain_scores(score: float | None, baseline: float | None, metric: str) -> go.Figure:
+    """Held-out score of the model on SAE concepts beside the same model on MiniLM vectors; chance dotted."""
+    names = {"auc": "AUC", "spearman": "Spearman", "r2": "R²"}
+    bars = [("SAE concepts", score), ("MiniLM vectors", baseline)]
+    bars = [(n, v) for n, v in bars if v is not None]
+    fig = go.Figure(go.Bar(x=[v for _, v in bars], y=[n for n, _ in bars], orientation="h",
+                           marker_color=["#1f77b4", "#7f7f7f"][: len(bars)], text=[f"{v:.3f}" for _, v in bars],
+                           textposition="auto"))
+    chance = 0.5 if metric == "auc" else 0.0
+    fig.add_vline(x=chance, line_dash="dot", line_color="grey", annotation_text="chance")
+    fig.update_layout(height=180, margin=dict(l=10, r=10, t=30, b=10),
+                      title=f"Held-out {names.get(metric, metric)}: sparse linear model")
+    fig.update_xaxes(range=[min(0.0, *(v for _, v in bars)) if bars else 0.0, 1.0])
+    return fig
+
+
+def explain_findings(frame: pd.DataFrame, numeric: bool) -> go.Figure:
+    """Each finding's held-out effect (mean where it fires minus elsewhere; for a category, the share of
+    that value), coloured by direction, non-significant ones faded."""
+    rows = frame.iloc[::-1]
+    text = [_plain(f"#{i} {label}")[:70] for i, label in zip(rows["finding"], rows["label"])]
+    fig = go.Figure()
+    for direction, group in rows.groupby("direction", sort=False):
+        idx = [text[k] for k in range(len(rows)) if rows["direction"].iloc[k] == direction]
+        fig.add_trace(go.Bar(x=group["effect"], y=idx, orientation="h", name=_plain(direction),
+                             marker_opacity=[1.0 if q < 0.05 else 0.35 for q in group["q_value"]],
+                             customdata=group[["share", "q_value"]].to_numpy(),
+                             hovertemplate="%{y}: %{x:+.3g} (fires in %{customdata[0]:.0%}; q %{customdata[1]:.2g})"))
+    fig.add_vline(x=0, line_color="lightgrey")
+    what = "mean where it fires − elsewhere" if numeric else "share of the value where it fires − elsewhere"
+    fig.update_layout(height=max(240, 26 * len(rows) + 80), margin=dict(l=10, r=10, t=30, b=10), barmode="overlay",
+                      title=f"Held-out effect ({what}); faded: q ≥ 0.05", legend=dict(orientation="h", y=-0.15))
+    return fig
