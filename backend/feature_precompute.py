@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from backend import labels as labels_mod
+from backend.concept_names import minilm_namer
 from backend.feature_queries import DOC_FEATURES, FEATURE_DOCS, HIST_BINS, META_CODES, TOP_DOCS
 from backend.store import Store
 
@@ -185,7 +186,7 @@ def finalize_corpus(ws: Workspace, corpus_id: int, n_top_docs: int = 20,
     skip = set(getattr(ws.reader.tokenizer, "all_special_ids", []) or [])
     background = background_token_ids(ws, corpus_id)
     report("labels", 0.2)
-    auto = labels_mod.auto_labels(ctx, background, decode, skip_ids=skip)
+    auto = labels_mod.auto_labels(ctx, background, decode, skip_ids=skip, concepts=minilm_namer())
     report("labels", 0.9)
     labels_mod.write_labels(store, auto, source="auto", corpus_id=corpus_id)
     report("labels", 1.0)

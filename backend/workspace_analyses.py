@@ -18,6 +18,7 @@ from backend.analysis.findings import DiffResult, diff_result
 from backend.analysis.hypotheses import ChatFn, HypothesisConfig, HypothesisReport, run_hypotheses, sample_doc_ids
 from backend.analysis.retrieve import dense_retrieve, query_weights, rank_by_query
 from backend.errors import UserError
+from backend.finding_labels import label_findings as findings_labelled
 
 if TYPE_CHECKING:
     from backend.labels import LLMConfig
@@ -91,6 +92,23 @@ class WorkspaceAnalyses:
         docs_a = texts(handle_a, sample_doc_ids(result.ids_a, config.sample_size, config.seed))
         docs_b = texts(handle_b, sample_doc_ids(result.ids_b, config.sample_size, config.seed + 1))
         return run_hypotheses(findings, examples_a, examples_b, docs_a, docs_b, llm, config, name_a, name_b)
+
+    def label_findings(
+        self, result: DiffResult, corpus_a: CorpusRef, corpus_b: CorpusRef | None = None, *,
+        llm: "LLMConfig | ChatFn | None" = None, progress: Any = None, n_per_side: int = 4,
+        include_confounded: bool | None = None, **options: Any,
+    ) -> pd.DataFrame:
+        """The diff summary's findings labelled by an LLM, the offline label beside it: finding, side,
+        feature_id (the lead), offline_label, offline_score, llm_label, llm_score, cached.
+
+        ``corpus_a``/``corpus_b`` as for `hypotheses` (B None: a split of one corpus). ``llm``: an LLMConfig or a
+        ChatFn; None = the configured one (the operator's server, else an instruct reader of 1B+ parameters).
+        ``progress(done, total)`` after each finding. LLM labels are stored and not asked again (``force=True``
+        asks again); ``options`` go to `backend.labels.llm_label_features`."""
+        findings = result.summary(n_per_side=n_per_side, include_confounded=include_confounded)
+        handle_b = self.corpus(corpus_b) if corpus_b is not None else None
+        return findings_labelled(self, findings, self.corpus(corpus_a), handle_b, llm=llm, progress=progress,
+                                 **options)
 
     # -- retrieval -------------------------------------------------------------------------------
     def retrieve(self, corpus: CorpusRef, query: str, top: int = 50, weighting: str = "idf") -> pd.DataFrame:
