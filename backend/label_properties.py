@@ -64,6 +64,24 @@ def word_class(key: str) -> str | None:
     return None
 
 
+_SHAPES = (("-ly adverbs", ("ly",), 5), ("-ing forms", ("ing",), 5), ("-ed forms", ("ed",), 5),
+           ("abstract nouns (-tion / -ness / -ity / -ment)", ("tion", "sion", "ness", "ity", "ment", "ance", "ence"), 6),
+           ("adjectives (-ful / -ous / -ive / -able / -al)", ("ful", "ous", "ive", "able", "ible", "al", "less"), 5))
+WORD_SHAPES = tuple(name for name, _, _ in _SHAPES)
+WORD_PIECES = "pieces of longer words"
+
+
+def word_shape(key: str) -> str | None:
+    """The suffix class of a lower-case word (`-ly adverbs`, `-ing forms`, …), or None."""
+    w = key.strip().lower()
+    if not w.isalpha():
+        return None
+    for name, endings, min_len in _SHAPES:
+        if len(w) >= min_len and w.endswith(endings):
+            return name
+    return None
+
+
 def looks_like_code(text: str) -> bool:
     """Whether a context window reads as program code: at least two code signs (`_`, `()`, `==`, `self`, …)."""
     return len(_CODE_SIGNS.findall(text)) >= 2

@@ -42,8 +42,8 @@ import numpy as np
 import pandas as pd
 
 from backend.errors import UserError
-from backend.label_properties import (CONTRACTION_KEYS, CONTRACTIONS, PROPER_NAMES, WORD_CLASSES, inside_quotes,
-                                      looks_like_code, word_class)
+from backend.label_properties import (CONTRACTION_KEYS, CONTRACTIONS, PROPER_NAMES, WORD_CLASSES, WORD_PIECES,
+                                      WORD_SHAPES, inside_quotes, looks_like_code, word_class, word_shape)
 
 Decoder = Callable[[tuple[int, ...]], str]
 # (context texts per feature, strongest first; their activation weights) -> per feature (concept, which contexts
@@ -144,7 +144,7 @@ CATEGORY_KINDS: dict[str, str] = {
 _PREFIX_KINDS = (("special token ", "formatting"), ("punctuation ", "punctuation"), (ALL_CAPS, "formatting"),
                  (CAPITALISED, "word"), ("capitalised words", "word"), ("in code", "mixed"),
                  ("inside quotations", "mixed"), ("at line start", "mixed"), ("at sentence start", "mixed"),
-                 *((name, "word") for name in WORD_CLASSES), (CONTRACTIONS, "punctuation"), ("about ", "word"),
+                 *((name, "word") for name in WORD_CLASSES + WORD_SHAPES), (WORD_PIECES, "word"), (CONTRACTIONS, "punctuation"), ("about ", "word"),
                  ("after ", "mixed"), ("before ", "mixed"), ("varied tokens:", "mixed"))
 
 _URL_RE = re.compile(r"(?:https?:/*|www\.|://)\S*|\b[\w-]+\.(?:com|org|net|co|ly|io|gov|edu)\b(?:/\S*)?", re.I)
@@ -575,6 +575,10 @@ class _Labeller:
         classes = [_unit_class(u) for u in t.units]
         for name in dict.fromkeys(c for c in classes if c):
             yield name, "word", [c == name for c in classes], 1.3
+        shapes = [word_shape(u.key) if u.kind == "word" else None for u in t.units]
+        for name in dict.fromkeys(c for c in shapes if c):
+            yield name, "word", [c == name for c in shapes], 1.0
+        yield WORD_PIECES, "word", [u.key.startswith("piece ") for u in f.piece_units], 0.9
         starts = [self._sentence_start(i) for i in rows]
         yield CAPITALISED, "word", [u.kind == "word" and u.display[:1].isupper() and not s
                                     for u, s in zip(t.units, starts)], 1.2

@@ -20,6 +20,7 @@ VOCAB = [
     " me", " my", " we", " us", " our", " three", " seven", " twelve", " twenty", " ten", " London", " Obama", " Tokyo",
     " Berlin", " said", " met", " visited", " saw", "self", "_", "x", " =", " None", "(", ")", ":", ' "', '"', " go",
     " see", " eat", " run", " can", " will", " should", " must", "'re", "'ve", "n't", " you", " they", " sleep", "'ll", "'m",
+    " quickly", " slowly", " sadly", " happily", " loudly", " brightly", " Gre", "eng", "rass", " Car", "men", " ner", "dy",
 ]
 ID = {t: i for i, t in enumerate(VOCAB)}
 
@@ -186,7 +187,7 @@ def test_no_contexts_no_labels():
 
 
 # -- features whose firing tokens vary, but whose contexts share a property --------------------------
-PRONOUNS, NUMBER_WORDS, NAMES, CODE, QUOTED, AFTER_MODAL, CONTRACTIONS = range(20, 27)
+PRONOUNS, NUMBER_WORDS, NAMES, CODE, QUOTED, AFTER_MODAL, CONTRACTIONS, ADVERBS, PIECES_OF_WORDS = range(20, 29)
 SHARED = {
     PRONOUNS: [([" the", " film", w, " was"], 2) for w in [" I", " me", " my", " we", " us", " our", " my"]],
     NUMBER_WORDS: [([" in", w, " cases"], 1) for w in [" three", " seven", " twelve", " twenty", " ten", " three"]],
@@ -202,6 +203,12 @@ SHARED = {
                                                        (" can", " sleep", "."), (" will", " go", " by")]],
     CONTRACTIONS: [([p, w, " good"], 1) for p, w in [(" you", "'re"), (" I", "'ve"), (" is", "n't"), (" film", "'s"),
                                                      (" they", "'ll"), (" I", "'m")]],
+    ADVERBS: [([p, w, n], 1) for p, w, n in zip([" was", " and", " It", " the", " a", " of"],
+                                                [" quickly", " slowly", " sadly", " happily", " loudly", " brightly"],
+                                                [" good", ".", " in", " to", " by", ","])],
+    PIECES_OF_WORDS: [(w, c) for w, c in [([" by", " Tar", "ant", "ino", ","], 1), ([" the", " Gre", "eng", "rass", "."], 2),
+                                          ([" a", " Car", "men", " and"], 2), ([" is", " ner", "dy", " at"], 1),
+                                          ([" of", " Car", "ant", " in"], 2), ([" to", " ner", "men", "."], 2)]],
 }
 
 
@@ -213,7 +220,8 @@ def shared() -> pd.DataFrame:
 @pytest.mark.parametrize("feature, head", [
     (PRONOUNS, "first-person pronouns ("), (NUMBER_WORDS, "number words ("), (NAMES, "proper names ("),
     (CODE, "in code ("), (QUOTED, "inside quotations ("), (AFTER_MODAL, "after modal verbs ("),
-    (CONTRACTIONS, "contractions ('s / 're / n't) ("),
+    (CONTRACTIONS, "contractions ('s / 're / n't) ("), (ADVERBS, "-ly adverbs ("),
+    (PIECES_OF_WORDS, "pieces of longer words ("),
 ])
 def test_varied_firing_tokens_are_named_by_what_their_contexts_share(shared, feature, head):
     row = shared.loc[feature]
