@@ -8,7 +8,11 @@ downloaded at run time (NLTK's WordNet and `wn` fetch their data; none ships in 
 `ConceptNamer` embeds each feature's top contexts with MiniLM (`backend.search.sentence_embed`) and every
 concept as "name: word, word, …"; each context votes for its `top_k` nearest concepts (similarities centred
 on the mean over all contexts embedded in the call, so a concept near every text wins nothing), and a feature
-gets the concept most of its contexts (by activation) vote for, when at least `min_share` of them do."""
+gets the concept most of its contexts (by activation) vote for, when at least `min_share` of them do.
+
+The defaults (top 10 of 757 concepts, half of the weight) keep chance namings rare: on the demo corpus they
+named 6% of the features whose tokens vary and 2% of random groups of the same contexts (top 20 named 19% and
+8%; top 30 with 40%, 44% and 27%): most such features share no topic a thesaurus category can name."""
 from __future__ import annotations
 
 import csv
@@ -129,7 +133,7 @@ class ConceptNamer:
 
     embed: Embed
     vocab: tuple[tuple[str, tuple[str, ...]], ...] = field(default_factory=load_vocabulary)
-    top_k: int = 3
+    top_k: int = 10
     min_share: float = 0.5
     min_population: int = 64
     use_stored: bool = True
@@ -177,11 +181,14 @@ class ConceptNamer:
                 for texts, w in zip(contexts, weights)]
 
     def _pick(self, votes: np.ndarray, weights: np.ndarray) -> Named | None:
+        """The concept with the most vote weight (ties: the one ranked nearer), if it holds `min_share`."""
         mass: dict[int, float] = {}
-        for ctx_votes, w in zip(votes, weights):
-            for c in ctx_votes:
-                mass[int(c)] = mass.get(int(c), 0.0) + float(w)
-        best = max(mass, key=lambda c: (mass[c], -c))
+        nearness: dict[int, float] = {}
+        for ctx_votes, w in zip(votes.tolist(), weights.tolist()):
+            for rank, c in enumerate(ctx_votes):
+                mass[c] = mass.get(c, 0.0) + w
+                nearness[c] = nearness.get(c, 0.0) + w * (len(ctx_votes) - rank)
+        best = max(mass, key=lambda c: (round(mass[c], 9), nearness[c], -c))
         if mass[best] < self.min_share * float(weights.sum()):
             return None
         return self.vocab[best][0], [bool(best in v) for v in votes.tolist()]
