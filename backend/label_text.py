@@ -436,7 +436,8 @@ class _Tally:
         self.ranked = sorted(self.count, key=lambda k: (-self.count[k], -self.mass[k]))
 
     def display(self, key: str) -> str:
-        return _shown(self.forms[key])
+        forms = self.forms[key]
+        return key if len(forms) > 1 and key in forms else _shown(forms)  # merged forms read as their base
 
 
 def _unit_class(u: Unit) -> str | None:
@@ -460,6 +461,30 @@ def _merge_plurals(units: list[Unit]) -> list[Unit]:
                      and len(u.key) > len(e) + 2), None) if u.kind == "word" and not u.key.endswith("ss") else None
         out.append(Unit(base, u.display, u.kind, u.bg_key) if base else u)
     return out
+
+
+_SUFFIXES = ("s", "es", "ed", "d", "ing", "er", "est", "ly", "y", "ion", "ions", "ation", "ity", "ness", "ment", "al",
+             "ied", "ies", "ier", "iest", "ily")
+
+
+def is_form_of(word: str, base: str) -> bool:
+    """Whether `word` is `base` with an inflection or derivation suffix (revealed, deeper, honesty, carried of
+    reveal, deep, honest, carry; a final e or y of the base may drop, a final consonant may double)."""
+    if len(base) < 4 or len(word) <= len(base):
+        return False
+    stems = {base, base[:-1] if base[-1] in "ey" else base, base + base[-1]}
+    return any(word == stem + suffix for stem in stems for suffix in _SUFFIXES)
+
+
+def _merge_forms(units: list[Unit]) -> list[Unit]:
+    """Fold the forms of one word the feature fires on into the shortest of them (revealed, reveal -> reveal)."""
+    keys = sorted({u.key for u in units if u.kind == "word" and u.key.isalpha()}, key=lambda k: (len(k), k))
+    to: dict[str, str] = {}
+    for i, word in enumerate(keys):
+        base = next((b for b in keys[:i] if is_form_of(word, b)), None)
+        if base is not None:
+            to[word] = to.get(base, base)
+    return [Unit(to[u.key], u.display, u.kind, u.bg_key) if u.key in to and u.kind == "word" else u for u in units]
 
 
 class _Labeller:
@@ -487,7 +512,7 @@ class _Labeller:
         """The feature's firing units, counted as whole words or as pieces (whichever is more concentrated)."""
         word_top = Counter(u.key for u in f.word_units).most_common(1)[0][1]
         piece_top = Counter(u.key for u in f.piece_units).most_common(1)[0][1]
-        return _Tally(_merge_plurals(f.word_units if word_top >= piece_top else f.piece_units), f.weights)
+        return _Tally(_merge_forms(_merge_plurals(f.word_units if word_top >= piece_top else f.piece_units)), f.weights)
 
     def concept_label(self, f: _Feature, concept: str, hit: list[bool]) -> tuple[str, str, float, int]:
         """`about <concept> (a / b / c)`: the concept the contexts share, with the words it fires on there."""

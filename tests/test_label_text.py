@@ -21,6 +21,7 @@ VOCAB = [
     " Berlin", " said", " met", " visited", " saw", "self", "_", "x", " =", " None", "(", ")", ":", ' "', '"', " go",
     " see", " eat", " run", " can", " will", " should", " must", "'re", "'ve", "n't", " you", " they", " sleep", "'ll", "'m",
     " quickly", " slowly", " sadly", " happily", " loudly", " brightly", " Gre", "eng", "rass", " Car", "men", " ner", "dy",
+    " reveal", " revealed", " revealing", " reveals",
 ]
 ID = {t: i for i, t in enumerate(VOCAB)}
 
@@ -274,3 +275,13 @@ def test_a_concept_namer_names_only_the_features_with_nothing_else_in_common():
     assert len(namer.asked) == 2 and "a dog of" in namer.asked[0] + namer.asked[1]  # only the varied features asked
     without = T.readable_labels(ctx, BACKGROUND, decode).set_index("feature_id")
     assert T.names_no_property(without.loc[30, "name"])
+
+
+def test_the_forms_of_one_word_count_as_that_word():
+    forms = [([p, w, n], 1) for p, w, n in zip([" a", " in", " It", " was", " and", " good"],
+                                               [" revealed", " reveal", " revealing", " reveals", " dog", " cat"],
+                                               [" of", " was", " and", " film", " It", " in"])]
+    row = T.readable_labels(make_contexts({40: forms}), BACKGROUND, decode).iloc[0]
+    assert row["name"] == "reveal" and row["kind"] == "word"  # four forms of one word, each once
+    assert T.is_form_of("carried", "carry") and T.is_form_of("honesty", "honest") and T.is_form_of("deeper", "deep")
+    assert not T.is_form_of("they", "the") and not T.is_form_of("certain", "cert")
