@@ -20,6 +20,7 @@ from backend.context import WorkspaceContext
 from backend.feature_docs import DOC_FEATURES, FEATURE_DOCS, META_CODES, TOP_DOCS
 from backend.feature_queries import HIST_BINS
 from backend.logit_lens import compute_logits, ensure_logits, logit_directions, write_logits  # noqa: F401 (re-exported)
+from backend.concept_names import minilm_namer
 from backend.store import Store
 
 N_BINS = HIST_BINS
@@ -185,7 +186,7 @@ def finalize_corpus(ws: WorkspaceContext, corpus_id: int, n_top_docs: int = 20,
     skip = set(getattr(ws.reader.tokenizer, "all_special_ids", []) or [])
     background = background_token_ids(ws, corpus_id)
     report("labels", 0.2)
-    auto = labels_mod.auto_labels(ctx, background, decode, skip_ids=skip)
+    auto = labels_mod.auto_labels(ctx, background, decode, skip_ids=skip, concepts=minilm_namer())
     report("labels", 0.9)
     labels_mod.write_labels(store, auto, source="auto", corpus_id=corpus_id)
     report("labels", 1.0)

@@ -12,9 +12,14 @@ where <name> is, in this order of preference:
     the background token frequency): ``certain / few / some``;
   * a plain phrase for punctuation, formatting and symbols: ``sentence-final period``, ``line break``,
     ``possessive 's``, ``links (t.co URLs)``, ``numbers``, ``all-caps words (LOL / OMG)``;
-  * for a feature that fires on a position rather than a token set (many different tokens, none
-    dominant): what the positions share, ``after 'the' (film / plot)``, ``first token of the text``,
-    or else ``varied tokens: a / b / c``.
+  * for a feature whose firing tokens vary (many different tokens, none dominant): what their contexts
+    share, the commonest of: the firing word's class (``first-person pronouns (I / my / we)``, ``number
+    words``, ``negations``, ``contractions``, ``proper names``; `backend.label_properties`), the context
+    (``in code``, ``inside quotations``), the position (``first token of the text``, ``at line start``), the
+    neighbouring word or its class (``after 'the' (film / plot)``, ``after modal verbs``); else, given a
+    concept namer (MiniLM over a Roget's-thesaurus vocabulary, `backend.concept_names`), the concept the
+    contexts are about (``about food (cake / soup / bread)``); else ``varied tokens: a / b / c``, the one
+    label that names no shared property (`names_no_property`).
 
 score in [0, 1]: how much of the feature's top activations the name accounts for, i.e. the
 activation-weighted share of its top contexts whose firing token is one of the named words or
@@ -31,14 +36,19 @@ import unicodedata
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 import pandas as pd
 
 from backend.errors import UserError
+from backend.label_properties import (CONTRACTION_KEYS, CONTRACTIONS, PROPER_NAMES, WORD_CLASSES, WORD_PIECES,
+                                      WORD_SHAPES, inside_quotes, looks_like_code, word_class, word_shape)
 
 Decoder = Callable[[tuple[int, ...]], str]
+# (context texts per feature, strongest first; their activation weights) -> per feature (concept, which contexts
+# it describes) or None: what `backend.concept_names.ConceptNamer` is.
+ConceptFn = Callable[[list[list[str]], list[np.ndarray]], list["tuple[str, list[bool]] | None"]]
 KINDS = ("word", "symbol", "punctuation", "formatting", "mixed")
 FORMATTING_KINDS = frozenset({"punctuation", "formatting"})
 LABEL_COLUMNS = ["feature_id", "label", "score", "name", "kind", "example", "n_contexts"]
@@ -64,7 +74,8 @@ class LabelTextConfig:
     share of the top contexts, or the feature is labelled by its position instead. min_context_share:
     a context n-gram ("after 'the'") must sit at this share of the positions. max_name_chars: the
     name is cut to this length. example_before/after_chars: characters of context either side of the
-    marked token. with_example: append the quoted example to the label."""
+    marked token. with_example: append the quoted example to the label. max_concept_contexts: the strongest
+    contexts a concept namer reads per feature."""
 
     max_names: int = 5
     min_coverage: float = 0.5
@@ -73,10 +84,11 @@ class LabelTextConfig:
     example_before_chars: int = 28
     example_after_chars: int = 20
     with_example: bool = True
+    max_concept_contexts: int = 8
 
     def __post_init__(self) -> None:
-        if self.max_names < 1:
-            raise UserError("max_names must be at least 1.")
+        if self.max_names < 1 or self.max_concept_contexts < 1:
+            raise UserError("max_names and max_concept_contexts must be at least 1.")
         for name in ("min_coverage", "min_context_share"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise UserError(f"{name} must be in (0, 1], not {getattr(self, name)}.")
@@ -117,7 +129,9 @@ PERIOD_FINAL, PERIOD_OTHER = "sentence-final period", "period (not sentence-fina
 LINKS, TCO_LINKS = "links (URLs)", "links (t.co URLs)"
 HANDLES, HASHTAGS, NUMBERS, YEARS = "@handles (mentions)", "#hashtags", "numbers", "years"
 LINE_BREAK, BLANK_LINE, SPACES, BYTES = "line break", "blank line", "spaces", "emoji or symbols"
-ALL_CAPS, CAPITALISED, FIRST_TOKEN = "all-caps words", "capitalised words", "first token of the text"
+ALL_CAPS, CAPITALISED, FIRST_TOKEN = "all-caps words", PROPER_NAMES, "first token of the text"
+IN_CODE, IN_QUOTES, AT_LINE_START, AT_SENTENCE_START = "in code", "inside quotations", "at line start", "at sentence start"
+VARIED, ABOUT = "varied tokens: ", "about "
 
 # Category names a label can be made of, with their kind (used to read the kind back from a stored label).
 CATEGORY_KINDS: dict[str, str] = {
@@ -128,7 +142,9 @@ CATEGORY_KINDS: dict[str, str] = {
     LINE_BREAK: "formatting", BLANK_LINE: "formatting", SPACES: "formatting", FIRST_TOKEN: "formatting",
 }
 _PREFIX_KINDS = (("special token ", "formatting"), ("punctuation ", "punctuation"), (ALL_CAPS, "formatting"),
-                 (CAPITALISED, "word"),
+                 (CAPITALISED, "word"), ("capitalised words", "word"), ("in code", "mixed"),
+                 ("inside quotations", "mixed"), ("at line start", "mixed"), ("at sentence start", "mixed"),
+                 *((name, "word") for name in WORD_CLASSES + WORD_SHAPES), (WORD_PIECES, "word"), (CONTRACTIONS, "punctuation"), ("about ", "word"),
                  ("after ", "mixed"), ("before ", "mixed"), ("varied tokens:", "mixed"))
 
 _URL_RE = re.compile(r"(?:https?:/*|www\.|://)\S*|\b[\w-]+\.(?:com|org|net|co|ly|io|gov|edu)\b(?:/\S*)?", re.I)
@@ -420,7 +436,20 @@ class _Tally:
         self.ranked = sorted(self.count, key=lambda k: (-self.count[k], -self.mass[k]))
 
     def display(self, key: str) -> str:
-        return _shown(self.forms[key])
+        forms = self.forms[key]
+        return key if len(forms) > 1 and key in forms else _shown(forms)  # merged forms read as their base
+
+
+def _unit_class(u: Unit) -> str | None:
+    """The closed class of a firing unit (pronouns, number words, contractions, …), or None."""
+    if u.key in CONTRACTION_KEYS:
+        return CONTRACTIONS
+    return word_class(u.key) if u.kind == "word" else None
+
+
+def names_no_property(name: str) -> bool:
+    """Whether a label (or its name) names no property its contexts share: `varied tokens: a / b / c`."""
+    return split_label(str(name))[0].strip().startswith(VARIED.strip())
 
 
 def _merge_plurals(units: list[Unit]) -> list[Unit]:
@@ -432,6 +461,30 @@ def _merge_plurals(units: list[Unit]) -> list[Unit]:
                      and len(u.key) > len(e) + 2), None) if u.kind == "word" and not u.key.endswith("ss") else None
         out.append(Unit(base, u.display, u.kind, u.bg_key) if base else u)
     return out
+
+
+_SUFFIXES = ("s", "es", "ed", "d", "ing", "er", "est", "ly", "y", "ion", "ions", "ation", "ity", "ness", "ment", "al",
+             "ied", "ies", "ier", "iest", "ily")
+
+
+def is_form_of(word: str, base: str) -> bool:
+    """Whether `word` is `base` with an inflection or derivation suffix (revealed, deeper, honesty, carried of
+    reveal, deep, honest, carry; a final e or y of the base may drop, a final consonant may double)."""
+    if len(base) < 4 or len(word) <= len(base):
+        return False
+    stems = {base, base[:-1] if base[-1] in "ey" else base, base + base[-1]}
+    return any(word == stem + suffix for stem in stems for suffix in _SUFFIXES)
+
+
+def _merge_forms(units: list[Unit]) -> list[Unit]:
+    """Fold the forms of one word the feature fires on into the shortest of them (revealed, reveal -> reveal)."""
+    keys = sorted({u.key for u in units if u.kind == "word" and u.key.isalpha()}, key=lambda k: (len(k), k))
+    to: dict[str, str] = {}
+    for i, word in enumerate(keys):
+        base = next((b for b in keys[:i] if is_form_of(word, b)), None)
+        if base is not None:
+            to[word] = to.get(base, base)
+    return [Unit(to[u.key], u.display, u.kind, u.bg_key) if u.key in to and u.kind == "word" else u for u in units]
 
 
 class _Labeller:
@@ -455,12 +508,24 @@ class _Labeller:
         pairs = [self.reader.context_units(self.ctx.windows[i], int(self.ctx.centers[i])) for i in idx]
         return _Feature(idx, [p[0] for p in pairs], [p[1] for p in pairs], weights)
 
+    def tally(self, f: _Feature) -> _Tally:
+        """The feature's firing units, counted as whole words or as pieces (whichever is more concentrated)."""
+        word_top = Counter(u.key for u in f.word_units).most_common(1)[0][1]
+        piece_top = Counter(u.key for u in f.piece_units).most_common(1)[0][1]
+        return _Tally(_merge_forms(_merge_plurals(f.word_units if word_top >= piece_top else f.piece_units)), f.weights)
+
+    def concept_label(self, f: _Feature, concept: str, hit: list[bool]) -> tuple[str, str, float, int]:
+        """`about <concept> (a / b / c)`: the concept the contexts share, with the words it fires on there."""
+        return self._group_label(f, self.tally(f), f"{ABOUT}{concept}", "word", hit)
+
+    def context_text(self, row: int) -> str:
+        """A context window as one line of plain text (what a concept namer reads)."""
+        return _flat("".join(self.reader.segments(self.ctx.windows[row], int(self.ctx.centers[row])))).strip()
+
     def label(self, f: _Feature) -> tuple[str, str, float, int]:
         """(name, kind, score, row of the example context)."""
         cfg, n = self.cfg, len(f.idx)
-        word_top = Counter(u.key for u in f.word_units).most_common(1)[0][1]
-        piece_top = Counter(u.key for u in f.piece_units).most_common(1)[0][1]
-        t = _Tally(_merge_plurals(f.word_units if word_top >= piece_top else f.piece_units), f.weights)
+        t = self.tally(f)
         named = [k for k in t.ranked if t.count[k] >= (2 if n >= 5 else 1)][: cfg.max_names]
         caps = [u.kind == "word" and sum(ch.isalpha() for ch in u.display) >= 2 and u.display.isupper() for u in t.units]
         if float(np.dot(caps, f.weights)) >= 0.6 and (not named or t.count[named[0]] / n < 0.5):
@@ -493,35 +558,81 @@ class _Labeller:
 
     def _position_label(self, f: _Feature, t: _Tally) -> tuple[str, str, float, int]:
         """For features without a dominant token set: what their positions share."""
-        cfg, n = self.cfg, len(f.idx)
+        n = len(f.idx)
         at_start = [int(self.ctx.centers[i]) == 0 for i in f.idx]
         if sum(at_start) / n >= 0.6:
             return FIRST_TOKEN, "formatting", float(np.dot(at_start, f.weights)), self._example(f, at_start)
-        capital = [u.kind == "word" and u.display[:1].isupper() and not self._sentence_start(i)
-                   for i, u in zip(f.idx, t.units)]
-        if sum(capital) / n >= 0.6:
-            return self._group_label(f, t, CAPITALISED, "word", capital)
-        kinds = Counter(u.kind for u in t.units)
+        kinds = Counter(u.kind for u in t.units if _unit_class(u) is None)  # contractions are words here
         for kind in ("punctuation", "formatting", "symbol"):
             if kinds[kind] / n >= 0.6:
                 return self._group_label(f, t, "punctuation" if kind == "punctuation" else "", kind,
-                                         [u.kind == kind for u in t.units])
-        best: tuple[float, str, list[bool]] | None = None
-        for side, offsets in (("after", (-1,)), ("after", (-2, -1)), ("before", (1,))):
-            keys = [self._gram(self.ctx.windows[i], int(self.ctx.centers[i]), offsets) for i in f.idx]
-            top = Counter(k for k in keys if k is not None).most_common(1)
-            if not top or top[0][1] / n < cfg.min_context_share:
-                continue
-            weight = top[0][1] / n * (1 + 0.25 * (len(offsets) - 1))  # a longer shared context reads better
-            if best is None or weight > best[0]:
-                best = (weight, f"{side} {top[0][0]}", [k == top[0][0] for k in keys])
-        if best is not None:
-            name, kind, score, row = self._group_label(f, t, best[1], "mixed", best[2])
-            return (name if " / " in name else best[1]), kind, score, row
+                                         [u.kind == kind and _unit_class(u) is None for u in t.units])
+        shared = self._shared_property(f, t)
+        if shared is not None:
+            return shared
+        return self.varied_label(f, t)
+
+    def varied_label(self, f: _Feature, t: _Tally) -> tuple[str, str, float, int]:
+        """`varied tokens: a / b / c`: the label that names no shared property (the last resort)."""
         top3 = set(t.ranked[:3])
-        words = _join_fit([t.display(k) for k in t.ranked[:3]], cfg.max_name_chars - 15)
+        words = _join_fit([t.display(k) for k in t.ranked[:3]], self.cfg.max_name_chars - 15)
         hit = [u.key in top3 for u in t.units]
-        return "varied tokens: " + " / ".join(words), "mixed", float(np.dot(hit, f.weights)), self._example(f, hit)
+        return VARIED + " / ".join(words), "mixed", float(np.dot(hit, f.weights)), self._example(f, hit)
+
+    def _shared_property(self, f: _Feature, t: _Tally) -> tuple[str, str, float, int] | None:
+        """The commonest property the contexts share (`properties`), when enough of them share it."""
+        n, best = len(f.idx), None
+        for head, kind, hit, weight in self._properties(f, t):
+            share = sum(hit) / n
+            if share >= self.cfg.min_context_share and (best is None or share * weight > best[0]):
+                best = (share * weight, head, kind, hit)
+        if best is None:
+            return None
+        _, head, kind, hit = best
+        name, kind, score, row = self._group_label(f, t, head, kind, hit)
+        return (name if " / " in name or "(" in name else head), kind, score, row
+
+    def _properties(self, f: _Feature, t: _Tally) -> Iterator[tuple[str, str, list[bool], float]]:
+        """(label head, kind, which contexts have it, preference) for each candidate shared property: the
+        firing word's class, proper names, code, quotations, line/sentence start, the neighbours' class or
+        words."""
+        rows = [int(i) for i in f.idx]
+        classes = [_unit_class(u) for u in t.units]
+        for name in dict.fromkeys(c for c in classes if c):
+            yield name, "word", [c == name for c in classes], 1.3
+        shapes = [word_shape(u.key) if u.kind == "word" else None for u in t.units]
+        for name in dict.fromkeys(c for c in shapes if c):
+            yield name, "word", [c == name for c in shapes], 1.0
+        yield WORD_PIECES, "word", [u.key.startswith("piece ") for u in f.piece_units], 0.9
+        starts = [self._sentence_start(i) for i in rows]
+        yield CAPITALISED, "word", [u.kind == "word" and u.display[:1].isupper() and not s
+                                    for u, s in zip(t.units, starts)], 1.2
+        texts = [self.reader.segments(self.ctx.windows[i], int(self.ctx.centers[i])) for i in rows]
+        yield IN_CODE, "mixed", [looks_like_code("".join(x)) for x in texts], 1.1
+        yield IN_QUOTES, "mixed", [inside_quotes(x[0]) for x in texts], 1.1
+        yield AT_LINE_START, "mixed", [self._after_line_break(i) for i in rows], 1.0
+        yield AT_SENTENCE_START, "mixed", [s and int(self.ctx.centers[i]) > 0 for s, i in zip(starts, rows)], 0.9
+        for side, offset in (("after", -1), ("before", 1)):
+            near = [self._neighbour_class(i, offset) for i in rows]
+            for name in dict.fromkeys(c for c in near if c):
+                yield f"{side} {name}", "mixed", [c == name for c in near], 0.95
+        for side, offsets in (("after", (-1,)), ("after", (-2, -1)), ("before", (1,))):
+            keys = [self._gram(self.ctx.windows[i], int(self.ctx.centers[i]), offsets) for i in rows]
+            top = Counter(k for k in keys if k is not None).most_common(1)
+            if top:
+                yield f"{side} {top[0][0]}", "mixed", [k == top[0][0] for k in keys], 1 + 0.25 * (len(offsets) - 1)
+
+    def _neighbour_class(self, row: int, offset: int) -> str | None:
+        """The class of the token `offset` places from the firing one (None at the window's edge)."""
+        w, c = self.ctx.windows[row], int(self.ctx.centers[row]) + offset
+        if not 0 <= c < len(w):
+            return None
+        u = self.reader.unit(int(w[c]))
+        return _unit_class(u) or (u.key if u.key in (NUMBERS, YEARS, LINKS, HANDLES) else None)
+
+    def _after_line_break(self, row: int) -> bool:
+        c = int(self.ctx.centers[row])
+        return c > 0 and self.reader.unit(int(self.ctx.windows[row][c - 1])).key in (LINE_BREAK, BLANK_LINE)
 
     def _sentence_start(self, row: int) -> bool:
         """Whether the firing token of a context starts a sentence (a capital there says nothing)."""
@@ -553,24 +664,46 @@ class _Labeller:
 
 def readable_labels(ctx: Contexts, background: list[list[int]], decode: Decoder,
                     skip_ids: set[int] | frozenset[int] = frozenset(),
-                    config: LabelTextConfig = LabelTextConfig()) -> pd.DataFrame:
+                    config: LabelTextConfig = LabelTextConfig(), concepts: ConceptFn | None = None) -> pd.DataFrame:
     """One readable label per feature in `ctx` (see the module docstring).
 
     background: token ids of sample documents (the lift baseline). skip_ids: special tokens, which
-    are never read as words. Returns feature_id, label (name + quoted example), score, name, kind,
-    example, n_contexts."""
+    are never read as words. concepts: names what the contexts of features with no other shared property
+    are about (`backend.concept_names.ConceptNamer`); without it they read `varied tokens: …`. Returns
+    feature_id, label (name + quoted example), score, name, kind, example, n_contexts."""
     reader = _Reader(decode, frozenset(int(t) for t in skip_ids))
     reader.learn(np.fromiter((t for w in ctx.windows for t in w), np.int64))
     labeller = _Labeller(ctx, background, reader, config)
     order = np.lexsort((ctx.rank, ctx.feature_id))
     fids = np.asarray(ctx.feature_id)[order]
     starts = np.flatnonzero(np.r_[True, fids[1:] != fids[:-1]]) if len(fids) else np.zeros(0, int)
+    features = [labeller.read(order[s:e]) for s, e in zip(starts, np.r_[starts[1:], len(fids)].astype(int))]
+    named = [labeller.label(f) for f in features]
+    if concepts is not None:
+        _name_concepts(labeller, features, named, concepts, config.max_concept_contexts)
     out = []
-    for s, e in zip(starts, np.r_[starts[1:], len(fids)].astype(int)):
-        f = labeller.read(order[s:e])
-        name, kind, score, row = labeller.label(f)
+    for f, (name, kind, score, row) in zip(features, named):
         w, c = ctx.windows[row], int(ctx.centers[row])
         example = mark_context(*reader.segments(w, c), config.example_before_chars, config.example_after_chars)
         label = f"{name}{EXAMPLE_SEP}{example}\"" if config.with_example else name
-        out.append((int(fids[s]), label, float(min(max(score, 0.0), 1.0)), name, kind, example, int(e - s)))
+        out.append((int(ctx.feature_id[f.idx[0]]), label, float(min(max(score, 0.0), 1.0)), name, kind, example,
+                    len(f.idx)))
     return pd.DataFrame(out, columns=LABEL_COLUMNS)
+
+
+def _name_concepts(labeller: _Labeller, features: list[_Feature], named: list[tuple[str, str, float, int]],
+                   concepts: ConceptFn, max_contexts: int) -> None:
+    """Replace, in place, the `varied tokens` labels whose contexts share a concept by `about <concept> (…)`.
+
+    One call to `concepts` for all of them (it embeds every context at once)."""
+    todo = [i for i, (name, *_) in enumerate(named) if names_no_property(name)]
+    if not todo:
+        return
+    texts = [[labeller.context_text(int(r)) for r in features[i].idx[:max_contexts]] for i in todo]
+    weights = [features[i].weights[:max_contexts] for i in todo]
+    for i, found in zip(todo, concepts(texts, weights)):
+        if found is not None:
+            concept, hit = found
+            f = features[i]
+            full_hit = list(hit) + [False] * (len(f.idx) - len(hit))
+            named[i] = labeller.concept_label(f, concept, full_hit)

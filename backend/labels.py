@@ -142,15 +142,16 @@ def make_decoder(tokenizer: Any) -> Decoder:
 
 
 def auto_labels(ctx: ContextSet, background: list[list[int]], decode: Decoder,
-                skip_ids: set[int] | frozenset[int] = frozenset()) -> pd.DataFrame:
+                skip_ids: set[int] | frozenset[int] = frozenset(), concepts: Any = None) -> pd.DataFrame:
     """feature_id, label, score (and name, kind, example, n_contexts) for every feature in ctx.
 
     Readable labels from `backend.label_text`: the words (or punctuation/formatting, in plain words) the
     feature fires on, most distinctive first, plus one quoted context with the firing token marked,
     e.g. `certain / some / few — "in «certain» cases"`; score = activation-weighted share of the top
     contexts the name explains (label_text.readable_labels takes the options).
-    Tokens in `skip_ids` (special tokens) are never read as words."""
-    return readable_labels(ctx, background, decode, skip_ids=skip_ids)
+    Tokens in `skip_ids` (special tokens) are never read as words. `concepts` (a label_text.ConceptFn such as
+    backend.concept_names.minilm_namer()) names what the contexts of features with varied tokens are about."""
+    return readable_labels(ctx, background, decode, skip_ids=skip_ids, concepts=concepts)
 
 
 def format_sample(tokens: list[str], acts: np.ndarray | None, mask: list[bool], center: int | None = None,

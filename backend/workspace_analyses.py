@@ -26,6 +26,7 @@ from backend.doc_embeddings import doc_vectors, embed_query
 from backend.errors import UserError
 from backend.label_text import split_label
 from backend.steering.inputs import steer_in_workspace, sweep_in_workspace
+from backend.finding_labels import label_findings as findings_labelled
 
 if TYPE_CHECKING:
     from backend.llm import LLMConfig
@@ -138,6 +139,23 @@ class WorkspaceAnalyses:
         cfg = config or TrendConfig(**options)
         return trend_result(self.latents(handle, "max"), self.metadata(handle, column), column, self.labels(handle),
                             bins=bins, features=features, kind=kind, config=cfg, progress=progress)
+
+    def label_findings(
+        self, result: DiffResult, corpus_a: CorpusRef, corpus_b: CorpusRef | None = None, *,
+        llm: "LLMConfig | ChatFn | None" = None, progress: Any = None, n_per_side: int = 4,
+        include_confounded: bool | None = None, **options: Any,
+    ) -> pd.DataFrame:
+        """The diff summary's findings labelled by an LLM, the offline label beside it: finding, side,
+        feature_id (the lead), offline_label, offline_score, llm_label, llm_score, cached.
+
+        ``corpus_a``/``corpus_b`` as for `hypotheses` (B None: a split of one corpus). ``llm``: an LLMConfig or a
+        ChatFn; None = the configured one (the operator's server, else an instruct reader of 1B+ parameters).
+        ``progress(done, total)`` after each finding. LLM labels are stored and not asked again (``force=True``
+        asks again); ``options`` go to `backend.labels.llm_label_features`."""
+        findings = result.summary(n_per_side=n_per_side, include_confounded=include_confounded)
+        handle_b = self.corpus(corpus_b) if corpus_b is not None else None
+        return findings_labelled(self, findings, self.corpus(corpus_a), handle_b, llm=llm, progress=progress,
+                                 **options)
 
     # -- retrieval -------------------------------------------------------------------------------
     def retrieve(self, corpus: CorpusRef, query: str, top: int = 50, weighting: str = "idf", mode: str = "sae",

@@ -16,7 +16,7 @@ from backend.analysis.hypotheses import HypothesisConfig
 from backend.store import Corpus
 from backend.workspace import Workspace
 from pages import analysis_widgets as analysis_ui
-from pages import charts, widgets
+from pages import charts, finding_label_widgets, widgets
 
 ALL_OTHERS = "(all others)"
 ALPHA = 0.05
@@ -156,7 +156,8 @@ def findings_section(ws: Workspace, res: DiffResult, sides: Sides, include_confo
     st.caption("Each finding folds features that describe one concept (they fire on the same documents, their "
                "labels share a word, or one fires inside the other's documents); its label is its strongest "
                "feature's, its shares count documents where any of them fires.")
-    label_findings(ws, summary, sides)
+    if not finding_label_widgets.auto_label_findings(ws, res, sides.a, sides.b, include_confounded):
+        label_findings(ws, summary, sides)  # no LLM configured: the on-demand button says why
     widgets.export_buttons(res.to_frame(sides.name_a, sides.name_b), key="diff_findings_export", stem="diff_findings")
 
 

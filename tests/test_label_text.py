@@ -1,6 +1,8 @@
 """Readable offline labels: hand-built contexts with a GPT-2-style fake decoder (words carry their leading space)."""
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,6 +16,12 @@ VOCAB = [
     "\n", " good", " and", " a", " of", "https", "://", "t", ".co", "/", "xY", "9", " by", " Tar", "ant", "ino", ",",
     " is", " Paris", " to", "e", "g", " director", " story", "'s", " I", " LOL", " OMG", " WTF", " OK", "1", "8", " at",
     " <b>", "</b>", " many", " dog", " cat", " house", " red",
+    # planted classes below
+    " me", " my", " we", " us", " our", " three", " seven", " twelve", " twenty", " ten", " London", " Obama", " Tokyo",
+    " Berlin", " said", " met", " visited", " saw", "self", "_", "x", " =", " None", "(", ")", ":", ' "', '"', " go",
+    " see", " eat", " run", " can", " will", " should", " must", "'re", "'ve", "n't", " you", " they", " sleep", "'ll", "'m",
+    " quickly", " slowly", " sadly", " happily", " loudly", " brightly", " Gre", "eng", "rass", " Car", "men", " ner", "dy",
+    " reveal", " revealed", " revealing", " reveals",
 ]
 ID = {t: i for i, t in enumerate(VOCAB)}
 
@@ -62,7 +70,7 @@ CONTEXTS = {
             ([" is", "https", "://", "t", ".co", "/", "xY"], 6), (["https", "://", "t", ".co", "/"], 4)],
     AFTER_THE: [([p, " the", w, " was"], 2) for p, w in zip([" in", " at", " of", " is", " to", " by"],
                                                               [" film", " plot", " director", " story", " house", " dog"])],
-    VARIED: [([p, w, n], 1) for p, w, n in zip([" a", " in", " at", " of", " is", " to", " by", " the"],
+    VARIED: [([p, w, n], 1) for p, w, n in zip([" a", " in", " It", " was", " and", " good", " film", " the"],
                                                [" red", " dog", " to", " Paris", " cat", " house", " story", " is"],
                                                [" of", " was", " and", " film", " It", " in", " at", " the"])],
     PIECES: [([" by", " Tar", "ant", "ino", ","], 3)] * 5,
@@ -177,3 +185,103 @@ def test_no_contexts_no_labels():
                          act=np.zeros(0, np.float32), token_id=np.zeros(0, np.int64), windows=[], centers=np.zeros(0, np.int64))
     df = T.readable_labels(empty, BACKGROUND, decode)
     assert df.empty and list(df.columns) == T.LABEL_COLUMNS
+
+
+# -- features whose firing tokens vary, but whose contexts share a property --------------------------
+PRONOUNS, NUMBER_WORDS, NAMES, CODE, QUOTED, AFTER_MODAL, CONTRACTIONS, ADVERBS, PIECES_OF_WORDS = range(20, 29)
+SHARED = {
+    PRONOUNS: [([" the", " film", w, " was"], 2) for w in [" I", " me", " my", " we", " us", " our", " my"]],
+    NUMBER_WORDS: [([" in", w, " cases"], 1) for w in [" three", " seven", " twelve", " twenty", " ten", " three"]],
+    NAMES: [([" film", " was", v, w, " and"], 3) for v, w in
+            [(" said", " London"), (" met", " Obama"), (" visited", " Tokyo"), (" saw", " Berlin"), (" met", " Paris"),
+             (" said", " Obama")]],
+    CODE: [(["self", ".", "x", " =", " None", "(", ")", ":"], c) for c in [0, 2, 3, 4, 5, 1]],
+    QUOTED: [([p, ' "', w, '"', n], 2) for p, w, n in zip([" It", " said", " and", " is", " of", " at"],
+                                                                  [" dog", " red", " house", " cat", " story", " plot"],
+                                                                  [" and", ",", " in", ".", " by", " to"])],
+    AFTER_MODAL: [([" I", m, w, n], 2) for m, w, n in [(" can", " go", " the"), (" will", " see", " a"),
+                                                       (" should", " eat", " in"), (" must", " run", " to"),
+                                                       (" can", " sleep", "."), (" will", " go", " by")]],
+    CONTRACTIONS: [([p, w, " good"], 1) for p, w in [(" you", "'re"), (" I", "'ve"), (" is", "n't"), (" film", "'s"),
+                                                     (" they", "'ll"), (" I", "'m")]],
+    ADVERBS: [([p, w, n], 1) for p, w, n in zip([" was", " and", " It", " the", " a", " of"],
+                                                [" quickly", " slowly", " sadly", " happily", " loudly", " brightly"],
+                                                [" good", ".", " in", " to", " by", ","])],
+    PIECES_OF_WORDS: [(w, c) for w, c in [([" by", " Tar", "ant", "ino", ","], 1), ([" the", " Gre", "eng", "rass", "."], 2),
+                                          ([" a", " Car", "men", " and"], 2), ([" is", " ner", "dy", " at"], 1),
+                                          ([" of", " Car", "ant", " in"], 2), ([" to", " ner", "men", "."], 2)]],
+}
+
+
+@pytest.fixture(scope="module")
+def shared() -> pd.DataFrame:
+    return T.readable_labels(make_contexts(SHARED), BACKGROUND, decode).set_index("feature_id")
+
+
+@pytest.mark.parametrize("feature, head", [
+    (PRONOUNS, "first-person pronouns ("), (NUMBER_WORDS, "number words ("), (NAMES, "proper names ("),
+    (CODE, "in code ("), (QUOTED, "inside quotations ("), (AFTER_MODAL, "after modal verbs ("),
+    (CONTRACTIONS, "contractions ('s / 're / n't) ("), (ADVERBS, "-ly adverbs ("),
+    (PIECES_OF_WORDS, "pieces of longer words ("),
+])
+def test_varied_firing_tokens_are_named_by_what_their_contexts_share(shared, feature, head):
+    row = shared.loc[feature]
+    assert row["name"].startswith(head), row["label"]
+    assert not T.names_no_property(row["label"]) and row["score"] >= 0.8
+    # the firing tokens alone are many different words: no word label could name the feature
+    words = [T.token_unit(VOCAB[w[c]]).key for w, c in zip(*_windows(SHARED[feature]))]
+    assert Counter(words).most_common(1)[0][1] / len(words) < 0.5
+
+
+def _windows(contexts: list[tuple[list[str], int]]) -> tuple[list[list[int]], list[int]]:
+    return [toks(w) for w, _ in contexts], [c for _, c in contexts]
+
+
+def test_stored_labels_of_shared_properties_read_back(shared):
+    for f in (PRONOUNS, NUMBER_WORDS, NAMES):
+        assert T.label_kind(shared.loc[f, "label"]) == "word" and not T.is_formatting(shared.loc[f, "label"])
+    assert T.label_kind(shared.loc[CODE, "label"]) == "mixed"
+    assert T.names_no_property('varied tokens: a / b — "x «a» y"') and not T.names_no_property("about food (cake)")
+
+
+class FakeConcepts:
+    """A concept namer that calls every context mentioning an animal `animals`, and sees what it is asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[list[str]] = []
+
+    def __call__(self, contexts, weights):
+        self.asked.extend(contexts)
+        out = []
+        for texts, w in zip(contexts, weights):
+            hit = [any(a in t for a in ("dog", "cat", "house", "story", "plot")) for t in texts]
+            out.append(("animals", hit) if np.dot(hit, w) >= 0.5 else None)
+        return out
+
+
+def test_a_concept_namer_names_only_the_features_with_nothing_else_in_common():
+    animals = [([p, w, n], 1) for p, w, n in zip([" a", " in", " It", " was", " and", " good"],
+                                                 [" dog", " cat", " house", " story", " red", " plot"],
+                                                 [" of", " was", " and", " film", " It", " in"])]
+    ctx = make_contexts({VARIED: CONTEXTS[VARIED], 30: animals, PRONOUNS: SHARED[PRONOUNS]})
+    namer = FakeConcepts()
+    df = T.readable_labels(ctx, BACKGROUND, decode, concepts=namer).set_index("feature_id")
+    assert df.loc[30, "name"].startswith("about animals (") and "dog" in df.loc[30, "name"]
+    w = np.array([10 - 0.1 * r for r in range(6)])
+    assert df.loc[30, "score"] == pytest.approx(w[[0, 1, 2, 3, 5]].sum() / w.sum())  # " red" is not an animal
+    assert df.loc[30, "example"] == "a «dog» of"
+    assert T.names_no_property(df.loc[VARIED, "name"])  # the namer found nothing: still varied
+    assert df.loc[PRONOUNS, "name"].startswith("first-person pronouns")
+    assert len(namer.asked) == 2 and "a dog of" in namer.asked[0] + namer.asked[1]  # only the varied features asked
+    without = T.readable_labels(ctx, BACKGROUND, decode).set_index("feature_id")
+    assert T.names_no_property(without.loc[30, "name"])
+
+
+def test_the_forms_of_one_word_count_as_that_word():
+    forms = [([p, w, n], 1) for p, w, n in zip([" a", " in", " It", " was", " and", " good"],
+                                               [" revealed", " reveal", " revealing", " reveals", " dog", " cat"],
+                                               [" of", " was", " and", " film", " It", " in"])]
+    row = T.readable_labels(make_contexts({40: forms}), BACKGROUND, decode).iloc[0]
+    assert row["name"] == "reveal" and row["kind"] == "word"  # four forms of one word, each once
+    assert T.is_form_of("carried", "carry") and T.is_form_of("honesty", "honest") and T.is_form_of("deeper", "deep")
+    assert not T.is_form_of("they", "the") and not T.is_form_of("certain", "cert")

