@@ -98,19 +98,69 @@ def tiny_workspace_file(tmp_path_factory, tiny_reader, tiny_sae, tiny_sae_dir) -
 REAL_DOCS = 40
 
 
+def _share_default_reader(reader) -> None:
+    """Make every later load of the default model on the CPU in float32 return `reader` (loading it costs ~11
+    CPU-seconds; the real workspace, its page tests and the integration tests would each load it again).
+
+    Other models, devices and dtypes load as before. Patched wherever `load_reader` was imported by name."""
+    import sys
+
+    from backend import models
+    from backend.config import DEFAULT_MODEL
+    from backend.runtime import resolve_dtype
+
+    original = getattr(models.load_reader, "__wrapped__", models.load_reader)
+
+    def load_reader(name=DEFAULT_MODEL, device=None, dtype="auto", from_pretrained_kwargs=None, cache_dir=None,
+                    notify=None):
+        if (name == DEFAULT_MODEL and models.pick_device(device) == "cpu" and cache_dir is None
+                and resolve_dtype(dtype or "float32", "cpu") == reader.model.cfg.dtype and not from_pretrained_kwargs):
+            return reader
+        return original(name, device=device, dtype=dtype, from_pretrained_kwargs=from_pretrained_kwargs,
+                        cache_dir=cache_dir, notify=notify)
+
+    load_reader.__wrapped__ = original
+    for module in [m for name, m in list(sys.modules.items()) if name == "backend" or name.startswith("backend.")]:
+        if getattr(module, "load_reader", None) is original:
+            module.load_reader = load_reader
+
+
 @pytest.fixture(scope="session")
-def real_workspace_file(tmp_path_factory) -> Path:
+def real_reader():
+    """The real default reader model (SmolLM2-135M-Instruct, CPU, float32), loaded once per session and shared
+    by every workspace on it that the tests open (see `_share_default_reader`)."""
+    import backend.workspace  # noqa: F401  (imports the modules whose `load_reader` is shared)
+    from backend.models import load_reader
+
+    reader = load_reader(device="cpu", dtype="float32")
+    _share_default_reader(reader)
+    return reader
+
+
+@pytest.fixture(scope="session")
+def real_sae():
+    """The shipped default SAE, loaded once per session; skips without it."""
+    from backend.config import DEFAULT_SAE_DIR
+    from backend.saes import load_sae
+
+    if not (DEFAULT_SAE_DIR / "cfg.json").exists():
+        pytest.skip("the default SAE is not in data/ yet")
+    return load_sae(DEFAULT_SAE_DIR, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def real_workspace_file(tmp_path_factory, real_sae, real_reader) -> Path:
     """A workspace file with the real default model and SAE: 40 demo documents embedded and finalized.
 
-    Built once per test session (about a minute on 2 cores)."""
+    Built once per test session (about a minute on 2 cores) and shared READ-ONLY by every test that needs
+    the real model's workspace: a test that writes (labels, corpora, indexes, page state) copies it first
+    (`shutil.copy(real_workspace_file, tmp_path / ...)`, or tests/pages' `real_ws_path`)."""
     from backend.builtin_data import demo_corpus
     from backend.config import DEFAULT_SAE_DIR
     from backend.workspace import Workspace, WorkspaceSpec
 
-    if not (DEFAULT_SAE_DIR / "cfg.json").exists():
-        pytest.skip("the default SAE is not in data/ yet")
     path = tmp_path_factory.mktemp("real_ws") / "real.duckdb"
-    ws = Workspace.create(path, WorkspaceSpec(sae=str(DEFAULT_SAE_DIR)), device="cpu")
+    ws = Workspace.create(path, WorkspaceSpec(sae=str(DEFAULT_SAE_DIR)), device="cpu", reader=real_reader, sae=real_sae)
     ws.add_corpus("demo", demo_corpus(REAL_DOCS, seed=3), "text")
     ws.embed("demo")
     ws.close()

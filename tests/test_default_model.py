@@ -9,17 +9,14 @@ from backend.config import DEFAULT_HOOK, DEFAULT_SAE_DIR
 
 
 @pytest.fixture(scope="module")
-def reader():
-    from backend.models import load_reader
-
-    return load_reader(device="cpu")
+def reader(real_reader):
+    """The session's real reader (tests/conftest.py), loaded once for every test that needs it."""
+    return real_reader
 
 
 @pytest.fixture(scope="module")
-def default_sae():
-    from backend.saes import load_sae
-
-    return load_sae(DEFAULT_SAE_DIR, device="cpu")
+def default_sae(real_sae):
+    return real_sae
 
 
 def test_hooked_residuals_equal_the_hf_model(reader):

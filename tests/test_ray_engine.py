@@ -209,17 +209,31 @@ LITE_ACTOR = textwrap.dedent("""
 def test_an_actor_loads_only_the_hf_layers_up_to_the_hook_and_the_saes_encoder(tmp_path, tiny_model_dir, tiny_reader,
                                                                                 tiny_sae, tiny_sae_dir, tiny_docs):
     """Actor setup without TransformerLens or sae_lens (what took ~20 s of an actor's start), same rows."""
+    from backend.models import hook_layer
+    from tests.tiny import HOOK
+
+    # the actor's own process starts first and runs while this one compares the rows
+    proc = subprocess.Popen([sys.executable, "-c", LITE_ACTOR, str(tiny_model_dir), str(tiny_sae_dir), HOOK, str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    try:
+        _same_rows_without_the_heavy_libraries(tiny_model_dir, tiny_reader, tiny_sae, tiny_sae_dir, tiny_docs)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr[-2000:]
+    n_layers, sae_type, heavy = stdout.split()
+    assert int(n_layers) == hook_layer(HOOK) + 1 and sae_type == "TopKEncoder" and heavy == "-"
+
+
+def _same_rows_without_the_heavy_libraries(tiny_model_dir, tiny_reader, tiny_sae, tiny_sae_dir, tiny_docs):
     from backend.activations import EmbedConfig, sae_embed_texts
     from backend.engines.lite import load_embedding_sae, load_truncated_reader
-    from backend.models import hook_layer
     from backend.runtime import residuals
     from tests.tiny import HOOK
 
-    proc = subprocess.run([sys.executable, "-c", LITE_ACTOR, str(tiny_model_dir), str(tiny_sae_dir), HOOK, str(tmp_path)],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    n_layers, sae_type, heavy = proc.stdout.split()
-    assert int(n_layers) == hook_layer(HOOK) + 1 and sae_type == "TopKEncoder" and heavy == "-"
     dtype = str(tiny_reader.model.cfg.dtype).split(".")[-1]
     early = load_truncated_reader(str(tiny_model_dir), "blocks.0.hook_resid_post", dtype=dtype)
     assert len(early.model.model.layers) == 1 < tiny_reader.n_layers  # the layers after the hook's are gone

@@ -236,18 +236,18 @@ def test_add_features_by_id_and_search_then_remove(tiny_workspace_file, feature)
     assert not [m for m in at.metric if m.label == "Raw coefficient"][2:]
 
 
-def test_real_model_generates_side_by_side(real_workspace_file):
+def test_real_model_generates_side_by_side(real_ws_path):
     """The default SmolLM2 workspace (skipped until its SAE is in data/sae/): a short run end to end."""
     from backend.features import feature_table
     from backend.workspace import Workspace
 
-    ws = Workspace.open(real_workspace_file)
+    ws = Workspace.open(real_ws_path)
     try:
         f = int(feature_table(ws, "demo", sort_by="density", limit=1)["feature_id"].iloc[0])
     finally:
         ws.close()
     at = AppTest.from_file(PAGE, default_timeout=300)
-    at.session_state["workspace_path"] = str(real_workspace_file)
+    at.session_state["workspace_path"] = str(real_ws_path)
     at.session_state["corpus"] = "demo"
     at.session_state["feature_id"] = f
     at.run()
