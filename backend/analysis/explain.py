@@ -31,7 +31,7 @@ from sklearn.metrics import r2_score, roc_auc_score
 from backend.analysis import as_csr, binarize
 from backend.analysis.columns import ColumnError, ColumnValues, read_column
 from backend.analysis.diff import bh_adjust, example_documents
-from backend.analysis.findings import group_features, is_formatting_label
+from backend.analysis.findings import group_features, is_formatting_label, local_labels
 from backend.errors import UserError
 
 ALPHA = 0.05
@@ -326,15 +326,18 @@ def _examples(X: sp.csr_matrix, targets: Targets, plan: list[tuple[Side, list[in
     return out
 
 
-def _plan(B_sel: sp.csr_matrix, eff_sel: dict[str, np.ndarray], sides: list[Side], cfg: ExplainConfig
-          ) -> tuple[list[tuple[Side, list[int]]], pd.DataFrame]:
-    """Candidates per direction from the selection half, folded into groups by co-firing there."""
+def _plan(B_sel: sp.csr_matrix, eff_sel: dict[str, np.ndarray], sides: list[Side], cfg: ExplainConfig,
+          labels: Mapping[int, str] | None = None) -> tuple[list[tuple[Side, list[int]]], pd.DataFrame]:
+    """Candidates per direction from the selection half, folded into concepts there as the diff folds them
+    (co-firing, a shared label word, containment)."""
     by_side = [(side, _candidates(eff_sel, side, cfg, B_sel.shape[0])) for side in sides]
     every = np.unique(np.concatenate([c for _, c in by_side]))
     Bc = as_csr(B_sel[:, every])  # sliced once for all directions
     plan, rows = [], []
     for side, cand in by_side:
-        groups = group_features(Bc, np.searchsorted(every, cand), jaccard_threshold=cfg.jaccard_threshold)
+        local = np.searchsorted(every, cand)
+        groups = group_features(Bc, local, jaccard_threshold=cfg.jaccard_threshold, containment_threshold=0.8,
+                                labels=local_labels(labels, every))
         plan += [(side, [int(every[i]) for i in g]) for g in groups]
         t = eff_sel["t"][cand, side.column] * side.sign
         rows.append(pd.DataFrame({"feature_id": cand.astype(np.int64), "direction": side.name,
@@ -369,7 +372,7 @@ def build_findings(h: Halves, targets: Targets, eff_sel: dict[str, np.ndarray], 
                    labels: Mapping[int, str], column: str, doc_ids: np.ndarray) -> tuple[list[ExplainFinding], pd.DataFrame]:
     """Findings per direction, chosen on the selection half and measured on the test half; and the
     per-feature table of the candidates (held-out statistics, BH over candidates, finding index)."""
-    plan, table = _plan(h.B_sel, eff_sel, sides_of(targets), cfg)
+    plan, table = _plan(h.B_sel, eff_sel, sides_of(targets), cfg, labels)
     if not plan:
         return [], table.assign(finding=pd.Series(dtype=np.int64))
     cand = np.unique(table["feature_id"].to_numpy())

@@ -314,6 +314,13 @@ def _greedy_groups(similar: np.ndarray, inside: np.ndarray | None = None) -> lis
     return groups
 
 
+def local_labels(labels: Mapping[int, str] | None, columns: np.ndarray) -> dict[int, str] | None:
+    """Labels keyed by column position in ``columns`` (for `group_features` on a column slice)."""
+    if not labels:
+        return None
+    return {i: labels[int(f)] for i, f in enumerate(columns) if int(f) in labels}
+
+
 def group_features(
     X: sp.spmatrix,
     feature_ids: Collection[int],

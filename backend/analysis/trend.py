@@ -22,7 +22,7 @@ from scipy import stats
 from backend.analysis import as_csr, binarize
 from backend.analysis.columns import ColumnError, ColumnValues, read_column
 from backend.analysis.diff import bh_adjust, example_documents, stratum_counts
-from backend.analysis.findings import group_features, is_formatting_label
+from backend.analysis.findings import group_features, is_formatting_label, local_labels
 from backend.errors import UserError
 
 ALPHA = 0.05
@@ -299,15 +299,17 @@ def _ordered(findings: list[TrendFinding]) -> list[TrendFinding]:
     return sorted(findings, key=lambda f: (not f.significant, content and f.is_formatting, -abs(f.change), f.lead))
 
 
-def _plan(B: sp.csr_matrix, feature_stats: pd.DataFrame, cfg: TrendConfig
+def _plan(B: sp.csr_matrix, feature_stats: pd.DataFrame, cfg: TrendConfig, labels: Mapping[int, str] | None = None
           ) -> tuple[list[tuple[str, list[int]]], np.ndarray, sp.csr_matrix]:
-    """Groups per direction, the candidates (sorted) and their columns of ``B`` (sliced once)."""
+    """Groups per direction (folded into concepts as the diff folds them: co-firing, a shared label word,
+    containment), the candidates (sorted) and their columns of ``B`` (sliced once)."""
     by_direction = {d: _candidates(feature_stats, d, cfg.n_candidates) for d in ("rising", "falling")}
     cand = np.unique(np.concatenate(list(by_direction.values())))
     Bc = as_csr(B[:, cand])
     plan = []
     for direction, ids in by_direction.items():
-        local = group_features(Bc, np.searchsorted(cand, ids), jaccard_threshold=cfg.jaccard_threshold)
+        local = group_features(Bc, np.searchsorted(cand, ids), jaccard_threshold=cfg.jaccard_threshold,
+                               containment_threshold=0.8, labels=local_labels(labels, cand))
         plan += [(direction, [int(cand[i]) for i in g]) for g in local]
     return plan, cand, Bc
 
@@ -315,7 +317,7 @@ def _plan(B: sp.csr_matrix, feature_stats: pd.DataFrame, cfg: TrendConfig
 def build_trend_findings(X: sp.csr_matrix, B: sp.csr_matrix, bins: Bins, feature_stats: pd.DataFrame,
                          labels: Mapping[int, str], cfg: TrendConfig, doc_ids: np.ndarray) -> list[TrendFinding]:
     """The strongest rising and falling features folded by co-firing, each with its group's per-bin shares."""
-    plan, cand, Bc = _plan(B, feature_stats, cfg)
+    plan, cand, Bc = _plan(B, feature_stats, cfg, labels)
     if not plan:
         return []
     U = binarize(Bc @ _member_matrix([g for _, g in plan], cand), 0.0)
