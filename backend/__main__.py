@@ -118,9 +118,13 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
 
 
 def _open(path: str) -> Workspace:
+    """The workspace; a dashboard holding it is asked to hand it over (backend.store.handoff), for up to a minute."""
+    from backend.store import WorkspaceLocked
+    from backend.store.handoff import open_when_free
     from backend.workspace import Workspace
 
-    return Workspace.open(path)
+    return open_when_free(lambda: Workspace.open(path), path, WorkspaceLocked,
+                          on_wait=lambda msg: print(msg.split(" (")[0] + "…", file=sys.stderr))
 
 
 def cmd_saes(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from backend.activations import EmbedConfig, SparseRows, embed_encoded
 from backend.engines.calibration import ensure_calibrated
 from backend.models import ReaderModel, model_status
 from backend.store import Corpus, Store
+from backend.store.handoff import waiting_for_the_file
 
 if TYPE_CHECKING:
     from backend.search import FeatureIndexStatus
@@ -199,7 +200,8 @@ class JobRegistry:
 
             def target() -> None:
                 try:
-                    run(on_progress, cancel)
+                    with waiting_for_the_file():  # a command asking for the workspace pauses the job (store.handoff)
+                        run(on_progress, cancel)
                 except BaseException as exc:  # noqa: BLE001 - kept for the UI to show
                     job.error = f"{type(exc).__name__}: {exc}"
                     job.progress.status = "failed"
