@@ -31,6 +31,7 @@ are written) must be shared storage.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -306,6 +307,8 @@ def embed_with_ray(ws: "Workspace", corpus: "str | int | Corpus", cfg: RayConfig
             state.error = f"{left:,} documents were not embedded"
     if state.status == "done":
         shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):  # WS.duckdb.ray/ itself once no other corpus has shards in it
+            folder.parent.rmdir()
     store.set_status(cid, "finalizing" if state.status == "done" else ("pending" if state.status == "cancelled" else state.status),
                      state.error)
     report()
