@@ -81,6 +81,12 @@ def _locked_message(path: Path, exc: Exception) -> str:
             "pause meanwhile); another command keeps it until it finishes: wait for it and try again.")
 
 
+def _damaged_message(path: Path, exc: Exception) -> str:
+    return (f"{path} is not a readable DuckDB workspace file: it is truncated, corrupted or not a workspace "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). The file was left as it is; restore it "
+            "from a copy, or move it away and create the workspace again.")
+
+
 def _lent_message(path: Path) -> str:
     return (f"The workspace {path.name} is lent to a `python -m backend` command; the dashboard takes it back "
             "when the command finishes.")
@@ -171,10 +177,16 @@ class Store:
                     raise WorkspaceLocked(_locked_message(self.path, exc)) from None
                 raise StoreError(f"{self.path} cannot be opened as a workspace: {exc}") from None
             except duckdb.Error as exc:
-                raise StoreError(f"{self.path} is not a DuckDB workspace file ({type(exc).__name__}: {exc}).") from None
+                raise StoreError(_damaged_message(self.path, exc)) from None
             self._generation += 1
             if not self.read_only:
-                self._create_or_upgrade()
+                try:
+                    self._create_or_upgrade()
+                except duckdb.Error as exc:  # a truncated file opens, then fails on its first read
+                    if self._con is not None:
+                        self._con.close()
+                    self._con = None
+                    raise StoreError(_damaged_message(self.path, exc)) from None
 
     def _create_or_upgrade(self) -> None:
         con = self._con
