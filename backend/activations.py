@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 
-from backend.encode_dtype import encode_dtype, weights_in
+from backend.encode_dtype import encode_dtype, low_precision_pre_acts
 from backend.models import EncodedDoc, ReaderModel
 from backend.runtime import runtime_for
 
@@ -59,10 +59,9 @@ def sparse_encode(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     from sae_lens import TopKSAE
 
     if isinstance(sae, TopKSAE) and not sae.cfg.rescale_acts_by_decoder_norm:
-        dtype = encode_dtype(x.dtype, sae.W_enc.dtype)
-        if dtype != sae.W_enc.dtype and _plain_input(sae):  # bf16 forward: encode in bf16, no fp32 copy
-            W_enc, b_enc, b_dec = weights_in(sae, dtype, sae.W_enc, sae.b_enc, sae.b_dec)
-            pre = (x - b_dec * sae.cfg.apply_b_dec_to_input) @ W_enc + b_enc
+        if encode_dtype(x.dtype, sae.W_enc.dtype) != sae.W_enc.dtype and _plain_input(sae):
+            # a bf16 forward: encode in bf16 (no fp32 copy of the residuals), as the Ray workers do
+            pre = low_precision_pre_acts(sae, x, sae.W_enc, sae.b_enc, sae.b_dec, sae.cfg.apply_b_dec_to_input)
         else:
             pre = sae.process_sae_in(x.to(sae.W_enc.dtype)) @ sae.W_enc + sae.b_enc
         vals, idx = pre.topk(sae.cfg.k, dim=-1, sorted=False)

@@ -194,6 +194,7 @@ def test_bf16_residuals_are_encoded_in_bf16_like_the_fp32_encode(tiny_reader, ti
     high = sparse_encode(tiny_sae, x)
     casts = vars(tiny_sae)["_encode_casts"][torch.bfloat16]
     assert casts[1][0].dtype == torch.bfloat16 and low[2].dtype == torch.float32
+    assert casts[1][0].shape == (tiny_sae.cfg.d_sae, tiny_sae.cfg.d_in) and casts[1][0].is_contiguous()  # nn.Linear layout
     pairs = lambda r: set(zip(r[0].tolist(), r[1].tolist()))  # noqa: E731
     assert len(pairs(low) & pairs(high)) >= 0.9 * len(pairs(low) | pairs(high))
     sparse_encode(tiny_sae, x.bfloat16())

@@ -158,4 +158,4 @@ def test_real_model_residuals_equal_transformer_lens():
         _, cache = reader.model.run_with_cache(ids, names_filter=DEFAULT_HOOK, stop_at_layer=16)
     got = runtime_for(reader).residuals(ids, DEFAULT_HOOK)
     assert runtime_for(reader).backend_for(DEFAULT_HOOK) == "hf"
-    torch.testing.assert_close(got[0, 1:], cache[DEFAULT_HOOK][0, 1:], rtol=1e-3, atol=1e-2)
+    assert_close_in(runtime_for(reader).dtype, got[0, 1:], cache[DEFAULT_HOOK][0, 1:], rtol=1e-3, atol=1e-2)
