@@ -109,4 +109,8 @@ def test_while_lent_the_dashboard_pages_say_so_and_do_not_take_it_back(dashboard
     while job.writes == paused_at and time.monotonic() < deadline:  # a dead requester's file is stale
         time.sleep(0.1)
     assert job.writes > paused_at and job.errors == []
+    marker.write_text(str(os.getppid()))  # a live process, but a request older than any command's wait
+    old = time.time() - handoff.HANDOFF_WAIT_S - 60
+    os.utime(marker, (old, old))
+    assert not handoff.requested(path)  # stale (a reused pid cannot keep the dashboard out)
     marker.unlink(missing_ok=True)

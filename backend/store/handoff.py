@@ -38,12 +38,15 @@ def _alive(pid: int) -> bool:
 
 
 def requested(path: str | Path) -> bool:
-    """Whether a live process (not this one) asks for the file; a killed command's stale request is ignored."""
+    """Whether a live process (not this one) asks for the file now. A request lives only while its command
+    waits (at most HANDOFF_WAIT_S), so an older one, or one whose process is gone, is stale and ignored."""
+    marker = request_path(path)
     try:
-        pid = int(request_path(path).read_text().strip() or 0)
+        pid = int(marker.read_text().strip() or 0)
+        age = time.time() - marker.stat().st_mtime
     except (OSError, ValueError):
         return False
-    return pid > 0 and pid != os.getpid() and _alive(pid)
+    return pid > 0 and pid != os.getpid() and age < HANDOFF_WAIT_S + 30 and _alive(pid)
 
 
 @contextmanager
