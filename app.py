@@ -1,9 +1,11 @@
 """Dashboard entry point (navigation over pages/, sidebar workspace picker).
 
-Launch with `python app.py [streamlit options]` (what `make run` does) or `streamlit run app.py`."""
+Launch with `python app.py [streamlit options]` (what `make run` does) or `streamlit run app.py`: both route
+every URL, deep links on a fresh server included, through the navigation below (pages/routing.py)."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import backend  # noqa: F401  (sets offline environment defaults before anything else loads)
 import streamlit as st
@@ -22,7 +24,9 @@ if __name__ == "__main__" and not runtime.exists():
 
 from pages import widgets
 
-st.set_page_config(page_title="SAE embeddings dashboard", page_icon=":material/biotech:", layout="wide")
+# A local image: a ":material/…:" page icon makes every browser fetch it from fonts.gstatic.com.
+APP_ICON = Path(__file__).resolve().parent / "assets" / "app_icon.png"
+st.set_page_config(page_title="SAE embeddings dashboard", page_icon=str(APP_ICON), layout="wide")
 
 # Material icons, never emoji: emoji render as empty boxes in headless Chromium and without an emoji font.
 SECTIONS = {

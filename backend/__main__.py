@@ -22,6 +22,8 @@ from backend.errors import UserError
 from backend.export import check_feature_ids, export_format, write_export
 from backend.models import load_reader, prepare_builtin
 from backend.saes import resolve_sae_source, sae_name, save_fp16
+from backend.store import WorkspaceLocked
+from backend.store.handoff import open_when_free
 from backend.streaming import prepare_documents, read_corpus
 from backend.training import TrainConfig, collect_activations, output_dir, to_sae_lens, train_topk
 from backend.workspace import Workspace, WorkspaceSpec
@@ -111,7 +113,9 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
 
 
 def _open(path: str) -> Workspace:
-    return Workspace.open(path)
+    """The workspace; a dashboard holding it is asked to hand it over (backend.store.handoff), for up to a minute."""
+    return open_when_free(lambda: Workspace.open(path), path, WorkspaceLocked,
+                          on_wait=lambda msg: print(msg.split(" (")[0] + "…", file=sys.stderr))
 
 
 def cmd_saes(args: argparse.Namespace) -> int:

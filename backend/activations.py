@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 
+from backend.encode_dtype import encode_dtype, low_precision_pre_acts
 from backend.models import EncodedDoc, ReaderModel
 from backend.runtime import runtime_for
 
@@ -57,17 +58,27 @@ def sparse_encode(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
         return own(x)
     from sae_lens import TopKSAE
 
-    x = x.to(sae.W_enc.dtype)
     if isinstance(sae, TopKSAE) and not sae.cfg.rescale_acts_by_decoder_norm:
-        pre = sae.process_sae_in(x) @ sae.W_enc + sae.b_enc
+        if encode_dtype(x.dtype, sae.W_enc.dtype) != sae.W_enc.dtype and _plain_input(sae):
+            # a bf16 forward: encode in bf16 (no fp32 copy of the residuals), as the Ray workers do
+            pre = low_precision_pre_acts(sae, x, sae.W_enc, sae.b_enc, sae.b_dec, sae.cfg.apply_b_dec_to_input)
+        else:
+            pre = sae.process_sae_in(x.to(sae.W_enc.dtype)) @ sae.W_enc + sae.b_enc
         vals, idx = pre.topk(sae.cfg.k, dim=-1, sorted=False)
         vals = vals.relu()
         rows = torch.arange(len(x), device=x.device).unsqueeze(1).expand_as(idx)
         keep = vals > 0
         return rows[keep], idx[keep], vals[keep].float()
-    acts = sae.encode(x)
+    acts = sae.encode(x.to(sae.W_enc.dtype))
     rows, feats = acts.nonzero(as_tuple=True)
     return rows, feats, acts[rows, feats].float()
+
+
+def _plain_input(sae: SAE) -> bool:
+    """Whether the SAE's input processing is only `x - b_dec` (no normalisation, reshaping or hooks)."""
+    cfg = sae.cfg
+    return (getattr(cfg, "normalize_activations", "none") == "none"
+            and getattr(cfg, "reshape_activations", "none") == "none" and not sae.hook_sae_input._forward_hooks)
 
 
 def pool_sparse(

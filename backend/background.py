@@ -15,6 +15,7 @@ from backend import demo, doc_embeddings, search
 from backend.jobs import JobConfig, Progress, ProgressCallback  # noqa: F401 (Progress: re-exported for the pages)
 from backend.models import model_status
 from backend.store import Corpus
+from backend.store.handoff import waiting_for_the_file
 from backend.workspace import Workspace
 
 
@@ -70,7 +71,8 @@ class JobRegistry:
 
             def target() -> None:
                 try:
-                    run(on_progress, cancel)
+                    with waiting_for_the_file():  # a command asking for the workspace pauses the job (store.handoff)
+                        run(on_progress, cancel)
                 except BaseException as exc:  # noqa: BLE001 - kept for the UI to show
                     job.error = f"{type(exc).__name__}: {exc}"
                     job.progress.status = "failed"

@@ -3,6 +3,7 @@
 Below the model loader (backend.models) and the runtime (backend.runtime), which both read it."""
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,9 +19,22 @@ CUDA_DEFAULT_DTYPE = "bfloat16"
 _NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
 
 
-@lru_cache(maxsize=1)
+CPU_BF16_ENV = "SAEDASH_CPU_BF16"  # "1"/"0" fakes the CPU flag (CI runs both dtype paths on any machine)
+
+
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (Linux /proc/cpuinfo flags); elsewhere assume it does not."""
+    """Whether this CPU computes bf16 natively (Linux /proc/cpuinfo flags; elsewhere assume it does not).
+    SAEDASH_CPU_BF16=1 or 0 overrides the detection, so the bf16 path can be tested on any CPU."""
+    forced = os.environ.get(CPU_BF16_ENV, "").strip()
+    if forced:
+        if forced not in ("0", "1"):
+            raise ValueError(f"{CPU_BF16_ENV} must be 1 or 0, not {forced!r}")
+        return forced == "1"
+    return _cpuinfo_has_native_bf16()
+
+
+@lru_cache(maxsize=1)
+def _cpuinfo_has_native_bf16() -> bool:
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:

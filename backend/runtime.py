@@ -13,6 +13,7 @@ resid_mid/attn_out/mlp_out hooks. Both paths give the same residuals (tests/test
 from __future__ import annotations
 
 import inspect
+import os
 import threading
 import weakref
 from contextlib import contextmanager

@@ -43,9 +43,9 @@ DTYPES = DTYPE_CHOICES  # "auto": bf16 on CUDA and on CPUs with native bf16, els
 
 
 def default_dtype_name(device: str) -> str:
-    """A new workspace's dtype when its spec names none: bfloat16 on CUDA ("auto" there), float32 on CPU,
-    where bf16 is exact enough but fast only with native bf16 instructions (choose "auto" for that)."""
-    return "auto" if str(device).startswith("cuda") else "float32"
+    """A new workspace's dtype when its spec names none: "auto", the runtime's own policy (the fastest dtype
+    measured exact enough: bf16 on CUDA and on CPUs with native bf16, else float32), so the two never disagree."""
+    return "auto"
 
 
 @dataclass
@@ -56,7 +56,7 @@ class WorkspaceSpec:
     sae: str = str(DEFAULT_SAE_DIR)
     formatting: str | None = None  # None: what the SAE was trained with
     max_tokens: int = DEFAULT_MAX_TOKENS
-    dtype: str | None = None  # None: bfloat16 on CUDA, float32 on CPU (see `default_dtype_name`)
+    dtype: str | None = None  # None: "auto", recorded resolved (bf16 on CUDA and native-bf16 CPUs, else float32)
     # A feature is stored as present in a document when its max activation reaches this fraction of the
     # feature's typical activation (backend.store.presence); 0 keeps every positive activation, exactly (raw).
     presence_threshold: float = DEFAULT_PRESENCE_THRESHOLD

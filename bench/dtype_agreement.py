@@ -4,7 +4,8 @@ On held-out demo documents (demo documents the SAE's training run did not reach)
 stop-at-layer forward in each dtype:
 - the SAE's FVE on fp32 residuals and on bf16 residuals (outlier-norm tokens skipped, as in training), and
   the FVE of the bf16 reconstruction measured against the fp32 residual;
-- per document, the Jaccard overlap of the max-pooled feature sets (features with max activation > 0);
+- per document, the Jaccard overlap of the max-pooled feature sets (features with max activation > 0), each
+  dtype's set encoded as the pipeline encodes it (bf16 residuals in bf16: backend.encode_dtype);
 - forward tokens/s of each dtype.
 bf16 counts as exact enough when the mean Jaccard is >= 0.9 and the FVE drop <= 0.01; whether it is also
 faster depends on the CPU having native bf16 instructions. backend.runtime.resolve_dtype_name("auto", "cpu")
@@ -115,9 +116,10 @@ def main() -> None:
             resid = {}
             for name, runtime in runtimes.items():
                 t0 = time.perf_counter()
-                resid[name] = runtime.residuals(ids, DEFAULT_HOOK)[mask].float()
+                x = runtime.residuals(ids, DEFAULT_HOOK)[mask]
                 seconds[name] += time.perf_counter() - t0
-                sets[name].update(pooled_sets(sae, resid[name], doc_of))
+                sets[name].update(pooled_sets(sae, x, doc_of))  # as the pipeline encodes: bf16 residuals in bf16
+                resid[name] = x.float()
             norms = resid["fp32"].norm(dim=-1)
             keep = norms < OUTLIER_FACTOR * norms.median()
             recon = {name: sae.decode(sae.encode(x[keep])) for name, x in resid.items()}

@@ -155,7 +155,10 @@ def main() -> None:
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     dtypes = sorted(set(dtypes) | {shipped}, key=lambda d: (d != shipped, d))
     df = demo_corpus(args.docs)
-    print(f"device {device}, torch threads {torch.get_num_threads()}, shipped dtype {shipped}, {args.clock} clock", flush=True)
+    from backend.runtime import cpu_has_native_bf16
+
+    print(f"device {device}, torch threads {torch.get_num_threads()}, shipped dtype {shipped}, {args.clock} clock, "
+          f"native bf16 on this CPU: {cpu_has_native_bf16()}", flush=True)
     results: dict[str, tuple[float, float]] = {}
     for dtype in dtypes:
         docs = df if dtype == shipped else df.head(args.other_docs)

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from backend.activations import EmbedConfig, pool_sparse, sae_embed_texts, sparse_encode, token_activations
-from backend.runtime import residuals
+from backend.runtime import residuals, runtime_for
 from tests.tiny import HOOK
 
 
@@ -18,12 +19,23 @@ def dense_reference(reader, sae, text, cfg):
     return acts, doc
 
 
-def test_pooling_matches_dense_sae_lens_encode(tiny_reader, tiny_sae, tiny_docs):
+@pytest.fixture(scope="module")
+def fp32_reader(tiny_reader, tiny_model_dir):
+    """The tiny reader in float32 whatever "auto" picks: exact pooling is checked on float32 residuals (bf16
+    batches of other shapes round differently, so a dense single-document reference would not be exact)."""
+    from backend.models import load_reader
+
+    if runtime_for(tiny_reader).dtype == torch.float32:
+        return tiny_reader
+    return load_reader(str(tiny_model_dir), device="cpu", dtype="float32")
+
+
+def test_pooling_matches_dense_sae_lens_encode(fp32_reader, tiny_sae, tiny_docs):
     cfg = EmbedConfig(batch_tokens=24, encode_chunk=5)  # force several batches and split chunks
     texts = tiny_docs["text"].tolist()
-    rows = sae_embed_texts(tiny_reader, tiny_sae, HOOK, texts, cfg)
+    rows = sae_embed_texts(fp32_reader, tiny_sae, HOOK, texts, cfg)
     for i, text in enumerate(texts):
-        acts, doc = dense_reference(tiny_reader, tiny_sae, text, cfg)
+        acts, doc = dense_reference(fp32_reader, tiny_sae, text, cfg)
         sel = rows.doc == i
         got = dict(zip(rows.feature[sel], zip(rows.max_act[sel], rows.argmax_pos[sel], rows.n_active[sel], rows.sum_act[sel])))
         active = np.flatnonzero(acts.max(0) > 0)
@@ -146,11 +158,54 @@ def test_cpu_keeps_the_configured_batch_tokens_even_where_cuda_exists(monkeypatc
     assert planned == [24] and asked == []
 
 
-def test_a_new_workspace_embeds_in_bf16_on_cuda_and_fp32_on_cpu():
-    from backend.workspace import WorkspaceSpec, default_dtype_name
-    from backend.runtime import resolve_dtype_name
+@pytest.mark.parametrize("flag, want", [("1", "bfloat16"), ("0", "float32")])
+def test_a_new_workspace_embeds_in_the_runtimes_dtype(monkeypatch, tmp_path, tiny_reader, tiny_sae_dir, flag, want):
+    """One policy: a new workspace records the dtype "auto" resolves to (bf16 on CUDA and on native-bf16 CPUs,
+    else float32), and the model it loads runs in exactly that dtype."""
+    from backend.runtime import DTYPES, resolve_dtype_name
+    from backend.workspace import Workspace, WorkspaceSpec, default_dtype_name
 
+    monkeypatch.setenv("SAEDASH_CPU_BF16", flag)
     assert WorkspaceSpec().dtype is None
     assert resolve_dtype_name(default_dtype_name("cuda"), "cuda") == "bfloat16"
-    assert resolve_dtype_name(default_dtype_name("cuda:1"), "cuda:1") == "bfloat16"
-    assert resolve_dtype_name(default_dtype_name("cpu"), "cpu") == "float32"
+    assert resolve_dtype_name(default_dtype_name("cpu"), "cpu") == want == resolve_dtype_name("auto", "cpu")
+    spec = WorkspaceSpec(model=tiny_reader.name, sae=str(tiny_sae_dir))
+    ws = Workspace.create(tmp_path / "ws.duckdb", spec, device="cpu")
+    try:
+        assert ws.settings.dtype == want
+        assert runtime_for(ws.reader).dtype == DTYPES[want]  # the runtime and the workspace never disagree
+        assert ws.embed_text("the movie was great")  # it embeds in that dtype
+    finally:
+        ws.close()
+    pinned = Workspace.create(tmp_path / "pinned.duckdb", WorkspaceSpec(model=tiny_reader.name, sae=str(tiny_sae_dir),
+                                                                         dtype="float32"), device="cpu")
+    assert pinned.settings.dtype == "float32"  # a spec's dtype wins
+    pinned.close()
+
+
+def test_bf16_residuals_are_encoded_in_bf16_like_the_fp32_encode(tiny_reader, tiny_sae, tiny_sae_dir):
+    """The encode runs in the forward's dtype (no fp32 copy of bf16 residuals), agrees with the fp32 encode of
+    the same residuals to bf16 precision, and the Ray workers' encoder gives the very same rows."""
+    from backend.engines.lite import load_topk_encoder
+
+    ids = torch.tensor([tiny_reader.encode_documents(["the dog and the cat in the house at night"])[0].ids])
+    x = runtime_for(tiny_reader).residuals(ids, HOOK)[0].float()
+    low = sparse_encode(tiny_sae, x.bfloat16())
+    high = sparse_encode(tiny_sae, x)
+    casts = vars(tiny_sae)["_encode_casts"][torch.bfloat16]
+    assert casts[1][0].dtype == torch.bfloat16 and low[2].dtype == torch.float32
+    assert casts[1][0].shape == (tiny_sae.cfg.d_sae, tiny_sae.cfg.d_in) and casts[1][0].is_contiguous()  # nn.Linear layout
+    pairs = lambda r: set(zip(r[0].tolist(), r[1].tolist()))  # noqa: E731
+    assert len(pairs(low) & pairs(high)) >= 0.9 * len(pairs(low) | pairs(high))
+    sparse_encode(tiny_sae, x.bfloat16())
+    assert vars(tiny_sae)["_encode_casts"][torch.bfloat16] is casts  # cast once, not per call
+    lite = load_topk_encoder(tiny_sae_dir)
+    assert all(torch.equal(a, b) for a, b in zip(lite.sparse_encode(x.bfloat16()), low))
+    with torch.no_grad():
+        saved = tiny_sae.W_enc.data.clone()
+        tiny_sae.W_enc.mul_(-1.0)  # planted: weights changed in place (training) must be recast
+        try:
+            flipped = sparse_encode(tiny_sae, x.bfloat16())
+        finally:
+            tiny_sae.W_enc.copy_(saved)
+    assert pairs(flipped) != pairs(low)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from backend.config import DEFAULT_HOOK, DEFAULT_SAE_DIR
+from tests.dtypes import assert_close_in
 
 
 @pytest.fixture(scope="module")
@@ -24,13 +25,16 @@ def test_hooked_residuals_equal_the_hf_model(reader):
 
     from backend.runtime import residuals
 
-    hf = AutoModelForCausalLM.from_pretrained(str(reader.hf_dir), dtype=torch.float32)
+    from backend.runtime import runtime_for
+
+    dtype = runtime_for(reader).dtype  # the reader's ("auto"): compared in that dtype's tolerance
+    hf = AutoModelForCausalLM.from_pretrained(str(reader.hf_dir), dtype=dtype)
     doc = reader.encode_documents(["The movie was a delight from start to finish."])[0]
     ids = torch.tensor([doc.ids])
     with torch.no_grad():
         hs = hf(ids, output_hidden_states=True).hidden_states
     x = residuals(reader, ids, DEFAULT_HOOK)
-    assert torch.allclose(x[0, 1:], hs[16][0, 1:], rtol=1e-3, atol=1e-2)
+    assert_close_in(dtype, x[0, 1:], hs[16][0, 1:], rtol=1e-3, atol=1e-2)
     assert doc.ids[0] == reader.tokenizer.convert_tokens_to_ids("<|endoftext|>")  # the dropped position is not a word
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from backend.models import ModelNotAvailable, hook_layer, load_reader, stop_layer
-from backend.runtime import residuals
+from backend.runtime import residuals, runtime_for
+from tests.dtypes import assert_close_in
 
 
 def test_hook_names():
@@ -27,13 +28,14 @@ def test_resid_pre_is_previous_resid_post(tiny_reader):
 def test_hooked_model_equals_hf_model(tiny_reader, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    dtype = runtime_for(tiny_reader).dtype  # the reader's ("auto"): compared in that dtype's tolerance
+    hf = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=dtype)
     ids = torch.tensor([tiny_reader.encode_documents(["the dog and the cat in the house"])[0].ids])
     with torch.no_grad():
-        assert torch.allclose(tiny_reader.model(ids), hf(ids).logits, atol=1e-4)
+        assert_close_in(dtype, tiny_reader.model(ids), hf(ids).logits, atol=1e-4, rtol=0)
         hs = hf(ids, output_hidden_states=True).hidden_states
     # hidden_states[L + 1] is layer L's output (the last entry has the final norm applied, so use layer 0)
-    assert torch.allclose(residuals(tiny_reader, ids, "blocks.0.hook_resid_post"), hs[1], atol=1e-5)
+    assert_close_in(dtype, residuals(tiny_reader, ids, "blocks.0.hook_resid_post"), hs[1], atol=1e-5, rtol=0)
 
 
 def test_folder_named_like_an_architecture_still_loads(tiny_model_dir, tmp_path):

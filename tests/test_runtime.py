@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import torch
 from backend.runtime import (
     ModelRuntime, cpu_has_native_bf16, decoder_layers, resolve_dtype, resolve_dtype_name, runtime_for,
 )
+from tests.dtypes import assert_close_in
 from tests.tiny import HOOK
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -37,7 +39,7 @@ def test_runtime_residuals_equal_transformer_lens_hook_values(tiny_reader):
         assert runtime.backend_for(hook) == "hf"
         got = runtime.residuals(ids, hook)
         assert got.shape == (1, ids.shape[1], 32)
-        torch.testing.assert_close(got, reference[hook], atol=1e-5, rtol=1e-4)
+        assert_close_in(runtime.dtype, got, reference[hook], atol=1e-5, rtol=1e-4)  # the reader's dtype ("auto")
     # The hooks really differ, so a wrong layer or site could not pass.
     assert not torch.allclose(reference["blocks.1.hook_resid_pre"], reference[HOOK], atol=1e-3)
     assert not torch.allclose(reference["blocks.0.hook_resid_pre"], reference["blocks.0.hook_resid_post"], atol=1e-3)
@@ -120,12 +122,28 @@ def test_dtype_setting(tiny_reader):
         resolve_dtype("float8", "cpu")
     ids = token_ids(tiny_reader)
     bf16 = ModelRuntime(tiny_reader, dtype=torch.bfloat16)
+    fp32 = ModelRuntime(tiny_reader, dtype=torch.float32)  # pinned: the comparison means bf16 against float32
     low = bf16.residuals(ids, HOOK)
-    high = runtime_for(tiny_reader).residuals(ids, HOOK)
+    high = fp32.residuals(ids, HOOK)
     assert low.dtype == torch.bfloat16 and high.dtype == torch.float32
-    assert bf16.hf is not runtime_for(tiny_reader).hf
+    assert bf16.hf is not fp32.hf
     rel = float((low.float() - high).norm() / high.norm())
     assert 0 < rel < 0.05  # the same model, rounded
+
+
+def test_the_cpu_flag_can_be_faked_both_ways(monkeypatch):
+    """SAEDASH_CPU_BF16 decides "auto" on CPU, so CI runs the bf16 path on any machine (and float32 on a bf16 one)."""
+    monkeypatch.setenv("SAEDASH_CPU_BF16", "1")
+    assert cpu_has_native_bf16() and resolve_dtype_name("auto", "cpu") == "bfloat16"
+    monkeypatch.setenv("SAEDASH_CPU_BF16", "0")
+    assert not cpu_has_native_bf16() and resolve_dtype_name("auto", "cpu") == "float32"
+    assert resolve_dtype_name("auto", "cuda") == "bfloat16"  # CUDA is bf16 whatever the CPU
+    monkeypatch.setenv("SAEDASH_CPU_BF16", "yes")
+    with pytest.raises(ValueError, match="SAEDASH_CPU_BF16 must be 1 or 0"):
+        cpu_has_native_bf16()
+    monkeypatch.delenv("SAEDASH_CPU_BF16")
+    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
+    assert cpu_has_native_bf16() == bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})  # the real flags
 
 
 @pytest.mark.slow
@@ -140,4 +158,4 @@ def test_real_model_residuals_equal_transformer_lens():
         _, cache = reader.model.run_with_cache(ids, names_filter=DEFAULT_HOOK, stop_at_layer=16)
     got = runtime_for(reader).residuals(ids, DEFAULT_HOOK)
     assert runtime_for(reader).backend_for(DEFAULT_HOOK) == "hf"
-    torch.testing.assert_close(got[0, 1:], cache[DEFAULT_HOOK][0, 1:], rtol=1e-3, atol=1e-2)
+    assert_close_in(runtime_for(reader).dtype, got[0, 1:], cache[DEFAULT_HOOK][0, 1:], rtol=1e-3, atol=1e-2)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from backend.activations import EmbedConfig, SparseRows, sae_embed_texts
+from backend.encode_dtype import encode_dtype, low_precision_pre_acts
 from backend.models import BUILTIN_MODELS, ReaderModel, hook_layer, load_reader, prepare_builtin
 from backend.runtime import decoder_layers, hook_site, resolve_dtype, runtime_for
 from backend.saes import load_sae
@@ -48,8 +49,11 @@ class TopKEncoder:
 
     def sparse_encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(row, feature, value) of the non-zero activations: sae_lens's TopK encode, term for term."""
-        x = x.to(self.W_enc.dtype)
-        pre = (x - self.b_dec * self.apply_b_dec_to_input) @ self.W_enc + self.b_enc
+        if encode_dtype(x.dtype, self.W_enc.dtype) != self.W_enc.dtype:  # bf16 forward: bf16 encode, as local
+            pre = low_precision_pre_acts(self, x, self.W_enc, self.b_enc, self.b_dec, self.apply_b_dec_to_input)
+        else:
+            x = x.to(self.W_enc.dtype)
+            pre = (x - self.b_dec * self.apply_b_dec_to_input) @ self.W_enc + self.b_enc
         vals, idx = pre.topk(self.k, dim=-1, sorted=False)
         vals = vals.relu()
         rows = torch.arange(len(x), device=x.device).unsqueeze(1).expand_as(idx)

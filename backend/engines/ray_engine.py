@@ -31,6 +31,7 @@ are written) must be shared storage.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -274,6 +275,8 @@ class _RayRun:
                 state.error = f"{left:,} documents were not embedded"
         if state.status == "done":
             shutil.rmtree(self.folder, ignore_errors=True)
+            with contextlib.suppress(OSError):  # WS.duckdb.ray/ itself once no other corpus has shards in it
+                self.folder.parent.rmdir()
         self.store.set_status(self.cid, "finalizing" if state.status == "done" else (
             "pending" if state.status == "cancelled" else state.status), state.error)
         self.report()

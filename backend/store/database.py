@@ -7,7 +7,9 @@ and run it through `Store.query_df` / `query_one` / `fetch_numpy` / `execute`, o
 
 DuckDB allows one writing process or many readers. A dashboard that keeps a workspace open would lock
 the CLI out for good, so a Store can release its connection when idle (`idle_release_s`) and reopen it
-on the next call; a file held by another process is refused with a `WorkspaceLocked` that names it."""
+on the next call; a file held by another process is refused with a `WorkspaceLocked` that names it. A
+command that finds the file held asks for it (backend.store.handoff): the dashboard's Store then lets go
+as soon as no call is using it, background jobs included."""
 from __future__ import annotations
 
 import json
@@ -25,7 +27,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from backend.errors import UserError
-from backend.store import presence, schema
+from backend.store import handoff, presence, schema
 
 Pooling = Literal["max", "binary", "count", "sum", "mean"]
 Params = Sequence[Any] | None
@@ -74,8 +76,20 @@ def _locked_message(path: Path, exc: Exception) -> str:
     pid = re.search(r"PID (\d+)", str(exc))
     who = f"process {pid.group(1)}" if pid else "another process"
     return (f"The workspace {path.name} is open in {who} (a dashboard or a `python -m backend` command). "
-            "DuckDB lets one process write a file at a time: wait for that command to finish, or close the "
-            "dashboard tab and try again (the dashboard releases an idle workspace within a minute).")
+            "DuckDB lets one process write a file at a time. A dashboard hands the file over within seconds of "
+            f"a command asking for it (commands wait up to {handoff.HANDOFF_WAIT_S:.0f} s; its background jobs "
+            "pause meanwhile); another command keeps it until it finishes: wait for it and try again.")
+
+
+def _damaged_message(path: Path, exc: Exception) -> str:
+    return (f"{path} is not a readable DuckDB workspace file: it is truncated, corrupted or not a workspace "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). The file was left as it is; restore it "
+            "from a copy, or move it away and create the workspace again.")
+
+
+def _lent_message(path: Path) -> str:
+    return (f"The workspace {path.name} is lent to a `python -m backend` command; the dashboard takes it back "
+            "when the command finishes.")
 
 
 class Transaction:
@@ -154,6 +168,8 @@ class Store:
         with self._state_lock:
             if self._con is not None:
                 return
+            if self.idle_release_s and handoff.requested(self.path):
+                raise WorkspaceLocked(_lent_message(self.path))
             try:
                 self._con = duckdb.connect(str(self.path), read_only=self.read_only)
             except duckdb.IOException as exc:
@@ -161,10 +177,16 @@ class Store:
                     raise WorkspaceLocked(_locked_message(self.path, exc)) from None
                 raise StoreError(f"{self.path} cannot be opened as a workspace: {exc}") from None
             except duckdb.Error as exc:
-                raise StoreError(f"{self.path} is not a DuckDB workspace file ({type(exc).__name__}: {exc}).") from None
+                raise StoreError(_damaged_message(self.path, exc)) from None
             self._generation += 1
             if not self.read_only:
-                self._create_or_upgrade()
+                try:
+                    self._create_or_upgrade()
+                except duckdb.Error as exc:  # a truncated file opens, then fails on its first read
+                    if self._con is not None:
+                        self._con.close()
+                    self._con = None
+                    raise StoreError(_damaged_message(self.path, exc)) from None
 
     def _create_or_upgrade(self) -> None:
         con = self._con
@@ -196,21 +218,23 @@ class Store:
 
     def _release_when_idle(self) -> None:
         while not self._closed:
-            time.sleep(max(0.5, (self.idle_release_s or 1) / 4))
+            time.sleep(min(2.0, max(0.5, (self.idle_release_s or 1) / 4)))  # a hand-off request waits <= 2 s
             self.release_if_idle()
 
     def release_if_idle(self) -> bool:
-        """Close the connection if nothing used it for idle_release_s (another process may then open the file)."""
+        """Close the connection if nothing used it for idle_release_s, or nothing uses it now and another
+        process asks for the file (backend.store.handoff); that process may then open it."""
         with self._state_lock:
-            if (self._con is None or self._in_use or not self.idle_release_s
-                    or time.monotonic() - self._last_use < self.idle_release_s):
+            if self._con is None or self._in_use or not self.idle_release_s:
+                return False
+            if time.monotonic() - self._last_use < self.idle_release_s and not handoff.requested(self.path):
                 return False
             self._con.close()
             self._con = None
             return True
 
-    @contextmanager
-    def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def _checkout(self) -> duckdb.DuckDBPyConnection:
+        """This thread's cursor, opening the connection if released; counts the call as in use."""
         with self._state_lock:
             if self._closed:
                 raise StoreError(f"The workspace {self.path.name} is closed.")
@@ -221,6 +245,20 @@ class Store:
             if cur is None or getattr(self._local, "generation", None) != generation:
                 cur = self._con.cursor()  # type: ignore[union-attr]
                 self._local.cur, self._local.generation = cur, generation
+            return cur
+
+    @contextmanager
+    def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        while True:
+            try:
+                cur = self._checkout()
+                break
+            except WorkspaceLocked:
+                # a background job's thread waits (outside the state lock, pages stay served) while a
+                # command holds or asks for the file, instead of failing
+                if not (self.idle_release_s and handoff.patient()):
+                    raise
+                time.sleep(handoff.POLL_S)
         try:
             yield cur
         finally:
