@@ -25,12 +25,13 @@ import torch
 from backend.builtin_data import demo_corpus
 from backend.config import DEFAULT_SAE_DIR
 from backend.features import feature_table
-from backend.steering import AutoConfig, SteerConfig, SteerResult
+from backend.steering import AutoConfig, SteerConfig, SteerResult, activation_levels, steer, typical_units
 from backend.workspace import Workspace, WorkspaceSpec
 
 PROMPTS = ["Describe your ideal weekend.", "Write a few sentences about a city you like.",
            "Tell me about something you learned recently."]
 FIRE_SHARE, PPL_FACTOR = 0.8, 2.0
+GRID = (0.0625, 0.125, 0.25, 0.5, 1.0, 2.0)  # x residual norm; a short grid and one narrowing round (2 shared CPUs)
 
 
 def build_workspace(path: Path, n_docs: int) -> Workspace:
@@ -50,7 +51,10 @@ def pick_features(ws: Workspace, n: int) -> list[tuple[int, float]]:
     for t in targets:
         order = np.argsort(np.abs(logd - t))
         picked.append(next(int(i) for i in order if int(i) not in picked))
-    return [(int(table["feature_id"][i]), float(table["density"][i])) for i in picked]
+    # Interleaved (sparsest, densest, 2nd sparsest, ...) so that a run cut short still spans the densities.
+    order = [picked[i] for pair in zip(range(n), range(n - 1, -1, -1)) for i in pair][:n]
+    order = list(dict.fromkeys(order))
+    return [(int(table["feature_id"][i]), float(table["density"][i])) for i in order]
 
 
 def outcome(res: SteerResult, f: int) -> tuple[float, float, float]:
@@ -67,28 +71,34 @@ def main() -> None:
     ap.add_argument("--features", type=int, default=30)
     ap.add_argument("--docs", type=int, default=40)
     ap.add_argument("--samples", type=int, default=2)
-    ap.add_argument("--max-new-tokens", type=int, default=24)
+    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--probe-tokens", type=int, default=12)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workspace", type=Path, default=None, help="reuse (or build once at) this workspace file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    ws = build_workspace(Path(tempfile.mkdtemp()) / "auto.duckdb", args.docs)
+    path = args.workspace or Path(tempfile.mkdtemp()) / "auto.duckdb"
+    ws = Workspace.open(path) if path.exists() else build_workspace(path, args.docs)
     features = pick_features(ws, args.features)
     print(f"workspace ({args.docs} demo docs) built in {time.time() - t0:.0f}s; {len(features)} features, density "
           f"{features[0][1]:.3f}..{features[-1][1]:.3f}", flush=True)
     cfg = SteerConfig(n_samples=args.samples, temperature=0.7, seed=0, max_new_tokens=args.max_new_tokens)
-    auto_cfg = AutoConfig(probe_tokens=16, max_prompts=len(PROMPTS), max_samples=args.samples)
+    auto_cfg = AutoConfig(grid=GRID, rounds=1, probe_tokens=args.probe_tokens, max_prompts=len(PROMPTS), max_samples=1)
     ok = {"before": 0, "after": 0}
     for k, (f, density) in enumerate(features):
         t1 = time.time()
-        before = outcome(ws.steer(PROMPTS, {f: 1.0}, cfg, corpus="demo", unit="p99_act"), f)
-        res = ws.steer(PROMPTS, {f: "auto"}, cfg, corpus="demo", auto=auto_cfg)
+        # backend.steering.steer directly: ws.steer's numbers, without the MiniLM concept similarity (not scored here)
+        p99 = typical_units(activation_levels(ws, "demo", [f]), "p99_act")
+        before = outcome(steer(ws.reader, ws.sae, {f: 1.0}, PROMPTS, cfg, typical_acts=p99), f)
+        res = steer(ws.reader, ws.sae, {f: "auto"}, PROMPTS, cfg, auto=auto_cfg)
         after = outcome(res, f)
         for name, (share, ratio, _) in (("before", before), ("after", after)):
             ok[name] += share >= FIRE_SHARE and ratio <= PPL_FACTOR
+        probes = " ".join(f"{s:g}:{r:.2f}" for s, r in sorted(res.auto.probes.items()))
         print(f"[{k + 1}/{len(features)}] feature {f} density {density:.3f} | before (p99 x1.0): fires {before[0]:.0%} "
               f"ppl x{before[1]:.2f} | after (auto {res.auto.strength:.3g} x resid): fires {after[0]:.0%} ppl "
-              f"x{after[1]:.2f} (unsteered fires {after[2]:.0%}) | {time.time() - t1:.0f}s", flush=True)
+              f"x{after[1]:.2f} (unsteered fires {after[2]:.0%}) | probes {probes} | {time.time() - t1:.0f}s", flush=True)
     ws.close()
     n = len(features)
     print(f"features firing in >= {FIRE_SHARE:.0%} of generations at <= {PPL_FACTOR:g}x perplexity: "

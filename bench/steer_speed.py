@@ -48,6 +48,26 @@ def left_padded(prompt_ids: list[list[int]], pad: int) -> tuple[torch.Tensor, to
     return ids, mask
 
 
+def greedy_check(reader: Any, sae: Any, prompt_ids: list[list[int]], pad: int, feature: int, strength: float) -> torch.Tensor:
+    """Print whether the batched step loop (no steering, left padding) reproduces batched HF generate (greedy),
+    and a steered example; returns the steering vector."""
+    runtime = runtime_for(reader)
+    greedy = SteerConfig(n_samples=1, temperature=0.0, max_new_tokens=16, min_new_tokens=16)
+    with torch.inference_mode(), runtime.hooked(sae.cfg.metadata.hook_name) as fw:
+        stop = runtime.stop_token_ids()
+        loop = generate_batch(fw, prompt_ids, [None] * len(prompt_ids), [0] * len(prompt_ids), greedy, stop)
+        vec = steering_vector(sae, resolve_scales(fw, sae, {feature: strength}, None, prompt_ids))
+        example = generate_batch(fw, prompt_ids[:1], [vec], [0], greedy, stop)[0]
+    g_ids, g_mask = left_padded(prompt_ids, pad)
+    with torch.inference_mode():
+        ref = runtime.hf.generate(g_ids, attention_mask=g_mask, max_new_tokens=16, min_new_tokens=16, do_sample=False,
+                                  pad_token_id=pad)
+    print(f"batched step loop == batched HF generate (greedy, 16 tokens, {len(prompt_ids)} prompts): "
+          f"{loop == ref[:, g_ids.shape[1]:].tolist()}")
+    print(f"steered example (feature {feature}, strength {strength} x residual norm): {reader.tokenizer.decode(example)!r}")
+    return vec
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=10)
@@ -57,6 +77,7 @@ def main() -> None:
     ap.add_argument("--feature", type=int, default=100)
     ap.add_argument("--strength", type=float, default=0.3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--gen-only", action="store_true", help="also time the batched step loop alone (same rows)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -84,20 +105,7 @@ def main() -> None:
         res = steer(reader, sae, {args.feature: args.strength}, prompts, cfg)
         return sum(g.n_tokens for g in res.generations)
 
-    # Greedy check: the batched step loop (no steering, left padding) reproduces batched HF generate.
-    greedy = SteerConfig(n_samples=1, temperature=0.0, max_new_tokens=16, min_new_tokens=16)
-    with torch.inference_mode(), runtime.hooked(sae.cfg.metadata.hook_name) as fw:
-        stop = runtime.stop_token_ids()
-        loop = generate_batch(fw, prompt_ids, [None] * len(prompt_ids), [0] * len(prompt_ids), greedy, stop)
-        vec = steering_vector(sae, resolve_scales(fw, sae, {args.feature: args.strength}, None, prompt_ids))
-        example = generate_batch(fw, prompt_ids[:1], [vec], [0], greedy, stop)[0]
-    g_ids, g_mask = left_padded(prompt_ids, pad)
-    with torch.inference_mode():
-        ref = hf.generate(g_ids, attention_mask=g_mask, max_new_tokens=16, min_new_tokens=16, do_sample=False, pad_token_id=pad)
-    print(f"batched step loop == batched HF generate (greedy, 16 tokens, {len(prompt_ids)} prompts): "
-          f"{loop == ref[:, g_ids.shape[1]:].tolist()}")
-    print(f"steered example (feature {args.feature}, strength {args.strength} x residual norm): {reader.tokenizer.decode(example)!r}")
-
+    vec = greedy_check(reader, sae, prompt_ids, pad, args.feature, args.strength)
     secs = {"plain": 0.0, "steer": 0.0, "gen_only": 0.0}
     for r in range(args.rounds):
         order = [("plain", plain), ("steer", steered)]
@@ -105,6 +113,11 @@ def main() -> None:
             tokens, s = timed(fn)
             secs[name] += s
             print(f"round {r + 1} {name}: {tokens} tokens in {s:.1f}s")
+    if not args.gen_only:
+        print(f"plain batched HF generate: {secs['plain'] / args.rounds:.1f}s per run")
+        print(f"steer run (one batched generate + measures): {secs['steer'] / args.rounds:.1f}s per run")
+        print(f"ratio {secs['plain'] / secs['steer']:.3f}")
+        return
     with torch.inference_mode(), runtime.hooked(sae.cfg.metadata.hook_name) as fw:
         _, secs["gen_only"] = timed(lambda: generate_batch(fw, rows, [vec if i % 2 else None for i in range(len(rows))],
                                                            list(range(len(rows))), cfg, runtime.stop_token_ids()))
