@@ -82,7 +82,7 @@ def main() -> None:
     ws = Workspace.open(path) if path.exists() else build_workspace(path, args.docs)
     features = pick_features(ws, args.features)
     print(f"workspace ({args.docs} demo docs) built in {time.time() - t0:.0f}s; {len(features)} features, density "
-          f"{features[0][1]:.3f}..{features[-1][1]:.3f}", flush=True)
+          f"{min(d for _, d in features):.3f}..{max(d for _, d in features):.3f}", flush=True)
     cfg = SteerConfig(n_samples=args.samples, temperature=0.7, seed=0, max_new_tokens=args.max_new_tokens)
     auto_cfg = AutoConfig(grid=GRID, rounds=1, probe_tokens=args.probe_tokens, max_prompts=len(PROMPTS), max_samples=1)
     ok = {"before": 0, "after": 0}

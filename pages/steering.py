@@ -302,7 +302,7 @@ def sweep_section(ws: Workspace, corpus: Corpus, sampling: Sampling, chosen: lis
     feature_col, strengths_col, n_col = st.columns([2, 3, 1])
     feature = feature_col.selectbox("Feature", chosen, key="steer_sweep_feature",
                                     format_func=lambda f: f"#{f} · {labels.get(f) or '(no label)'}")
-    raw = strengths_col.text_input("Strengths (comma-separated)", "0, 0.5, 1, 2, 4, 8", key="steer_sweep_strengths")
+    raw = strengths_col.text_input("Strengths (comma-separated)", "0, 0.1, 0.2, 0.3, 0.5, 1", key="steer_sweep_strengths")
     n_each = int(n_col.number_input("Samples each", 1, 8, 1, key="steer_sweep_n"))
     strengths = parse_strengths(raw)
     if strengths is None:
