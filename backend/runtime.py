@@ -127,11 +127,17 @@ class HookedForward:
 
         return TransformerLensKeyValueCache.init_cache(self.runtime.reader.model.cfg, self.device, batch)
 
-    def logits(self, ids: torch.Tensor, cache: Any = None, keep: int = 0) -> torch.Tensor:
-        """Logits of the last `keep` positions (all when 0); extends `cache` in place when given."""
+    def logits(self, ids: torch.Tensor, cache: Any = None, keep: int = 0, attention_mask: torch.Tensor | None = None,
+               position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of the last `keep` positions (all when 0); extends `cache` in place when given.
+        `attention_mask` (over cached + fed tokens) and `position_ids` serve left-padded batches (HF model only)."""
         if self.hf is not None:
             kw = {self._cache_kw: cache, "use_cache": cache is not None}
+            if attention_mask is not None:
+                kw.update(attention_mask=attention_mask, position_ids=position_ids)
             return self.hf(input_ids=ids, logits_to_keep=keep, **kw).logits
+        if attention_mask is not None:
+            raise ValueError("Left-padded batches need the Hugging Face model.")
         out = self.runtime.reader.model(ids, return_type="logits", attention_mask=torch.ones_like(ids), past_kv_cache=cache)
         return out[:, -keep:] if keep else out
 

@@ -246,20 +246,23 @@ class WorkspaceAnalyses:
 
     # -- steering --------------------------------------------------------------------------------
     def steer(
-        self, prompts: list[str], strengths: dict[int, float], config: "SteerConfig | None" = None,
-        corpus: CorpusRef | None = None, unit: str = "p99_act", on_token: Any = None,
+        self, prompts: list[str], strengths: dict[int, float | str], config: "SteerConfig | None" = None,
+        corpus: CorpusRef | None = None, unit: str = "residual", on_token: Any = None, auto: Any = None,
     ) -> "SteerResult":
         """Generate from `prompts` with and without adding {feature_id: strength} to the residual stream.
 
-        Strength is in units of the feature's typical activation in `corpus` (its p99, or max), so 1-2 moves
-        text toward the concept and 4+ usually breaks it. Each generation carries its measures: the per-token
-        activation, perplexity under the unsteered model, MiniLM similarity to the feature's top contexts,
-        and `fires`: whether the feature fires anywhere in the output, max-pooled as documents are judged."""
-        return steer_in_workspace(self, list(prompts), dict(strengths), config, corpus, unit, on_token)  # type: ignore[arg-type]
+        Strength is in `unit`: "residual" (default) adds a vector as long as the median residual at the hook, so
+        1.0 is the same push for every feature; "p99_act"/"max_act" (the older units) scale by the feature's
+        typical activation in `corpus`. A strength "auto" picks the largest strength whose median perplexity
+        stays within 1.5x of unsteered (`auto`: a backend.steering.AutoConfig), reported in `result.auto`.
+        Each generation carries its measures: the per-token activation, perplexity under the unsteered model,
+        MiniLM similarity to the feature's top contexts, and `fires`: whether the feature fires anywhere in the
+        output, max-pooled as documents are judged."""
+        return steer_in_workspace(self, prompts, dict(strengths), config, corpus, unit, on_token, auto)  # type: ignore[arg-type]
 
     def steer_sweep(
         self, feature_id: int, strengths: list[float], prompts: list[str], config: "SteerConfig | None" = None,
-        corpus: CorpusRef | None = None, unit: str = "p99_act", on_progress: Any = None,
+        corpus: CorpusRef | None = None, unit: str = "residual", on_progress: Any = None,
     ) -> pd.DataFrame:
         """One feature at several strengths: share of generations where it fires, activation, perplexity."""
         return sweep_in_workspace(self, int(feature_id), list(strengths), list(prompts), config, corpus, unit,  # type: ignore[arg-type]

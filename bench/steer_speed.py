@@ -1,9 +1,11 @@
-"""Tokens/s of steered generation (one feature, KV cache, backend.steering on the reader's runtime) against
-plain Hugging Face `generate` of the same model, device, prompts and number of new tokens (greedy, exactly N new
-tokens).
+"""Speed of a steering run (backend.steering.steer: steered + unsteered generations of every prompt and
+sample in one batched generate with a KV cache and left padding, then the measures) against the fastest plain
+way to make the same generations: ONE batched Hugging Face `generate` of the same rows (same model, device,
+prompts x samples x 2 kinds, left padding, sampling, exactly N new tokens).
 
-Usage: PYTHONPATH=. .venv/bin/python bench/steer_speed.py [--max-new-tokens 32] [--rounds 2]
-The last line printed is `ratio <steered/plain>` (target >= 0.8 on CPU).
+Usage: PYTHONPATH=. .venv/bin/python bench/steer_speed.py [--prompts 10] [--samples 2] [--max-new-tokens 48]
+Prints the seconds of each, the generation-only ratio, and last `ratio <HF generate seconds / steer run seconds>`
+(the whole run, measures included; target >= 0.8). Both are measured in the same process, alternated.
 """
 from __future__ import annotations
 
@@ -13,113 +15,118 @@ from typing import Any, Callable
 
 import torch
 
-from backend.config import DATA_DIR, DEFAULT_HOOK
+from backend.config import DEFAULT_SAE_DIR
 from backend.models import load_reader
 from backend.runtime import runtime_for
-from backend.steering import SteerConfig, feature_scale, format_prompt, generate_steered
+from backend.saes import load_sae
+from backend.steering import SteerConfig, format_prompt, generate_batch, resolve_scales, steer, steering_vector
 
 PROMPTS = [
     "Write a short story about a lighthouse keeper.",
     "Explain how photosynthesis works in simple terms.",
     "What are some good habits for learning a new language?",
+    "Describe your ideal weekend.",
+    "Give me three tips for cooking rice.",
+    "Why is the sky blue?",
+    "Write a haiku about autumn leaves.",
+    "How do I stay focused while working from home?",
+    "Summarise the plot of a detective novel you like.",
+    "What should I pack for a hiking trip?",
 ]
 
 
-def load_sae(d_in: int) -> tuple[Any, str]:
-    """The first SAE under data/sae/ when one exists, else a random fixed-weight TopK SAE at DEFAULT_HOOK."""
-    from sae_lens import SAE, TopKSAE, TopKSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
-
-    for cfg_file in sorted((DATA_DIR / "sae").glob("*/cfg.json")):
-        sae = SAE.load_from_disk(str(cfg_file.parent), device="cpu")
-        if sae.cfg.d_in == d_in:
-            return sae, f"real SAE {cfg_file.parent.name} ({sae.cfg.metadata.hook_name}, d_sae {sae.cfg.d_sae})"
-    sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=1024, k=32, dtype="float32", device="cpu",
-                                metadata=SAEMetadata(model_name="smollm2-135m-instruct", hook_name=DEFAULT_HOOK)))
-    g = torch.Generator().manual_seed(0)
-    w = torch.randn(1024, d_in, generator=g)
-    with torch.no_grad():
-        sae.W_dec.copy_(w / w.norm(dim=1, keepdim=True))
-        sae.W_enc.copy_(sae.W_dec.T)
-    return sae, f"random fixed-weight SAE at {DEFAULT_HOOK} (no data/sae/*/cfg.json)"
-
-
-def timed(fn: Callable[[], int], device: torch.device) -> tuple[int, float]:
-    """(new tokens, seconds) of one call."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     t0 = time.perf_counter()
-    n = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return n, time.perf_counter() - t0
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def left_padded(prompt_ids: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids])
+    return ids, mask
+
+
+def greedy_check(reader: Any, sae: Any, prompt_ids: list[list[int]], pad: int, feature: int, strength: float) -> torch.Tensor:
+    """Print whether the batched step loop (no steering, left padding) reproduces batched HF generate (greedy),
+    and a steered example; returns the steering vector."""
+    runtime = runtime_for(reader)
+    greedy = SteerConfig(n_samples=1, temperature=0.0, max_new_tokens=16, min_new_tokens=16)
+    with torch.inference_mode(), runtime.hooked(sae.cfg.metadata.hook_name) as fw:
+        stop = runtime.stop_token_ids()
+        loop = generate_batch(fw, prompt_ids, [None] * len(prompt_ids), [0] * len(prompt_ids), greedy, stop)
+        vec = steering_vector(sae, resolve_scales(fw, sae, {feature: strength}, None, prompt_ids))
+        example = generate_batch(fw, prompt_ids[:1], [vec], [0], greedy, stop)[0]
+    g_ids, g_mask = left_padded(prompt_ids, pad)
+    with torch.inference_mode():
+        ref = runtime.hf.generate(g_ids, attention_mask=g_mask, max_new_tokens=16, min_new_tokens=16, do_sample=False,
+                                  pad_token_id=pad)
+    print(f"batched step loop == batched HF generate (greedy, 16 tokens, {len(prompt_ids)} prompts): "
+          f"{loop == ref[:, g_ids.shape[1]:].tolist()}")
+    print(f"steered example (feature {feature}, strength {strength} x residual norm): {reader.tokenizer.decode(example)!r}")
+    return vec
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--feature", type=int, default=0)
-    ap.add_argument("--strength", type=float, default=0.5)
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--prompts", type=int, default=10)
+    ap.add_argument("--samples", type=int, default=2)
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--feature", type=int, default=100)
+    ap.add_argument("--strength", type=float, default=0.3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--gen-only", action="store_true", help="also time the batched step loop alone (same rows)")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
+    torch.set_num_threads(args.threads)
     t0 = time.time()
-    reader = load_reader(device=args.device)
+    reader = load_reader(device="cpu")
     runtime = runtime_for(reader)
     hf = runtime.hf
-    sae, sae_desc = load_sae(reader.d_model)
-    print(f"device {reader.device} (torch threads {torch.get_num_threads()}); model {reader.name}; loaded in {time.time() - t0:.1f}s")
-    print(f"sae: {sae_desc}")
-    N, f = args.max_new_tokens, args.feature
-    prompt_ids = [format_prompt(reader, p) for p in PROMPTS]
+    sae = load_sae(DEFAULT_SAE_DIR, device="cpu")
+    print(f"model {reader.name} on cpu ({args.threads} torch threads); SAE {DEFAULT_SAE_DIR.name}; loaded in {time.time() - t0:.1f}s")
+    prompts = (PROMPTS * (args.prompts // len(PROMPTS) + 1))[: args.prompts]
+    N, n = args.max_new_tokens, args.samples
+    cfg = SteerConfig(n_samples=n, temperature=0.7, max_new_tokens=N, min_new_tokens=N)
+    prompt_ids = [format_prompt(reader, p) for p in prompts]
+    rows = [ids for ids in prompt_ids for _ in range(2 * n)]  # steered + unsteered rows of every prompt x sample
+    pad = reader.tokenizer.pad_token_id if reader.tokenizer.pad_token_id is not None else 0
+    ids, mask = left_padded(rows, pad)
+    print(f"{len(prompts)} prompts x {n} samples x 2 kinds = {len(rows)} rows of {N} new tokens")
 
-    # Strength units measured once (as a UI would pass the workspace's typical activations).
-    norms = torch.cat([runtime.residuals(torch.tensor([ids]), sae.cfg.metadata.hook_name)[0, 1:].norm(dim=-1).cpu()
-                       for ids in prompt_ids])
-    scale = feature_scale(sae, f, strength=args.strength, resid_norm=float(norms.median()))
-    typical = {f: scale.unit}
-    print(f"feature {f}, strength {args.strength} -> raw coef {scale.raw_coef:.3f}, added norm {scale.vector_norm:.2f} ({scale.source})")
-    cfg = SteerConfig(n_samples=1, temperature=0.0, max_new_tokens=N, min_new_tokens=N, use_cache=True)
+    def plain() -> int:
+        with torch.inference_mode():
+            out = hf.generate(ids, attention_mask=mask, max_new_tokens=N, min_new_tokens=N, do_sample=True,
+                              temperature=0.7, top_k=0, pad_token_id=pad)
+        return (out.shape[1] - ids.shape[1]) * len(rows)
 
-    def plain(i: int) -> Callable[[], int]:
-        def run() -> int:
-            ids = torch.tensor([prompt_ids[i]], device=reader.device)
-            with torch.inference_mode():
-                out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=N, min_new_tokens=N,
-                                  do_sample=False, pad_token_id=reader.tokenizer.pad_token_id)
-            return out.shape[1] - ids.shape[1]
-        return run
+    def steered() -> int:
+        res = steer(reader, sae, {args.feature: args.strength}, prompts, cfg)
+        return sum(g.n_tokens for g in res.generations)
 
-    def steered(i: int) -> Callable[[], int]:
-        return lambda: len(generate_steered(reader, sae, {f: args.strength}, [PROMPTS[i]], cfg, typical)[0][0])
-
-    # Warm-up, and a check that the step loop without steering reproduces HF generate exactly.
-    ids = torch.tensor([prompt_ids[0]], device=reader.device)
-    with torch.inference_mode():
-        ref = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=N, min_new_tokens=N,
-                          do_sample=False, pad_token_id=reader.tokenizer.pad_token_id)[0, ids.shape[1]:].tolist()
-    loop = generate_steered(reader, sae, {}, [PROMPTS[0]], cfg)[0][0]
-    print(f"unsteered step loop == HF generate (greedy, {N} tokens): {loop == ref}")
-    steered(0)()
-    example = generate_steered(reader, sae, {f: args.strength}, [PROMPTS[0]], cfg, typical)[0][0]
-    print(f"steered example: {reader.tokenizer.decode(example)!r}")
-
-    totals = {"plain": [0, 0.0], "steered": [0, 0.0]}
+    vec = greedy_check(reader, sae, prompt_ids, pad, args.feature, args.strength)
+    secs = {"plain": 0.0, "steer": 0.0, "gen_only": 0.0}
     for r in range(args.rounds):
-        for i in range(len(PROMPTS)):
-            order = [("plain", plain(i)), ("steered", steered(i))]
-            for name, fn in (order if (r + i) % 2 == 0 else order[::-1]):  # alternate to spread drift
-                n, s = timed(fn, reader.device)
-                totals[name][0] += n
-                totals[name][1] += s
-    tps = {k: n / s for k, (n, s) in totals.items()}
-    print(f"plain HF generate: {totals['plain'][0]} tokens in {totals['plain'][1]:.2f}s = {tps['plain']:.1f} tokens/s")
-    print(f"steered (KV cache): {totals['steered'][0]} tokens in {totals['steered'][1]:.2f}s = {tps['steered']:.1f} tokens/s")
-    print(f"ratio {tps['steered'] / tps['plain']:.3f}")
+        order = [("plain", plain), ("steer", steered)]
+        for name, fn in (order if r % 2 == 0 else order[::-1]):
+            tokens, s = timed(fn)
+            secs[name] += s
+            print(f"round {r + 1} {name}: {tokens} tokens in {s:.1f}s")
+    if not args.gen_only:
+        print(f"plain batched HF generate: {secs['plain'] / args.rounds:.1f}s per run")
+        print(f"steer run (one batched generate + measures): {secs['steer'] / args.rounds:.1f}s per run")
+        print(f"ratio {secs['plain'] / secs['steer']:.3f}")
+        return
+    with torch.inference_mode(), runtime.hooked(sae.cfg.metadata.hook_name) as fw:
+        _, secs["gen_only"] = timed(lambda: generate_batch(fw, rows, [vec if i % 2 else None for i in range(len(rows))],
+                                                           list(range(len(rows))), cfg, runtime.stop_token_ids()))
+    secs["gen_only"] *= args.rounds
+    print(f"plain batched HF generate: {secs['plain'] / args.rounds:.1f}s per run")
+    print(f"steer run (one batched generate + measures): {secs['steer'] / args.rounds:.1f}s per run")
+    print(f"generation only (batched step loop, same rows): {secs['gen_only'] / args.rounds:.1f}s; "
+          f"ratio {secs['plain'] / secs['gen_only']:.3f}")
+    print(f"ratio {secs['plain'] / secs['steer']:.3f}")
 
 
 if __name__ == "__main__":

@@ -17,9 +17,10 @@ from backend.config import pick_device
 from backend.errors import UserError
 from backend.search import SearchModelMissing, search_features
 from backend.steering import (
-    UNIT_KINDS, SteerConfig, SteerResult, activation_levels, feature_scale, steer_in_workspace,
+    AUTO, UNIT_KINDS, SteerConfig, SteerResult, activation_levels, feature_scale, steer_in_workspace,
     sweep_in_workspace, typical_units,
 )
+from backend.steering.auto import DEFAULT_BOUND
 from backend.store import Corpus
 from backend.workspace import Workspace
 from pages import widgets
@@ -30,6 +31,10 @@ FEATURES_KEY, SEEN_KEY = "steer_features", "_steer_seen_feature"
 RESULT_KEY, SWEEP_KEY = "steer_result", "steer_sweep"
 DEFAULT_PROMPT = "Write a short paragraph about your weekend."
 KINDS = (("unsteered", "Unsteered"), ("steered", "Steered"))
+UNIT_SHORT = {"residual": "residual norm", "p99_act": "p99 activation", "max_act": "max activation"}
+AUTO_HELP = (f"Let the page choose: the largest strength whose median perplexity (read by the unsteered model) stays "
+             f"within {DEFAULT_BOUND:g}x of the unsteered text, found by a few short batched probes on your prompt. "
+             "Features set to auto share one strength.")
 NO_UNIT_HELP = ("This feature never fired in the corpus, so it has no typical activation: the unit is estimated "
                 "from the residual norm at generation time.")
 
@@ -46,7 +51,7 @@ class Sampling:
     seed: int
     max_new: int
 
-    def config(self, strengths: dict[int, float], n_samples: int | None = None) -> SteerConfig:
+    def config(self, strengths: dict[int, float | str], n_samples: int | None = None) -> SteerConfig:
         return SteerConfig(features=dict(strengths), positions=self.positions, n_samples=n_samples or self.n_samples,
                            temperature=self.temperature, seed=self.seed, max_new_tokens=self.max_new,
                            chat_template=self.chat)
@@ -107,21 +112,38 @@ def add_features_panel(ws: Workspace, corpus: Corpus, expanded: bool) -> None:
             search_panel(ws, corpus)
 
 
-def strength_rows(ws: Workspace, corpus: Corpus, chosen: list[int], labels: dict[int, str], unit: str) -> dict[int, float]:
-    """One row per feature: label, strength slider, raw coefficient, remove button. Returns the strengths."""
+def coefficient_metric(ws: Workspace, col: st.delta_generator.DeltaGenerator, f: int, strength: float | str,
+                       typical: dict[int, float], unit: str) -> None:
+    """What the strength adds: the raw coefficient for the activation units; for the residual unit (or auto)
+    it is known once the prompts are read, so say what it will be."""
+    if strength == AUTO:
+        col.metric("Raw coefficient", "auto", help="Chosen when you generate: the largest strength whose median "
+                   f"perplexity stays within {DEFAULT_BOUND:g}x of the unsteered text.")
+    elif unit == "residual":
+        col.metric("Added norm", f"{float(strength):+.3g} x resid", help="Strength x the median residual norm at the "
+                   "hook on your prompts, along the feature's decoder direction.")
+    elif f in typical:
+        scale = feature_scale(ws.sae, f, typical, float(strength))
+        col.metric("Raw coefficient", f"{scale.raw_coef:+.4g}", help=scale.note)
+    else:
+        col.metric("Raw coefficient", "n/a", help=NO_UNIT_HELP)
+
+
+def strength_rows(ws: Workspace, corpus: Corpus, chosen: list[int], labels: dict[int, str], unit: str) -> dict[int, float | str]:
+    """One row per feature: label, auto toggle, strength slider, what it adds, remove button. Returns the
+    strengths ("auto" where the toggle is on, the default)."""
     typical = typical_units(activation_levels(ws, corpus, chosen), unit)
-    strengths: dict[int, float] = {}
+    strengths: dict[int, float | str] = {}
     for f in list(chosen):
-        name_col, slider_col, coef_col, remove_col = st.columns([2, 4, 2, 1], vertical_alignment="center")
+        name_col, auto_col, slider_col, coef_col, remove_col = st.columns([2, 1, 4, 2, 1], vertical_alignment="center")
         with name_col:
             st.markdown(f"**Feature {f}**")
             st.text(labels.get(f) or "(no label)")
-        strengths[f] = slider_col.slider("Strength (× typical activation)", -2.0, 2.0, 1.0, 0.05, key=f"steer_strength_{f}")
-        if f in typical:
-            scale = feature_scale(ws.sae, f, typical, strengths[f])
-            coef_col.metric("Raw coefficient", f"{scale.raw_coef:+.4g}", help=scale.note)
-        else:
-            coef_col.metric("Raw coefficient", "n/a", help=NO_UNIT_HELP)
+        auto = auto_col.toggle("Auto", value=True, key=f"steer_auto_{f}", help=AUTO_HELP)
+        value = slider_col.slider(f"Strength (x {UNIT_SHORT[unit]})", -2.0, 2.0, 1.0 if unit != "residual" else 0.3,
+                                  0.05, key=f"steer_strength_{f}", disabled=auto)
+        strengths[f] = AUTO if auto else value
+        coefficient_metric(ws, coef_col, f, strengths[f], typical, unit)
         remove_col.button("Remove", key=f"steer_rm_{f}", icon=":material/delete:", on_click=remove_feature, args=(f,))
     return strengths
 
@@ -195,7 +217,20 @@ def effect_summary(res: SteerResult) -> None:
                    icon=":material/warning:")
 
 
+def auto_summary(res: SteerResult) -> None:
+    """The strength "auto" chose and its probes."""
+    if res.auto is None:
+        return
+    found = res.auto
+    st.metric("Auto strength", f"{found.strength:.3g}", help=found.note,
+              delta=f"perplexity x{found.ratio:.2f} in the probe (bound {found.bound:g}x)", delta_color="off")
+    with st.expander("Auto strength probes"):
+        st.dataframe(pd.DataFrame({"strength": list(found.probes), "perplexity ratio": list(found.probes.values())})
+                     .sort_values("strength"), hide_index=True, width="stretch")
+
+
 def show_result(res: SteerResult, slots: dict) -> None:
+    auto_summary(res)
     for (kind, i), slot in slots.items():
         g = res.get(kind, 0, i)
         slot.text(g.text if g.text else "(nothing generated: the model stopped at once)" if not g.n_tokens
@@ -218,7 +253,7 @@ def show_result(res: SteerResult, slots: dict) -> None:
     st.caption(f"Ran on **{res.device}** ({res.backend}) in {res.seconds:.1f} s · hook `{res.hook_name}`.")
 
 
-def generate_section(ws: Workspace, corpus: Corpus, sampling: Sampling, strengths: dict[int, float], unit: str) -> None:
+def generate_section(ws: Workspace, corpus: Corpus, sampling: Sampling, strengths: dict[int, float | str], unit: str) -> None:
     st.subheader("Generate")
     clicked = st.button("Generate", type="primary", key="steer_generate", icon=":material/play_arrow:",
                         disabled=not sampling.prompt.strip())
@@ -267,7 +302,7 @@ def sweep_section(ws: Workspace, corpus: Corpus, sampling: Sampling, chosen: lis
     feature_col, strengths_col, n_col = st.columns([2, 3, 1])
     feature = feature_col.selectbox("Feature", chosen, key="steer_sweep_feature",
                                     format_func=lambda f: f"#{f} · {labels.get(f) or '(no label)'}")
-    raw = strengths_col.text_input("Strengths (comma-separated)", "0, 0.5, 1, 2, 4, 8", key="steer_sweep_strengths")
+    raw = strengths_col.text_input("Strengths (comma-separated)", "0, 0.1, 0.2, 0.3, 0.5, 1", key="steer_sweep_strengths")
     n_each = int(n_col.number_input("Samples each", 1, 8, 1, key="steer_sweep_n"))
     strengths = parse_strengths(raw)
     if strengths is None:
@@ -278,7 +313,7 @@ def sweep_section(ws: Workspace, corpus: Corpus, sampling: Sampling, chosen: lis
         try:
             st.session_state[SWEEP_KEY] = sweep_in_workspace(
                 ws, int(feature), strengths, [sampling.prompt], sampling.config({}, n_each), corpus=corpus, unit=unit,
-                on_progress=lambda done, total: bar.progress(done / total, text=f"prompt {done}/{total}"))
+                on_progress=lambda done, total: bar.progress(done / total, text=f"token {done}/{total}"))
         except UserError as exc:
             st.error(md_escape(exc, max_len=None), icon=":material/error:")
         bar.empty()
@@ -303,8 +338,9 @@ def show_sweep(sweep: pd.DataFrame) -> None:
 st.title("Steering")
 st.caption(
     "Add SAE decoder directions to the residual stream while the model generates. Unsteered and steered "
-    "runs use the same seeds, so they differ only through the steering. Strength 1.0 adds the feature's "
-    "typical activation in the current corpus times its decoder direction."
+    "runs use the same seeds, so they differ only through the steering. By default the strength is chosen "
+    "automatically; by hand, 1.0 adds a vector as long as the median residual at the hook (the same push for "
+    "every feature), or the feature's typical activation in the corpus times its decoder direction."
 )
 workspace, selected_corpus = widgets.require_corpus()
 chosen = chosen_features(workspace)
@@ -316,8 +352,9 @@ if not chosen:
             icon=":material/info:")
     st.stop()
 feature_labels = workspace.labels(selected_corpus, chosen)
-unit_kind = st.radio("Strength 1.0 is the feature's", list(UNIT_KINDS), format_func=UNIT_KINDS.get, horizontal=True,
-                     key="steer_unit", help="Measured on the documents of the current corpus.")
+unit_kind = st.radio("Strength 1.0 is the", list(UNIT_KINDS), format_func=UNIT_KINDS.get, horizontal=True,
+                     key="steer_unit", help="The residual norm is measured on the prompts; the activations on the "
+                     "documents of the current corpus.")
 chosen_strengths = strength_rows(workspace, selected_corpus, chosen, feature_labels, unit_kind)
 sampling_choice = sampling_controls(workspace)
 generate_section(workspace, selected_corpus, sampling_choice, chosen_strengths, unit_kind)

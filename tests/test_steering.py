@@ -341,3 +341,214 @@ def test_steer_in_workspace_uses_corpus_units_and_contexts(tiny_workspace_file):
     assert res.scales[f].source == "typical_acts" and res.scales[f].raw_coef == pytest.approx(0.5 * row["p99_act"], rel=1e-4)
     assert set(res.get("steered").fires) == {f} and not res.notes
     assert f in res.get("steered").concept_similarity  # measured against the feature's top contexts in 't'
+
+
+# -- calibrated units, auto strength, batching, bad input ---------------------------------------------
+from backend.runtime import runtime_for  # noqa: E402
+from backend.steering import (  # noqa: E402
+    MAX_ABS_STRENGTH, AutoConfig, SteeringError, generate_batch, resolve_scales, search_strength, steering_vector,
+)
+from tests.tiny import D_MODEL, make_tiny_sae, make_tokenizer  # noqa: E402
+
+PROMPTS3 = ["the movie was great", "hello", "python code with a function that will return a value and more"]
+
+
+def residual_change(reader, sae, strengths: dict[int, float], typical: dict[int, float] | None, prompt: list[int]) -> float:
+    """Median over positions of how far steering at the SAE's hook (blocks.0 resid_post) moves the residual that
+    the next layer reads (blocks.1 resid_pre), read by a second hook."""
+    runtime = runtime_for(reader)
+    ids = torch.tensor([prompt])
+    with torch.inference_mode(), runtime.hooked(sae.cfg.metadata.hook_name) as steer_fw:
+        plain = runtime.residuals(ids, "blocks.1.hook_resid_pre")[0, 1:]
+        steer_fw.steer_with(steering_vector(sae, resolve_scales(steer_fw, sae, strengths, typical, [prompt])))
+        with runtime.hooked("blocks.1.hook_resid_pre") as read_fw:
+            steered = read_fw.residuals(ids)[0, 1:]
+    return float((steered - plain).norm(dim=-1).median())
+
+
+def test_residual_unit_gives_the_same_push_to_features_of_very_different_scales(tiny_reader):
+    """Two features whose decoder norms differ 400x and p99 activations 15x: at strength 1.0 the old p99 unit
+    moves the residual thousands of times more for one than the other; the residual unit moves both alike, by
+    the median residual norm."""
+    sae = make_tiny_sae(tiny_reader.name, hook="blocks.0.hook_resid_post")
+    big, small = 3, 7
+    with torch.no_grad():
+        sae.W_dec[big] *= 20.0
+        sae.W_dec[small] *= 0.05
+    p99 = {big: 3.0, small: 0.2}
+    prompt = format_prompt(tiny_reader, PROMPTS3[2])
+    old = {f: residual_change(tiny_reader, sae, {f: 1.0}, p99, prompt) for f in (big, small)}
+    new = {f: residual_change(tiny_reader, sae, {f: 1.0}, typical_units({}, "residual"), prompt) for f in (big, small)}
+    assert old[big] / old[small] > 1000
+    assert new[big] / new[small] == pytest.approx(1.0, rel=1e-3)
+    resid = residuals(tiny_reader, torch.tensor([prompt]), "blocks.0.hook_resid_post")[0, 1:]
+    assert new[big] == pytest.approx(float(resid.norm(dim=-1).median()), rel=1e-3)
+
+
+def test_workspace_steer_defaults_to_the_residual_unit_and_keeps_the_old_one(tiny_workspace_file):
+    from backend.features import feature_table
+    from backend.workspace import Workspace
+
+    ws = Workspace.open(tiny_workspace_file)
+    try:
+        row = feature_table(ws, "t", sort_by="density", limit=1).iloc[0]
+        f = int(row["feature_id"])
+        cfg = greedy(max_new_tokens=2, min_new_tokens=2)
+        new = ws.steer(["the movie"], {f: 0.5}, cfg, corpus="t")
+        old = ws.steer(["the movie"], {f: 0.5}, cfg, corpus="t", unit="p99_act")
+        with pytest.raises(SteeringError, match="unit must be one of"):
+            ws.steer(["the movie"], {f: 0.5}, cfg, corpus="t", unit="lots")
+    finally:
+        ws.close()
+    assert new.scales[f].source == "residual_norm" and old.scales[f].source == "typical_acts"
+    assert old.scales[f].raw_coef == pytest.approx(0.5 * row["p99_act"], rel=1e-4)
+
+
+def test_auto_search_brackets_then_bisects_with_a_fake_perplexity():
+    calls: list[list[float]] = []
+
+    def probe(strengths: list[float]) -> list[float]:  # perplexity ratio 1 + s^2: the bound 1.5 is crossed at 0.707
+        calls.append(strengths)
+        return [1 + s * s for s in strengths]
+
+    found = search_strength(probe, AutoConfig(bound=1.5, rounds=2))
+    assert 0.6 < found.strength <= 0.5 ** 0.5 and found.ratio <= 1.5
+    assert len(calls) == 3 and len(calls[0]) == len(AutoConfig().grid)  # one grid batch, then two narrowing batches
+    assert min(s for s, r in found.probes.items() if r > 1.5) - found.strength < 0.5 / 16 + 1e-9
+    # Everything within the bound: the largest probe; everything past it: 0 (no steering).
+    assert search_strength(lambda ss: [1.0] * len(ss)).strength == max(AutoConfig().grid)
+    none = search_strength(lambda ss: [9.0] * len(ss))
+    assert none.strength == 0.0 and "chose 0" in none.note
+    assert search_strength(lambda ss: [float("nan")] * len(ss)).strength == 0.0  # NaN never counts as within
+
+
+def test_auto_strength_on_the_tiny_model_stays_within_the_bound(varied_reader):
+    sae = make_tiny_sae(varied_reader.name)
+    auto_cfg = AutoConfig(bound=1.5, probe_tokens=8, rounds=2)
+    cfg = SteerConfig(n_samples=2, temperature=1.0, seed=5, max_new_tokens=8, min_new_tokens=8)
+    res = steer(varied_reader, sae, {FEAT: "auto"}, PROMPTS3[:2], cfg, auto=auto_cfg)
+    chosen = res.auto.strength
+    assert res.features == {FEAT: chosen} and res.scales[FEAT].strength == chosen
+    assert 0 < chosen < max(auto_cfg.grid)  # a real bracket: some strength passed the bound, some did not
+    assert res.auto.probes[chosen] <= 1.5 and any(r > 1.5 for r in res.auto.probes.values())
+    assert res.notes and res.notes[0].startswith("auto: chose")
+    # The chosen strength measured again through the public run (same prompts, seeds, length; another batch, so
+    # float rounding may flip a sampled token): within the bound.
+    again = steer(varied_reader, sae, {FEAT: chosen}, PROMPTS3[:2], cfg)
+
+    def median_ppl(kind: str) -> float:
+        return float(torch.tensor([g.perplexity for g in again.generations if g.kind == kind]).median())
+
+    assert median_ppl("steered") / median_ppl("unsteered") <= 1.5
+
+
+@pytest.fixture(scope="module")
+def varied_reader(tmp_path_factory):
+    """The tests/tiny.py Llama with larger weights, so greedy text varies from token to token (the default
+    tiny model repeats one token, which would hide a padding bug)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("varied_lm")
+    tok = make_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=D_MODEL, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5,
+                      tie_word_embeddings=True, initializer_range=0.3, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return load_reader(str(folder), device="cpu")
+
+
+def test_batched_generation_equals_unbatched_greedy_token_for_token(varied_reader):
+    runtime = runtime_for(varied_reader)
+    sae = make_tiny_sae(varied_reader.name)
+    ids = [format_prompt(varied_reader, p) for p in PROMPTS3]
+    assert len({len(i) for i in ids}) == 3  # different lengths: the batch is left-padded
+    cfg = greedy(max_new_tokens=12, min_new_tokens=12)
+    with torch.inference_mode(), runtime.hooked(sae.cfg.metadata.hook_name) as fw:
+        stop = runtime.stop_token_ids()
+        vec = steering_vector(sae, resolve_scales(fw, sae, {2: 0.5}, None, ids))
+        vectors = [None, vec, None, vec]
+        batched = generate_batch(fw, ids + ids[:1], vectors, [0] * 4, cfg, stop)
+        single = [generate_batch(fw, [p], [v], [0], cfg, stop)[0] for p, v in zip(ids + ids[:1], vectors)]
+    hf_single = []
+    for p in ids:
+        t = torch.tensor([p])
+        with torch.inference_mode():
+            out = runtime.hf.generate(t, attention_mask=torch.ones_like(t), max_new_tokens=12, min_new_tokens=12,
+                                      do_sample=False, pad_token_id=0)
+        hf_single.append(out[0, len(p):].tolist())
+    assert batched == single
+    assert [batched[0], batched[2]] == [hf_single[0], hf_single[2]]  # unsteered rows: plain HF generate
+    assert batched[1] != hf_single[1] and batched[3] != batched[0]  # the steered rows really are steered
+    assert len({tuple(o) for o in batched}) == 4 and all(len(set(o)) > 3 for o in batched)  # varied text
+
+
+def test_a_run_is_one_batched_generate(reader, sae, monkeypatch):
+    import backend.steering.runs as runs
+
+    calls = []
+    real = runs.generate_batch
+
+    def counting(forward, prompts, vectors, seeds, cfg, stop_ids, on_step=None):
+        calls.append((len(prompts), sum(v is not None for v in vectors)))
+        return real(forward, prompts, vectors, seeds, cfg, stop_ids, on_step)
+
+    monkeypatch.setattr(runs, "generate_batch", counting)
+    cfg = SteerConfig(n_samples=2, temperature=1.0, max_new_tokens=4)
+    res = steer(reader, sae, {FEAT: 0.5}, [PROMPT, "Hi", "What is the capital of France?"], cfg, typical_acts=TYPICAL)
+    assert calls == [(12, 6)]  # 3 prompts x 2 samples x (unsteered, steered)
+    assert len(res.generations) == 12
+
+
+@pytest.mark.parametrize("strength, match", [
+    (float("nan"), "finite number between"), (float("inf"), "finite number between"), (-float("inf"), "finite"),
+    (1e9, f"between -{MAX_ABS_STRENGTH:g} and {MAX_ABS_STRENGTH:g}"), ("lots", "a number or 'auto'"), (None, "a number"),
+])
+def test_bad_strengths_are_refused(reader, sae, strength, match):
+    with pytest.raises(SteeringError, match=match):
+        steer(reader, sae, {FEAT: strength}, [PROMPT], greedy())
+    with pytest.raises(SteeringError, match=match):
+        strength_sweep(reader, sae, FEAT, [0.0, strength], [PROMPT], greedy())
+    with pytest.raises(SteeringError, match=match):
+        SteerConfig(features={FEAT: strength})
+
+
+@pytest.mark.parametrize("prompts, match", [
+    ([], "at least one prompt"), ([""], "Prompt 1 is empty"), ([PROMPT, "  \n\t"], "Prompt 2 is empty"),
+    ([PROMPT] * 65, "130 generations"),
+])
+def test_bad_prompts_are_refused(reader, sae, prompts, match):
+    with pytest.raises(SteeringError, match=match):
+        steer(reader, sae, {FEAT: 1.0}, prompts, greedy(n_samples=2))
+    with pytest.raises(SteeringError, match=match):
+        generate_steered(reader, sae, {FEAT: 1.0}, prompts, greedy(n_samples=2))
+
+
+def test_generation_bounds_are_refused():
+    with pytest.raises(SteeringError, match="max_new_tokens must be between 1 and 512"):
+        SteerConfig(max_new_tokens=100_000)
+    with pytest.raises(SteeringError, match="n_samples must be between 1 and 32"):
+        SteerConfig(n_samples=1000)
+    with pytest.raises(SteeringError, match="temperature"):
+        SteerConfig(temperature=float("nan"))
+
+
+def test_a_generation_that_raises_releases_the_lock_and_the_hook(reader, sae):
+    import threading
+
+    plain = generate_steered(reader, sae, {}, [PROMPT], greedy())
+
+    def boom(kind, p, s, text):
+        if len(text) > 3:
+            raise RuntimeError("stop here")
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        steer(reader, sae, {FEAT: 2.0}, [PROMPT], greedy(), typical_acts=TYPICAL, on_token=boom)
+    got = []
+    other = threading.Thread(target=lambda: got.append(reader.lock.acquire(timeout=10) and reader.lock.release() is None))
+    other.start()
+    other.join(15)
+    assert got == [True]  # another thread takes the model's lock at once
+    assert generate_steered(reader, sae, {}, [PROMPT], greedy()) == plain  # no steering vector left in the hook

@@ -2,15 +2,20 @@
 the effect (does the feature fire on the output, max-pooled as documents are, and how strongly; does the
 text follow the concept) and its fluency cost. Usable without any UI.
 
-Modules by job: `config` (SteerConfig), `units` (what a strength means), `sampling` (the step loop with a
-KV cache), `measures` (what a run did), `runs` (the entry points), `inputs` (what a workspace corpus
+Modules by job: `config` (SteerConfig, input checks), `units` (what a strength means), `auto` (the "auto"
+strength's search), `sampling` (one batched step loop with a KV cache and left padding), `measures` (what a run did), `runs` (the entry points), `inputs` (what a workspace corpus
 gives a run). Forwards, the lock and the hook belong to the reader's runtime (backend.runtime)."""
 from __future__ import annotations
 
 import warnings
 from typing import Any
 
-from backend.steering.config import Kind, Positions, SteerConfig, SteeringError
+from backend.runtime import residuals, runtime_for
+from backend.steering.auto import AutoConfig, AutoStrength, search_strength
+from backend.steering.config import (
+    AUTO, MAX_ABS_STRENGTH, MAX_GENERATIONS, MAX_NEW_TOKENS, MAX_SAMPLES, Kind, Positions, SteerConfig, SteeringError,
+    Strength, check_prompts, check_strengths,
+)
 from backend.steering.inputs import activation_levels, concept_texts, steer_in_workspace, sweep_in_workspace
 from backend.steering.measures import (
     Generation, OutputMeasures, concept_similarities, measure_outputs, perplexity_warning, pool_generations,
@@ -18,13 +23,15 @@ from backend.steering.measures import (
 from backend.steering.runs import (
     OnProgress, OnToken, SteerResult, direction_top_logits, generate_steered, steer, steered_logits, strength_sweep,
 )
-from backend.steering.sampling import format_prompt, generate, pick_tokens, stop_token_ids
+from backend.steering.sampling import format_prompt, generate, generate_batch, pick_tokens, stop_token_ids
 from backend.steering.units import (
-    UNIT_KINDS, ActivationLevels, FeatureScale, UnitKind, decoder_direction, feature_scale, resolve_scales,
+    DEFAULT_UNIT, UNIT_KINDS, ActivationLevels, FeatureScale, UnitKind, decoder_direction, feature_scale, resolve_scales,
     steering_vector, typical_units,
 )
 
 __all__ = [
+    "AUTO", "AutoConfig", "AutoStrength", "DEFAULT_UNIT", "MAX_ABS_STRENGTH", "MAX_GENERATIONS", "MAX_NEW_TOKENS",
+    "MAX_SAMPLES", "Strength", "check_prompts", "check_strengths", "generate_batch", "search_strength",
     "UNIT_KINDS", "ActivationLevels", "FeatureScale", "Generation", "Kind", "OnProgress", "OnToken", "OutputMeasures", "Positions",
     "SteerConfig", "SteerResult", "SteeringError", "UnitKind", "activation_levels", "concept_similarities",
     "concept_texts", "decoder_direction", "direction_top_logits", "feature_scale", "format_prompt", "generate",
@@ -35,14 +42,10 @@ __all__ = [
 
 
 def _hf_model(reader: Any) -> Any:
-    from backend.runtime import runtime_for
-
     return runtime_for(reader).hf
 
 
 def _hf_residuals(reader: Any, tokens: Any, hook_name: str) -> Any:
-    from backend.runtime import residuals
-
     return residuals(reader, tokens, hook_name)
 
 

@@ -1,13 +1,21 @@
 """How to steer and sample: one validated configuration shared by steering runs and sweeps."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, Mapping, Union
 
 from backend.errors import UserError
 
 Positions = Literal["all", "generated"]
 Kind = Literal["steered", "unsteered"]
+Strength = Union[float, Literal["auto"]]
+
+AUTO = "auto"
+MAX_ABS_STRENGTH = 20.0  # past this any unit breaks the text; a typo like 1e9 must not reach the model
+MAX_NEW_TOKENS = 512
+MAX_SAMPLES = 32
+MAX_GENERATIONS = 128  # prompts x samples of one run (each has a steered and an unsteered row)
 
 
 class SteeringError(UserError):
@@ -32,7 +40,7 @@ class SteerConfig:
     perplexity_warning_factor: warn when the steered perplexity passes this multiple of the unsteered one.
     """
 
-    features: dict[int, float] = field(default_factory=dict)
+    features: dict[int, Strength] = field(default_factory=dict)
     positions: Positions = "all"
     n_samples: int = 2
     temperature: float = 0.7
@@ -48,17 +56,63 @@ class SteerConfig:
     def __post_init__(self) -> None:
         if self.positions not in ("all", "generated"):
             raise SteeringError(f"positions must be 'all' or 'generated', not {self.positions!r}")
-        if self.n_samples < 1 or self.max_new_tokens < 1:
-            raise SteeringError("n_samples and max_new_tokens must be at least 1")
+        if not 1 <= self.n_samples <= MAX_SAMPLES:
+            raise SteeringError(f"n_samples must be between 1 and {MAX_SAMPLES}, not {self.n_samples}")
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            raise SteeringError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS}, not {self.max_new_tokens}")
         if not 0.0 < self.top_p <= 1.0:
             raise SteeringError("top_p must be in (0, 1]")
-        if self.temperature < 0:
-            raise SteeringError("temperature must be >= 0")
+        if not (math.isfinite(self.temperature) and 0 <= self.temperature <= 10):
+            raise SteeringError("temperature must be a number between 0 and 10")
         if self.fire_threshold < 0:
             raise SteeringError("fire_threshold must be >= 0")
-        if self.perplexity_warning_factor <= 1:
+        if not self.perplexity_warning_factor > 1:
             raise SteeringError("perplexity_warning_factor must be above 1")
+        check_strengths(self.features, allow_empty=True)
 
     def seeds(self) -> list[int]:
         """RNG seed of each sample index (shared by the steered and unsteered runs)."""
         return [self.seed + i for i in range(self.n_samples)]
+
+
+def check_strength(feature_id: Any, strength: Any) -> Strength:
+    """A strength as a float, or "auto"; refuses non-numbers, NaN, infinities and absurd magnitudes."""
+    if isinstance(strength, str) and strength.strip().lower() == AUTO:
+        return AUTO
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) and not hasattr(strength, "__float__"):
+        raise SteeringError(f"The strength of feature {feature_id} must be a number or 'auto', not {strength!r}.")
+    value = float(strength)
+    if not math.isfinite(value) or abs(value) > MAX_ABS_STRENGTH:
+        raise SteeringError(f"The strength of feature {feature_id} must be a finite number between "
+                            f"-{MAX_ABS_STRENGTH:g} and {MAX_ABS_STRENGTH:g} (or 'auto'), not {strength!r}.")
+    return value
+
+
+def check_strengths(features: Mapping[Any, Any], allow_empty: bool = False) -> dict[int, Strength]:
+    """{feature_id: strength} with integer ids and checked strengths (see `check_strength`)."""
+    if not features and not allow_empty:
+        raise SteeringError("Choose at least one feature to steer.")
+    out: dict[int, Strength] = {}
+    for f, s in features.items():
+        try:
+            fid = int(f)
+        except (TypeError, ValueError):
+            raise SteeringError(f"Feature ids must be integers, not {f!r}.") from None
+        out[fid] = check_strength(fid, s)
+    return out
+
+
+def check_prompts(prompts: Any, n_samples: int) -> list[str]:
+    """The prompts as a list of strings; refuses an empty list, blank prompts and runs too large to generate."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = list(prompts or [])
+    if not prompts:
+        raise SteeringError("Give at least one prompt.")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str) or not p.strip():
+            raise SteeringError(f"Prompt {i + 1} is empty; every prompt needs some text.")
+    if len(prompts) * n_samples > MAX_GENERATIONS:
+        raise SteeringError(f"{len(prompts)} prompts x {n_samples} samples is {len(prompts) * n_samples} generations; "
+                            f"one run takes at most {MAX_GENERATIONS}. Split the prompts over several runs.")
+    return prompts

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from backend.errors import UnavailableError
+from backend.search import sentence_embed
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -114,8 +115,6 @@ def _one_output(acts: torch.Tensor, nll: torch.Tensor, feature_ids: list[int], t
 def concept_similarities(texts: list[str], contexts: list[str]) -> list[float]:
     """MiniLM cosine of each text to the normalized mean embedding of `contexts` (a feature's top contexts,
     embedded as backend.search embeds them); NaN for an empty text. Raises UnavailableError without MiniLM."""
-    from backend.search import sentence_embed
-
     contexts = [c for c in contexts if c and c.strip()]
     if not contexts:
         return [math.nan] * len(texts)

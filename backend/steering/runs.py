@@ -4,7 +4,9 @@ steered logits of one sequence, strength sweeps, and the tokens a decoder direct
 Every forward goes through the reader's runtime (backend.runtime): its HF model, lock and steering hook."""
 from __future__ import annotations
 
+import dataclasses
 import math
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -12,12 +14,15 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import torch
 
 from backend.models import ReaderModel
-from backend.runtime import runtime_for
-from backend.steering.config import Kind, Positions, SteerConfig, SteeringError
+from backend.runtime import HookedForward, runtime_for
+from backend.steering.auto import AutoConfig, AutoStrength, Probe, search_strength
+from backend.steering.config import (
+    AUTO, Kind, Positions, SteerConfig, SteeringError, Strength, check_prompts, check_strength, check_strengths,
+)
 from backend.steering.measures import (
     Generation, OutputMeasures, add_concept_similarity, measure_outputs, perplexity_warning, pool_generations,
 )
-from backend.steering.sampling import OnStep, format_prompt, generate
+from backend.steering.sampling import format_prompt, generate_batch
 from backend.steering.units import FeatureScale, decoder_direction, resolve_scales, steering_vector
 
 if TYPE_CHECKING:
@@ -43,6 +48,7 @@ class SteerResult:
     generations: list[Generation]
     seconds: float
     notes: list[str] = field(default_factory=list)
+    auto: AutoStrength | None = None  # how an "auto" strength was chosen (features holds the chosen value)
 
     def get(self, kind: Kind, prompt_idx: int = 0, sample_idx: int = 0) -> Generation:
         for g in self.generations:
@@ -101,21 +107,8 @@ def _generations(
     ]
 
 
-def _streamer(reader: ReaderModel, on_token: OnToken | None, kinds: list[Kind], prompt_idx: int) -> OnStep | None:
-    """Adapt `on_token` to the step loop's (variant, row, tokens) callback."""
-    if on_token is None:
-        return None
-
-    def on_step(variant: int, row: int, toks: list[int]) -> None:
-        on_token(kinds[variant], prompt_idx, row, reader.tokenizer.decode(toks, skip_special_tokens=True))
-
-    return on_step
-
-
-def _checked_features(sae: SAE, features: Mapping[int, float]) -> dict[int, float]:
-    out = {int(f): float(s) for f, s in features.items()}
-    if not out:
-        raise SteeringError("Choose at least one feature to steer.")
+def _checked_features(sae: SAE, features: Mapping[int, Strength]) -> dict[int, Strength]:
+    out = check_strengths(features)
     for f in out:
         if not 0 <= f < sae.W_dec.shape[0]:
             raise SteeringError(f"Feature {f} is out of range for an SAE with {sae.W_dec.shape[0]} features.")
@@ -126,43 +119,130 @@ def _thresholds(feature_ids: list[int], cfg: SteerConfig, fire_thresholds: Mappi
     return {f: float((fire_thresholds or {}).get(f, cfg.fire_threshold)) for f in feature_ids}
 
 
+@dataclass
+class _Variants:
+    """What one batched generation makes: every variant (steering vector, None = unsteered) x prompt x sample."""
+
+    vectors: list[torch.Tensor | None]
+    prompt_ids: list[list[int]]
+    cfg: SteerConfig
+
+    def rows(self) -> list[tuple[int, int, int]]:
+        n = self.cfg.n_samples
+        return [(v, j, i) for v in range(len(self.vectors)) for j in range(len(self.prompt_ids)) for i in range(n)]
+
+    def generate(self, forward: HookedForward, stop_ids: set[int], on_row: Callable[[int, int, int, list[int]], None] | None = None,
+                 ) -> dict[tuple[int, int], list[list[int]]]:
+        """{(variant, prompt): outputs sample by sample} from ONE batched generate (KV cache, left padding)."""
+        rows = self.rows()
+        step = None if on_row is None else (lambda r, toks: on_row(*rows[r], toks))
+        outs = generate_batch(forward, [self.prompt_ids[j] for _, j, _ in rows], [self.vectors[v] for v, _, _ in rows],
+                              [self.cfg.seeds()[i] for _, _, i in rows], self.cfg, stop_ids, step)
+        grouped: dict[tuple[int, int], list[list[int]]] = {}
+        for (v, j, _), o in zip(rows, outs):
+            grouped.setdefault((v, j), []).append(o)
+        return grouped
+
+    def measured(self, forward: HookedForward, sae: SAE, outs: dict[tuple[int, int], list[list[int]]], feature_ids: list[int],
+                 thresholds: Mapping[int, float]) -> dict[tuple[int, int], list[OutputMeasures]]:
+        """Measures of every output, one unsteered re-reading forward per prompt (all its variants together)."""
+        n_var, out = len(self.vectors), {}
+        for j, ids in enumerate(self.prompt_ids):
+            flat = [o for v in range(n_var) for o in outs[(v, j)]]
+            measures = measure_outputs(forward, sae, ids, flat, feature_ids, thresholds)
+            for v in range(n_var):
+                out[(v, j)] = measures[v * self.cfg.n_samples:(v + 1) * self.cfg.n_samples]
+        return out
+
+
+def _token_streamer(reader: ReaderModel, on_token: OnToken | None, kinds: list[Kind]) -> Callable[[int, int, int, list[int]], None] | None:
+    if on_token is None:
+        return None
+    return lambda v, j, i, toks: on_token(kinds[v], j, i, reader.tokenizer.decode(toks, skip_special_tokens=True))
+
+
+def _median_ratio(measures: dict[tuple[int, int], list[OutputMeasures]], n_variants: int) -> list[float]:
+    """Per variant 1.. : median per-generation perplexity over its prompts and samples / variant 0's (unsteered)."""
+    def median_ppl(v: int) -> float:
+        ppl = [math.exp(m.nll) for (var, _), ms in measures.items() if var == v for m in ms if math.isfinite(m.nll)]
+        return float(statistics.median(ppl)) if ppl else math.nan
+
+    base = median_ppl(0)
+    return [median_ppl(v) / base for v in range(1, n_variants)]
+
+
+def _auto_probe(forward: HookedForward, sae: SAE, prompt_ids: list[list[int]], fixed: torch.Tensor | None,
+                unit_vec: torch.Tensor, cfg: SteerConfig, auto_cfg: AutoConfig, stop_ids: set[int]) -> Probe:
+    """probe(strengths): median perplexity ratios of short steered generations, all strengths in one batch."""
+    probe_cfg = dataclasses.replace(cfg, n_samples=min(cfg.n_samples, auto_cfg.max_samples), features={},
+                                    max_new_tokens=auto_cfg.probe_tokens, min_new_tokens=auto_cfg.probe_tokens)
+    prompts = prompt_ids[: auto_cfg.max_prompts]
+
+    def probe(strengths: list[float]) -> list[float]:
+        vectors = [None] + [unit_vec * s if fixed is None else fixed + unit_vec * s for s in strengths]
+        variants = _Variants(vectors, prompts, probe_cfg)
+        measures = variants.measured(forward, sae, variants.generate(forward, stop_ids), [], {})
+        return _median_ratio(measures, len(vectors))
+
+    return probe
+
+
+def _resolve_auto(forward: HookedForward, sae: SAE, features: dict[int, Strength], scales: dict[int, FeatureScale],
+                  prompt_ids: list[list[int]], cfg: SteerConfig, auto_cfg: AutoConfig | None, stop_ids: set[int],
+                  ) -> tuple[dict[int, float], AutoStrength | None]:
+    """Numeric strengths: the "auto" features share one strength found by `search_strength`."""
+    auto = [f for f, s in features.items() if s == AUTO]
+    if not auto:
+        return {f: float(s) for f, s in features.items()}, None
+    fixed = {f: scales[f].with_strength(float(s)) for f, s in features.items() if s != AUTO}
+    fixed_vec = steering_vector(sae, fixed) if fixed else None
+    unit_vec = steering_vector(sae, {f: scales[f] for f in auto})
+    found = search_strength(_auto_probe(forward, sae, prompt_ids, fixed_vec, unit_vec, cfg, auto_cfg or AutoConfig(), stop_ids),
+                            auto_cfg)
+    return {f: (found.strength if s == AUTO else float(s)) for f, s in features.items()}, found
+
+
 def steer(
     reader: ReaderModel,
     sae: SAE,
-    features: Mapping[int, float] | None,
+    features: Mapping[int, Strength] | None,
     prompts: list[str],
     cfg: SteerConfig | None = None,
     typical_acts: Mapping[int, float] | None = None,
     on_token: OnToken | None = None,
     concept_texts: Mapping[int, list[str]] | None = None,
     fire_thresholds: Mapping[int, float] | None = None,
+    auto: AutoConfig | None = None,
 ) -> SteerResult:
-    """Generate unsteered and steered continuations of each prompt (same seeds per sample), streaming
-    text through `on_token(kind, prompt_idx, sample_idx, text_so_far)`, and measure both.
+    """Generate unsteered and steered continuations of each prompt (same seeds per sample) in one batched
+    generate, streaming text through `on_token(kind, prompt_idx, sample_idx, text_so_far)`, and measure both.
 
+    A strength "auto" is chosen first by `search_strength` (`auto`: its AutoConfig), reported in `result.auto`.
     concept_texts: {feature_id: its top contexts} to measure the MiniLM similarity of each output to them.
     fire_thresholds: per-feature presence thresholds (default `cfg.fire_threshold`), as the corpus uses."""
     cfg = cfg or SteerConfig()
-    features = _checked_features(sae, cfg.features if features is None else features)
+    requested = _checked_features(sae, cfg.features if features is None else features)
+    prompts = check_prompts(prompts, cfg.n_samples)
     runtime = runtime_for(reader)
     prompt_ids = [format_prompt(reader, p, cfg.chat_template) for p in prompts]
-    thresholds = _thresholds(list(features), cfg, fire_thresholds)
+    thresholds = _thresholds(list(requested), cfg, fire_thresholds)
     kinds: list[Kind] = ["unsteered", "steered"]
-    gens: list[Generation] = []
     t0 = time.time()
     with torch.inference_mode(), runtime.hooked(sae.cfg.metadata.hook_name) as forward:
         stop_ids = runtime.stop_token_ids()  # inside: the HF model (and its generation config) is loaded now
-        scales = resolve_scales(forward, sae, features, typical_acts, prompt_ids)
-        vector = steering_vector(sae, scales)
-        for j, ids in enumerate(prompt_ids):
-            outs = generate(forward, ids, [None, vector], cfg, stop_ids, _streamer(reader, on_token, kinds, j))
-            for kind, o in zip(kinds, outs):
-                gens += _generations(reader, kind, j, o, measure_outputs(forward, sae, ids, o, list(features), thresholds), cfg)
+        unit_scales = resolve_scales(forward, sae, {f: 1.0 for f in requested}, typical_acts, prompt_ids)
+        strengths, found = _resolve_auto(forward, sae, requested, unit_scales, prompt_ids, cfg, auto, stop_ids)
+        scales = {f: unit_scales[f].with_strength(s) for f, s in strengths.items()}
+        variants = _Variants([None, steering_vector(sae, scales)], prompt_ids, cfg)
+        outs = variants.generate(forward, stop_ids, _token_streamer(reader, on_token, kinds))
+        measures = variants.measured(forward, sae, outs, list(strengths), thresholds)
+    gens = [g for j in range(len(prompt_ids)) for v, kind in enumerate(kinds)
+            for g in _generations(reader, kind, j, outs[(v, j)], measures[(v, j)], cfg)]
     notes = [n for n in [add_concept_similarity(gens, concept_texts)] if n] if concept_texts else []
     return SteerResult(
-        prompts=list(prompts), prompt_ids=prompt_ids, features=features, scales=scales, config=cfg,
+        prompts=list(prompts), prompt_ids=prompt_ids, features=strengths, scales=scales, config=cfg,
         hook_name=forward.hook_name, device=str(forward.device), backend=forward.backend, generations=gens,
-        seconds=time.time() - t0, notes=notes,
+        seconds=time.time() - t0, notes=([found.note] if found else []) + notes, auto=found,
     )
 
 
@@ -177,12 +257,14 @@ def generate_steered(
     """Steered generation only (no unsteered run, no measures): [prompt][sample] -> new token ids.
     An empty `features` gives plain generation through the same loop."""
     cfg = cfg or SteerConfig()
+    features = {f: float(s) for f, s in check_strengths(features, allow_empty=True).items()}
     runtime = runtime_for(reader)
-    prompt_ids = [format_prompt(reader, p, cfg.chat_template) for p in prompts]
+    prompt_ids = [format_prompt(reader, p, cfg.chat_template) for p in check_prompts(prompts, cfg.n_samples)]
     with torch.inference_mode(), runtime.hooked(sae.cfg.metadata.hook_name) as forward:
         stop_ids = runtime.stop_token_ids()
         vector = steering_vector(sae, resolve_scales(forward, sae, features, typical_acts, prompt_ids)) if features else None
-        return [generate(forward, ids, [vector], cfg, stop_ids)[0] for ids in prompt_ids]
+        outs = _Variants([vector], prompt_ids, cfg).generate(forward, stop_ids)
+    return [outs[(0, j)] for j in range(len(prompt_ids))]
 
 
 def steered_logits(
@@ -222,22 +304,26 @@ def _sweep_generations(
     reader: ReaderModel, sae: SAE, feature_id: int, strengths: list[float], prompts: list[str], cfg: SteerConfig,
     typical_acts: Mapping[int, float] | None, threshold: float, on_progress: OnProgress | None,
 ) -> tuple[FeatureScale, dict[float, list[Generation]]]:
-    """The unit at strength 1.0 and the generations at each strength (0.0 = unsteered, run once)."""
+    """The unit at strength 1.0 and the generations at each strength (0.0 = unsteered), all in one batch.
+    `on_progress(tokens generated, max_new_tokens)` follows the batch."""
     runtime = runtime_for(reader)
-    prompt_ids = [format_prompt(reader, p, cfg.chat_template) for p in prompts]
+    prompt_ids = [format_prompt(reader, p, cfg.chat_template) for p in check_prompts(prompts, cfg.n_samples)]
     nonzero = sorted({float(s) for s in strengths if s != 0})
     by_strength: dict[float, list[Generation]] = {s: [] for s in [0.0, *nonzero]}
+    progress = None if on_progress is None else (
+        lambda v, j, i, toks: on_progress(len(toks), cfg.max_new_tokens) if (v, j, i) == (0, 0, 0) else None)
     with torch.inference_mode(), runtime.hooked(sae.cfg.metadata.hook_name) as forward:
         stop_ids = runtime.stop_token_ids()
         base = resolve_scales(forward, sae, {feature_id: 1.0}, typical_acts, prompt_ids)[feature_id]
-        vectors = [None] + [steering_vector(sae, {feature_id: base.with_strength(s)}) for s in nonzero]
-        for j, ids in enumerate(prompt_ids):
-            outs = generate(forward, ids, vectors, cfg, stop_ids)
-            for s, o in zip(by_strength, outs):
-                measures = measure_outputs(forward, sae, ids, o, [feature_id], {feature_id: threshold})
-                by_strength[s] += _generations(reader, str(s), j, o, measures, cfg)
-            if on_progress is not None:
-                on_progress(j + 1, len(prompt_ids))
+        variants = _Variants([None] + [steering_vector(sae, {feature_id: base.with_strength(s)}) for s in nonzero],
+                             prompt_ids, cfg)
+        outs = variants.generate(forward, stop_ids, progress)
+        measures = variants.measured(forward, sae, outs, [feature_id], {feature_id: threshold})
+    for j in range(len(prompt_ids)):
+        for v, s in enumerate(by_strength):
+            by_strength[s] += _generations(reader, str(s), j, outs[(v, j)], measures[(v, j)], cfg)
+    if on_progress is not None:
+        on_progress(cfg.max_new_tokens, cfg.max_new_tokens)
     return base, by_strength
 
 
@@ -262,6 +348,10 @@ def strength_sweep(
 
     cfg = cfg or SteerConfig(n_samples=2)
     f = int(_checked_features(sae, {feature_id: 1.0}).popitem()[0])
+    checked = [check_strength(f, s) for s in strengths]
+    if AUTO in checked or not checked:
+        raise SteeringError("A sweep takes one or more numeric strengths ('auto' is for ws.steer).")
+    strengths = [float(s) for s in checked]
     threshold = cfg.fire_threshold if fire_threshold is None else float(fire_threshold)
     base, by_strength = _sweep_generations(reader, sae, f, strengths, prompts, cfg, typical_acts, threshold, on_progress)
     note = add_concept_similarity([g for gens in by_strength.values() for g in gens], {f: concept_texts}) if concept_texts else None

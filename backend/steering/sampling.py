@@ -1,5 +1,6 @@
-"""Steered sampling: prompts to token ids, and a step loop with a KV cache that generates every steering
-variant of a prompt in lockstep (same seeds, so variants differ only through the steering)."""
+"""Steered sampling: prompts to token ids, and one batched step loop (KV cache, left padding) that generates
+every row of a run together: any prompts, samples and steering vectors, each row with its own RNG seed (so
+a steered row and its unsteered twin differ only through the steering)."""
 from __future__ import annotations
 
 import math
@@ -53,29 +54,109 @@ def pick_tokens(logits: torch.Tensor, cfg: SteerConfig, generators: list[torch.G
 
 
 @dataclass
-class _Stream:
-    """One batch of `n_samples` rows sharing a prompt and a steering vector."""
+class _Batch:
+    """Rows generated together: left-padded prompts, their attention mask and positions, one steering
+    vector per row ([rows, 1, d_model], zeros for unsteered rows; None when no row is steered)."""
 
-    vector: torch.Tensor | None
     seq: torch.Tensor
-    cache: Any
+    mask: torch.Tensor | None
+    positions: torch.Tensor | None
+    vector: torch.Tensor | None
     generators: list[torch.Generator]
-    done: list[bool]
-    out: list[list[int]]
+    cache: Any
 
 
-def _streams(forward: HookedForward, prompt_ids: list[int], vectors: list[torch.Tensor | None], cfg: SteerConfig) -> list[_Stream]:
-    n, dev = cfg.n_samples, forward.device
-    streams = []
-    for v in vectors:
-        generators = [torch.Generator(device=dev).manual_seed(s) for s in cfg.seeds()] if cfg.temperature > 0 else []
-        streams.append(_Stream(
-            vector=None if v is None else v.to(dev, forward.dtype),
-            seq=torch.tensor([prompt_ids] * n, dtype=torch.long, device=dev),
-            cache=forward.new_cache(n) if cfg.use_cache else None,
-            generators=generators, done=[False] * n, out=[[] for _ in range(n)],
-        ))
-    return streams
+def _batch(forward: HookedForward, prompts: list[list[int]], vectors: list[torch.Tensor | None], seeds: list[int],
+           cfg: SteerConfig, pad_id: int) -> _Batch:
+    dev, width = forward.device, max(len(p) for p in prompts)
+    seq = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], dtype=torch.long, device=dev)
+    mask = positions = None
+    if any(len(p) != width for p in prompts):  # left padding: mask the pads, count positions from each row's start
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long, device=dev)
+        positions = (mask.cumsum(-1) - 1).clamp_(min=0)
+    vector = None
+    if any(v is not None for v in vectors):
+        d = next(v for v in vectors if v is not None).shape[-1]
+        vector = torch.stack([torch.zeros(d) if v is None else v.detach().float().cpu() for v in vectors])[:, None]
+        vector = vector.to(dev, forward.dtype)
+    generators = [torch.Generator(device=dev).manual_seed(s) for s in seeds] if cfg.temperature > 0 else []
+    return _Batch(seq, mask, positions, vector, generators, forward.new_cache(len(prompts)) if cfg.use_cache else None)
+
+
+def _step_logits(forward: HookedForward, b: _Batch, step: int, start: int) -> torch.Tensor:
+    """Next-token logits of every row (the whole sequence on the first step or without a cache)."""
+    fed = b.seq if (b.cache is None or step == 0) else b.seq[:, -1:]
+    forward.steer_with(b.vector, start=start, offset=b.seq.shape[1] - fed.shape[1])
+    if b.mask is None:
+        return forward.logits(fed, b.cache, keep=1)[:, -1]
+    pos = b.positions[:, -fed.shape[1]:]
+    return forward.logits(fed, b.cache, keep=1, attention_mask=b.mask, position_ids=pos)[:, -1]
+
+
+def generate_rows(
+    forward: HookedForward,
+    prompts: list[list[int]],
+    vectors: list[torch.Tensor | None],
+    seeds: list[int],
+    cfg: SteerConfig,
+    stop_ids: set[int],
+    on_step: Callable[[int, list[int]], None] | None = None,
+) -> list[list[int]]:
+    """One batched generation (KV cache, left padding) of every row: row i continues `prompts[i]` with
+    `vectors[i]` added (None = unsteered), sampling from its own RNG seeded `seeds[i]`, so a row's tokens
+    do not depend on the other rows. Returns the new token ids of each row, stop token excluded.
+    With positions="generated" the vector is added from the first generated position on."""
+    pad_id = min(stop_ids) if stop_ids else 0
+    b = _batch(forward, prompts, vectors, seeds, cfg, pad_id)
+    start = b.seq.shape[1] if cfg.positions == "generated" else 0
+    forbid = sorted(stop_ids)
+    done, out = [False] * len(prompts), [[] for _ in prompts]
+    try:
+        for step in range(cfg.max_new_tokens):
+            logits = _step_logits(forward, b, step, start)
+            nxt = pick_tokens(logits, cfg, b.generators, forbid if step < cfg.min_new_tokens else [])
+            for row, token in enumerate(nxt):
+                if done[row]:
+                    continue
+                if token in stop_ids:
+                    done[row] = True
+                else:
+                    out[row].append(token)
+                if on_step is not None:
+                    on_step(row, out[row])
+            if all(done):
+                break
+            b.seq = torch.cat([b.seq, torch.tensor(nxt, dtype=torch.long, device=forward.device)[:, None]], dim=1)
+            if b.mask is not None:
+                b.mask = torch.cat([b.mask, b.mask.new_ones(len(nxt), 1)], dim=1)
+                b.positions = torch.cat([b.positions, b.positions[:, -1:] + 1], dim=1)
+    finally:
+        forward.reset()
+    return out
+
+
+def generate_batch(
+    forward: HookedForward,
+    prompts: list[list[int]],
+    vectors: list[torch.Tensor | None],
+    seeds: list[int],
+    cfg: SteerConfig,
+    stop_ids: set[int],
+    on_step: Callable[[int, list[int]], None] | None = None,
+) -> list[list[int]]:
+    """`generate_rows` for any backend: the HF model takes every row in one left-padded batch; the
+    TransformerLens fallback (no attention mask with a KV cache) one batch per prompt length."""
+    if forward.backend == "hf":
+        return generate_rows(forward, prompts, vectors, seeds, cfg, stop_ids, on_step)
+    out: list[list[int]] = [[] for _ in prompts]
+    for length in sorted({len(p) for p in prompts}):
+        rows = [i for i, p in enumerate(prompts) if len(p) == length]
+        sub_step = None if on_step is None else (lambda r, toks, rows=rows: on_step(rows[r], toks))
+        outs = generate_rows(forward, [prompts[i] for i in rows], [vectors[i] for i in rows], [seeds[i] for i in rows],
+                             cfg, stop_ids, sub_step)
+        for i, o in zip(rows, outs):
+            out[i] = o
+    return out
 
 
 def generate(
@@ -86,30 +167,11 @@ def generate(
     stop_ids: set[int],
     on_step: OnStep | None = None,
 ) -> list[list[list[int]]]:
-    """Generate `cfg.n_samples` continuations per steering vector (None = unsteered), stepping the
-    variants in lockstep. Returns [variant][sample] -> new token ids, stop token excluded."""
-    start = len(prompt_ids) if cfg.positions == "generated" else 0
-    forbid = sorted(stop_ids)
-    streams = _streams(forward, prompt_ids, vectors, cfg)
-    for step in range(cfg.max_new_tokens):
-        for variant, s in enumerate(streams):
-            if all(s.done):
-                continue
-            fed = s.seq if (s.cache is None or step == 0) else s.seq[:, -1:]
-            forward.steer_with(s.vector, start=start, offset=s.seq.shape[1] - fed.shape[1])
-            logits = forward.logits(fed, s.cache, keep=1)[:, -1]
-            nxt = pick_tokens(logits, cfg, s.generators, forbid if step < cfg.min_new_tokens else [])
-            for row, token in enumerate(nxt):
-                if s.done[row]:
-                    continue
-                if token in stop_ids:
-                    s.done[row] = True
-                else:
-                    s.out[row].append(token)
-                if on_step is not None:
-                    on_step(variant, row, s.out[row])
-            s.seq = torch.cat([s.seq, torch.tensor(nxt, dtype=torch.long, device=forward.device)[:, None]], dim=1)
-        if all(all(s.done) for s in streams):
-            break
-    forward.reset()
-    return [s.out for s in streams]
+    """Generate `cfg.n_samples` continuations of one prompt per steering vector (None = unsteered), all in
+    one batch. Returns [variant][sample] -> new token ids, stop token excluded."""
+    n = cfg.n_samples
+    rows_vectors = [v for v in vectors for _ in range(n)]
+    step = None if on_step is None else (lambda row, toks: on_step(row // n, row % n, toks))
+    outs = generate_batch(forward, [prompt_ids] * len(rows_vectors), rows_vectors, cfg.seeds() * len(vectors), cfg,
+                          stop_ids, step)
+    return [outs[k * n:(k + 1) * n] for k in range(len(vectors))]

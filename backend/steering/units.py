@@ -1,6 +1,10 @@
-"""What a steering strength means: strength 1.0 adds the feature's typical activation (its p99 or max
-over the corpus's documents) times its decoder direction, with documented fallbacks when the feature
-has no typical activation."""
+"""What a steering strength means.
+
+The default unit, "residual", is calibrated so 1.0 means the same push for every feature: it adds a vector
+as long as the median residual norm at the hook on the prompts, along the feature's decoder direction. The
+older units ("p99_act", "max_act": the feature's typical activation over a corpus's documents times its
+decoder direction) stay available by name; their push varies with each feature's activation and decoder
+scale (a dense feature with small activations barely moves the text at 1.0, another breaks it)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,8 +19,13 @@ if TYPE_CHECKING:
 
     from backend.runtime import HookedForward
 
-UnitKind = Literal["p99_act", "max_act"]
-UNIT_KINDS: dict[str, str] = {"p99_act": "99th-percentile activation", "max_act": "maximum activation"}
+UnitKind = Literal["residual", "p99_act", "max_act"]
+UNIT_KINDS: dict[str, str] = {
+    "residual": "median residual norm (same push for every feature)",
+    "p99_act": "99th-percentile activation",
+    "max_act": "maximum activation",
+}
+DEFAULT_UNIT: UnitKind = "residual"
 ScaleSource = Literal["typical_acts", "residual_norm", "decoder_bias_norm", "unit_norm"]
 
 
@@ -60,10 +69,13 @@ class ActivationLevels:
 
 def typical_units(levels: Mapping[int, ActivationLevels], unit: UnitKind = "p99_act") -> dict[int, float]:
     """{feature_id: typical activation} for strength 1.0: the chosen level, else the max; features that
-    never fired (no positive level) are left out, so `feature_scale` falls back to a norm-based unit."""
+    never fired (no positive level) are left out, so `feature_scale` falls back to a norm-based unit.
+    The "residual" unit uses no activation level: empty."""
     if unit not in UNIT_KINDS:
         raise SteeringError(f"unit must be one of {', '.join(UNIT_KINDS)}, not {unit!r}")
     out: dict[int, float] = {}
+    if unit == "residual":
+        return out
     for feature_id, level in levels.items():
         value = getattr(level, unit) or level.max_act or 0.0
         if value > 0:
@@ -104,8 +116,8 @@ def feature_scale(
         return FeatureScale(f, unit, "typical_acts", f"1.0 = the feature's typical activation ({unit:.4g}){extra}", d_norm, strength)
     if resid_norm is not None and resid_norm > 0:
         unit = float(resid_norm) / d_norm
-        note = (f"no typical activation given: estimated so 1.0 adds a vector as long as the median residual "
-                f"norm at the hook on the prompts ({resid_norm:.4g}){extra}")
+        note = (f"1.0 adds a vector as long as the median residual norm at the hook on the prompts "
+                f"({resid_norm:.4g}){extra}")
         return FeatureScale(f, unit, "residual_norm", note, d_norm, strength)
     b_norm = float(sae.b_dec.detach().float().norm()) if getattr(sae, "b_dec", None) is not None else 0.0
     if b_norm > 1e-6:

@@ -66,33 +66,64 @@ def set_generation(at: AppTest, n: int = 2, max_new: int = 4, temperature: float
     at.number_input(key="steer_seed").set_value(seed)
 
 
+def by_hand(at: AppTest, f: int, strength: float, unit: str = "p99_act") -> AppTest:
+    """Turn auto off for feature f, pick the unit, set the strength slider."""
+    at.toggle(key=f"steer_auto_{f}").set_value(False)
+    at.radio(key="steer_unit").set_value(unit)
+    at.run()
+    at.slider(key=f"steer_strength_{f}").set_value(strength)
+    return at
+
+
 def test_renders_preselected_feature_with_raw_coefficient(tiny_workspace_file, feature):
     at = page(tiny_workspace_file, feature)
     no_errors(at)
     f = feature["id"]
     assert at.session_state["steer_features"] == [f]
     assert any(m.value == f"**Feature {f}**" for m in at.markdown)
-    assert at.slider(key=f"steer_strength_{f}").value == 1.0
+    # Auto by default (the slider is off), in the residual unit.
+    assert at.toggle(key=f"steer_auto_{f}").value is True and at.slider(key=f"steer_strength_{f}").disabled
+    assert at.radio(key="steer_unit").value == "residual"
+    assert [m.value for m in at.metric if m.label == "Raw coefficient"] == ["auto"]
+    assert any("Device: **CPU**" in c.value for c in at.caption)
+    # By hand in the old unit: the coefficient is strength x the p99 activation.
+    by_hand(at, f, 1.0).run()
     coef = [m for m in at.metric if m.label == "Raw coefficient"]
     assert len(coef) == 1 and float(coef[0].value) == pytest.approx(feature["p99"], rel=1e-3)
-    assert any("Device: **CPU**" in c.value for c in at.caption)
-    # Moving the slider rescales the coefficient (strength x typical activation).
     at.slider(key=f"steer_strength_{f}").set_value(-0.5).run()
     coef = [m for m in at.metric if m.label == "Raw coefficient"]
     assert float(coef[0].value) == pytest.approx(-0.5 * feature["p99"], rel=1e-3)
     # The maximum activation can be the unit instead.
     at.radio(key="steer_unit").set_value("max_act").run()
     assert float([m for m in at.metric if m.label == "Raw coefficient"][0].value) <= -0.5 * feature["p99"] + 1e-6
+    # The residual unit says what it adds (known once the prompt is read).
+    at.radio(key="steer_unit").set_value("residual").run()
+    assert [m.value for m in at.metric if m.label == "Added norm"] == ["-0.5 x resid"]
 
 
 def generated_at_strength_two(path, feature):
-    """The page after generating 2 samples of 4 tokens at strength 2.0: (AppTest, the steer result)."""
+    """The page after generating 2 samples of 4 tokens at strength 2.0 (p99 unit): (AppTest, the steer result)."""
     at = page(path, feature)
     set_generation(at, n=2, max_new=4)
-    at.slider(key=f"steer_strength_{feature['id']}").set_value(2.0)
+    by_hand(at, feature["id"], 2.0)
     at.button(key="steer_generate").click().run()
     no_errors(at)
     return at, at.session_state["steer_result"]
+
+
+def test_auto_is_the_default_and_the_chosen_strength_is_shown(tiny_workspace_file, feature):
+    at = page(tiny_workspace_file, feature)
+    f = feature["id"]
+    set_generation(at, n=1, max_new=4)
+    at.button(key="steer_generate").click().run()
+    no_errors(at)
+    res = at.session_state["steer_result"]
+    assert res.auto is not None and res.features == {f: res.auto.strength}
+    assert res.scales[f].source == "residual_norm" and res.scales[f].strength == res.auto.strength
+    shown = next(m for m in at.metric if m.label == "Auto strength")
+    assert shown.value == f"{res.auto.strength:.3g}"
+    probes = next(d.value for d in at.dataframe if "perplexity ratio" in d.value.columns)
+    assert len(probes) == len(res.auto.probes) and res.auto.strength in list(probes["strength"]) + [0.0]
 
 
 def test_generate_shows_both_columns_and_measures(tiny_workspace_file, feature):
@@ -161,7 +192,7 @@ def test_strong_greedy_steer_changes_text_and_raises_feature(tiny_workspace_file
     at = page(tiny_workspace_file, feature)
     f = feature["id"]
     set_generation(at, n=1, max_new=6, temperature=0.0)
-    at.slider(key=f"steer_strength_{f}").set_value(2.0)
+    by_hand(at, f, 2.0)
     at.button(key="steer_generate").click().run()
     no_errors(at)
     texts = generation_texts(at)
@@ -174,7 +205,7 @@ def test_zero_strength_gives_identical_text(tiny_workspace_file, feature):
     at = page(tiny_workspace_file, feature)
     f = feature["id"]
     set_generation(at, n=2, max_new=5, temperature=1.0, seed=11)
-    at.slider(key=f"steer_strength_{f}").set_value(0.0)
+    by_hand(at, f, 0.0)
     at.button(key="steer_generate").click().run()
     no_errors(at)
     texts = generation_texts(at)
@@ -187,6 +218,7 @@ def test_zero_strength_gives_identical_text(tiny_workspace_file, feature):
 def test_strength_sweep_renders_chart_and_table(tiny_workspace_file, feature):
     at = page(tiny_workspace_file, feature)
     set_generation(at, n=1, max_new=3, temperature=0.0)
+    at.radio(key="steer_unit").set_value("p99_act")
     at.text_input(key="steer_sweep_strengths").set_value("0, 1, 3")
     at.button(key="steer_sweep_run").click().run()
     no_errors(at)
@@ -214,7 +246,7 @@ def test_add_features_by_id_and_search_then_remove(tiny_workspace_file, feature)
     at.button(key="steer_add_id_btn").click().run()
     no_errors(at)
     assert at.session_state["steer_features"] == [f, other]
-    assert at.slider(key=f"steer_strength_{other}").value == 1.0
+    assert at.slider(key=f"steer_strength_{other}").value == 0.3 and at.toggle(key=f"steer_auto_{other}").value
     # Search by meaning lists matches with labels; adding one puts it in the list with its own slider.
     at.text_input(key="steer_search").set_value("movie film").run()
     no_errors(at)
@@ -258,4 +290,5 @@ def test_real_model_generates_side_by_side(real_ws_path):
     texts = generation_texts(at)
     assert len(texts["Unsteered"]) == len(texts["Steered"]) == 1
     res = at.session_state["steer_result"]
-    assert res.get("unsteered").n_tokens > 0 and res.scales[f].source == "typical_acts"
+    assert res.get("unsteered").n_tokens > 0 and res.scales[f].source == "residual_norm"
+    assert res.auto is not None and res.features[f] == res.auto.strength
