@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.dtypes import BF16_REL, assert_close_in, exact
+
 from backend.models import DEFAULT_MODEL, cached_hf_dir, load_reader, prepare_builtin
-from backend.runtime import residuals
+from backend.runtime import residuals, runtime_for
 from backend.steering import (
     ActivationLevels,
     Generation,
@@ -102,9 +104,9 @@ def test_hf_hook_residual_matches_transformer_lens(reader):
     ids = torch.tensor([format_prompt(reader, PROMPT)])
     # The runtime reads residuals from the HF model; the reference is a full TransformerLens run.
     _, cache = reader.model.run_with_cache(ids, names_filter=lambda n: n.endswith("resid_pre") or n.endswith("resid_post"))
-    torch.testing.assert_close(residuals(reader, ids, HOOK), cache[HOOK], atol=1e-5, rtol=1e-4)
+    assert_close_in(runtime_for(reader).dtype, residuals(reader, ids, HOOK), cache[HOOK], atol=1e-5, rtol=1e-4)
     for hook in ("blocks.0.hook_resid_post", "blocks.1.hook_resid_pre", "blocks.0.hook_resid_pre"):
-        torch.testing.assert_close(residuals(reader, ids, hook), cache[hook], atol=1e-5, rtol=1e-4)
+        assert_close_in(runtime_for(reader).dtype, residuals(reader, ids, hook), cache[hook], atol=1e-5, rtol=1e-4)
     # The two layers really differ, so a wrong layer index could not pass.
     assert not torch.allclose(residuals(reader, ids, HOOK), residuals(reader, ids, "blocks.1.hook_resid_pre"), atol=1e-3)
 
@@ -198,7 +200,8 @@ def test_strength_units_and_fallbacks(reader, sae, target_token):
     res = steer(reader, sae, {FEAT: 0.5}, ["Hi"], greedy(max_new_tokens=2, min_new_tokens=0))
     assert res.scales[FEAT].source == "residual_norm"
     resid = residuals(reader, torch.tensor([res.prompt_ids[0]]), HOOK)[0, 1:]
-    assert res.scales[FEAT].unit == pytest.approx(float(resid.norm(dim=-1).median()), rel=1e-4)
+    rel = 1e-4 if exact(runtime_for(reader).dtype) else BF16_REL
+    assert res.scales[FEAT].unit == pytest.approx(float(resid.float().norm(dim=-1).median()), rel=rel)
 
 
 def test_strength_sweep_and_figure(reader, sae):
@@ -382,7 +385,7 @@ def test_residual_unit_gives_the_same_push_to_features_of_very_different_scales(
     assert old[big] / old[small] > 1000
     assert new[big] / new[small] == pytest.approx(1.0, rel=1e-3)
     resid = residuals(tiny_reader, torch.tensor([prompt]), "blocks.0.hook_resid_post")[0, 1:]
-    assert new[big] == pytest.approx(float(resid.norm(dim=-1).median()), rel=1e-3)
+    assert new[big] == pytest.approx(float(resid.float().norm(dim=-1).median()), rel=1e-3 if exact(runtime_for(reader).dtype) else BF16_REL)
 
 
 def test_workspace_steer_defaults_to_the_residual_unit_and_keeps_the_old_one(tiny_workspace_file):
