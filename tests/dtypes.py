@@ -3,7 +3,8 @@
 A test that compares numerics either pins the dtype it means or compares in the dtype in use: float32 as
 tight as before; bf16 (8 bits of mantissa, ~0.4 % per rounding) by relative error, and sparse rows by
 agreement, since a different batch shape rounds differently and can flip near-ties in a top-k or an argmax.
-CI runs the suite with SAEDASH_CPU_BF16=1 and =0, so both paths run on any machine (Makefile `test-dtypes`)."""
+`make test` runs the suite with SAEDASH_CPU_BF16=0 and these numerics tests again with =1, so both paths run on
+any machine (Makefile `DTYPE_TESTS`)."""
 from __future__ import annotations
 
 import numpy as np

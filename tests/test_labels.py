@@ -144,7 +144,7 @@ def test_llm_label_and_score(pyws, llm):
     assert L.feature_labels(pyws, PLANTED).query("source == 'llm'")["score"].tolist() == pytest.approx([0.5])
 
 
-def test_llm_errors_and_config(pyws, llm, monkeypatch):
+def test_llm_errors_and_config(pyws, llm, monkeypatch, closed_url):
     for var in ("SAEDASH_LLM_BASE_URL", "SAEDASH_LLM_MODEL", "SAEDASH_LLM_API_KEY"):
         monkeypatch.delenv(var, raising=False)
     assert L.LLMConfig.from_env() is None
@@ -157,7 +157,7 @@ def test_llm_errors_and_config(pyws, llm, monkeypatch):
     with pytest.raises(L.LLMError, match="HTTP 500"):
         L.llm_label_features(pyws, "py", [PLANTED])
     with pytest.raises(L.LLMError, match="Cannot reach"):
-        L.chat(L.LLMConfig("http://127.0.0.1:9/v1", "m", timeout_s=2), [{"role": "user", "content": "hi"}])
+        L.chat(L.LLMConfig(closed_url, "m", timeout_s=2), [{"role": "user", "content": "hi"}])
 
 
 def test_parse_helpers():

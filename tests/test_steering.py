@@ -385,7 +385,7 @@ def test_residual_unit_gives_the_same_push_to_features_of_very_different_scales(
     assert old[big] / old[small] > 1000
     assert new[big] / new[small] == pytest.approx(1.0, rel=1e-3)
     resid = residuals(tiny_reader, torch.tensor([prompt]), "blocks.0.hook_resid_post")[0, 1:]
-    assert new[big] == pytest.approx(float(resid.float().norm(dim=-1).median()), rel=1e-3 if exact(runtime_for(reader).dtype) else BF16_REL)
+    assert new[big] == pytest.approx(float(resid.float().norm(dim=-1).median()), rel=1e-3 if exact(runtime_for(tiny_reader).dtype) else BF16_REL)
 
 
 def test_workspace_steer_defaults_to_the_residual_unit_and_keeps_the_old_one(tiny_workspace_file):

@@ -292,21 +292,21 @@ def test_llm_label_offers_the_reader_model(page, tiny_ws_path, monkeypatch):
     assert len(prompts) > before
 
 
-def test_llm_settings_panel_configures_the_endpoint(page, tiny_ws_path, monkeypatch):
+def test_llm_settings_panel_configures_the_endpoint(page, tiny_ws_path, monkeypatch, closed_url):
     for var in ("SAEDASH_LLM_BASE_URL", "SAEDASH_LLM_MODEL", "SAEDASH_LLM_API_KEY"):
         monkeypatch.delenv(var, raising=False)
     fid = int(F.feature_table(ws_of(tiny_ws_path), "t").iloc[0]["feature_id"])
     at = page("features", tiny_ws_path, "t", feature_id=fid).run()
     url, model, key = at.text_input[-3:]
-    url.input("http://127.0.0.1:9/v1")
+    url.input(closed_url)
     model.input("m")
     key.input("sk-test")
     next(b for b in at.button if b.label == "Use these settings").click().run()
     # the settings configure this session's endpoint (issue 12: kept in the session, not the server's environment)
-    assert session_config(at) == L.LLMConfig("http://127.0.0.1:9/v1", "m", "sk-test")
+    assert session_config(at) == L.LLMConfig(closed_url, "m", "sk-test")
     assert L.LLMConfig.from_env() is None
     assert at.button(key=f"llm_label_{fid}")
-    at.button(key=f"llm_label_{fid}").click().run()  # nothing listens on port 9: a clear error, nothing stored
+    at.button(key=f"llm_label_{fid}").click().run()  # nothing listens there: a clear error, nothing stored
     assert any("LLM labelling failed" in e.value and "Cannot reach" in e.value for e in at.error)
     assert "llm" not in set(L.feature_labels(ws_of(tiny_ws_path), fid)["source"])
 
