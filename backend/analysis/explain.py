@@ -236,6 +236,11 @@ class ExplainFinding:
         return self.q_value < ALPHA
 
     @property
+    def measured(self) -> bool:
+        """Whether the held-out half had documents on both sides of this finding (else its means are NaN)."""
+        return bool(np.isfinite(self.mean_on) and np.isfinite(self.mean_off))
+
+    @property
     def sentence(self) -> str:
         """E.g. "Goes with higher stars: praise for the acting — mean 4.2 where it fires vs 3.1 elsewhere"."""
         if self.numeric:
@@ -246,6 +251,8 @@ class ExplainFinding:
         else:
             head = f"Goes with {self.column} = {self.direction}"
             body = f"{_fmt(self.mean_on, False)} {self.direction} where it fires vs {_fmt(self.mean_off, False)} elsewhere"
+        if not self.measured:
+            body = "too rare in the held-out half to measure"
         text = f"{head}: {self.label} — {body} ({_fmt(self.share, False)} of documents"
         text += f", {self.n_features} features)" if self.n_features > 1 else ")"
         return text if self.significant else text + " [not significant]"
@@ -564,11 +571,12 @@ class ExplainResult:
         return self.baseline_model.score if self.baseline_model else None
 
     def summary(self, n_per_direction: int = 4, significant_only: bool = False) -> list[ExplainFinding]:
-        """The strongest findings, at most ``n_per_direction`` of each direction, in summary order."""
+        """The strongest findings, at most ``n_per_direction`` of each direction, in summary order (findings too
+        rare in the held-out half to measure are left out; `findings` keeps them)."""
         taken: dict[str, int] = {}
         out = []
         for f in self.findings:
-            if (significant_only and not f.significant) or taken.get(f.direction, 0) >= n_per_direction:
+            if not f.measured or (significant_only and not f.significant) or taken.get(f.direction, 0) >= n_per_direction:
                 continue
             taken[f.direction] = taken.get(f.direction, 0) + 1
             out.append(f)

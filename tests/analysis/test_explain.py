@@ -112,6 +112,21 @@ def test_a_finding_firing_in_a_handful_of_held_out_documents_is_not_called_signi
     assert row["n_test"] < 5 and row["p_value"] == 1.0 and row["q_value"] == 1.0
 
 
+def test_a_finding_without_held_out_documents_says_so_and_stays_out_of_the_summary():
+    """No held-out document carries it: its means are unknown, so it reads "too rare … to measure", never
+    "mean nan", and the summary leaves it out."""
+    X, stars, y = planted(seed=4)
+    sel, test = split_halves(len(stars), 0.5, 0)
+    X = X.tocsc()
+    X[:, 41] = 0.0
+    X = X.tolil()
+    X[sel[y[sel] == 1][:8], 41] = 2.0  # chosen on the selection half only
+    res = explain_column(X.tocsr(), stars, "stars", config=ExplainConfig(min_docs=5))
+    (finding,) = [f for f in res.findings if 41 in f.feature_ids]
+    assert not finding.measured and "nan" not in finding.sentence and "too rare" in finding.sentence
+    assert all(f.measured for f in res.summary(n_per_direction=50)) and finding not in res.summary(n_per_direction=50)
+
+
 def test_missing_and_unparseable_rows_are_counted_and_left_out():
     X, stars, _ = planted()
     stars = stars.copy()
