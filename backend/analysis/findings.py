@@ -157,14 +157,27 @@ class Finding:
         return self.describe()
 
 
+UNNAMED_PREFIX = "varied tokens:"  # backend.label_text's label for a feature whose contexts share nothing it could name
+
+
+def names_nothing(label: str | None) -> bool:
+    """Whether a label names no property its feature's contexts share (`varied tokens: a / b / c`): a
+    finding a reader cannot read, shown after the readable ones."""
+    return (label or "").strip().startswith(UNNAMED_PREFIX)
+
+
 def _ordered(findings: list[Finding], include_confounded: bool) -> list[Finding]:
-    """Strongest first; length-confounded after the others (unless included), and formatting findings
-    after content findings while some content finding differs significantly."""
+    """Strongest first; length-confounded after the others (unless included), and formatting findings and
+    findings whose label names nothing ("varied tokens: …") after readable content findings while some
+    readable content finding differs significantly."""
+    def plain(f: Finding) -> bool:
+        return f.is_formatting or names_nothing(f.label)
+
     content_differs = any(
-        not f.is_formatting and (include_confounded or not f.length_confounded) and f.q_value < ALPHA for f in findings
+        not plain(f) and (include_confounded or not f.length_confounded) and f.q_value < ALPHA for f in findings
     )
     return sorted(findings, key=lambda f: (not include_confounded and f.length_confounded,
-                                           content_differs and f.is_formatting, -abs(f.score), f.lead))
+                                           content_differs and plain(f), -abs(f.score), f.lead))
 
 
 # -- grouping ------------------------------------------------------------------------------------------

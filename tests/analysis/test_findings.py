@@ -157,6 +157,24 @@ def test_formatting_feature_does_not_lead_while_content_differs():
     assert res.summary()[0].lead == 2
 
 
+def test_a_finding_whose_label_names_nothing_follows_readable_ones():
+    """A "varied tokens: …" lead tells a reader nothing: while a readable finding differs significantly, the
+    summary opens with that one (the unreadable one is stronger and led before)."""
+    rng = np.random.default_rng(2)
+    n = 2000
+    pa, pb = np.full((n, 4), 0.1), np.full((n, 4), 0.1)
+    pa[:, 2], pb[:, 2] = 0.8, 0.3  # names nothing: the largest difference
+    pa[:, 3], pb[:, 3] = 0.3, 0.1  # a smaller, readable content difference
+    XA, XB = bernoulli_csr(pa, rng), bernoulli_csr(pb, rng)
+    labels = {0: "football", 1: "weather", 2: 'varied tokens: it / such / up — "«it» was"',
+              3: 'some / certain / few — "in «certain» cases"'}
+    res = diff_result(XA, XB, labels=labels)
+    assert res.summary()[0].lead == 3 and res.findings.index(next(f for f in res.findings if f.lead == 2)) > 0
+    pa[:, 3] = pb[:, 3] = 0.1  # nothing readable differs: the unreadable difference still leads
+    res = diff_result(bernoulli_csr(pa, rng), bernoulli_csr(pb, rng), labels=labels)
+    assert res.summary()[0].lead == 2
+
+
 @pytest.mark.parametrize("label, expected", [
     ("sentence-final period", True),
     ("comma", True),
