@@ -40,18 +40,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from backend import builtin_data  # noqa: E402
+from bench.concept_checks import FORTUNE_QUERIES  # noqa: E402
 
-TOPIC_QUERIES = {  # bench/concept_checks.py's phrases
-    "food": ["a delicious dinner", "cooking in the kitchen", "eating bread, cheese and fruit", "hungry for lunch"],
-    "sports": ["the team won the game", "a baseball player hit the ball", "football fans in the stadium",
-               "the coach of the golf team"],
-    "law": ["the judge in the courtroom", "a lawyer and his client", "breaking the law", "the jury found him guilty"],
-    "education": ["students in the classroom", "the teacher gave us homework", "studying for the final exam",
-                  "a college degree"],
-    "love": ["falling in love", "a kiss from my sweetheart", "romance and passion", "a broken heart"],
-    "computers": ["the computer crashed", "a bug in the software", "programmers writing code",
-                  "the operating system and the disk"],
-}
+TOPIC_QUERIES = FORTUNE_QUERIES  # the same phrases as bench/concept_checks.py
 PROPERTY_QUERIES = {
     "hedged": "Perhaps it might be so, but it seems that nobody is quite sure.",
     "question": "Is it true that this is how things are?",

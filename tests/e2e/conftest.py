@@ -1,17 +1,13 @@
 """End-to-end fixtures: a workspace folder for the real app and the app server (`python app.py`) on a free port."""
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.e2e.server import serve
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
@@ -40,44 +36,13 @@ def e2e_workspaces(tmp_path, request) -> tuple[Path, str]:
     return folder, kind
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def app_server(e2e_workspaces, tmp_path):
     """Base URL of the real app served by `python app.py` (as `make run` does); its log is printed when the test fails."""
     folder, kind = e2e_workspaces
-    port = free_port()
-    env = dict(os.environ, SAEDASH_WORKSPACES=str(folder), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2")
-    log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "app.py", "--server.port", str(port), "--server.headless", "true",
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
-        t0 = time.time()
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() - t0 > 60:
-                raise RuntimeError(f"The app did not come up:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield url, kind
+        with serve([sys.executable, "app.py"], folder, tmp_path / "server.log",
+                   ("--server.fileWatcherType", "none")) as url:
+            yield url, kind
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
         print(f"server log: {tmp_path / 'server.log'}")

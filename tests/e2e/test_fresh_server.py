@@ -2,18 +2,13 @@
 and nothing the browser loads comes from outside the machine."""
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import time
-import urllib.request
-from contextlib import contextmanager
-from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, ROOT, free_port
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.server import serve
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed")]
 
@@ -26,41 +21,6 @@ LEGACY_ENTRIES = ("analysis widgets", "charts", "search widgets")
 # read from the DOM (a ":material/…:" page icon points it at fonts.gstatic.com)
 LOADED_URLS = """() => Array.from(document.querySelectorAll('link[href], script[src], img[src], iframe[src], source[src]'))
     .map(e => e.href || e.src)"""
-
-
-@contextmanager
-def serve(command: list[str], folder: Path, log_path: Path):
-    """The app on a free port, started by `command` (fresh process: no visit before the test's)."""
-    port = free_port()
-    env = dict(os.environ, SAEDASH_WORKSPACES=str(folder), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2")
-    with log_path.open("w") as log:
-        proc = subprocess.Popen([*command, "--server.port", str(port), "--server.headless", "true",
-                                 "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            t0 = time.time()
-            while not _healthy(url):
-                if proc.poll() is not None or time.time() - t0 > 60:
-                    raise RuntimeError(f"The app did not come up:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.3)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 @pytest.mark.parametrize("launcher", LAUNCHERS)
