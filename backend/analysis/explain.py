@@ -144,6 +144,19 @@ def _values_of(col: ColumnValues, targets: Targets) -> np.ndarray:
     return col.values if col.kind == "date" else targets.raw
 
 
+def _read_targets(values: pd.Series, column: str, kind: str, config: ExplainConfig) -> tuple[ColumnValues, Targets]:
+    """The parsed column and its targets; an ExplainError when too few documents have a usable value."""
+    try:
+        col = read_column(pd.Series(values), column, kind, allowed=("numeric", "date", "categorical"))
+    except ColumnError as exc:
+        raise ExplainError(str(exc)) from exc
+    targets = column_targets(col, config)
+    if targets.rows.size < 4 * config.min_docs:
+        raise ExplainError(f"Only {targets.rows.size:,} documents have a usable value of {column!r}; "
+                           f"explaining it needs at least {4 * config.min_docs}.")
+    return col, targets
+
+
 def explain_column(
     X: sp.spmatrix, values: pd.Series, column: str = "value", labels: Mapping[int, str] | None = None,
     dense: np.ndarray | None = None, *, kind: str = "auto", config: ExplainConfig = ExplainConfig(),
@@ -160,14 +173,7 @@ def explain_column(
     if len(values) != X.shape[0]:
         raise ExplainError("values must have one entry per row of X.")
     ids = np.arange(X.shape[0], dtype=np.int64) if doc_ids is None else np.asarray(doc_ids, np.int64)
-    try:
-        col = read_column(pd.Series(values), column, kind, allowed=("numeric", "date", "categorical"))
-    except ColumnError as exc:
-        raise ExplainError(str(exc)) from exc
-    targets = column_targets(col, config)
-    if targets.rows.size < 4 * config.min_docs:
-        raise ExplainError(f"Only {targets.rows.size:,} documents have a usable value of {column!r}; "
-                           f"explaining it needs at least {4 * config.min_docs}.")
+    col, targets = _read_targets(values, column, kind, config)
     Xu = X if targets.rows.size == X.shape[0] else X[targets.rows]
     sel, test = split_halves(targets.rows.size, config.test_size, config.seed,
                              None if targets.numeric else targets.raw)
