@@ -67,7 +67,8 @@ def _fit_predict(task: str, X_fit, y_fit: np.ndarray, X_eval, lam: float, warm: 
                 preds.append(np.zeros(X_eval.shape[0]))
                 weights.append(np.zeros(X_fit.shape[1]))
                 continue
-            clf = LogisticRegression(C=1.0 / (lam * X_fit.shape[0]), l1_ratio=1.0, solver="liblinear", tol=1e-3)
+            clf = LogisticRegression(C=1.0 / (lam * X_fit.shape[0]), l1_ratio=1.0, solver="liblinear", tol=1e-3,
+                                     random_state=0)
             clf.fit(X_fit, yc)
             preds.append(clf.decision_function(X_eval))
             weights.append(clf.coef_.ravel())
