@@ -8,7 +8,10 @@ After: strength "auto" in the residual unit (the largest strength whose median p
 Real default model and SAE: a Workspace with the default spec on CPU, a small embedded demo corpus (density
 and p99 activation of each feature come from it), features chosen evenly over log-density.
 
-Usage: PYTHONPATH=. .venv/bin/python bench/steer_auto.py [--features 30] [--docs 40] [--max-new-tokens 24]
+Both runs use ws.steer's defaults (SteerConfig: 48 new tokens, temperature 0.7; AutoConfig: its grid, two narrowing
+rounds, probes of 16 tokens on at most 4 prompts x 2 samples); --max-new-tokens and --probe-tokens change them.
+
+Usage: PYTHONPATH=. .venv/bin/python bench/steer_auto.py [--features 30] [--docs 40] [--max-new-tokens 48]
 The last line printed is `share <before> -> <after>` (target after >= 0.8).
 """
 from __future__ import annotations
@@ -31,7 +34,6 @@ from backend.workspace import Workspace, WorkspaceSpec
 PROMPTS = ["Describe your ideal weekend.", "Write a few sentences about a city you like.",
            "Tell me about something you learned recently."]
 FIRE_SHARE, PPL_FACTOR = 0.8, 2.0
-GRID = (0.0625, 0.125, 0.25, 0.5, 1.0, 2.0)  # x residual norm; a short grid and one narrowing round (2 shared CPUs)
 
 
 def build_workspace(path: Path, n_docs: int) -> Workspace:
@@ -71,8 +73,8 @@ def main() -> None:
     ap.add_argument("--features", type=int, default=30)
     ap.add_argument("--docs", type=int, default=40)
     ap.add_argument("--samples", type=int, default=2)
-    ap.add_argument("--max-new-tokens", type=int, default=16)
-    ap.add_argument("--probe-tokens", type=int, default=12)
+    ap.add_argument("--max-new-tokens", type=int, default=SteerConfig().max_new_tokens)
+    ap.add_argument("--probe-tokens", type=int, default=AutoConfig().probe_tokens)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workspace", type=Path, default=None, help="reuse (or build once at) this workspace file")
     args = ap.parse_args()
@@ -84,7 +86,7 @@ def main() -> None:
     print(f"workspace ({args.docs} demo docs) built in {time.time() - t0:.0f}s; {len(features)} features, density "
           f"{min(d for _, d in features):.3f}..{max(d for _, d in features):.3f}", flush=True)
     cfg = SteerConfig(n_samples=args.samples, temperature=0.7, seed=0, max_new_tokens=args.max_new_tokens)
-    auto_cfg = AutoConfig(grid=GRID, rounds=1, probe_tokens=args.probe_tokens, max_prompts=len(PROMPTS), max_samples=1)
+    auto_cfg = AutoConfig(probe_tokens=args.probe_tokens)
     ok = {"before": 0, "after": 0}
     for k, (f, density) in enumerate(features):
         t1 = time.time()

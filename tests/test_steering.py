@@ -351,6 +351,7 @@ from backend.runtime import runtime_for  # noqa: E402
 from backend.steering import (  # noqa: E402
     MAX_ABS_STRENGTH, AutoConfig, SteeringError, generate_batch, resolve_scales, search_strength, steering_vector,
 )
+from backend.steering.auto import monotone_fit  # noqa: E402
 from tests.tiny import D_MODEL, make_tiny_sae, make_tokenizer  # noqa: E402
 
 PROMPTS3 = ["the movie was great", "hello", "python code with a function that will return a value and more"]
@@ -423,6 +424,18 @@ def test_auto_search_brackets_then_bisects_with_a_fake_perplexity():
     none = search_strength(lambda ss: [9.0] * len(ss))
     assert none.strength == 0.0 and "chose 0" in none.note
     assert search_strength(lambda ss: [float("nan")] * len(ss)).strength == 0.0  # NaN never counts as within
+
+
+def test_auto_search_reads_noisy_probes_through_a_monotone_fit():
+    """One unlucky probe at a small strength (1.66 at 0.0625, as a real run measured) must not stop the search
+    when larger strengths pass: the first-failure rule stopped at 0.03125 here."""
+    noisy = {0.03125: 1.1, 0.0625: 1.66, 0.125: 1.2, 0.25: 1.43, 0.5: 3.0, 1.0: 6.0, 2.0: 9.0, 4.0: 20.0, 8.0: float("inf")}
+    found = search_strength(lambda ss: [noisy[s] for s in ss], AutoConfig(bound=1.5, rounds=0))
+    assert found.strength == 0.25 and found.ratio <= 1.5
+    # A real failure stays a failure: past the bound from some strength on, whatever the noise below it.
+    rising = {0.03125: 1.05, 0.0625: 1.1, 0.125: 1.6, 0.25: 1.55, 0.5: 2.0, 1.0: 3.0, 2.0: 5.0, 4.0: 9.0, 8.0: 12.0}
+    assert search_strength(lambda ss: [rising[s] for s in ss], AutoConfig(bound=1.5, rounds=0)).strength == 0.0625
+    assert monotone_fit([3.0, 1.0, 2.0, 5.0]) == [2.0, 2.0, 2.0, 5.0]
 
 
 def test_auto_strength_on_the_tiny_model_stays_within_the_bound(varied_reader):

@@ -4,8 +4,10 @@ The cost of a strength is the median perplexity of its steered generations (read
 `measures` reads every output) divided by the median perplexity of the unsteered generations of the same
 prompts and seeds. The search first probes a doubling grid in one batched generation (the bracket), then
 narrows the bracket between the last strength within the bound and the first one past it with a few more
-batched probes (each splits the bracket in four). The search assumes the cost grows with the strength; a
-noisy probe can only make it stop lower."""
+batched probes (each splits the bracket in four). The cost grows with the strength but each probe is
+noisy (a few short generations), so the bracket is read from a monotone (isotonic) fit of the log ratios
+over every probe so far, not from the first probe past the bound: one unlucky probe at a small strength no
+longer stops the search there."""
 from __future__ import annotations
 
 import math
@@ -18,7 +20,7 @@ from backend.steering.config import SteeringError
 Probe = Callable[[list[float]], list[float]]
 
 DEFAULT_BOUND = 1.5
-DEFAULT_GRID = (0.0625, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+DEFAULT_GRID = (0.03125, 0.0625, 0.125, 0.25, 0.5, 1.0, 2.0)  # x the residual norm: past 1 any feature breaks the text
 
 
 @dataclass
@@ -57,15 +59,32 @@ class AutoConfig:
             raise SteeringError("rounds must be >= 0; probe_tokens, max_prompts and max_samples >= 1.")
 
 
+_WORST = math.log(1e6)  # the log ratio a NaN or infinite probe counts as (it never passes)
+
+
+def monotone_fit(values: Sequence[float]) -> list[float]:
+    """The non-decreasing sequence closest to `values` in least squares (pool-adjacent-violators)."""
+    blocks: list[list[float]] = []  # [sum, count]
+    for v in values:
+        blocks.append([v, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, count = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += count
+    return [total / count for total, count in blocks for _ in range(int(count))]
+
+
 def _bracket(probes: dict[float, float], bound: float) -> tuple[float, float | None]:
-    """(largest probed strength below the first failure, that first failure or None when none failed)."""
-    lo = 0.0
-    for s in sorted(probes):
-        ratio = probes[s]
-        if not (math.isfinite(ratio) and ratio <= bound):
-            return lo, s
-        lo = s
-    return lo, None
+    """(largest probed strength whose monotone-fitted ratio is within `bound`, or 0; the next probed strength
+    above it, or None when every fitted ratio is within)."""
+    order = sorted(probes)
+    logs = [math.log(r) if math.isfinite(r) and r > 0 else _WORST for r in (probes[s] for s in order)]
+    fitted = monotone_fit(logs)
+    passing = [k for k, v in enumerate(fitted) if v <= math.log(bound)]
+    if not passing:
+        return 0.0, order[0] if order else None
+    k = passing[-1]
+    return order[k], (order[k + 1] if k + 1 < len(order) else None)
 
 
 def search_strength(probe: Probe, config: AutoConfig | None = None) -> AutoStrength:
