@@ -172,21 +172,20 @@ def test_public_runs_measure_alike_on_hf_and_transformer_lens(deep_reader):
 
 
 def test_batched_residual_norm_equals_one_forward_per_prompt(deep_reader):
+    """The median over every prompt position but each prompt's first, from one left-padded forward, equals the
+    median of one forward per prompt (HF and TransformerLens), for every pair of prompts and all three."""
     runtime = runtime_for(deep_reader)
     prompts = [format_prompt(deep_reader, p) for p in PROMPTS]
-    norms = torch.cat([runtime.residuals(torch.tensor([p]), HOOKS[0])[0, 1:].float().norm(dim=-1) for p in prompts])
-    with torch.inference_mode(), runtime.hooked(HOOKS[0]) as fw:
-        batched = median_resid_norm(fw, prompts)
-    with torch.inference_mode(), runtime.hooked(HOOKS[0], prefer_hf=False) as fw:
-        assert fw.backend == "transformer_lens"
-        looped = median_resid_norm(fw, prompts)
     rel = 1e-5 if exact(runtime.dtype) else BF16_REL
-    assert batched == pytest.approx(float(norms.median()), rel=rel) and looped == pytest.approx(batched, rel=rel)
-    # Control: the pads' and the first positions' norms would move the median.
-    with torch.inference_mode(), runtime.hooked(HOOKS[0]) as fw:
-        ids, mask, pos = left_padded(prompts)
-        every = fw.residuals(ids, mask, pos).float().norm(dim=-1).flatten()
-    assert float(every.median()) != pytest.approx(batched, rel=rel)
+    norms = [runtime.residuals(torch.tensor([p]), HOOKS[0])[0, 1:].float().norm(dim=-1) for p in prompts]
+    for subset in ([0, 1], [1, 2], [0, 2], [0, 1, 2]):
+        want = float(torch.cat([norms[i] for i in subset]).median())
+        with torch.inference_mode(), runtime.hooked(HOOKS[0]) as fw:
+            batched = median_resid_norm(fw, [prompts[i] for i in subset])
+        with torch.inference_mode(), runtime.hooked(HOOKS[0], prefer_hf=False) as fw:
+            assert fw.backend == "transformer_lens"
+            looped = median_resid_norm(fw, [prompts[i] for i in subset])
+        assert batched == pytest.approx(want, rel=rel) and looped == pytest.approx(want, rel=rel), subset
 
 
 def test_recorded_measures_equal_the_reread_on_the_real_model(real_reader, real_sae):
