@@ -34,7 +34,7 @@ Backend = Literal["hf", "transformer_lens"]
 
 _RESIDUAL_SITES = ("resid_pre", "resid_post")
 # Models whose decoder `logits_from_hook` calls layer by layer (one causal mask, one rotary embedding for all
-# layers, `model.norm`, `lm_head`); checked against the full forward in tests/test_steering.py.
+# layers, `model.norm`, `lm_head`); checked against the full forward in tests/test_steering_capture.py.
 _FROM_HOOK_MODEL_TYPES = frozenset({"llama"})
 
 
