@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 Backend = Literal["hf", "transformer_lens"]
 
 _RESIDUAL_SITES = ("resid_pre", "resid_post")
+# Models whose decoder `logits_from_hook` calls layer by layer (one causal mask, one rotary embedding for all
+# layers, `model.norm`, `lm_head`); checked against the full forward in tests/test_steering_capture.py.
+_FROM_HOOK_MODEL_TYPES = frozenset({"llama"})
 
 
 class StopForward(Exception):
@@ -112,10 +115,12 @@ class HookedForward:
     def reset(self) -> None:
         self.state = HookState()
 
-    def steer_with(self, vector: torch.Tensor | None, start: int = 0, offset: int = 0) -> None:
-        """Add `vector` on the next forwards from absolute position `start` (first fed token at `offset`)."""
+    def steer_with(self, vector: torch.Tensor | None, start: int = 0, offset: int = 0, capture: bool = False) -> None:
+        """Add `vector` on the next forwards from absolute position `start` (first fed token at `offset`).
+        With `capture`, `state.captured` keeps the hook's activation from BEFORE the vector is added: the layers
+        up to the hook never see the steering, so that is the unsteered model's activation for every row."""
         vec = None if vector is None else vector.to(self.device, self.dtype)
-        self.state = HookState(vector=vec, start=start, offset=offset)
+        self.state = HookState(vector=vec, start=start, offset=offset, capture=capture)
 
     def new_cache(self, batch: int) -> Any:
         """An empty KV cache for `batch` rows."""
@@ -153,12 +158,18 @@ class HookedForward:
         assert resid is not None
         return logits, resid
 
-    def residuals(self, ids: torch.Tensor) -> torch.Tensor:
-        """Unsteered activation at the hook, [batch, pos, d_model]; the forward stops there."""
+    def residuals(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                  position_ids: torch.Tensor | None = None, cache: Any = None) -> torch.Tensor:
+        """Unsteered activation at the hook, [batch, pos, d_model]; the forward stops there.
+        `attention_mask`/`position_ids` serve left-padded batches and `cache` extends a KV cache (HF model only;
+        the layers after the hook's are left out of that cache)."""
         self.state = HookState(capture=True, stop_after_capture=True)
         try:
             if self.hf is not None:
-                self.hf(input_ids=ids, use_cache=False)
+                kw = {} if attention_mask is None else dict(attention_mask=attention_mask, position_ids=position_ids)
+                self.hf(input_ids=ids, use_cache=cache is not None, **{self._cache_kw: cache}, **kw)
+            elif attention_mask is not None or cache is not None:
+                raise ValueError("Left-padded or cached residual reads need the Hugging Face model.")
             else:
                 self.runtime.reader.model(ids, stop_at_layer=stop_layer(self.hook_name), return_type=None)
         except StopForward:
@@ -168,6 +179,35 @@ class HookedForward:
         if resid is None:
             raise RuntimeError(f"The forward never reached {self.hook_name}.")
         return resid
+
+    @property
+    def runs_from_hook(self) -> bool:
+        """Whether `logits_from_hook` can finish a forward from the hook's activation (HF Llama models)."""
+        return self.hf is not None and getattr(self.hf.config, "model_type", None) in _FROM_HOOK_MODEL_TYPES
+
+    def logits_from_hook(self, resid: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                         position_ids: torch.Tensor | None = None, keep: int = 0) -> torch.Tensor:
+        """Logits of the last `keep` positions (all when 0) from the activation at the hook [batch, pos, d_model]:
+        only the layers after the hook (from the hook's own layer for resid_pre), the final norm and the
+        unembedding run, unsteered, with the same causal + padding mask and rotary positions as a full forward.
+        Given the activation an unsteered forward had at the hook, it gives that forward's logits for about
+        (layers after the hook) / (layers) of its cost (how a steered output's perplexity is measured)."""
+        if not self.runs_from_hook:
+            raise ValueError(f"Finishing a forward from the hook needs a Hugging Face model of type "
+                             f"{', '.join(sorted(_FROM_HOOK_MODEL_TYPES))}.")
+        from transformers.masking_utils import create_causal_mask
+
+        base, h = self.hf.model, resid.to(self.device, self.dtype)
+        if position_ids is None:
+            position_ids = torch.arange(h.shape[1], device=h.device)[None].expand(h.shape[0], -1)
+        mask = create_causal_mask(config=base.config, inputs_embeds=h, attention_mask=attention_mask, cache=None,
+                                  position_ids=position_ids)
+        rotary = base.rotary_emb(h, position_ids=position_ids)
+        first = hook_layer(self.hook_name) + (hook_site(self.hook_name) == "resid_post")
+        self.reset()  # the hook of a resid_pre site sits on the first layer run here: leave h as it is
+        for layer in decoder_layers(self.hf)[first:]:
+            h = layer(h, attention_mask=mask, position_ids=position_ids, position_embeddings=rotary, use_cache=False)
+        return self.hf.lm_head(base.norm(h[:, -keep:] if keep else h))
 
     # -- the hooks -------------------------------------------------------------------
     def _post_hook(self, module: Any, args: Any, output: Any) -> Any:

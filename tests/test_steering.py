@@ -507,11 +507,15 @@ def test_a_run_is_one_batched_generate(reader, sae, monkeypatch):
     calls = []
     real = runs.generate_batch
 
-    def counting(forward, prompts, vectors, seeds, cfg, stop_ids, on_step=None):
+    def counting(forward, prompts, vectors, seeds, cfg, stop_ids, on_step=None, **kw):
         calls.append((len(prompts), sum(v is not None for v in vectors)))
-        return real(forward, prompts, vectors, seeds, cfg, stop_ids, on_step)
+        return real(forward, prompts, vectors, seeds, cfg, stop_ids, on_step, **kw)
+
+    def no_reread(*args, **kw):
+        raise AssertionError("the HF model's run measures what its generation recorded, without re-reading")
 
     monkeypatch.setattr(runs, "generate_batch", counting)
+    monkeypatch.setattr(runs, "measure_outputs", no_reread)
     cfg = SteerConfig(n_samples=2, temperature=1.0, max_new_tokens=4)
     res = steer(reader, sae, {FEAT: 0.5}, [PROMPT, "Hi", "What is the capital of France?"], cfg, typical_acts=TYPICAL)
     assert calls == [(12, 6)]  # 3 prompts x 2 samples x (unsteered, steered)

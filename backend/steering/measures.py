@@ -1,4 +1,5 @@
-"""What a steering run did: each output re-read by the unsteered model.
+"""What a steering run did: each output read by the unsteered model, from what its generation recorded
+(`measures_from_record`, the HF model) or by re-reading it (`measure_outputs`, any backend).
 
 Per generation and feature: the per-token figures (mean, max, share of output tokens where it fires, sum),
 the max-pooled `fires` (does the feature fire anywhere in the output, judged like a corpus document), the
@@ -15,6 +16,7 @@ import torch
 
 from backend.errors import UnavailableError
 from backend.search import sentence_embed
+from backend.steering.sampling import StepRecord
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -97,6 +99,71 @@ def measure_outputs(
     acts = sae.encode(x).reshape(len(outputs), length, -1)[..., feature_ids].float().cpu()  # [n, length, F]
     return [_one_output(acts[i, : len(o)], nll[i, : len(o)], feature_ids, thresholds) if o else OutputMeasures.empty(feature_ids)
             for i, o in enumerate(outputs)]
+
+
+_LOGITS_BYTES = 256 * 2**20  # the most float32 logits one teacher-forced chunk of steered rows holds
+_ENCODE_TOKENS = 4096  # output tokens SAE-encoded at once
+
+
+def measures_from_record(
+    forward: HookedForward,
+    sae: SAE,
+    record: StepRecord,
+    outputs: list[list[int]],
+    steered: list[bool],
+    feature_ids: list[int],
+    thresholds: Mapping[int, float],
+) -> list[OutputMeasures]:
+    """The measures `measure_outputs` gives, from what one batched generation recorded, with no re-reading
+    forward: the features' activations from the hook's activation captured before the vector (the unsteered
+    model's), an unsteered row's NLL from its own step logits, a steered row's NLL from the layers after the
+    hook run on its captured activations (`HookedForward.logits_from_hook`; a full unsteered forward of its
+    tokens where the model has no such path). `steered[i]`: row i had a steering vector."""
+    acts = _recorded_acts(sae, record, outputs, feature_ids)
+    step_nll = record.nll()
+    nll = {i: step_nll[i, : len(o)] for i, o in enumerate(outputs) if o and not steered[i]}
+    nll.update(_steered_nll(forward, record, outputs, [i for i, o in enumerate(outputs) if o and steered[i]]))
+    return [_one_output(acts[i], nll[i], feature_ids, thresholds) if o else OutputMeasures.empty(feature_ids)
+            for i, o in enumerate(outputs)]
+
+
+def _recorded_acts(sae: SAE, record: StepRecord, outputs: list[list[int]], feature_ids: list[int]) -> list[torch.Tensor]:
+    """Per row: the features' SAE activations [output tokens, F] at the output positions."""
+    rows = torch.tensor([i for i, o in enumerate(outputs) for _ in o], dtype=torch.long)
+    pos = torch.tensor([record.width + k for o in outputs for k in range(len(o))], dtype=torch.long)
+    if not feature_ids or not len(rows):
+        return [torch.zeros(len(o), len(feature_ids)) for o in outputs]
+    resid, parts = record.resid(), []
+    for at in range(0, len(rows), _ENCODE_TOKENS):
+        r, p = rows[at: at + _ENCODE_TOKENS].to(resid.device), pos[at: at + _ENCODE_TOKENS].to(resid.device)
+        x = resid[r, p].to(sae.W_dec.device, sae.W_dec.dtype)
+        parts.append(sae.encode(x)[:, feature_ids].float().cpu())
+    return list(torch.cat(parts).split([len(o) for o in outputs]))
+
+
+def _steered_nll(forward: HookedForward, record: StepRecord, outputs: list[list[int]], rows: list[int]) -> dict[int, torch.Tensor]:
+    """{row: NLL of its output tokens under the unsteered model}, teacher-forced in chunks of rows."""
+    if not rows:
+        return {}
+    length = max(len(outputs[i]) for i in rows)
+    end = record.width + length - 1  # the last position whose logits predict an output token
+    resid, out = record.resid(), {}
+    vocab = forward.hf.config.vocab_size if forward.hf is not None else 1
+    per = max(1, _LOGITS_BYTES // (4 * length * vocab))
+    for at in range(0, len(rows), per):
+        chunk = rows[at: at + per]
+        sel = torch.tensor(chunk, device=resid.device)
+        mask = None if record.mask is None else record.mask[sel, :end]
+        pos = None if record.positions is None else record.positions[sel, :end]
+        if forward.runs_from_hook:
+            logits = forward.logits_from_hook(resid[sel, :end], mask, pos, keep=length)
+        else:  # the whole model on the row's tokens, unsteered
+            forward.reset()
+            logits = forward.logits(record.ids[sel, :end], keep=length, attention_mask=mask, position_ids=pos)
+        tokens = torch.tensor([outputs[i] + [0] * (length - len(outputs[i])) for i in chunk], device=logits.device)
+        nll = -torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[..., None])[..., 0].cpu()
+        out.update({i: nll[k, : len(outputs[i])] for k, i in enumerate(chunk)})
+    return out
 
 
 def _one_output(acts: torch.Tensor, nll: torch.Tensor, feature_ids: list[int], thresholds: Mapping[int, float]) -> OutputMeasures:

@@ -20,9 +20,10 @@ from backend.steering.config import (
     AUTO, Kind, Positions, SteerConfig, SteeringError, Strength, check_prompts, check_strength, check_strengths,
 )
 from backend.steering.measures import (
-    Generation, OutputMeasures, add_concept_similarity, measure_outputs, perplexity_warning, pool_generations,
+    Generation, OutputMeasures, add_concept_similarity, measure_outputs, measures_from_record, perplexity_warning,
+    pool_generations,
 )
-from backend.steering.sampling import format_prompt, generate_batch
+from backend.steering.sampling import StepRecord, format_prompt, generate_batch
 from backend.steering.units import FeatureScale, decoder_direction, resolve_scales, steering_vector
 
 if TYPE_CHECKING:
@@ -132,16 +133,33 @@ class _Variants:
         return [(v, j, i) for v in range(len(self.vectors)) for j in range(len(self.prompt_ids)) for i in range(n)]
 
     def generate(self, forward: HookedForward, stop_ids: set[int], on_row: Callable[[int, int, int, list[int]], None] | None = None,
-                 ) -> dict[tuple[int, int], list[list[int]]]:
+                 record: StepRecord | None = None) -> dict[tuple[int, int], list[list[int]]]:
         """{(variant, prompt): outputs sample by sample} from ONE batched generate (KV cache, left padding)."""
         rows = self.rows()
         step = None if on_row is None else (lambda r, toks: on_row(*rows[r], toks))
         outs = generate_batch(forward, [self.prompt_ids[j] for _, j, _ in rows], [self.vectors[v] for v, _, _ in rows],
-                              [self.cfg.seeds()[i] for _, _, i in rows], self.cfg, stop_ids, step)
-        grouped: dict[tuple[int, int], list[list[int]]] = {}
-        for (v, j, _), o in zip(rows, outs):
-            grouped.setdefault((v, j), []).append(o)
+                              [self.cfg.seeds()[i] for _, _, i in rows], self.cfg, stop_ids, step, record=record)
+        return self._grouped(outs)
+
+    def _grouped(self, per_row: list[Any]) -> dict[tuple[int, int], list[Any]]:
+        grouped: dict[tuple[int, int], list[Any]] = {}
+        for (v, j, _), x in zip(self.rows(), per_row):
+            grouped.setdefault((v, j), []).append(x)
         return grouped
+
+    def run(self, forward: HookedForward, sae: SAE, stop_ids: set[int], feature_ids: list[int], thresholds: Mapping[int, float],
+            on_row: Callable[[int, int, int, list[int]], None] | None = None,
+            ) -> tuple[dict[tuple[int, int], list[list[int]]], dict[tuple[int, int], list[OutputMeasures]]]:
+        """Outputs and their measures. On the HF model the generation records what the measures need
+        (`measures_from_record`: no re-reading forward); the TransformerLens fallback re-reads (`measured`)."""
+        if forward.backend != "hf":
+            outs = self.generate(forward, stop_ids, on_row)
+            return outs, self.measured(forward, sae, outs, feature_ids, thresholds)
+        record = StepRecord()
+        outs = self.generate(forward, stop_ids, on_row, record)
+        flat = [o for ms in outs.values() for o in ms]  # grouped in row order (rows() is variant, prompt, sample)
+        steered = [self.vectors[v] is not None for v, _, _ in self.rows()]
+        return outs, self._grouped(measures_from_record(forward, sae, record, flat, steered, feature_ids, thresholds))
 
     def measured(self, forward: HookedForward, sae: SAE, outs: dict[tuple[int, int], list[list[int]]], feature_ids: list[int],
                  thresholds: Mapping[int, float]) -> dict[tuple[int, int], list[OutputMeasures]]:
@@ -181,7 +199,7 @@ def _auto_probe(forward: HookedForward, sae: SAE, prompt_ids: list[list[int]], f
     def probe(strengths: list[float]) -> list[float]:
         vectors = [None] + [unit_vec * s if fixed is None else fixed + unit_vec * s for s in strengths]
         variants = _Variants(vectors, prompts, probe_cfg)
-        measures = variants.measured(forward, sae, variants.generate(forward, stop_ids), [], {})
+        _, measures = variants.run(forward, sae, stop_ids, [], {})
         return _median_ratio(measures, len(vectors))
 
     return probe
@@ -234,8 +252,7 @@ def steer(
         strengths, found = _resolve_auto(forward, sae, requested, unit_scales, prompt_ids, cfg, auto, stop_ids)
         scales = {f: unit_scales[f].with_strength(s) for f, s in strengths.items()}
         variants = _Variants([None, steering_vector(sae, scales)], prompt_ids, cfg)
-        outs = variants.generate(forward, stop_ids, _token_streamer(reader, on_token, kinds))
-        measures = variants.measured(forward, sae, outs, list(strengths), thresholds)
+        outs, measures = variants.run(forward, sae, stop_ids, list(strengths), thresholds, _token_streamer(reader, on_token, kinds))
     gens = [g for j in range(len(prompt_ids)) for v, kind in enumerate(kinds)
             for g in _generations(reader, kind, j, outs[(v, j)], measures[(v, j)], cfg)]
     notes = [n for n in [add_concept_similarity(gens, concept_texts)] if n] if concept_texts else []
@@ -317,8 +334,7 @@ def _sweep_generations(
         base = resolve_scales(forward, sae, {feature_id: 1.0}, typical_acts, prompt_ids)[feature_id]
         variants = _Variants([None] + [steering_vector(sae, {feature_id: base.with_strength(s)}) for s in nonzero],
                              prompt_ids, cfg)
-        outs = variants.generate(forward, stop_ids, progress)
-        measures = variants.measured(forward, sae, outs, [feature_id], {feature_id: threshold})
+        outs, measures = variants.run(forward, sae, stop_ids, [feature_id], {feature_id: threshold}, progress)
     for j in range(len(prompt_ids)):
         for v, s in enumerate(by_strength):
             by_strength[s] += _generations(reader, str(s), j, outs[(v, j)], measures[(v, j)], cfg)

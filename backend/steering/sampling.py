@@ -4,7 +4,7 @@ a steered row and its unsteered twin differ only through the steering)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -37,6 +37,7 @@ def pick_tokens(logits: torch.Tensor, cfg: SteerConfig, generators: list[torch.G
     """Next token of each row: greedy at temperature 0, else a top-p draw from the row's own generator."""
     logits = logits.float()
     if forbid:
+        logits = logits.clone()  # the caller's logits stay raw (a StepRecord reads them)
         logits[:, forbid] = -math.inf
     if cfg.temperature <= 0:
         return logits.argmax(-1).tolist()
@@ -51,6 +52,47 @@ def pick_tokens(logits: torch.Tensor, cfg: SteerConfig, generators: list[torch.G
     cdf = probs.double().cumsum(-1)
     idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
     return idx.clamp_(max=probs.shape[-1] - 1).tolist()
+
+
+@dataclass
+class StepRecord:
+    """What the step loop saw, so a run is measured without re-reading its outputs: the hook's activation
+    BEFORE the steering vector at every fed position (the unsteered model's, for every row: the layers up to
+    the hook never see the vector) and each picked token's NLL under that step's raw logits (temperature 1,
+    no forbidden tokens; the unsteered model's own NLL for an unsteered row)."""
+
+    width: int = 0  # the padded prompt width: output token k of a row sits at position width + k
+    ids: torch.Tensor | None = None  # [rows, positions]: the tokens fed (left padding, then every step's pick)
+    mask: torch.Tensor | None = None  # [rows, positions] at the end of the loop; None without padding
+    positions: torch.Tensor | None = None
+    chunks: list[torch.Tensor] = field(default_factory=list)  # [rows, fed, d_model], in position order
+    step_nll: list[torch.Tensor] = field(default_factory=list)  # [rows] per step
+
+    @property
+    def n_positions(self) -> int:
+        return sum(c.shape[1] for c in self.chunks)
+
+    def add_resid(self, resid: torch.Tensor | None, offset: int) -> None:
+        if resid is None:
+            raise RuntimeError("The step loop's forward never reached the hook.")
+        if offset != self.n_positions:  # no KV cache: every step re-reads the whole sequence
+            self.chunks.clear()
+            if offset != 0:
+                raise RuntimeError(f"Captured positions from {offset}, expected {self.n_positions} or 0.")
+        self.chunks.append(resid)
+
+    def add_step(self, logits: torch.Tensor, tokens: list[int]) -> None:
+        raw = logits.float()
+        picked = raw.gather(-1, torch.tensor(tokens, device=raw.device)[:, None])[:, 0]
+        self.step_nll.append(torch.logsumexp(raw, dim=-1) - picked)
+
+    def resid(self) -> torch.Tensor:
+        """[rows, positions, d_model]: every fed position's activation at the hook, before the vector."""
+        return torch.cat(self.chunks, dim=1)
+
+    def nll(self) -> torch.Tensor:
+        """[rows, steps]: NLL of the token picked at each step under the step's raw logits."""
+        return torch.stack(self.step_nll, dim=1).cpu()
 
 
 @dataclass
@@ -83,14 +125,35 @@ def _batch(forward: HookedForward, prompts: list[list[int]], vectors: list[torch
     return _Batch(seq, mask, positions, vector, generators, forward.new_cache(len(prompts)) if cfg.use_cache else None)
 
 
-def _step_logits(forward: HookedForward, b: _Batch, step: int, start: int) -> torch.Tensor:
-    """Next-token logits of every row (the whole sequence on the first step or without a cache)."""
+def _step_logits(forward: HookedForward, b: _Batch, step: int, start: int, record: StepRecord | None) -> torch.Tensor:
+    """Next-token logits of every row (the whole sequence on the first step or without a cache); with a
+    `record`, the hook's activation of the fed positions (before the vector) goes into it."""
     fed = b.seq if (b.cache is None or step == 0) else b.seq[:, -1:]
-    forward.steer_with(b.vector, start=start, offset=b.seq.shape[1] - fed.shape[1])
+    offset = b.seq.shape[1] - fed.shape[1]
+    forward.steer_with(b.vector, start=start, offset=offset, capture=record is not None)
     if b.mask is None:
-        return forward.logits(fed, b.cache, keep=1)[:, -1]
-    pos = b.positions[:, -fed.shape[1]:]
-    return forward.logits(fed, b.cache, keep=1, attention_mask=b.mask, position_ids=pos)[:, -1]
+        logits = forward.logits(fed, b.cache, keep=1)[:, -1]
+    else:
+        pos = b.positions[:, -fed.shape[1]:]
+        logits = forward.logits(fed, b.cache, keep=1, attention_mask=b.mask, position_ids=pos)[:, -1]
+    if record is not None:
+        record.add_resid(forward.state.captured, offset)
+    return logits
+
+
+def _finish_record(forward: HookedForward, b: _Batch, record: StepRecord) -> None:
+    """Capture the positions the loop picked but never fed (the last step's tokens): a forward that stops at
+    the hook. Then keep the batch's mask and positions over all captured positions."""
+    have = record.n_positions
+    if b.seq.shape[1] > have:
+        rest = b.seq[:, have:]
+        if b.cache is None:
+            rest, have = b.seq, 0
+        pos = None if b.positions is None else b.positions[:, have:]
+        record.add_resid(forward.residuals(rest, b.mask, pos, b.cache), have)
+    record.ids = b.seq[:, : record.n_positions]
+    record.mask = None if b.mask is None else b.mask[:, : record.n_positions]
+    record.positions = None if b.positions is None else b.positions[:, : record.n_positions]
 
 
 def generate_rows(
@@ -101,20 +164,26 @@ def generate_rows(
     cfg: SteerConfig,
     stop_ids: set[int],
     on_step: Callable[[int, list[int]], None] | None = None,
+    record: StepRecord | None = None,
 ) -> list[list[int]]:
     """One batched generation (KV cache, left padding) of every row: row i continues `prompts[i]` with
     `vectors[i]` added (None = unsteered), sampling from its own RNG seeded `seeds[i]`, so a row's tokens
     do not depend on the other rows. Returns the new token ids of each row, stop token excluded.
-    With positions="generated" the vector is added from the first generated position on."""
+    With positions="generated" the vector is added from the first generated position on.
+    `record` (a fresh StepRecord) collects what measuring the outputs needs (see StepRecord)."""
     pad_id = min(stop_ids) if stop_ids else 0
     b = _batch(forward, prompts, vectors, seeds, cfg, pad_id)
     start = b.seq.shape[1] if cfg.positions == "generated" else 0
     forbid = sorted(stop_ids)
     done, out = [False] * len(prompts), [[] for _ in prompts]
+    if record is not None:
+        record.width = b.seq.shape[1]
     try:
         for step in range(cfg.max_new_tokens):
-            logits = _step_logits(forward, b, step, start)
+            logits = _step_logits(forward, b, step, start, record)
             nxt = pick_tokens(logits, cfg, b.generators, forbid if step < cfg.min_new_tokens else [])
+            if record is not None:
+                record.add_step(logits, nxt)
             for row, token in enumerate(nxt):
                 if done[row]:
                     continue
@@ -130,6 +199,8 @@ def generate_rows(
             if b.mask is not None:
                 b.mask = torch.cat([b.mask, b.mask.new_ones(len(nxt), 1)], dim=1)
                 b.positions = torch.cat([b.positions, b.positions[:, -1:] + 1], dim=1)
+        if record is not None:
+            _finish_record(forward, b, record)
     finally:
         forward.reset()
     return out
@@ -143,11 +214,14 @@ def generate_batch(
     cfg: SteerConfig,
     stop_ids: set[int],
     on_step: Callable[[int, list[int]], None] | None = None,
+    record: StepRecord | None = None,
 ) -> list[list[int]]:
     """`generate_rows` for any backend: the HF model takes every row in one left-padded batch; the
-    TransformerLens fallback (no attention mask with a KV cache) one batch per prompt length."""
+    TransformerLens fallback (no attention mask with a KV cache) one batch per prompt length, and no `record`."""
     if forward.backend == "hf":
-        return generate_rows(forward, prompts, vectors, seeds, cfg, stop_ids, on_step)
+        return generate_rows(forward, prompts, vectors, seeds, cfg, stop_ids, on_step, record)
+    if record is not None:
+        raise ValueError("A StepRecord needs the Hugging Face model (one batch for every row).")
     out: list[list[int]] = [[] for _ in prompts]
     for length in sorted({len(p) for p in prompts}):
         rows = [i for i, p in enumerate(prompts) if len(p) == length]

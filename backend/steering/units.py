@@ -139,13 +139,21 @@ def steering_vector(sae: SAE, scales: Mapping[int, FeatureScale]) -> torch.Tenso
 
 
 def median_resid_norm(forward: HookedForward, prompt_ids: list[list[int]]) -> float:
-    """Median residual norm at the hook over prompt positions (position 0, the sink, excluded)."""
-    norms = []
-    for ids in prompt_ids:
-        r = forward.residuals(torch.tensor([ids], device=forward.device))[0, 1:]
-        norms.append(r.float().norm(dim=-1).cpu())
-    allnorms = torch.cat(norms) if norms else torch.zeros(0)
-    return float(allnorms.median()) if allnorms.numel() else 0.0
+    """Median residual norm at the hook over prompt positions (each prompt's first position, the sink,
+    excluded): one left-padded forward that stops at the hook (one per prompt on TransformerLens)."""
+    prompts = [list(p) for p in prompt_ids if len(p) > 1]
+    if not prompts:
+        return 0.0
+    if forward.backend != "hf":
+        norms = [forward.residuals(torch.tensor([p], device=forward.device))[0, 1:].float().norm(dim=-1).cpu() for p in prompts]
+        return float(torch.cat(norms).median())
+    width = max(len(p) for p in prompts)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=forward.device)
+    ids = torch.tensor([[p[0]] * (width - len(p)) + p for p in prompts], device=forward.device)
+    padded = bool((mask == 0).any())
+    resid = forward.residuals(ids, mask if padded else None, (mask.cumsum(-1) - 1).clamp(min=0) if padded else None)
+    keep = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, :-1]], dim=1).bool()  # real, and not a row's first
+    return float(resid[keep].float().norm(dim=-1).median())
 
 
 def resolve_scales(
