@@ -180,14 +180,31 @@ class ConceptNamer:
         return [self._pick(votes[[row[t] for t in texts]], np.asarray(w, float)) if texts else None
                 for texts, w in zip(contexts, weights)]
 
+    def name_words(self, words: list[list[str | None]], weights: list[np.ndarray]) -> list[Named | None]:
+        """Per feature (the word it fires on in each top context, None where that is no word, and the contexts'
+        activation weights): (the concept most of the words vote for, which contexts' words do), or None when
+        none holds `min_share` of the weight, non-words included. Each distinct word is embedded once."""
+        uniq = list(dict.fromkeys(w for ws in words for w in ws if w))
+        if not uniq:
+            return [None] * len(words)
+        votes = self.votes(uniq)
+        row = {w: i for i, w in enumerate(uniq)}
+        none = np.full(votes.shape[1], -1)  # a non-word votes for nothing
+        return [self._pick(np.stack([votes[row[w]] if w else none for w in ws]), np.asarray(wt, float)) if ws else None
+                for ws, wt in zip(words, weights)]
+
     def _pick(self, votes: np.ndarray, weights: np.ndarray) -> Named | None:
         """The concept with the most vote weight (ties: the one ranked nearer), if it holds `min_share`."""
         mass: dict[int, float] = {}
         nearness: dict[int, float] = {}
         for ctx_votes, w in zip(votes.tolist(), weights.tolist()):
             for rank, c in enumerate(ctx_votes):
+                if c < 0:
+                    continue
                 mass[c] = mass.get(c, 0.0) + w
                 nearness[c] = nearness.get(c, 0.0) + w * (len(ctx_votes) - rank)
+        if not mass:
+            return None
         best = max(mass, key=lambda c: (round(mass[c], 9), nearness[c], -c))
         if mass[best] < self.min_share * float(weights.sum()):
             return None

@@ -45,11 +45,14 @@ from backend.errors import UserError
 from backend.label_evidence import _flat, evidence, evidence_text, mark_context  # noqa: F401  (re-exported)
 from backend.label_properties import (CONTRACTION_KEYS, CONTRACTIONS, PROPER_NAMES, WORD_CLASSES, WORD_PIECES,
                                       WORD_SHAPES, inside_quotes, looks_like_code, word_class, word_shape)
+from backend.word_groups import WordGroupConfig, base_rates, shared_class
 
 Decoder = Callable[[tuple[int, ...]], str]
 # (context texts per feature, strongest first; their activation weights) -> per feature (concept, which contexts
 # it describes) or None: what `backend.concept_names.ConceptNamer` is.
 ConceptFn = Callable[[list[list[str]], list[np.ndarray]], list["tuple[str, list[bool]] | None"]]
+# The same over the firing word of each context (None: not a word): `ConceptNamer.name_words`.
+WordConceptFn = Callable[[list[list["str | None"]], list[np.ndarray]], list["tuple[str, list[bool]] | None"]]
 KINDS = ("word", "symbol", "punctuation", "formatting", "mixed")
 FORMATTING_KINDS = frozenset({"punctuation", "formatting"})
 LABEL_COLUMNS = ["feature_id", "label", "score", "name", "kind", "example", "n_contexts"]
@@ -76,7 +79,8 @@ class LabelTextConfig:
     a context n-gram ("after 'the'") must sit at this share of the positions. max_name_chars: the
     name is cut to this length. example_before/after_chars: characters of context either side of the
     marked token. with_example: append the quoted example to the label. max_concept_contexts: the strongest
-    contexts a concept namer reads per feature."""
+    contexts a concept namer reads per feature. word_groups: when a word class the firing words share names a
+    feature (`backend.word_groups`)."""
 
     max_names: int = 5
     min_coverage: float = 0.5
@@ -86,6 +90,7 @@ class LabelTextConfig:
     example_after_chars: int = 20
     with_example: bool = True
     max_concept_contexts: int = 8
+    word_groups: WordGroupConfig = WordGroupConfig()
 
     def __post_init__(self) -> None:
         if self.max_names < 1 or self.max_concept_contexts < 1:
@@ -468,9 +473,9 @@ class _Labeller:
         piece_top = Counter(u.key for u in f.piece_units).most_common(1)[0][1]
         return _Tally(_merge_forms(_merge_plurals(f.word_units if word_top >= piece_top else f.piece_units)), f.weights)
 
-    def concept_label(self, f: _Feature, concept: str, hit: list[bool]) -> tuple[str, str, float, int]:
-        """`about <concept> (a / b / c)`: the concept the contexts share, with the words it fires on there."""
-        return self._group_label(f, self.tally(f), f"{ABOUT}{concept}", "word", hit)
+    def named_group(self, f: _Feature, head: str, hit: list[bool]) -> tuple[str, str, float, int]:
+        """`<head> (a / b / c)`: a word class or concept the contexts in `hit` share, with the words it fires on there."""
+        return self._group_label(f, self.tally(f), head, "word", hit)
 
     def context_text(self, row: int) -> str:
         """A context window as one line of plain text (what a concept namer reads)."""
@@ -635,6 +640,7 @@ def readable_labels(ctx: Contexts, background: list[list[int]], decode: Decoder,
     named = [labeller.label(f) for f in features]
     if concepts is not None:
         _name_concepts(labeller, features, named, concepts, config.max_concept_contexts)
+    _name_word_groups(labeller, features, named, config.word_groups, getattr(concepts, "name_words", None))
     out = []
     for f, (name, kind, score, row) in zip(features, named):
         w, c = ctx.windows[row], int(ctx.centers[row])
@@ -660,4 +666,33 @@ def _name_concepts(labeller: _Labeller, features: list[_Feature], named: list[tu
             concept, hit = found
             f = features[i]
             full_hit = list(hit) + [False] * (len(f.idx) - len(hit))
-            named[i] = labeller.concept_label(f, concept, full_hit)
+            named[i] = labeller.named_group(f, f"{ABOUT}{concept}", full_hit)
+
+
+def _firing_words(f: _Feature) -> list[str | None]:
+    return [u.key if u.kind == "word" and u.key.isalpha() else None for u in f.word_units]
+
+
+def _name_word_groups(labeller: _Labeller, features: list[_Feature], named: list[tuple[str, str, float, int]],
+                      cfg: WordGroupConfig, word_concepts: WordConceptFn | None) -> None:
+    """Replace, in place, the `varied tokens` labels whose firing words share a word class far above its base
+    rate (`backend.word_groups`: `verbs (…)`, `carrying and getting (…)`), or else, given `word_concepts`, a
+    concept most of the words vote for (`about fear (…)`)."""
+    todo = [i for i, (name, *_) in enumerate(named) if names_no_property(name)]
+    if not todo:
+        return
+    words = {i: _firing_words(features[i]) for i in todo}
+    every = [w for f in features for w in _firing_words(f)]
+    base = base_rates([every, [w for i in todo for w in words[i]]], labeller.bg, cfg)
+    left = []
+    for i in todo:
+        found = shared_class(words[i], base, cfg)
+        if found is None:
+            left.append(i)
+        else:
+            named[i] = labeller.named_group(features[i], *found)
+    if word_concepts is None or not left:
+        return
+    for i, found in zip(left, word_concepts([words[i] for i in left], [features[i].weights for i in left])):
+        if found is not None:
+            named[i] = labeller.named_group(features[i], f"{ABOUT}{found[0]}", found[1])
