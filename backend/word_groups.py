@@ -16,6 +16,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from backend.errors import UserError
 from backend.word_lexicon import CATEGORY_NAMES, POS_NAMES, lookup
@@ -42,6 +43,7 @@ class WordGroupConfig:
             raise UserError("min_lift and min_pool must be at least 1.")
 
 
+@lru_cache(maxsize=100_000)
 def word_classes(word: str | None) -> tuple[str, ...]:
     """The classes of one lower-case word as a label names them: its part of speech, then its categories."""
     entry = lookup(word) if word else None
@@ -96,3 +98,50 @@ def shared_class(words: Words, base: dict[str, float], cfg: WordGroupConfig = Wo
     if best is None:
         return None
     return best[1], [best[1] in cs for cs in classes]
+
+
+def _spellings(word: str | None, size: int) -> set[str]:
+    w = (word or "").lower()
+    return {w[i:i + size] for i in range(len(w) - size + 1)} if w.isalpha() else set()
+
+
+def _widen(part: str, words: list[str]) -> str:
+    """The longest stretch around `part` that every one of `words` holds (vie -> view)."""
+    for step in (-1, 1):
+        while True:
+            homes = [w.find(part) for w in words]
+            nxt = {w[i - 1] if step < 0 and i > 0 else w[i + len(part)] if step > 0 and i + len(part) < len(w) else ""
+                   for w, i in zip(words, homes)}
+            if len(nxt) != 1 or "" in nxt:
+                break
+            part = (nxt.pop() + part) if step < 0 else (part + nxt.pop())
+    return part
+
+
+def shared_spelling(words: Words, pool_rate: dict[str, float], cfg: WordGroupConfig = WordGroupConfig(),
+                    size: int = 4) -> tuple[str, list[bool]] | None:
+    """(a string of `size`+ letters that the firing words share, which contexts have it) when it is far above
+    its rate among the firing words of all features (`spelling_rates`), or None: `lone` in alone / lonely."""
+    n = len(words)
+    parts = [_spellings(w, size) for w in words]
+    found: tuple[float, str] | None = None
+    for s, k in Counter(s for ps in parts for s in ps).items():
+        p0 = max(pool_rate.get(s, 0.0), cfg.min_base)
+        if k >= cfg.min_share * n and k >= cfg.min_lift * p0 * n:
+            p = binomial_tail(k, n, p0)
+            if p < cfg.max_p and (found is None or (p, s) < found):
+                found = (p, s)
+    if found is None:
+        return None
+    hit = [found[1] in ps for ps in parts]
+    return _widen(found[1], [str(w).lower() for w, h in zip(words, hit) if h]), hit
+
+
+def spelling_rates(words: Iterable[str | None], size: int = 4) -> dict[str, float]:
+    """{letter string: share of the words that hold it} (what `shared_spelling` compares against)."""
+    have: Counter = Counter()
+    total = 0
+    for w in words:
+        total += 1
+        have.update(_spellings(w, size))
+    return {s: k / total for s, k in have.items()} if total else {}
