@@ -19,9 +19,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from backend.errors import UserError
+from backend.label_properties import word_class
 from backend.word_lexicon import CATEGORY_NAMES, POS_NAMES, lookup
 
 Words = list["str | None"]  # the firing word of each top context (None: not a word)
+# closed classes whose words are function words: a lexicon class of theirs ("verbs" for "to") says nothing
+FUNCTION_CLASSES = frozenset({"first-person pronouns", "second-person pronouns", "third-person pronouns", "negations",
+                              "modal verbs", "forms of be, have and do", "question words", "articles and determiners",
+                              "prepositions", "conjunctions", "intensifiers"})
 
 
 @dataclass(frozen=True)
@@ -45,8 +50,9 @@ class WordGroupConfig:
 
 @lru_cache(maxsize=100_000)
 def word_classes(word: str | None) -> tuple[str, ...]:
-    """The classes of one lower-case word as a label names them: its part of speech, then its categories."""
-    entry = lookup(word) if word else None
+    """The classes of one lower-case word as a label names them: its part of speech, then its categories (none
+    for function words)."""
+    entry = lookup(word) if word and word_class(word) not in FUNCTION_CLASSES else None
     if entry is None:
         return ()
     pos, cats = entry

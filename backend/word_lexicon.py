@@ -53,7 +53,8 @@ CATEGORY_NAMES: dict[str, str] = {
 }
 _TWINS = {"Econ@": "ECON", "Polit@": "POLIT", "Eval@": "EVAL", "Time@": "TIME"}
 _POS_TAGS = (("noun", {"Noun"}), ("verb", {"SUPV", "VERB", "ED", "ING"}), ("adj", {"Modif"}), ("adv", {"LY"}))
-_CLOSED_TAGS = frozenset({"DET", "PREP", "PRON", "CONJ", "CONJ2", "INTJ", "ART", "DEM", "NEG", "BE", "HAV", "DO", "MOD"})
+_CLOSED_TAGS = frozenset({"DET", "PREP", "PRON", "CONJ", "CONJ2", "INTJ", "ART", "DEM", "NEG", "BE", "HAV", "DO", "MOD",
+                          "TO"})
 _IRREGULAR = dict(pair.split(":") for pair in (
     "began:begin begun:begin brought:bring bought:buy built:build caught:catch chose:choose chosen:choose came:come "
     "dealt:deal did:do done:do drew:draw drawn:draw drove:drive driven:drive ate:eat eaten:eat fell:fall fallen:fall "

@@ -43,6 +43,24 @@ def test_each_context_votes_and_the_majority_concept_names_the_feature():
         C.ConceptNamer(embed=embed, vocab=vocab, min_share=0)
 
 
+def test_the_firing_words_vote_and_non_words_count_against_every_concept():
+    vocab = (("animals", ("dog",)), ("food", ("bread",)), ("weather", ("rain",)))
+    axes = {"dog": 0, "cat": 0, "bread": 1, "soup": 1, "rain": 2}
+
+    def embed(texts):  # a word, or a concept holding it, lies along the concept's axis
+        out = np.array([[1.0 if any(w in t for w, a in axes.items() if a == k) else 0.0 for k in range(3)]
+                        for t in texts]) + 1e-3
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    namer = C.ConceptNamer(embed=embed, vocab=vocab, top_k=1, use_stored=False)
+    w = np.full(4, 0.25)
+    (name, hit), none, empty = namer.name_words([["dog", "cat", None, "bread"], ["dog", None, None, "soup"], [None]],
+                                                [w, w, np.ones(1)])
+    assert name == "animals" and hit == [True, True, False, False]
+    assert none is None  # one animal and two non-words: no concept holds half of the weight
+    assert empty is None and namer.name_words([[]], [np.zeros(0)]) == [None]
+
+
 def test_minilm_names_contexts_about_one_topic_after_it():
     namer = C.minilm_namer()
     if namer is None:
