@@ -18,8 +18,12 @@ where <name> is, in this order of preference:
     (``in code``, ``inside quotations``), the position (``first token of the text``, ``at line start``), the
     neighbouring word or its class (``after 'the' (film / plot)``, ``after modal verbs``); else, given a
     concept namer (MiniLM over a Roget's-thesaurus vocabulary, `backend.concept_names`), the concept the
-    contexts are about (``about food (cake / soup / bread)``); else ``varied tokens: a / b / c``, the one
-    label that names no shared property (`names_no_property`).
+    contexts are about (``about food (cake / soup / bread)``); else a word class that the firing words, or
+    the words before or after them, share far above its base rate (a part of speech or a General Inquirer
+    category, `backend.word_groups`: ``carrying and getting (brings / carry / fetch)``, ``after verbs (…)``),
+    or letters they share (``words with 'represent' (…)``); else the concept the firing words are about
+    (``words about memory (memory / recalls)``); else ``varied tokens: a / b / c``, the one label that
+    names no shared property (`names_no_property`).
 
 score in [0, 1]: how much of the feature's top activations the name accounts for, i.e. the
 activation-weighted share of its top contexts whose firing token is one of the named words or
