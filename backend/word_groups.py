@@ -8,8 +8,9 @@ are "words of strength", so a class names a feature only when it is far above it
 the highest of the class's share among the firing words of all features labelled together, of the features
 still unnamed among them, and of the background tokens: a class common where features fire is no property.
 
-Measured on the demo corpus (bench/label_quality.py): the defaults name ~1 in 4 of the features whose tokens
-vary and ~2% of random groups of the same contexts."""
+Measured by `python bench/label_quality.py --chance`: the class of the firing word names 24% of the demo
+corpus's features that reach this step and 2.2% of random groups of their contexts (chat lines: 20% vs 1.1%);
+the class of the word before or after, 3.9% vs 0.7%; shared letters, 1.6% vs 0.1%."""
 from __future__ import annotations
 
 import math

@@ -42,14 +42,14 @@ CATEGORY_NAMES: dict[str, str] = {
     "BldgPt": "buildings and rooms", "ComnObj": "media and documents", "NatObj": "natural things",
     "BodyPt": "body parts", "COM": "communication", "Say": "speech verbs", "Need": "needs and wants",
     "Goal": "goals", "Try": "trying and attempting", "Persist": "persistence", "Complet": "achievement",
-    "Fail": "failure", "NatrPro": "natural processes (life / growth / death)", "Begin": "beginning",
+    "Fail": "failure", "NatrPro": "life, growth and death", "Begin": "beginning",
     "Vary": "change", "Increas": "increase", "Decreas": "decrease", "Finish": "ending", "Stay": "staying",
     "Rise": "rising", "Exert": "physical effort", "Fetch": "carrying and getting", "Travel": "movement",
     "Fall": "falling", "Think": "thinking", "Know": "knowing and understanding", "Causal": "cause and effect",
-    "Ought": "obligation", "Perceiv": "perception (seeing / hearing)", "Compare": "comparison",
-    "EVAL": "judgement words (good / bad / right)", "Quality": "qualities", "Quan": "quantities",
+    "Ought": "obligation", "Perceiv": "seeing and hearing", "Compare": "comparison",
+    "EVAL": "judgement words", "Quality": "qualities", "Quan": "quantities",
     "FREQ": "frequency", "DIST": "distance", "TIME": "time", "Space": "space and direction",
-    "DIM": "size (big / small)", "COLOR": "colours", "Intrj": "interjections",
+    "DIM": "size words", "COLOR": "colours", "Intrj": "interjections",
 }
 _TWINS = {"Econ@": "ECON", "Polit@": "POLIT", "Eval@": "EVAL", "Time@": "TIME"}
 _POS_TAGS = (("noun", {"Noun"}), ("verb", {"SUPV", "VERB", "ED", "ING"}), ("adj", {"Modif"}), ("adv", {"LY"}))
