@@ -311,3 +311,27 @@ def test_verbs_of_one_sense_are_named_by_their_class_and_a_random_group_is_not()
     loose = T.LabelTextConfig(word_groups=WordGroupConfig(min_lift=1.0, max_p=0.5))
     assert T.readable_labels(ctx, BACKGROUND, decode, config=loose).set_index("feature_id").loc[51, "name"].startswith(
         "nouns (")
+
+
+class FakeWordConcepts(FakeConcepts):
+    """A concept namer whose contexts name nothing and whose words always name `odd things`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.words: list[list[str | None]] = []
+
+    def __call__(self, contexts, weights):
+        return [None] * len(contexts)
+
+    def name_words(self, words, weights):
+        self.words.extend(words)
+        return [("odd things", [w is not None for w in ws]) for ws in words]
+
+
+def test_the_firing_words_name_a_concept_last_and_only_for_features_nothing_else_names():
+    ctx = make_contexts({VARIED: CONTEXTS[VARIED], 50: CARRYING, PRONOUNS: SHARED[PRONOUNS]})
+    namer = FakeWordConcepts()
+    df = T.readable_labels(ctx, BACKGROUND, decode, concepts=namer).set_index("feature_id")
+    assert df.loc[VARIED, "name"].startswith("words about odd things (")
+    assert df.loc[50, "name"].startswith("carrying and getting (")  # the word class came first
+    assert namer.words == [["red", "dog", "to", "paris", "cat", "house", "story", "is"]]  # asked about VARIED only
