@@ -52,7 +52,7 @@ def test_the_firing_words_name_a_concept_only_far_above_its_rate_among_all_the_w
                         for t in texts]) + 1e-3
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
-    namer = C.ConceptNamer(embed=embed, vocab=vocab, top_k=1, use_stored=False)
+    namer = C.ConceptNamer(embed=embed, vocab=vocab, top_k=1, word_top_k=1, use_stored=False)
     animals = ["dog", "cat"] * 4 + [None, "song"]  # 8 of 10
     food = ["bread", "soup"] * 3 + [None, "rain", "song", None]  # 6 of 10, but half of all the words are food
     background = [["bread", "soup", "rain", None]] * 20
