@@ -7,7 +7,10 @@ answers; `builtin_data.chatterbot`). Then labels every feature that fires, twice
 with today's code (token classes, shared context words and MiniLM concept names). Prints, per corpus, the
 share of labels that name no shared property, and how many of the top 10 findings of the human-vs-bot diff do.
 
-    python bench/label_quality.py [--workspace /tmp/label_quality.duckdb] [--before afc3122] [--threads 2]
+    python bench/label_quality.py [--workspace /tmp/label_quality.duckdb] [--before afc3122] [--threads 2] [--chance]
+
+With --chance it also labels random groups of the contexts of the features the baseline leaves varied and prints,
+per labelling step, the share of real features and of random groups that reach it which it names (`rule_rates`).
 
 Building the workspace embeds 400 short documents (30 minutes on 2 CPU cores shared with other jobs); a rerun
 reuses it and takes about 5 minutes (MiniLM embeds the varied features' contexts). Last line: `varied before=<x>% after=<y>% diff_top10
