@@ -18,8 +18,12 @@ where <name> is, in this order of preference:
     (``in code``, ``inside quotations``), the position (``first token of the text``, ``at line start``), the
     neighbouring word or its class (``after 'the' (film / plot)``, ``after modal verbs``); else, given a
     concept namer (MiniLM over a Roget's-thesaurus vocabulary, `backend.concept_names`), the concept the
-    contexts are about (``about food (cake / soup / bread)``); else ``varied tokens: a / b / c``, the one
-    label that names no shared property (`names_no_property`).
+    contexts are about (``about food (cake / soup / bread)``); else a word class that the firing words, or
+    the words before or after them, share far above its base rate (a part of speech or a General Inquirer
+    category, `backend.word_groups`: ``carrying and getting (brings / carry / fetch)``, ``after verbs (…)``),
+    or letters they share (``words with 'represent' (…)``); else the concept the firing words are about
+    (``words about memory (memory / recalls)``); else ``varied tokens: a / b / c``, the one label that
+    names no shared property (`names_no_property`).
 
 score in [0, 1]: how much of the feature's top activations the name accounts for, i.e. the
 activation-weighted share of its top contexts whose firing token is one of the named words or
@@ -32,7 +36,6 @@ from __future__ import annotations
 
 import math
 import re
-import unicodedata
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,13 +45,23 @@ import numpy as np
 import pandas as pd
 
 from backend.errors import UserError
-from backend.label_properties import (CONTRACTION_KEYS, CONTRACTIONS, PROPER_NAMES, WORD_CLASSES, WORD_PIECES,
-                                      WORD_SHAPES, inside_quotes, looks_like_code, word_class, word_shape)
+from backend.label_evidence import _flat, evidence, evidence_text, mark_context  # noqa: F401  (re-exported)
+from backend.label_properties import (CONTRACTION_KEYS, CONTRACTIONS, WORD_PIECES, inside_quotes, looks_like_code,
+                                      word_class, word_shape)
+from backend.label_tokens import (  # noqa: F401  (re-exported)
+    Unit, _PUNCT, _SYMBOL, _CONTRACTIONS, _URL_PIECES, PERIOD_FINAL, PERIOD_OTHER, LINKS, TCO_LINKS, HANDLES,
+    HASHTAGS, NUMBERS, YEARS, LINE_BREAK, BLANK_LINE, SPACES, BYTES, ALL_CAPS, CAPITALISED, FIRST_TOKEN, IN_CODE,
+    IN_QUOTES, AT_LINE_START, AT_SENTENCE_START, VARIED, ABOUT, WORDS_ABOUT, CATEGORY_KINDS, _PREFIX_KINDS,
+    _URL_RE, _HANDLE_RE, _HASHTAG_RE, _NUMBER_RE, _YEAR_RE, _SPAN_HINTS, _TOKEN_HINTS, _DOMAIN_PIECES,
+    _SPACE_MARKERS, _is_punct, token_unit)
+from backend.word_groups import WordGroupConfig, base_rates, shared_class, shared_spelling, spelling_rates
 
 Decoder = Callable[[tuple[int, ...]], str]
 # (context texts per feature, strongest first; their activation weights) -> per feature (concept, which contexts
 # it describes) or None: what `backend.concept_names.ConceptNamer` is.
 ConceptFn = Callable[[list[list[str]], list[np.ndarray]], list["tuple[str, list[bool]] | None"]]
+# The same over the firing word of each context (None: not a word): `ConceptNamer.name_words`.
+WordConceptFn = Callable[[list[list["str | None"]], list[np.ndarray]], list["tuple[str, list[bool]] | None"]]
 KINDS = ("word", "symbol", "punctuation", "formatting", "mixed")
 FORMATTING_KINDS = frozenset({"punctuation", "formatting"})
 LABEL_COLUMNS = ["feature_id", "label", "score", "name", "kind", "example", "n_contexts"]
@@ -75,7 +88,8 @@ class LabelTextConfig:
     a context n-gram ("after 'the'") must sit at this share of the positions. max_name_chars: the
     name is cut to this length. example_before/after_chars: characters of context either side of the
     marked token. with_example: append the quoted example to the label. max_concept_contexts: the strongest
-    contexts a concept namer reads per feature."""
+    contexts a concept namer reads per feature. word_groups: when a word class the firing words share names a
+    feature (`backend.word_groups`)."""
 
     max_names: int = 5
     min_coverage: float = 0.5
@@ -85,6 +99,7 @@ class LabelTextConfig:
     example_after_chars: int = 20
     with_example: bool = True
     max_concept_contexts: int = 8
+    word_groups: WordGroupConfig = WordGroupConfig()
 
     def __post_init__(self) -> None:
         if self.max_names < 1 or self.max_concept_contexts < 1:
@@ -94,114 +109,6 @@ class LabelTextConfig:
                 raise UserError(f"{name} must be in (0, 1], not {getattr(self, name)}.")
         if self.max_name_chars < 10 or self.example_before_chars < 0 or self.example_after_chars < 0:
             raise UserError("max_name_chars must be at least 10 and the example widths non-negative.")
-
-
-# -- what one firing token is ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class Unit:
-    """One firing token as counted: `key` merges variants, `display` is how it reads, `bg_key` finds
-    the same thing in the background counts."""
-
-    key: str
-    display: str
-    kind: str
-    bg_key: str
-
-
-_PUNCT = {
-    ",": "comma", "?": "question mark", "!": "exclamation mark", ":": "colon", ";": "semicolon",
-    "...": "ellipsis", "..": "ellipsis", "…": "ellipsis", "-": "hyphen", "–": "dash", "—": "dash", "--": "dash",
-    '"': "quotation marks", "“": "quotation marks", "”": "quotation marks", "``": "quotation marks",
-    "''": "quotation marks", "'": "quotes or apostrophes", "‘": "quotes or apostrophes", "’": "quotes or apostrophes",
-    "(": "opening parenthesis", ")": "closing parenthesis", "[": "brackets", "]": "brackets", "{": "braces",
-    "}": "braces", "<": "angle brackets", ">": "angle brackets", "*": "asterisk", "/": "slash", "\\": "backslash",
-    "=": "equals sign", "+": "plus sign", "|": "vertical bar", "_": "underscore", "~": "tilde", "^": "caret",
-    "`": "backtick",
-}
-_SYMBOL = {"$": "dollar sign", "€": "euro sign", "£": "pound sign", "%": "percent sign", "&": "ampersand",
-           "@": "@handles (mentions)", "#": "#hashtags"}
-_CONTRACTIONS = {"'s": "possessive 's", "’s": "possessive 's", "'re": "contraction 're", "'ve": "contraction 've",
-                 "'ll": "contraction 'll", "'m": "contraction 'm", "'d": "contraction 'd", "’re": "contraction 're",
-                 "’ve": "contraction 've", "’ll": "contraction 'll", "’m": "contraction 'm", "’d": "contraction 'd"}
-_URL_PIECES = frozenset({"http", "https", "://", "https://", "http://", "www", "www.", ".com", "t.co", ".co", ".org",
-                         ".net", "bit.ly", "://t.co", ".html", ".ly"})
-PERIOD_FINAL, PERIOD_OTHER = "sentence-final period", "period (not sentence-final)"
-LINKS, TCO_LINKS = "links (URLs)", "links (t.co URLs)"
-HANDLES, HASHTAGS, NUMBERS, YEARS = "@handles (mentions)", "#hashtags", "numbers", "years"
-LINE_BREAK, BLANK_LINE, SPACES, BYTES = "line break", "blank line", "spaces", "emoji or symbols"
-ALL_CAPS, CAPITALISED, FIRST_TOKEN = "all-caps words", PROPER_NAMES, "first token of the text"
-IN_CODE, IN_QUOTES, AT_LINE_START, AT_SENTENCE_START = "in code", "inside quotations", "at line start", "at sentence start"
-VARIED, ABOUT = "varied tokens: ", "about "
-
-# Category names a label can be made of, with their kind (used to read the kind back from a stored label).
-CATEGORY_KINDS: dict[str, str] = {
-    **{v: "punctuation" for v in _PUNCT.values()}, **{v: "symbol" for v in _SYMBOL.values()},
-    **{v: "punctuation" for v in _CONTRACTIONS.values()}, "negation n't": "word",
-    "period": "punctuation", PERIOD_FINAL: "punctuation", PERIOD_OTHER: "punctuation",
-    LINKS: "symbol", TCO_LINKS: "symbol", NUMBERS: "symbol", YEARS: "symbol", BYTES: "symbol",
-    LINE_BREAK: "formatting", BLANK_LINE: "formatting", SPACES: "formatting", FIRST_TOKEN: "formatting",
-}
-_PREFIX_KINDS = (("special token ", "formatting"), ("punctuation ", "punctuation"), (ALL_CAPS, "formatting"),
-                 (CAPITALISED, "word"), ("capitalised words", "word"), ("in code", "mixed"),
-                 ("inside quotations", "mixed"), ("at line start", "mixed"), ("at sentence start", "mixed"),
-                 *((name, "word") for name in WORD_CLASSES + WORD_SHAPES), (WORD_PIECES, "word"), (CONTRACTIONS, "punctuation"), ("about ", "word"),
-                 ("after ", "mixed"), ("before ", "mixed"), ("varied tokens:", "mixed"))
-
-_URL_RE = re.compile(r"(?:https?:/*|www\.|://)\S*|\b[\w-]+\.(?:com|org|net|co|ly|io|gov|edu)\b(?:/\S*)?", re.I)
-_HANDLE_RE = re.compile(r"(?<!\w)@\w+")
-_HASHTAG_RE = re.compile(r"(?<!\w)#\w+")
-_NUMBER_RE = re.compile(r"\d+(?:[.,:]\d+)*")
-_YEAR_RE = re.compile(r"(?:1[5-9]|20)\d\d")
-_SPAN_HINTS = ("://", "www", "@", "#", ".com", ".org", ".net", ".co", ".ly", ".io", ".gov", ".edu")
-_TOKEN_HINTS = (":", "/", "@", "#", "www", "http")
-_DOMAIN_PIECES = frozenset({"co", "com", "org", "net", "ly", "io", "gov", "edu", ".co", ".com", ".org", ".net"})
-_SPACE_MARKERS = "Ġ▁"
-
-
-def _is_punct(s: str) -> bool:
-    return bool(s) and all(unicodedata.category(ch)[0] in "PS" for ch in s)
-
-
-def token_unit(text: str, special: bool = False) -> Unit:
-    """What a decoded token is, from its text alone."""
-    if special:
-        name = f"special token {text.strip()}"
-        return Unit(name, name, "formatting", name)
-    if "\n" in text or "\r" in text:
-        name = BLANK_LINE if text.count("\n") >= 2 else LINE_BREAK
-        return Unit(name, name, "formatting", name)
-    s = text.translate({ord(m): " " for m in _SPACE_MARKERS}).strip()
-    if not s:
-        return Unit(SPACES, SPACES, "formatting", SPACES) if text else Unit(BYTES, BYTES, "symbol", BYTES)
-    if "\ufffd" in s:
-        return Unit(BYTES, BYTES, "symbol", BYTES)
-    low = s.lower()
-    if low in _URL_PIECES:
-        return Unit(LINKS, LINKS, "symbol", LINKS)
-    if low in _CONTRACTIONS:
-        return Unit(_CONTRACTIONS[low], _CONTRACTIONS[low], "punctuation", _CONTRACTIONS[low])
-    if low in ("n't", "n’t"):
-        return Unit("negation n't", "negation n't", "word", "negation n't")
-    if re.fullmatch(r"[\d.,:/%$-]*\d[\d.,:/%$-]*", s):
-        name = YEARS if _YEAR_RE.fullmatch(s) else NUMBERS
-        return Unit(name, name, "symbol", name)
-    if s == ".":
-        return Unit("period", "period", "punctuation", "period")
-    if s in _SYMBOL:
-        return Unit(_SYMBOL[s], _SYMBOL[s], "symbol", _SYMBOL[s])
-    if _is_punct(s):
-        if s in _PUNCT:
-            name = _PUNCT[s]
-        elif "?" in s:
-            name = _PUNCT["?"]
-        elif "!" in s:
-            name = _PUNCT["!"]
-        elif s.startswith(".") or s.endswith("."):
-            name = PERIOD_FINAL
-        else:
-            name = f"punctuation {s}"
-        return Unit(name, name, "punctuation", name)
-    return Unit(low, s, "word", low)
 
 
 # -- reading one context -------------------------------------------------------------------------
@@ -305,53 +212,6 @@ class _Reader:
         tok = thru[len(pre):] if thru.startswith(pre) else self.text(window[c])
         post = full[len(thru):] if full.startswith(thru) else self.decode(tuple(window[c + 1:]))
         return pre, tok, post
-
-
-# -- evidence: one context with the firing token marked --------------------------------------------
-def _flat(s: str) -> str:
-    """Newlines as ⏎, runs of whitespace as one space (edges kept)."""
-    s = re.sub(r"\r\n|\r|\n", " ⏎ ", s)
-    return re.sub(r"\s+", " ", s)
-
-
-def mark_context(before: str, token: str, after: str, before_chars: int = 32, after_chars: int = 24) -> str:
-    """One line `… in «certain» cases …`: the firing token marked «…», a few words either side.
-
-    Plain text: pages escape it where they render it."""
-    lead = token[: len(token) - len(token.lstrip())]
-    trail = token[len(token.rstrip()):]
-    shown = token.strip()
-    if not shown:
-        shown, lead, trail = ("⏎" if "\n" in token or "\r" in token else "␣"), "", ""
-    left, right = _flat(before + lead), _flat(trail + after)
-    if len(left.strip()) > before_chars:
-        cut = left[-before_chars:]
-        space = cut.find(" ")
-        left = "… " + (cut[space + 1:] if 0 <= space < len(cut) - 1 else cut).lstrip()
-    if len(right.strip()) > after_chars:
-        cut = right[:after_chars]
-        space = cut.rfind(" ")
-        right = (cut[:space] if space > 0 else cut).rstrip() + " …"
-    return (left + "«" + _flat(shown).strip() + "»" + right).strip()
-
-
-def evidence(contexts: pd.DataFrame, feature_id: int | None = None, n: int = 1, before_chars: int = 32,
-             after_chars: int = 24) -> list[str]:
-    """Up to `n` marked contexts, strongest first, from `feature_contexts` rows (rank, before, token, after;
-    with feature_id, pass the feature to pick its rows)."""
-    rows = contexts
-    if feature_id is not None and "feature_id" in rows:
-        rows = rows[rows["feature_id"] == int(feature_id)]
-    if "rank" in rows:
-        rows = rows.sort_values("rank")
-    return [mark_context(str(b or ""), str(t or ""), str(a or ""), before_chars, after_chars)
-            for b, t, a in rows[["before", "token", "after"]].head(n).itertuples(index=False)]
-
-
-def evidence_text(contexts: pd.DataFrame, feature_id: int | None = None, **kwargs: int) -> str:
-    """The feature's strongest context with its firing token marked «…» ("" when there is none)."""
-    found = evidence(contexts, feature_id, n=1, **kwargs)
-    return found[0] if found else ""
 
 
 # -- reading labels back ---------------------------------------------------------------------------
@@ -514,9 +374,9 @@ class _Labeller:
         piece_top = Counter(u.key for u in f.piece_units).most_common(1)[0][1]
         return _Tally(_merge_forms(_merge_plurals(f.word_units if word_top >= piece_top else f.piece_units)), f.weights)
 
-    def concept_label(self, f: _Feature, concept: str, hit: list[bool]) -> tuple[str, str, float, int]:
-        """`about <concept> (a / b / c)`: the concept the contexts share, with the words it fires on there."""
-        return self._group_label(f, self.tally(f), f"{ABOUT}{concept}", "word", hit)
+    def named_group(self, f: _Feature, head: str, hit: list[bool]) -> tuple[str, str, float, int]:
+        """`<head> (a / b / c)`: a word class or concept the contexts in `hit` share, with the words it fires on there."""
+        return self._group_label(f, self.tally(f), head, "word", hit)
 
     def context_text(self, row: int) -> str:
         """A context window as one line of plain text (what a concept namer reads)."""
@@ -622,6 +482,19 @@ class _Labeller:
             if top:
                 yield f"{side} {top[0][0]}", "mixed", [k == top[0][0] for k in keys], 1 + 0.25 * (len(offsets) - 1)
 
+    def near_words(self, rows: np.ndarray, offset: int) -> list[str | None]:
+        """The firing word of each context (offset 0: the whole word), or the token `offset` places from it when
+        that is a word (None otherwise, and at the window's edge)."""
+        if offset == 0:
+            return [u.key if u.kind == "word" and u.key.isalpha() else None for u in
+                    (self.reader.context_units(self.ctx.windows[i], int(self.ctx.centers[i]))[0] for i in rows)]
+        out: list[str | None] = []
+        for i in rows:
+            w, c = self.ctx.windows[i], int(self.ctx.centers[i]) + offset
+            u = self.reader.unit(int(w[c])) if 0 <= c < len(w) else None
+            out.append(u.key if u is not None and u.kind == "word" and u.key.isalpha() else None)
+        return out
+
     def _neighbour_class(self, row: int, offset: int) -> str | None:
         """The class of the token `offset` places from the firing one (None at the window's edge)."""
         w, c = self.ctx.windows[row], int(self.ctx.centers[row]) + offset
@@ -681,6 +554,7 @@ def readable_labels(ctx: Contexts, background: list[list[int]], decode: Decoder,
     named = [labeller.label(f) for f in features]
     if concepts is not None:
         _name_concepts(labeller, features, named, concepts, config.max_concept_contexts)
+    _name_word_groups(labeller, features, named, config.word_groups, getattr(concepts, "name_words", None))
     out = []
     for f, (name, kind, score, row) in zip(features, named):
         w, c = ctx.windows[row], int(ctx.centers[row])
@@ -706,4 +580,57 @@ def _name_concepts(labeller: _Labeller, features: list[_Feature], named: list[tu
             concept, hit = found
             f = features[i]
             full_hit = list(hit) + [False] * (len(f.idx) - len(hit))
-            named[i] = labeller.concept_label(f, concept, full_hit)
+            named[i] = labeller.named_group(f, f"{ABOUT}{concept}", full_hit)
+
+
+def _firing_words(f: _Feature) -> list[str | None]:
+    return [u.key if u.kind == "word" and u.key.isalpha() else None for u in f.word_units]
+
+
+@dataclass
+class _WordGroups:
+    """What `_name_word_groups` compares a feature's words with: the base rates of word classes among the firing
+    words (and the words just before and after them) of all features labelled together and of the unnamed ones."""
+
+    labeller: _Labeller
+    cfg: WordGroupConfig
+    todo: list[_Feature]
+
+    def __post_init__(self) -> None:
+        every = [self.labeller.near_words(np.arange(len(self.labeller.ctx.windows)), o) for o in (0, -1, 1)]
+        mine = [[w for f in self.todo for w in self.labeller.near_words(f.idx, o)] for o in (0, -1, 1)]
+        self.base = [base_rates([e, m], self.labeller.bg, self.cfg) for e, m in zip(every, mine)]
+        self.spelled = spelling_rates(every[0])
+
+    def name(self, f: _Feature) -> tuple[str, str, float, int] | None:
+        """`<class> (a / b / c)`, `after <class> (…)`, `before <class> (…)` or `words with '<letters>' (…)`."""
+        for (head, offset), base in zip((("", 0), ("after ", -1), ("before ", 1)), self.base):
+            found = shared_class(self.labeller.near_words(f.idx, offset), base, self.cfg)
+            if found is not None:
+                return self.labeller.named_group(f, head + found[0], found[1])
+        found = shared_spelling(_firing_words(f), self.spelled, self.cfg)
+        return None if found is None else self.labeller.named_group(f, f"words with '{found[0]}'", found[1])
+
+
+def _name_word_groups(labeller: _Labeller, features: list[_Feature], named: list[tuple[str, str, float, int]],
+                      cfg: WordGroupConfig, word_concepts: WordConceptFn | None) -> None:
+    """Replace, in place, the `varied tokens` labels whose firing words (or the words before or after them)
+    share a word class far above its base rate (`backend.word_groups`: `verbs (…)`, `carrying and getting (…)`),
+    or letters, or else, given `word_concepts`, a concept most of the firing words vote for (`words about fear (…)`)."""
+    todo = [i for i, (name, *_) in enumerate(named) if names_no_property(name)]
+    if not todo:
+        return
+    groups = _WordGroups(labeller, cfg, [features[i] for i in todo])
+    left = []
+    for i in todo:
+        found = groups.name(features[i])
+        if found is None:
+            left.append(i)
+        else:
+            named[i] = found
+    if word_concepts is None or not left:
+        return
+    words = [_firing_words(features[i]) for i in left]
+    for i, found in zip(left, word_concepts(words, [features[i].weights for i in left])):
+        if found is not None:
+            named[i] = labeller.named_group(features[i], f"{WORDS_ABOUT}{found[0]}", found[1])

@@ -7,7 +7,10 @@ answers; `builtin_data.chatterbot`). Then labels every feature that fires, twice
 with today's code (token classes, shared context words and MiniLM concept names). Prints, per corpus, the
 share of labels that name no shared property, and how many of the top 10 findings of the human-vs-bot diff do.
 
-    python bench/label_quality.py [--workspace /tmp/label_quality.duckdb] [--before afc3122] [--threads 2]
+    python bench/label_quality.py [--workspace /tmp/label_quality.duckdb] [--before afc3122] [--threads 2] [--chance]
+
+With --chance it also labels random groups of the contexts of the features the baseline leaves varied and prints,
+per labelling step, the share of real features and of random groups that reach it which it names (`rule_rates`).
 
 Building the workspace embeds 400 short documents (30 minutes on 2 CPU cores shared with other jobs); a rerun
 reuses it and takes about 5 minutes (MiniLM embeds the varied features' contexts). Last line: `varied before=<x>% after=<y>% diff_top10
@@ -29,13 +32,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from backend import builtin_data  # noqa: E402
 from backend import feature_precompute as fp  # noqa: E402
 from backend import labels as labels_mod  # noqa: E402
 from backend.concept_names import minilm_namer  # noqa: E402
-from backend.label_text import names_no_property, readable_labels  # noqa: E402
+from backend.label_text import ABOUT, WORDS_ABOUT, names_no_property, readable_labels  # noqa: E402
+from backend.word_lexicon import CATEGORY_NAMES, POS_NAMES  # noqa: E402
 from backend.workspace import Workspace, WorkspaceSpec  # noqa: E402
 
 
@@ -77,8 +82,9 @@ def old_label_text(rev: str):
     return mod
 
 
-def label_corpus(ws: Workspace, name: str, old) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(before, after) label frames of every feature that fires in the corpus, from the same contexts."""
+def label_corpus(ws: Workspace, name: str, old, chance: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(before, after) label frames of every feature that fires in the corpus, from the same contexts; with
+    `chance`, also prints each step's naming rate on real features and on random groups (`rule_rates`)."""
     cid = ws.corpus(name).corpus_id
     decode = labels_mod.make_decoder(ws.reader.tokenizer)
     skip = set(getattr(ws.reader.tokenizer, "all_special_ids", []) or [])
@@ -88,7 +94,65 @@ def label_corpus(ws: Workspace, name: str, old) -> tuple[pd.DataFrame, pd.DataFr
     t0 = time.time()
     after = readable_labels(ctx, background, decode, skip_ids=skip, concepts=minilm_namer())
     print(f"{name}: labelled {len(after)} features in {time.time() - t0:.0f} s", flush=True)
+    if chance:
+        rates = rule_rates(ctx, background, decode, skip, old, before, after)
+        print(f"{name}: each step names, of the features / of the random groups that reach it,")
+        for rule, (real, rnd) in rates.items():
+            print(f"  {rule}: {100 * real:.1f}% / {100 * rnd:.1f}%")
     return before, after
+
+
+LEXICON_CLASSES = frozenset(POS_NAMES.values()) | frozenset(CATEGORY_NAMES.values())
+# the labeller's steps for features with varied tokens, in the order it tries them
+RULES = ("earlier rules", "contexts about (MiniLM)", "word class (lexicon)", "word before/after (lexicon)",
+         "shared letters", "words about (MiniLM)")
+
+
+def rule_of(name: str) -> str:
+    """Which step of the labeller named a feature, read from its label's name."""
+    head = name.split(" (")[0]
+    side = head.split(" ", 1)[1] if head.startswith(("after ", "before ")) else ""
+    if names_no_property(name):
+        return "varied"
+    for test, rule in ((head in LEXICON_CLASSES, RULES[2]), (side in LEXICON_CLASSES, RULES[3]),
+                       (head.startswith("words with '"), RULES[4]), (head.startswith(WORDS_ABOUT), RULES[5]),
+                       (head.startswith(ABOUT), RULES[1])):
+        if test:
+            return rule
+    return "earlier rules"
+
+
+def random_groups(ctx: labels_mod.ContextSet, fids: list[int], seed: int = 0) -> labels_mod.ContextSet:
+    """The contexts of features `fids`, dealt at random into groups of the same sizes (the chance control)."""
+    rows = np.flatnonzero(np.isin(ctx.feature_id, fids))
+    sizes = np.unique(ctx.feature_id[rows], return_counts=True)[1]
+    picked = np.random.default_rng(seed).permutation(rows)
+    group = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
+    picked = picked[np.lexsort((-ctx.act[picked], group))]  # strongest first in each group, as a feature's are
+    rank = np.concatenate([np.arange(n) for n in sizes]) if len(sizes) else np.zeros(0, np.int64)
+    return labels_mod.ContextSet(feature_id=group, rank=rank, doc_id=ctx.doc_id[picked], act=ctx.act[picked],
+                                 token_id=ctx.token_id[picked], windows=[ctx.windows[i] for i in picked],
+                                 centers=ctx.centers[picked])
+
+
+def rule_rates(ctx, background, decode, skip, old, before: pd.DataFrame, after: pd.DataFrame) -> dict[str, tuple[float, float]]:
+    """{step: (share of the real features that reach it which it names, the same share of random groups of their
+    contexts)}: how far above chance each step names. Real features: those the baseline leaves varied; random
+    groups: their contexts dealt at random, those the baseline leaves varied too. A step is reached by what no
+    step before it (RULES) named."""
+    varied = before.loc[before["name"].map(names_no_property), "feature_id"].tolist()
+    real = after.set_index("feature_id").loc[varied, "name"].map(rule_of).value_counts()
+    rnd_ctx = random_groups(ctx, varied)
+    rnd_before = old.readable_labels(rnd_ctx, background, decode, skip_ids=skip)
+    still = rnd_before.loc[rnd_before["name"].map(names_no_property), "feature_id"]
+    rnd_after = readable_labels(rnd_ctx, background, decode, skip_ids=skip, concepts=minilm_namer())
+    rnd = rnd_after.set_index("feature_id").loc[still, "name"].map(rule_of).value_counts()
+    out, reached = {}, [len(varied), len(still)]
+    for rule in RULES:
+        named = [real.get(rule, 0), rnd.get(rule, 0)]
+        out[rule] = tuple(k / max(n, 1) for k, n in zip(named, reached))
+        reached = [n - k for n, k in zip(reached, named)]
+    return out
 
 
 def diff_top10(ws: Workspace, labels: dict[int, str]) -> tuple[int, list[str]]:
@@ -106,6 +170,8 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=200, help="documents per corpus (two corpora)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--show", type=int, default=0, help="print this many 'after' labels of formerly varied features")
+    ap.add_argument("--chance", action="store_true", help="also label random groups of the varied features' contexts "
+                    "and print each step's naming rate on them (a few minutes more)")
     args = ap.parse_args()
     import torch
 
@@ -114,7 +180,7 @@ def main() -> None:
     old = old_label_text(args.before)
     shares, tops = {"before": [], "after": []}, {}
     for name in ("demo", "chat"):
-        before, after = label_corpus(ws, name, old)
+        before, after = label_corpus(ws, name, old, args.chance)
         for key, df in (("before", before), ("after", after)):
             n_bad = int(df["name"].map(names_no_property).sum())
             shares[key].append((n_bad, len(df)))

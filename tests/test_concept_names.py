@@ -43,6 +43,29 @@ def test_each_context_votes_and_the_majority_concept_names_the_feature():
         C.ConceptNamer(embed=embed, vocab=vocab, min_share=0)
 
 
+def test_the_firing_words_name_a_concept_only_far_above_its_rate_among_all_the_words():
+    vocab = (("animals", ("dog",)), ("food", ("bread",)), ("weather", ("rain",)), ("music", ("song",)))
+    axes = {"dog": 0, "cat": 0, "bread": 1, "soup": 1, "rain": 2, "song": 3}
+
+    def embed(texts):  # a word, or a concept holding it, lies along the concept's axis
+        out = np.array([[1.0 if any(w in t for w, a in axes.items() if a == k) else 0.0 for k in range(4)]
+                        for t in texts]) + 1e-3
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    namer = C.ConceptNamer(embed=embed, vocab=vocab, top_k=1, word_top_k=1, use_stored=False)
+    animals = ["dog", "cat"] * 4 + [None, "song"]  # 8 of 10
+    food = ["bread", "soup"] * 3 + [None, "rain", "song", None]  # 6 of 10, but half of all the words are food
+    background = [["bread", "soup", "rain", None]] * 20
+    (name, hit), none, *rest = namer.name_words([animals, food, *background], [np.full(10, 0.1)] * 2 + [np.full(4, 0.25)] * 20)
+    assert name == "animals" and hit == [True] * 8 + [False, False]
+    assert none is None and not any(rest)  # food is everywhere: 60% of a feature's words is chance
+    # non-words count against every concept: 3 animals of 10 contexts are too few
+    assert namer.name_words([["dog"] * 3 + [None] * 7, *background], [np.full(10, 0.1)] + [np.full(4, 0.25)] * 20)[0] is None
+    assert namer.name_words([[]], [np.zeros(0)]) == [None]
+    with pytest.raises(UserError):
+        C.ConceptNamer(embed=embed, vocab=vocab, word_max_p=0)
+
+
 def test_minilm_names_contexts_about_one_topic_after_it():
     namer = C.minilm_namer()
     if namer is None:

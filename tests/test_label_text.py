@@ -10,6 +10,7 @@ import pytest
 from backend import labels as L
 from backend import label_text as T
 from backend.errors import UserError
+from backend.word_groups import WordGroupConfig
 
 VOCAB = [
     " in", " some", " certain", " few", " Some", "Some", " cases", " the", " film", " movie", " plot", " was", ".", " It",
@@ -22,6 +23,8 @@ VOCAB = [
     " see", " eat", " run", " can", " will", " should", " must", "'re", "'ve", "n't", " you", " they", " sleep", "'ll", "'m",
     " quickly", " slowly", " sadly", " happily", " loudly", " brightly", " Gre", "eng", "rass", " Car", "men", " ner", "dy",
     " reveal", " revealed", " revealing", " reveals",
+    " brings", " carry", " fetch", " delivered", " brought", " gather", " catch", " lift", " remove", " distribute",
+    " few", " home",
 ]
 ID = {t: i for i, t in enumerate(VOCAB)}
 
@@ -274,7 +277,7 @@ def test_a_concept_namer_names_only_the_features_with_nothing_else_in_common():
     assert df.loc[PRONOUNS, "name"].startswith("first-person pronouns")
     assert len(namer.asked) == 2 and "a dog of" in namer.asked[0] + namer.asked[1]  # only the varied features asked
     without = T.readable_labels(ctx, BACKGROUND, decode).set_index("feature_id")
-    assert T.names_no_property(without.loc[30, "name"])
+    assert without.loc[30, "name"].startswith("nouns (")  # no concept: the word class (5 of 6, 20% of the background)
 
 
 def test_the_forms_of_one_word_count_as_that_word():
@@ -285,3 +288,50 @@ def test_the_forms_of_one_word_count_as_that_word():
     assert row["name"] == "reveal" and row["kind"] == "word"  # four forms of one word, each once
     assert T.is_form_of("carried", "carry") and T.is_form_of("honesty", "honest") and T.is_form_of("deeper", "deep")
     assert not T.is_form_of("they", "the") and not T.is_form_of("certain", "cert")
+
+
+CARRYING = [([p, w, n], 1) for p, w, n in zip(
+    [" I", " and", " It", " the", " was", " you", " to", " we", " in", " they"],
+    [" brings", " carry", " fetch", " delivered", " brought", " gather", " catch", " lift", " remove", " distribute"],
+    [" home", " in", ".", ",", " and", " the", " to", " dog", " It", " was"])]
+# one word each from ten contexts of other features: four nouns (20% of the background's words are), no shared sense
+RANDOM_GROUP = [([p, w, n], 1) for p, w, n in zip(
+    [" I", " and", " It", " the", " was", " you", " to", " we", " in", " they"],
+    [" dog", " red", " quickly", " said", " house", " good", " plot", " few", " film", " sleep"],
+    [" home", " in", ".", ",", " and", " the", " to", " dog", " It", " was"])]
+
+
+def test_verbs_of_one_sense_are_named_by_their_class_and_a_random_group_is_not():
+    ctx = make_contexts({50: CARRYING, 51: RANDOM_GROUP})
+    df = T.readable_labels(ctx, BACKGROUND, decode).set_index("feature_id")
+    assert df.loc[50, "name"].startswith("carrying and getting (") and "carry" in df.loc[50, "name"]
+    assert df.loc[50, "score"] == pytest.approx(1.0) and df.loc[50, "kind"] == "word"
+    assert T.names_no_property(df.loc[51, "name"])  # 4 nouns of 10 is chance at a 20% base rate
+    # a looser rule (any class held by 40% of the contexts, at any odds) would name the random group
+    loose = T.LabelTextConfig(word_groups=WordGroupConfig(min_lift=1.0, max_p=0.5))
+    assert T.readable_labels(ctx, BACKGROUND, decode, config=loose).set_index("feature_id").loc[51, "name"].startswith(
+        "nouns (")
+
+
+class FakeWordConcepts(FakeConcepts):
+    """A concept namer whose contexts name nothing and whose words always name `odd things`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.words: list[list[str | None]] = []
+
+    def __call__(self, contexts, weights):
+        return [None] * len(contexts)
+
+    def name_words(self, words, weights):
+        self.words.extend(words)
+        return [("odd things", [w is not None for w in ws]) for ws in words]
+
+
+def test_the_firing_words_name_a_concept_last_and_only_for_features_nothing_else_names():
+    ctx = make_contexts({VARIED: CONTEXTS[VARIED], 50: CARRYING, PRONOUNS: SHARED[PRONOUNS]})
+    namer = FakeWordConcepts()
+    df = T.readable_labels(ctx, BACKGROUND, decode, concepts=namer).set_index("feature_id")
+    assert df.loc[VARIED, "name"].startswith("words about odd things (")
+    assert df.loc[50, "name"].startswith("carrying and getting (")  # the word class came first
+    assert namer.words == [["red", "dog", "to", "paris", "cat", "house", "story", "is"]]  # asked about VARIED only
