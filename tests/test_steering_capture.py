@@ -159,16 +159,22 @@ def test_capturing_after_the_vector_is_caught(deep_reader, monkeypatch):
 
 def test_public_runs_measure_alike_on_hf_and_transformer_lens(deep_reader):
     """steer() on the HF model (recorded measures) and on the TransformerLens fallback (re-read): same tokens
-    (greedy), same measures."""
+    (greedy), same measures. In bf16 the two models round differently and may break a greedy near-tie, so there
+    only the generations with the same tokens are compared."""
     tl_reader = dataclasses.replace(deep_reader, hf_dir=None)
     sae = make_tiny_sae(deep_reader.name, hook=HOOKS[0])
     cfg = SteerConfig(n_samples=1, temperature=0.0, max_new_tokens=6, min_new_tokens=6)
     hf = steer(deep_reader, sae, {STEER: 0.5}, PROMPTS, cfg)
     tl = steer(tl_reader, sae, {STEER: 0.5}, PROMPTS, cfg)
     assert hf.backend == "hf" and tl.backend == "transformer_lens"
-    assert [g.token_ids for g in hf.generations] == [g.token_ids for g in tl.generations]
-    table = lambda res: torch.tensor([[g.feature_mean[STEER], g.feature_max[STEER], g.nll] for g in res.generations])  # noqa: E731
-    assert_close_in(runtime_for(deep_reader).dtype, table(hf), table(tl), atol=1e-4, rtol=1e-4)
+    dtype = runtime_for(deep_reader).dtype
+    same = [k for k, (a, b) in enumerate(zip(hf.generations, tl.generations)) if a.token_ids == b.token_ids]
+    assert len(same) == len(hf.generations) if exact(dtype) else len(same) >= 2
+
+    def table(res) -> torch.Tensor:
+        return torch.tensor([[g.feature_mean[STEER], g.feature_max[STEER], g.nll] for g in (res.generations[k] for k in same)])
+
+    assert_close_in(dtype, table(hf), table(tl), atol=1e-4, rtol=1e-4)
 
 
 def test_batched_residual_norm_equals_one_forward_per_prompt(deep_reader):
