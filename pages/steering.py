@@ -224,8 +224,13 @@ def auto_summary(res: SteerResult) -> None:
     found = res.auto
     st.metric("Auto strength", f"{found.strength:.3g}", help=found.note,
               delta=f"perplexity x{found.ratio:.2f} in the probe (bound {found.bound:g}x)", delta_color="off")
+    if found.fires and found.fire_share < 0.5:
+        st.caption(f"Within the fluency bound the feature fired in only {found.fire_share:.0%} of the probe "
+                   f"generations ({found.fires.get(0.0, 0):.0%} unsteered). Some features describe what the model "
+                   "reads more than what it writes; a larger strength by hand may show it, at a fluency cost.")
     with st.expander("Auto strength probes"):
-        st.dataframe(pd.DataFrame({"strength": list(found.probes), "perplexity ratio": list(found.probes.values())})
+        st.dataframe(pd.DataFrame({"strength": list(found.probes), "perplexity ratio": list(found.probes.values()),
+                                   "fires in probes": [found.fires.get(s) for s in found.probes]})
                      .sort_values("strength"), hide_index=True, width="stretch")
 
 

@@ -458,6 +458,24 @@ def test_auto_strength_on_the_tiny_model_stays_within_the_bound(varied_reader):
     assert median_ppl("steered") / median_ppl("unsteered") <= 1.5
 
 
+def test_auto_reports_how_often_the_feature_fired_in_its_probes(varied_reader):
+    """result.auto.fires[s] is the share of probe generations where the feature fired at strength s (0: unsteered):
+    the same figure a run with the probe's settings at that strength measures."""
+    sae = make_tiny_sae(varied_reader.name)
+    auto_cfg = AutoConfig(bound=1.5, probe_tokens=8, rounds=1, max_samples=2)
+    cfg = SteerConfig(n_samples=2, temperature=1.0, seed=5, max_new_tokens=8, min_new_tokens=8)
+    res = steer(varied_reader, sae, {FEAT: "auto"}, PROMPTS3[:2], cfg, auto=auto_cfg)
+    assert set(res.auto.fires) == set(res.auto.probes) | {0.0}
+    assert "fired in" in res.auto.note and res.auto.fire_share == res.auto.fires[res.auto.strength]
+    most = max(res.auto.probes, key=lambda s: res.auto.fires[s])
+    assert res.auto.fires[most] > res.auto.fires[0.0]  # some strength made it fire more than unsteered
+    for s in (most, res.auto.strength):
+        again = steer(varied_reader, sae, {FEAT: s}, PROMPTS3[:2], cfg)
+        shares = again.summary()[f"share_fires_{FEAT}"]
+        assert res.auto.fires[s] == pytest.approx(float(shares["steered"]))
+        assert res.auto.fires[0.0] == pytest.approx(float(shares["unsteered"]))
+
+
 @pytest.fixture(scope="module")
 def varied_reader(tmp_path_factory):
     """The tests/tiny.py Llama with larger weights, so greedy text varies from token to token (the default

@@ -31,6 +31,12 @@ class AutoStrength:
     bound: float
     probes: dict[float, float] = field(default_factory=dict)
     note: str = ""
+    fires: dict[float, float] = field(default_factory=dict)  # strength -> share of probe generations where it fired
+
+    @property
+    def fire_share(self) -> float:
+        """Share of the probe generations at the chosen strength where the feature(s) fired (NaN if unknown)."""
+        return self.fires.get(self.strength, math.nan)
 
     @property
     def ratio(self) -> float:
@@ -117,3 +123,15 @@ def _note(lo: float, hi: float | None, cfg: AutoConfig) -> str:
                 f"of unsteered; chose 0 (no steering)")
     return (f"auto: chose {lo:.3g}, the largest strength probed whose median perplexity stays within "
             f"{cfg.bound:g}x of unsteered (the next probe, {hi:.3g}, passed it)")
+
+
+def with_fires(found: AutoStrength, fires: dict[float, float]) -> AutoStrength:
+    """`found` with the probes' fire shares, and a note that says how often the feature fired at the chosen
+    strength: within the fluency bound some features never show up in the text (they describe what the model
+    reads more than what it writes), and a user should see that rather than a silent failure."""
+    found.fires = dict(fires)
+    share, base = found.fire_share, fires.get(0.0, math.nan)
+    if math.isfinite(share):
+        found.note += (f"; in the probes the feature fired in {share:.0%} of the generations at that strength "
+                       f"({base:.0%} unsteered)")
+    return found

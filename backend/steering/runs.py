@@ -15,7 +15,7 @@ import torch
 
 from backend.models import ReaderModel
 from backend.runtime import HookedForward, runtime_for
-from backend.steering.auto import AutoConfig, AutoStrength, Probe, search_strength
+from backend.steering.auto import AutoConfig, AutoStrength, Probe, search_strength, with_fires
 from backend.steering.config import (
     AUTO, Kind, Positions, SteerConfig, SteeringError, Strength, check_prompts, check_strength, check_strengths,
 )
@@ -189,17 +189,30 @@ def _median_ratio(measures: dict[tuple[int, int], list[OutputMeasures]], n_varia
     return [median_ppl(v) / base for v in range(1, n_variants)]
 
 
+def _fire_share(measures: list[OutputMeasures], feature_ids: list[int]) -> float:
+    """Share of generations where the features fire (averaged over the features)."""
+    if not measures or not feature_ids:
+        return math.nan
+    return sum(m.fires.get(f, False) for m in measures for f in feature_ids) / (len(measures) * len(feature_ids))
+
+
 def _auto_probe(forward: HookedForward, sae: SAE, prompt_ids: list[list[int]], fixed: torch.Tensor | None,
-                unit_vec: torch.Tensor, cfg: SteerConfig, auto_cfg: AutoConfig, stop_ids: set[int]) -> Probe:
-    """probe(strengths): median perplexity ratios of short steered generations, all strengths in one batch."""
+                unit_vec: torch.Tensor, cfg: SteerConfig, auto_cfg: AutoConfig, stop_ids: set[int],
+                watch: tuple[list[int], Mapping[int, float], dict[float, float]]) -> Probe:
+    """probe(strengths): median perplexity ratios of short steered generations, all strengths in one batch.
+    `watch` = (feature ids, their thresholds, {strength: share of probe generations where they fire}, filled
+    as a side record; strength 0 is the unsteered rows)."""
     probe_cfg = dataclasses.replace(cfg, n_samples=min(cfg.n_samples, auto_cfg.max_samples), features={},
                                     max_new_tokens=auto_cfg.probe_tokens, min_new_tokens=auto_cfg.probe_tokens)
     prompts = prompt_ids[: auto_cfg.max_prompts]
+    feature_ids, thresholds, fires = watch
 
     def probe(strengths: list[float]) -> list[float]:
         vectors = [None] + [unit_vec * s if fixed is None else fixed + unit_vec * s for s in strengths]
         variants = _Variants(vectors, prompts, probe_cfg)
-        _, measures = variants.run(forward, sae, stop_ids, [], {})
+        _, measures = variants.run(forward, sae, stop_ids, feature_ids, thresholds)
+        for v, s in enumerate([0.0, *strengths]):
+            fires.setdefault(float(s), _fire_share([m for (var, _), ms in measures.items() if var == v for m in ms], feature_ids))
         return _median_ratio(measures, len(vectors))
 
     return probe
@@ -207,16 +220,19 @@ def _auto_probe(forward: HookedForward, sae: SAE, prompt_ids: list[list[int]], f
 
 def _resolve_auto(forward: HookedForward, sae: SAE, features: dict[int, Strength], scales: dict[int, FeatureScale],
                   prompt_ids: list[list[int]], cfg: SteerConfig, auto_cfg: AutoConfig | None, stop_ids: set[int],
-                  ) -> tuple[dict[int, float], AutoStrength | None]:
-    """Numeric strengths: the "auto" features share one strength found by `search_strength`."""
+                  thresholds: Mapping[int, float]) -> tuple[dict[int, float], AutoStrength | None]:
+    """Numeric strengths: the "auto" features share one strength found by `search_strength`; `result.auto.fires`
+    keeps how often they fired in the probes at each strength."""
     auto = [f for f, s in features.items() if s == AUTO]
     if not auto:
         return {f: float(s) for f, s in features.items()}, None
     fixed = {f: scales[f].with_strength(float(s)) for f, s in features.items() if s != AUTO}
     fixed_vec = steering_vector(sae, fixed) if fixed else None
     unit_vec = steering_vector(sae, {f: scales[f] for f in auto})
-    found = search_strength(_auto_probe(forward, sae, prompt_ids, fixed_vec, unit_vec, cfg, auto_cfg or AutoConfig(), stop_ids),
-                            auto_cfg)
+    fires: dict[float, float] = {}
+    probe = _auto_probe(forward, sae, prompt_ids, fixed_vec, unit_vec, cfg, auto_cfg or AutoConfig(), stop_ids,
+                        (auto, {f: thresholds[f] for f in auto}, fires))
+    found = with_fires(search_strength(probe, auto_cfg), fires)
     return {f: (found.strength if s == AUTO else float(s)) for f, s in features.items()}, found
 
 
@@ -249,7 +265,7 @@ def steer(
     with torch.inference_mode(), runtime.hooked(sae.cfg.metadata.hook_name) as forward:
         stop_ids = runtime.stop_token_ids()  # inside: the HF model (and its generation config) is loaded now
         unit_scales = resolve_scales(forward, sae, {f: 1.0 for f in requested}, typical_acts, prompt_ids)
-        strengths, found = _resolve_auto(forward, sae, requested, unit_scales, prompt_ids, cfg, auto, stop_ids)
+        strengths, found = _resolve_auto(forward, sae, requested, unit_scales, prompt_ids, cfg, auto, stop_ids, thresholds)
         scales = {f: unit_scales[f].with_strength(s) for f, s in strengths.items()}
         variants = _Variants([None, steering_vector(sae, scales)], prompt_ids, cfg)
         outs, measures = variants.run(forward, sae, stop_ids, list(strengths), thresholds, _token_streamer(reader, on_token, kinds))

@@ -124,6 +124,9 @@ def test_auto_is_the_default_and_the_chosen_strength_is_shown(tiny_workspace_fil
     assert shown.value == f"{res.auto.strength:.3g}"
     probes = next(d.value for d in at.dataframe if "perplexity ratio" in d.value.columns)
     assert len(probes) == len(res.auto.probes) and res.auto.strength in list(probes["strength"]) + [0.0]
+    assert list(probes.sort_values("strength")["fires in probes"]) == [res.auto.fires[s] for s in sorted(res.auto.probes)]
+    rare = [c.value for c in at.caption if "fired in only" in c.value]
+    assert bool(rare) == (res.auto.fire_share < 0.5)
 
 
 def test_generate_shows_both_columns_and_measures(tiny_workspace_file, feature):
