@@ -352,7 +352,7 @@ from backend.steering import (  # noqa: E402
     MAX_ABS_STRENGTH, AutoConfig, SteeringError, generate_batch, resolve_scales, search_strength, steering_vector,
 )
 from backend.steering.auto import monotone_fit  # noqa: E402
-from tests.tiny import D_MODEL, make_tiny_sae, make_tokenizer  # noqa: E402
+from tests.tiny import make_tiny_model_dir, make_tiny_sae  # noqa: E402
 
 PROMPTS3 = ["the movie was great", "hello", "python code with a function that will return a value and more"]
 
@@ -480,17 +480,7 @@ def test_auto_reports_how_often_the_feature_fired_in_its_probes(varied_reader):
 def varied_reader(tmp_path_factory):
     """The tests/tiny.py Llama with larger weights, so greedy text varies from token to token (the default
     tiny model repeats one token, which would hide a padding bug)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("varied_lm")
-    tok = make_tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=D_MODEL, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5,
-                      tie_word_embeddings=True, initializer_range=0.3, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(str(folder))
-    tok.save_pretrained(str(folder))
+    folder = make_tiny_model_dir(tmp_path_factory.mktemp("varied_lm"), n_layers=2, initializer_range=0.3)
     return load_reader(str(folder), device="cpu")
 
 

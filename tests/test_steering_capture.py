@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.dtypes import BF16_REL, assert_close_in, exact
-from tests.tiny import D_MODEL, make_tiny_sae, make_tokenizer
+from tests.tiny import make_tiny_model_dir, make_tiny_sae
 
 from backend.models import load_reader
 from backend.runtime import HookedForward, HookState, runtime_for
@@ -28,17 +28,7 @@ STEER, FEATS = 2, [2, 5, 9, 40]
 @pytest.fixture(scope="module")
 def deep_reader(tmp_path_factory):
     """A 4-layer Llama with the tiny tokenizer and large weights, so sampled text varies."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("deep_lm")
-    tok = make_tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=D_MODEL, intermediate_size=64, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5,
-                      tie_word_embeddings=True, initializer_range=0.3, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(str(folder))
-    tok.save_pretrained(str(folder))
+    folder = make_tiny_model_dir(tmp_path_factory.mktemp("deep_lm"), n_layers=4, initializer_range=0.3)
     return load_reader(str(folder), device="cpu")
 
 

@@ -37,8 +37,9 @@ def make_tokenizer():
     return fast
 
 
-def make_tiny_model_dir(folder: Path, seed: int = 0) -> Path:
-    """A 2-layer Llama with the tiny tokenizer, saved as a local HF folder (fp32 safetensors)."""
+def make_tiny_model_dir(folder: Path, seed: int = 0, n_layers: int = 2, initializer_range: float | None = None) -> Path:
+    """A Llama (2 layers by default) with the tiny tokenizer, saved as a local HF folder (fp32 safetensors).
+    A larger `initializer_range` (0.3) makes sampled and greedy text vary from token to token."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = Path(folder)
@@ -47,9 +48,10 @@ def make_tiny_model_dir(folder: Path, seed: int = 0) -> Path:
     tok = make_tokenizer()
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=D_MODEL, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=len(tok), hidden_size=D_MODEL, intermediate_size=64, num_hidden_layers=n_layers, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        **({} if initializer_range is None else {"initializer_range": initializer_range}),
     )
     cfg.architectures = ["LlamaForCausalLM"]
     model = LlamaForCausalLM(cfg)

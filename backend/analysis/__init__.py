@@ -61,6 +61,21 @@ def feature_counts(B: sp.csr_matrix) -> np.ndarray:
     return np.bincount(B.indices, minlength=B.shape[1]).astype(np.int64)
 
 
+class FeatureGroup:
+    """`lead` and `n_features` of a result made of several features (`feature_ids`, strongest first): the
+    findings of diff, explain and trend, and concepts, share them."""
+
+    feature_ids: tuple[int, ...]
+
+    @property
+    def lead(self) -> int:
+        return self.feature_ids[0]
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_ids)
+
+
 def __getattr__(name: str) -> ModuleType:
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from backend.analysis import as_csr, binarize, feature_counts
+from backend.analysis import FeatureGroup, as_csr, binarize, feature_counts
 from backend.errors import UserError
 
 MAX_CONCEPT_FEATURES = 2000  # chosen features folded at once (the Jaccard matrix is dense)
@@ -55,7 +55,7 @@ class ConceptConfig:
 
 
 @dataclass(frozen=True)
-class Concept:
+class Concept(FeatureGroup):
     """Chosen features that stand for one idea; a document carries it when any member fires.
 
     ``feature_ids``: members, the one firing in most documents (the lead) first. ``n_docs``/``share``:
@@ -68,14 +68,6 @@ class Concept:
     share: float
     explicit: bool = False
     background: bool = False
-
-    @property
-    def lead(self) -> int:
-        return self.feature_ids[0]
-
-    @property
-    def n_features(self) -> int:
-        return len(self.feature_ids)
 
 
 def feature_jaccard(B: sp.spmatrix) -> np.ndarray:

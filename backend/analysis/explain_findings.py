@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from backend.analysis import as_csr, binarize
+from backend.analysis import FeatureGroup, as_csr, binarize
 from backend.analysis.diff import example_documents
 from backend.analysis.explain_config import ALPHA, ExplainConfig
 from backend.analysis.explain_stats import Halves, heldout_effects
@@ -26,7 +26,7 @@ def _fmt(value: float, numeric: bool, date: bool = False) -> str:
 
 
 @dataclass(frozen=True)
-class ExplainFinding:
+class ExplainFinding(FeatureGroup):
     """Features that fire on the same documents and go with one direction of the column.
 
     Measured on the held-out half: ``share``/``n_docs`` (documents where any member fires),
@@ -53,14 +53,6 @@ class ExplainFinding:
     score: float
     numeric: bool = True
     column: str = "value"
-
-    @property
-    def lead(self) -> int:
-        return self.feature_ids[0]
-
-    @property
-    def n_features(self) -> int:
-        return len(self.feature_ids)
 
     @property
     def significant(self) -> bool:

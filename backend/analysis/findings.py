@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from backend.analysis import as_csr, binarize
+from backend.analysis import FeatureGroup, as_csr, binarize
 from backend.analysis.correlate import npmi_from_counts
 from backend.analysis.diff import (
     ALPHA,
@@ -106,7 +106,7 @@ def _pct(share: float) -> str:
 
 
 @dataclass(frozen=True)
-class Finding:
+class Finding(FeatureGroup):
     """One difference between the sides: features that fire on the same documents, led by the strongest.
 
     ``share_a``/``share_b``: share of documents of each side in which any member fires; ``diff`` =
@@ -131,14 +131,6 @@ class Finding:
     examples_b: tuple[int, ...]
     score: float
     feature_labels: tuple[str, ...] = ()
-
-    @property
-    def lead(self) -> int:
-        return self.feature_ids[0]
-
-    @property
-    def n_features(self) -> int:
-        return len(self.feature_ids)
 
     def describe(self, name_a: str = "A", name_b: str = "B") -> str:
         """The finding as one sentence, naming the sides."""

@@ -19,7 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy import stats
 
-from backend.analysis import as_csr, binarize
+from backend.analysis import FeatureGroup, as_csr, binarize
 from backend.analysis.columns import ColumnError, ColumnValues, read_column
 from backend.analysis.diff import bh_adjust, example_documents, stratum_counts
 from backend.analysis.findings import group_features, is_formatting_label, local_labels
@@ -217,7 +217,7 @@ def _pct(share: float) -> str:
 
 
 @dataclass(frozen=True)
-class TrendFinding:
+class TrendFinding(FeatureGroup):
     """Features that fire on the same documents and rise (or fall) together along the column.
 
     ``shares``/``n_fires``/``ci_low``/``ci_high``: per bin, the share (and number) of documents where any
@@ -241,14 +241,6 @@ class TrendFinding:
     is_formatting: bool
     examples: tuple[int, ...]
     score: float
-
-    @property
-    def lead(self) -> int:
-        return self.feature_ids[0]
-
-    @property
-    def n_features(self) -> int:
-        return len(self.feature_ids)
 
     @property
     def significant(self) -> bool:
