@@ -1,0 +1,90 @@
+"""Any clustering read through SAE features: its groups with their distinctive features and typical
+documents (:class:`ClusterReading`), and dense (MiniLM) clusters read that way."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from backend.analysis import as_csr, binarize
+from backend.analysis.cluster_base import cluster_name, order_by_size, unit_rows
+from backend.analysis.cluster_dense import dense_cluster
+from backend.analysis.cluster_describe import READING_SIDES, distinctive_features
+from backend.errors import UserError
+
+
+@dataclass(eq=False)
+class ClusterReading:
+    """Clusters made by any method (MiniLM k-means, concepts, spectral, HDBSCAN …) read through SAE features.
+
+    ``labels``: one per document (negative: the none / noise groups, described like the clusters).
+    ``clusters``: one row per group: cluster, name, size, share, over and under (the ids of its most
+    over- and under-represented features, strongest first). ``features``: :func:`distinctive_features`
+    plus a ``label`` column. ``documents``: :func:`typical_documents` (cluster, rank, row, similarity)."""
+
+    labels: np.ndarray
+    method: str
+    clusters: pd.DataFrame
+    features: pd.DataFrame
+    documents: pd.DataFrame
+
+
+def typical_documents(vectors, labels, n: int = 3) -> pd.DataFrame:
+    """Per group, the ``n`` documents closest (cosine) to the mean of its L2-normalized members.
+
+    ``vectors``: dense document vectors (e.g. MiniLM) or a sparse SAE matrix (its binary presence is
+    used). Columns: cluster, rank, row, similarity."""
+    labels = np.asarray(labels)
+    if sp.issparse(vectors):
+        B = binarize(as_csr(vectors), 0.0, dtype=np.float64)
+        V = sp.diags(1.0 / np.maximum(np.sqrt(np.asarray(B.sum(axis=1)).ravel()), 1e-12)) @ B
+    else:
+        V = unit_rows(np.asarray(vectors, dtype=np.float64))
+    if V.shape[0] != labels.size:
+        raise UserError(f"{labels.size} labels for {V.shape[0]} documents")
+    rows = []
+    for group in np.unique(labels):
+        members = np.flatnonzero(labels == group)
+        centre = np.asarray(V[members].mean(axis=0)).ravel()
+        sims = np.asarray(V[members] @ centre).ravel() / max(float(np.linalg.norm(centre)), 1e-12)
+        best = np.lexsort((members, -sims))[:n]
+        rows += [(int(group), r + 1, int(members[i]), float(sims[i])) for r, i in enumerate(best)]
+    return pd.DataFrame(rows, columns=["cluster", "rank", "row", "similarity"])
+
+
+def read_clusters(X, labels, vectors=None, feature_labels: dict[int, str] | None = None, method: str = "",
+                  top: int = 5, n_docs: int = 3, min_support: int = 5, max_share: float = 0.5,
+                  threshold: float = 0.0) -> ClusterReading:
+    """Any clustering of the rows of ``X`` described by distinctive SAE features and typical documents.
+
+    Typical documents are closest to the centre in ``vectors`` (e.g. MiniLM, for a dense clustering), or in
+    SAE feature presence when ``vectors`` is None. See :class:`ClusterReading`."""
+    labels = np.asarray(labels)
+    if labels.size != X.shape[0]:
+        raise UserError(f"{labels.size} labels for {X.shape[0]} documents")
+    feats = distinctive_features(X, labels, top, min_support, max_share, threshold)
+    names = feature_labels or {}
+    feats["label"] = [names.get(int(f), "") for f in feats["feature_id"]]
+    docs = typical_documents(X if vectors is None else vectors, labels, n_docs)
+    groups, sizes = np.unique(labels, return_counts=True)
+    order = [i for i in np.lexsort((groups, -sizes)) if groups[i] >= 0] + [i for i in range(groups.size) if groups[i] < 0]
+    side = {s: feats[feats["side"] == s].groupby("cluster")["feature_id"].agg(tuple) for s in READING_SIDES}
+    table = pd.DataFrame([(int(groups[i]), cluster_name(int(groups[i])), int(sizes[i]), sizes[i] / labels.size,
+                           *(side[s].get(int(groups[i]), ()) for s in READING_SIDES)) for i in order],
+                         columns=["cluster", "name", "size", "share", "over", "under"])
+    return ClusterReading(labels=labels, method=method, clusters=table, features=feats, documents=docs)
+
+
+def cluster_dense_read(X, vectors: np.ndarray, k: int, method: str = "kmeans", seed: int = 0,
+                       feature_labels: dict[int, str] | None = None, **options) -> ClusterReading:
+    """Cluster dense document vectors (:func:`dense_cluster`; labels 0..k-1 by decreasing size) and read
+    the clusters through SAE features (:func:`read_clusters`, typical documents in the dense space)."""
+    if int(k) < 2:
+        raise UserError("ask for at least 2 clusters")
+    vectors = np.asarray(vectors)
+    if vectors.shape[0] != X.shape[0] or vectors.shape[0] <= int(k):
+        raise UserError(f"{vectors.shape[0]} document vectors for {X.shape[0]} documents and k={int(k)}")
+    labels = order_by_size(np.asarray(dense_cluster(vectors, int(k), method=method, seed=seed), np.int64))
+    return read_clusters(X, labels, vectors, feature_labels, method=f"minilm-{method}", **options)

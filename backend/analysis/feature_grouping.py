@@ -1,0 +1,150 @@
+"""Folding the features that describe one concept into one group, strongest first: a feature joins a
+stronger one when their document sets overlap (Jaccard), when their labels share a concept word, when
+one's documents lie inside the other's (with co-occurrence far beyond chance) or when their decoder
+directions point the same way. The diff's findings and the explain and trend findings all group this way."""
+from __future__ import annotations
+
+from typing import Collection, Mapping
+
+import numpy as np
+import scipy.sparse as sp
+
+from backend.analysis import as_csr, binarize
+from backend.analysis.correlate import npmi_from_counts
+from backend.analysis.label_reading import concept_keys
+
+# Containment folds a feature into another only when the two co-occur far beyond chance (NPMI >= this):
+# a rare feature inside one that fires on most documents is not the same concept.
+CONTAINMENT_MIN_NPMI = 0.5
+
+
+def shared_words_matrix(labels: list[str | None]) -> np.ndarray:
+    """k x k: whether labels i and j share a concept word or, lacking any, a name (:func:`concept_keys`);
+    the diagonal is True."""
+    words = [concept_keys(label) for label in labels]
+    vocab = {w: i for i, w in enumerate(sorted(set().union(*words)))}
+    incidence = np.zeros((len(labels), max(1, len(vocab))), np.int64)
+    for i, ws in enumerate(words):
+        incidence[i, [vocab[w] for w in ws]] = 1
+    return (incidence @ incidence.T > 0) | np.eye(len(labels), dtype=bool)
+
+
+def overlap_counts(B: sp.spmatrix) -> np.ndarray:
+    """Documents where columns i and j of a binary matrix both fire (dense k x k; diagonal: each column's)."""
+    B = as_csr(B).astype(np.int64)
+    return np.asarray((B.T @ B).toarray(), dtype=float)
+
+
+def jaccard_matrix(B: sp.spmatrix) -> np.ndarray:
+    """Jaccard overlap between the document sets of the columns of a binary matrix (dense k x k).
+
+    Meant for a few dozen columns: the result is dense."""
+    inter = overlap_counts(B)
+    n = np.diag(inter)
+    union = n[:, None] + n[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def inside_matrix(B: sp.spmatrix, threshold: float, min_npmi: float = CONTAINMENT_MIN_NPMI) -> np.ndarray:
+    """``inside[i, j]``: column i's documents lie mostly inside column j's (overlap >= ``threshold`` of i's
+    documents, i no larger than j), and the two co-occur far beyond chance (NPMI >= ``min_npmi``), so a
+    rare feature is not folded into one that fires nearly everywhere. k x k, directional."""
+    inter = overlap_counts(B)
+    n = np.diag(inter)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share_inside = np.where(n[:, None] > 0, inter / np.where(n[:, None] > 0, n[:, None], 1.0), 0.0)
+    npmi = npmi_from_counts(inter, n[:, None], n[None, :], max(1, B.shape[0]))
+    return (share_inside >= threshold) & (n[:, None] <= n[None, :]) & (npmi >= min_npmi)
+
+
+def decoder_cosine(decoder: np.ndarray, feature_ids: np.ndarray) -> np.ndarray:
+    """Cosine similarity between the decoder directions (rows of ``decoder``) of the given features."""
+    W = np.asarray(decoder[np.asarray(feature_ids, np.int64)], dtype=np.float64)
+    norms = np.linalg.norm(W, axis=1, keepdims=True)
+    W = W / np.where(norms > 0, norms, 1.0)
+    return W @ W.T
+
+
+def fold_features(
+    B: sp.spmatrix,
+    feature_ids: np.ndarray,
+    jaccard_threshold: float = 0.5,
+    labels: Mapping[int, str] | None = None,
+    containment_threshold: float | None = None,
+    decoder: np.ndarray | None = None,
+    cosine_threshold: float = 0.9,
+) -> list[list[int]]:
+    """Fold features (columns of the binary ``B``, ids ``feature_ids``, strongest first) into concepts;
+    returns groups of column indices, lead first.
+
+    Each column not yet folded leads a group and takes every later one that describes its concept: that
+    fires on the same documents (Jaccard), shares a label concept word (with ``labels``), whose documents
+    lie inside its own or hold its own (with ``containment_threshold``), or whose decoder direction points
+    the same way (with ``decoder``). Only containment chains on (a variant inside any member's documents
+    joins): a lead's label word or Jaccard partner does not pull in its own partners."""
+    similar = jaccard_matrix(B) >= jaccard_threshold
+    inside = None
+    if labels is not None:
+        similar |= shared_words_matrix([labels.get(int(f)) for f in feature_ids])
+    if containment_threshold is not None:
+        inside = inside_matrix(B, containment_threshold)
+        similar |= inside | inside.T
+    if decoder is not None:
+        similar |= decoder_cosine(decoder, feature_ids) >= cosine_threshold
+    return _greedy_groups(similar, inside)
+
+
+def _greedy_groups(similar: np.ndarray, inside: np.ndarray | None = None) -> list[list[int]]:
+    """Greedy folding in priority order: each unassigned column leads a group and takes every later
+    unassigned column similar to it (similarity to the lead, so groups do not chain), then, with
+    ``inside``, every later unassigned column whose documents lie inside a member's."""
+    k = similar.shape[0]
+    assigned = np.zeros(k, bool)
+    groups = []
+    for i in range(k):
+        if assigned[i]:
+            continue
+        members = [i] + [j for j in range(i + 1, k) if not assigned[j] and similar[i, j]]
+        assigned[members] = True
+        while inside is not None:
+            more = [j for j in range(i + 1, k) if not assigned[j] and inside[j, members].any()]
+            if not more:
+                break
+            assigned[more] = True
+            members += more
+        groups.append(members)
+    return groups
+
+
+def local_labels(labels: Mapping[int, str] | None, columns: np.ndarray) -> dict[int, str] | None:
+    """Labels keyed by column position in ``columns`` (for `group_features` on a column slice)."""
+    if not labels:
+        return None
+    return {i: labels[int(f)] for i, f in enumerate(columns) if int(f) in labels}
+
+
+def group_features(
+    X: sp.spmatrix,
+    feature_ids: Collection[int],
+    threshold: float = 0.0,
+    jaccard_threshold: float = 0.5,
+    decoder: np.ndarray | None = None,
+    cosine_threshold: float = 0.9,
+    labels: Mapping[int, str] | None = None,
+    containment_threshold: float | None = None,
+) -> list[list[int]]:
+    """Fold features that describe one concept into groups, in the priority order given.
+
+    Each feature not yet grouped leads a group and takes every later feature whose document set (rows
+    of ``X`` where it fires above ``threshold``) overlaps its own with Jaccard >= ``jaccard_threshold``,
+    or that :func:`fold_features` finds similar by the other evidence given (decoder cosine >=
+    ``cosine_threshold``, a shared label word, containment). Returns lists of feature ids, lead first.
+    Only the chosen columns are touched.
+    """
+    ids = np.asarray(list(feature_ids), dtype=np.int64)
+    if ids.size == 0:
+        return []
+    groups = fold_features(binarize(as_csr(X)[:, ids], threshold), ids, jaccard_threshold, labels,
+                           containment_threshold, decoder, cosine_threshold)
+    return [[int(ids[j]) for j in g] for g in groups]
