@@ -275,17 +275,9 @@ class DocumentClusters:
         return np.flatnonzero(self.labels == int(label))
 
 
-def cluster_along(
-    X,
-    feature_ids,
-    k: int | None = None,
-    method: str = "concepts",
-    groups: list[list[int]] | None = None,
-    config: ConceptConfig = ConceptConfig(),
-    seed: int = 0,
-    min_cluster_size: int | None = None,
-    describe_top: int = 5,
-) -> DocumentClusters:
+def cluster_along(X, feature_ids, k: int | None = None, method: str = "concepts", groups: list[list[int]] | None = None,
+                  config: ConceptConfig = ConceptConfig(), seed: int = 0, min_cluster_size: int | None = None,
+                  describe_top: int = 5) -> DocumentClusters:
     """Cluster documents along chosen features (and explicit concept ``groups``).
 
     ``method="concepts"``: the features are folded into concepts (each of ``groups`` as given, the
@@ -311,26 +303,39 @@ def cluster_along(
     concepts = fold_concepts(X, feature_ids, groups, config)
     presence = concept_presence(X, concepts, config.threshold)
     if method == "concepts":
-        split = [c.concept_id for c in concepts if not c.background]
-        carries = presence[:, split].getnnz(axis=1) > 0
-        extra = int(not carries.all())  # the none group is one of the k
-        detail = cluster_documents(presence, split, method="spectral", n_clusters=None if k is None else max(1, int(k) - extra),
-                                   threshold=0.0, seed=seed)
-        suggested = None if detail.suggested_k is None else detail.suggested_k + extra
+        detail, suggested = _split_by_concepts(presence, concepts, k, seed)
     else:
         chosen = list(dict.fromkeys([int(f) for f in feature_ids] + [int(f) for g in groups or [] for f in g]))
         detail = cluster_documents(X, chosen, method=method, n_clusters=k, threshold=config.threshold, seed=seed,
                                    min_cluster_size=min_cluster_size)
         suggested = detail.suggested_k
     labels = detail.labels
-    desc = describe_by_concepts(presence, labels, concepts, top=describe_top)
+    desc = _descriptions(presence, labels, concepts, describe_top)
+    return DocumentClusters(labels=labels, method=method, concepts=concepts, clusters=_cluster_table(labels, desc),
+                            descriptions=desc, suggested_k=suggested, detail=detail)
+
+
+def _split_by_concepts(presence: sp.csr_matrix, concepts: list[Concept], k: int | None,
+                       seed: int) -> tuple[ClusterResult, int | None]:
+    """Spectral clustering of the documents by the non-background concepts they carry; the none group is
+    one of the ``k``. Returns the clustering and the suggested k (counting the none group)."""
+    split = [c.concept_id for c in concepts if not c.background]
+    carries = presence[:, split].getnnz(axis=1) > 0
+    extra = int(not carries.all())  # the none group is one of the k
+    detail = cluster_documents(presence, split, method="spectral", n_clusters=None if k is None else max(1, int(k) - extra),
+                               threshold=0.0, seed=seed)
+    return detail, None if detail.suggested_k is None else detail.suggested_k + extra
+
+
+def _descriptions(presence: sp.csr_matrix, labels: np.ndarray, concepts: list[Concept], top: int) -> pd.DataFrame:
+    """:func:`describe_by_concepts` per group (clusters first, then none, then noise) with name and size."""
+    desc = describe_by_concepts(presence, labels, concepts, top=top)
     group = desc["cluster"].to_numpy()
     desc = desc.iloc[np.lexsort((desc["rank"].to_numpy(), np.abs(group), group < 0))].reset_index(drop=True)
     sizes = pd.Series(labels).value_counts()
     desc.insert(1, "name", [cluster_name(int(c)) for c in desc["cluster"]])
     desc.insert(2, "cluster_size", [int(sizes[int(c)]) for c in desc["cluster"]])
-    return DocumentClusters(labels=labels, method=method, concepts=concepts, clusters=_cluster_table(labels, desc),
-                            descriptions=desc, suggested_k=suggested, detail=detail)
+    return desc
 
 
 def _cluster_table(labels: np.ndarray, desc: pd.DataFrame) -> pd.DataFrame:

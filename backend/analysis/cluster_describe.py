@@ -38,33 +38,34 @@ def describe_clusters(
     counts = np.asarray((ind @ B).toarray(), dtype=float)  # (n_clusters, F)
     total = counts.sum(axis=0)
     sizes = np.bincount(inv.ravel(), minlength=clusters.size).astype(float)
-    frames = []
-    for ci, c in enumerate(clusters):
-        size, rest = sizes[ci], n - sizes[ci]
-        n_in = counts[ci]
-        in_share = n_in / size
-        out_share = (total - n_in) / rest if rest > 0 else np.zeros_like(n_in)
-        diff = in_share - out_share
-        ratio = ((n_in + smoothing) / (size + smoothing)) / ((total - n_in + smoothing) / (rest + smoothing))
-        k = min(top, diff.size)
-        sel = np.argpartition(-diff, k - 1)[:k] if k < diff.size else np.arange(diff.size)
-        sel = sel[np.lexsort((fids[sel], -diff[sel]))]
-        frames.append(
-            pd.DataFrame(
-                {
-                    "cluster": c,
-                    "cluster_size": int(size),
-                    "feature_id": fids[sel].astype(np.int64),
-                    "n_in": n_in[sel].astype(np.int64),
-                    "in_share": in_share[sel],
-                    "out_share": out_share[sel],
-                    "diff": diff[sel],
-                    "ratio": ratio[sel],
-                    "rank": np.arange(1, sel.size + 1),
-                }
-            )
-        )
+    frames = [_cluster_frame(c, sizes[ci], n - sizes[ci], counts[ci], total, fids, top, smoothing)
+              for ci, c in enumerate(clusters)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _cluster_frame(c, size: float, rest: float, n_in: np.ndarray, total: np.ndarray, fids: np.ndarray, top: int,
+                   smoothing: float) -> pd.DataFrame:
+    """One cluster's rows of :func:`describe_clusters`: its ``top`` features by share difference."""
+    in_share = n_in / size
+    out_share = (total - n_in) / rest if rest > 0 else np.zeros_like(n_in)
+    diff = in_share - out_share
+    ratio = ((n_in + smoothing) / (size + smoothing)) / ((total - n_in + smoothing) / (rest + smoothing))
+    k = min(top, diff.size)
+    sel = np.argpartition(-diff, k - 1)[:k] if k < diff.size else np.arange(diff.size)
+    sel = sel[np.lexsort((fids[sel], -diff[sel]))]
+    return pd.DataFrame(
+        {
+            "cluster": c,
+            "cluster_size": int(size),
+            "feature_id": fids[sel].astype(np.int64),
+            "n_in": n_in[sel].astype(np.int64),
+            "in_share": in_share[sel],
+            "out_share": out_share[sel],
+            "diff": diff[sel],
+            "ratio": ratio[sel],
+            "rank": np.arange(1, sel.size + 1),
+        }
+    )
 
 
 READING_SIDES = ("over", "under")

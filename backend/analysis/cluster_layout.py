@@ -30,6 +30,23 @@ def umap_2d(
     and points UMAP leaves disconnected, share one spot below-left of the layout.
     ``umap`` is imported lazily (the import is slow).
     """
+    uniq, inverse, counts = unique_rows(_layout_rows(X_or_dense, metric, feature_ids, threshold))
+    rng = np.random.default_rng(seed)
+    # rows with nothing active (jaccard) or zero norm (cosine) have no neighbours: laid out apart
+    empty = ~(uniq != 0).any(axis=1)
+    base = np.full((uniq.shape[0], 2), np.nan)
+    base[~empty] = _layout_unique(uniq[~empty], metric, seed, n_neighbors, min_dist, n_epochs)
+    lost = _place_lost(base)
+    out = base[inverse].astype(np.float64)
+    dup = (counts[inverse] > 1) | lost[inverse]
+    if dup.any():
+        scale = 0.02 * max(float(np.nanstd(base)), 1e-3)
+        out[dup] += rng.normal(scale=scale, size=(int(dup.sum()), 2))
+    return out
+
+
+def _layout_rows(X_or_dense, metric: str, feature_ids, threshold: float) -> np.ndarray:
+    """The rows :func:`umap_2d` lays out: the chosen columns, binary for ``jaccard``, as a dense array."""
     if metric not in {"jaccard", "cosine"}:
         raise ValueError("metric must be 'jaccard' or 'cosine'")
     if sp.issparse(X_or_dense):
@@ -38,30 +55,23 @@ def umap_2d(
             Xs = Xs[:, [int(f) for f in feature_ids]]
         if Xs.shape[1] > MAX_CHOSEN_FEATURES:
             raise ValueError("restrict to a few chosen features before a UMAP layout")
-        data = binarize(Xs, threshold).toarray().astype(bool) if metric == "jaccard" else Xs.toarray()
-    else:
-        data = np.asarray(X_or_dense)
-        if feature_ids is not None:
-            data = data[:, [int(f) for f in feature_ids]]
-        data = data > threshold if metric == "jaccard" else data.astype(np.float32)
-    uniq, inverse, counts = unique_rows(data)
-    rng = np.random.default_rng(seed)
-    # rows with nothing active (jaccard) or zero norm (cosine) have no neighbours: laid out apart
-    empty = ~(uniq != 0).any(axis=1)
-    base = np.full((uniq.shape[0], 2), np.nan)
-    base[~empty] = _layout_unique(uniq[~empty], metric, seed, n_neighbors, min_dist, n_epochs)
+        return binarize(Xs, threshold).toarray().astype(bool) if metric == "jaccard" else Xs.toarray()
+    data = np.asarray(X_or_dense)
+    if feature_ids is not None:
+        data = data[:, [int(f) for f in feature_ids]]
+    return data > threshold if metric == "jaccard" else data.astype(np.float32)
+
+
+def _place_lost(base: np.ndarray) -> np.ndarray:
+    """Rows of the layout ``base`` without a position get one spot below-left of the others (in place);
+    returns which rows those were."""
     lost = ~np.isfinite(base).all(axis=1)  # empty rows and vertices UMAP left disconnected (NaN)
     if lost.any():
         ok = base[~lost]
         lo = ok.min(axis=0) if ok.size else np.zeros(2)
         span = (ok.max(axis=0) - lo) if ok.size else np.ones(2)
         base[lost] = lo - 0.1 * np.maximum(span, 1e-3)  # one spot below-left of the layout
-    out = base[inverse].astype(np.float64)
-    dup = (counts[inverse] > 1) | lost[inverse]
-    if dup.any():
-        scale = 0.02 * max(float(np.nanstd(base)), 1e-3)
-        out[dup] += rng.normal(scale=scale, size=(int(dup.sum()), 2))
-    return out
+    return lost
 
 
 def _layout_unique(

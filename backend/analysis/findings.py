@@ -59,20 +59,11 @@ def _doc_ids(ids: np.ndarray | None, n: int, side: str) -> np.ndarray:
     return ids
 
 
-def diff_result(
-    XA: sp.spmatrix,
-    XB: sp.spmatrix,
-    lengths_a: np.ndarray | None = None,
-    lengths_b: np.ndarray | None = None,
-    labels: Mapping[int, str] | None = None,
-    *,
-    ids_a: np.ndarray | None = None,
-    ids_b: np.ndarray | None = None,
-    decoder: np.ndarray | None = None,
-    formatting_ids: Collection[int] | None = None,
-    is_formatting: Callable[[str], bool] = is_formatting_label,
-    **options,
-) -> DiffResult:
+def diff_result(XA: sp.spmatrix, XB: sp.spmatrix, lengths_a: np.ndarray | None = None,
+                lengths_b: np.ndarray | None = None, labels: Mapping[int, str] | None = None, *,
+                ids_a: np.ndarray | None = None, ids_b: np.ndarray | None = None, decoder: np.ndarray | None = None,
+                formatting_ids: Collection[int] | None = None,
+                is_formatting: Callable[[str], bool] = is_formatting_label, **options) -> DiffResult:
     """Dataset diff of A against B, read as findings (what the Diff page shows).
 
     ``XA``/``XB``: max-pooled doc x feature activations (CSR); a feature fires above ``threshold``.
