@@ -18,7 +18,7 @@ from backend.analysis.explain import ExplainConfig, ExplainResult, explain_colum
 from backend.analysis.findings import DiffResult, diff_result
 from backend.analysis.hypotheses import ChatFn, HypothesisConfig, HypothesisReport, run_hypotheses, sample_doc_ids
 from backend.analysis.retrieve import (
-    cosine_scores, dense_retrieve, hybrid_ranking, query_scores, query_weights, rank_by_query,
+    checked_query, cosine_scores, dense_retrieve, hybrid_ranking, query_scores, query_weights, rank_by_query,
 )
 from backend.analysis.trend import TrendConfig, TrendResult, trend_result
 from backend.dense_baseline import BaselineMode, Progress, baseline_vectors, scaled
@@ -61,29 +61,44 @@ class WorkspaceAnalyses:
         fields = DiffConfig.__dataclass_fields__
         cfg = config or DiffConfig(length_control=length_control, **{k: v for k, v in options.items() if k in fields})
         extra = {k: v for k, v in options.items() if k not in fields}
-        corpus_a = self.corpus(a)
         if column is not None:
-            if b is not None:
-                raise UserError("Give either a second corpus or a metadata column to split one corpus, not both.")
-            if value_a is None:
-                raise UserError(f"Say which value of {column!r} forms group A (value_a=…).")
-            X = self.latents(corpus_a, "max")
-            meta = pd.DataFrame({column: self.metadata(corpus_a, column).to_numpy()})
-            XA, XB, ids_a, ids_b = split_by_column(X, meta, column, value_a, value_b)
-            lengths = self.doc_lengths(corpus_a)
-            la, lb = lengths[ids_a], lengths[ids_b]
-            labels = self.labels(corpus_a)
+            XA, XB, ids_a, ids_b, la, lb, labels = self._diff_groups(a, b, column, value_a, value_b)
         else:
-            if b is None:
-                raise UserError("A diff needs two sides: a second corpus, or column=… to split this one.")
-            corpus_b = self.corpus(b)
-            XA, XB = self.latents(corpus_a, "max"), self.latents(corpus_b, "max")
-            ids_a, ids_b = np.arange(XA.shape[0]), np.arange(XB.shape[0])
-            la, lb = self.doc_lengths(corpus_a), self.doc_lengths(corpus_b)
-            labels = {**self.labels(corpus_b), **self.labels(corpus_a)}
-        if XA.shape[0] == 0 or XB.shape[0] == 0:
-            raise UserError("One side of the diff has no documents.")
+            XA, XB, ids_a, ids_b, la, lb, labels = self._diff_corpora(a, b)
         return diff_result(XA, XB, la, lb, labels, ids_a=ids_a, ids_b=ids_b, **asdict(cfg), **extra)
+
+    def _diff_groups(self, a: CorpusRef, b: CorpusRef | None, column: str, value_a: Any, value_b: Any) -> tuple:
+        """Group A and B of one corpus by a metadata column: their matrices, row ids, lengths and labels."""
+        if b is not None:
+            raise UserError("Give either a second corpus or a metadata column to split one corpus, not both.")
+        if value_a is None:
+            raise UserError(f"Say which value of {column!r} forms group A (value_a=…).")
+        corpus = self.corpus(a)
+        values = self.metadata(corpus, column).to_numpy()
+        XA, XB, ids_a, ids_b = split_by_column(self.latents(corpus, "max"), pd.DataFrame({column: values}), column,
+                                               value_a, value_b)
+        if XA.shape[0] == 0 or XB.shape[0] == 0:
+            seen = pd.Series(values).dropna().astype(str).value_counts().index[:10]
+            side = "A" if XA.shape[0] == 0 else "B"
+            wanted = repr(value_a) if side == "A" else ("any other value" if value_b is None else repr(value_b))
+            raise UserError(f"Group {side} of the diff has no documents: no document of {corpus.name!r} has "
+                            f"{column!r} = {wanted}. Its most common values: {', '.join(repr(v) for v in seen)}.")
+        lengths = self.doc_lengths(corpus)
+        return XA, XB, ids_a, ids_b, lengths[ids_a], lengths[ids_b], self.labels(corpus)
+
+    def _diff_corpora(self, a: CorpusRef, b: CorpusRef | None) -> tuple:
+        """Two corpora's matrices, row ids, lengths and labels (A's labels win where both have one)."""
+        if b is None:
+            raise UserError("A diff needs two sides: a second corpus, or column=… to split this one.")
+        corpus_a, corpus_b = self.corpus(a), self.corpus(b)
+        if corpus_a.corpus_id == corpus_b.corpus_id:
+            raise UserError(f"Both sides of the diff are corpus {corpus_a.name!r}; give another corpus, or "
+                            f"column=… to compare groups of this one.")
+        XA, XB = self.latents(corpus_a, "max"), self.latents(corpus_b, "max")
+        if XA.shape[0] == 0 or XB.shape[0] == 0:
+            raise UserError(f"Corpus {(corpus_a if XA.shape[0] == 0 else corpus_b).name!r} has no embedded documents.")
+        return (XA, XB, np.arange(XA.shape[0]), np.arange(XB.shape[0]), self.doc_lengths(corpus_a),
+                self.doc_lengths(corpus_b), {**self.labels(corpus_b), **self.labels(corpus_a)})
 
     def hypotheses(
         self, result: DiffResult, llm: "LLMConfig | ChatFn", corpus_a: CorpusRef, corpus_b: CorpusRef | None = None,
@@ -172,6 +187,7 @@ class WorkspaceAnalyses:
         hit relevant (`features`, ids; `why`, their labels and shares of the SAE score)."""
         if mode not in RETRIEVE_MODES:
             raise UserError(f"mode must be one of {', '.join(RETRIEVE_MODES)}, not {mode!r}")
+        query = checked_query(query)
         if mode == "dense":
             return self.retrieve_dense(corpus, query, top=top)
         handle = self.corpus(corpus)
@@ -192,12 +208,12 @@ class WorkspaceAnalyses:
     def query_features(self, corpus: CorpusRef, query: str, weighting: str = "idf") -> pd.DataFrame:
         """The query's features with their activation, document frequency, idf and weight in `retrieve`."""
         handle = self.corpus(corpus)
-        return query_weights(self.latents(handle, "max"), self.embed_text(query), weighting=weighting)
+        return query_weights(self.latents(handle, "max"), self.embed_text(checked_query(query)), weighting=weighting)
 
     def retrieve_dense(self, corpus: CorpusRef, query: str, top: int = 50) -> pd.DataFrame:
         """The MiniLM baseline beside it: doc_id, score (cosine; vectors computed and stored on first use)."""
         handle = self.corpus(corpus)
-        ranking = dense_retrieve(embed_query(query), doc_vectors(self, handle), top=top)
+        ranking = dense_retrieve(embed_query(checked_query(query)), doc_vectors(self, handle), top=top)
         return ranking.rename(columns={"row": "doc_id"}).reset_index(drop=True)
 
     # -- clustering ------------------------------------------------------------------------------

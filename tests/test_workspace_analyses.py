@@ -43,8 +43,19 @@ def test_diff_of_two_corpora_and_refusals(ws: Workspace):
         ws.diff("t")
     with pytest.raises(UserError):
         ws.diff("t", "u", column="label", value_a="plot")
-    with pytest.raises(UserError):
-        ws.diff("t", column="label", value_a="no such value")
+    with pytest.raises(UserError, match=r"Group A .* 'no such value'\. Its most common values: '.+'"):
+        ws.diff("t", column="label", value_a="no such value")  # says which values there are
+    with pytest.raises(UserError, match="Both sides of the diff are corpus 't'"):
+        ws.diff("t", "t")  # a corpus against itself finds nothing and would read as "no difference"
+
+
+def test_an_empty_query_is_refused_with_a_message(ws: Workspace):
+    for call in (lambda q: ws.retrieve("t", q), lambda q: ws.retrieve("t", q, mode="dense"),
+                 lambda q: ws.retrieve("t", q, mode="hybrid"), lambda q: ws.query_features("t", q),
+                 lambda q: ws.retrieve_dense("t", q)):
+        for query in ("", "   \n"):
+            with pytest.raises(UserError, match="The query is empty"):
+                call(query)
 
 
 def test_retrieve_ranks_with_idf_and_shows_the_weights(ws: Workspace):

@@ -54,14 +54,33 @@ def typical_documents(vectors, labels, n: int = 3) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["cluster", "rank", "row", "similarity"])
 
 
+def coded_labels(labels) -> tuple[np.ndarray, dict[int, str]]:
+    """(integer labels, {code: name}): whole-number labels as they are (no names); any other labels coded
+    0.. by decreasing group size (ties by name), missing ones -1, each code named by its value."""
+    values = np.asarray(labels)
+    if values.dtype.kind in "iub":
+        return values.astype(np.int64), {}
+    if values.dtype.kind == "f" and np.all(np.isfinite(values)) and np.all(values == np.round(values)):
+        return values.astype(np.int64), {}
+    series = pd.Series(values.ravel(), dtype=object)
+    missing = series.isna().to_numpy()
+    counts = series[~missing].astype(str).value_counts()
+    ordered = sorted(counts.index, key=lambda name: (-counts[name], name))
+    code = {name: k for k, name in enumerate(ordered)}
+    codes = np.array([-1 if m else code[str(v)] for v, m in zip(series, missing)], dtype=np.int64)
+    return codes, {k: name for name, k in code.items()} | ({-1: "none"} if missing.any() else {})
+
+
 def read_clusters(X, labels, vectors=None, feature_labels: dict[int, str] | None = None, method: str = "",
                   top: int = 5, n_docs: int = 3, min_support: int = 5, max_share: float = 0.5,
                   threshold: float = 0.0) -> ClusterReading:
     """Any clustering of the rows of ``X`` described by distinctive SAE features and typical documents.
 
     Typical documents are closest to the centre in ``vectors`` (e.g. MiniLM, for a dense clustering), or in
-    SAE feature presence when ``vectors`` is None. See :class:`ClusterReading`."""
-    labels = np.asarray(labels)
+    SAE feature presence when ``vectors`` is None. Labels that are not whole numbers (a category column:
+    "fresh" / "rotten") are read as groups named by their values, numbered 0.. by decreasing size, missing
+    values (None, NaN) as the "none" group -1. See :class:`ClusterReading`."""
+    labels, given_names = coded_labels(labels)
     if labels.size != X.shape[0]:
         raise UserError(f"{labels.size} labels for {X.shape[0]} documents")
     feats = distinctive_features(X, labels, top, min_support, max_share, threshold)
@@ -71,7 +90,7 @@ def read_clusters(X, labels, vectors=None, feature_labels: dict[int, str] | None
     groups, sizes = np.unique(labels, return_counts=True)
     order = [i for i in np.lexsort((groups, -sizes)) if groups[i] >= 0] + [i for i in range(groups.size) if groups[i] < 0]
     side = {s: feats[feats["side"] == s].groupby("cluster")["feature_id"].agg(tuple) for s in READING_SIDES}
-    table = pd.DataFrame([(int(groups[i]), cluster_name(int(groups[i])), int(sizes[i]), sizes[i] / labels.size,
+    table = pd.DataFrame([(int(groups[i]), given_names.get(int(groups[i]), cluster_name(int(groups[i]))), int(sizes[i]), sizes[i] / labels.size,
                            *(side[s].get(int(groups[i]), ()) for s in READING_SIDES)) for i in order],
                          columns=["cluster", "name", "size", "share", "over", "under"])
     return ClusterReading(labels=labels, method=method, clusters=table, features=feats, documents=docs)

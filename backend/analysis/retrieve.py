@@ -66,6 +66,13 @@ def retrieve(X, conditions: list[Condition], mode: str = "and", top: int = 50) -
     return pd.DataFrame({"row": sel.astype(np.int64), "score": score[sel], "n_matched": n_matched[sel]})
 
 
+def checked_query(query: str) -> str:
+    """The query text, or a UserError when it has no text: an empty query would rank by noise."""
+    if not isinstance(query, str) or not query.strip():
+        raise UserError("The query is empty; type a few words that describe the documents you want.")
+    return query
+
+
 def dense_retrieve(query_vec: np.ndarray, doc_vecs: np.ndarray, top: int = 50) -> pd.DataFrame:
     """Cosine similarity of one dense query vector to every document vector. Columns: row, score."""
     sims = cosine_scores(query_vec, doc_vecs)

@@ -343,6 +343,24 @@ def test_dense_clusters_read_through_their_planted_features():
         cl.cluster_dense_read(X, V, k=1)
 
 
+def test_named_groups_are_read_like_numbered_clusters():
+    """A category column (strings, some missing) as the clustering: groups named by their values, numbered by
+    size, missing values the none group; each group read through the feature planted in it."""
+    rng = np.random.default_rng(3)
+    names = np.array(["rotten", "fresh", None], dtype=object)[np.repeat([0, 1, 2], [50, 80, 20])]
+    fire = rng.random((150, 12)) < 0.1
+    fire[:, 0] = np.where(names == "fresh", rng.random(150) < 0.9, rng.random(150) < 0.03)
+    fire[:, 1] = np.where(names == "rotten", rng.random(150) < 0.9, rng.random(150) < 0.03)
+    read = cl.read_clusters(sp.csr_matrix(fire.astype(float)), list(names))
+    assert list(read.clusters["name"]) == ["fresh", "rotten", "none"]
+    assert list(read.clusters["cluster"]) == [0, 1, -1] and list(read.clusters["size"]) == [80, 50, 20]
+    assert [t[0] for t in read.clusters["over"][:2]] == [0, 1]
+    assert np.array_equal(read.labels, np.select([names == "fresh", names == "rotten"], [0, 1], -1))
+    same = cl.read_clusters(sp.csr_matrix(fire.astype(float)), np.select([names == "fresh", names == "rotten"], [0, 1], -1))
+    assert same.features.equals(read.features)  # the same groups as numbers: the same reading
+    assert list(cl.read_clusters(sp.csr_matrix(fire.astype(float)), [2.0] * 75 + [5.0] * 75).clusters["cluster"]) == [2, 5]
+
+
 def test_workspace_cluster_dense_and_describe(tiny_workspace_file, tmp_path, tiny_reader, tiny_sae):
     import shutil
 
