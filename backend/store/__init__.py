@@ -1,4 +1,5 @@
-"""The workspace file's one owner: schema (`schema.py`), connection, locks and writes (`database.py`)."""
+"""The workspace file's one owner: schema (`schema.py`), connection, locks and transactions (`database.py`,
+whose `Store` composes corpora.py, documents.py, ingest.py, presence_state.py and feature_reads.py)."""
 from backend.store.database import Corpus, CorpusInfo, Pooling, Store, StoreError, Transaction, WorkspaceLocked
 from backend.store.schema import SCHEMA_VERSION
 
