@@ -68,9 +68,9 @@ def iter_document_chunks(source: str | Path | BinaryIO, fmt: str | None = None,
         if fmt == "parquet":
             yield from _parquet_chunks(fh, limit)
         elif fmt in ("csv", "tsv"):
-            yield from _delimited_chunks(fh, "," if fmt == "csv" else "\t", limit)
+            yield from _delimited_chunks(fh, _csv_delimiter(fh) if fmt == "csv" else "\t", limit)
         elif fmt == "jsonl":
-            yield from _jsonl_chunks(fh, limit)
+            yield from (_json_array_chunks(fh, limit) if _opening(fh).startswith("[") else _jsonl_chunks(fh, limit))
         elif fmt == "txt":
             yield from _txt_chunks(fh, limit, txt_mode)
         else:
@@ -102,6 +102,62 @@ def _lines(fh: BinaryIO) -> Iterator[tuple[int, str]]:
             yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
         except UnicodeDecodeError as exc:
             raise CorpusError(f"The file is not UTF-8 text (invalid byte at line {number}); re-save it as UTF-8.") from exc
+
+
+def _opening(fh: BinaryIO, n_bytes: int = 64 * 1024) -> str:
+    """The file's first bytes as text (BOM and leading whitespace dropped), the file left where it was;
+    "" when it cannot be read twice (a stream that cannot seek: then no format is sniffed)."""
+    if not (getattr(fh, "seekable", lambda: False)() and callable(getattr(fh, "tell", None))):
+        return ""
+    start = fh.tell()
+    head = fh.read(n_bytes)
+    fh.seek(start)
+    if not isinstance(head, bytes):
+        return ""
+    return head.decode("utf-8", errors="ignore").lstrip("\ufeff \t\r\n")
+
+
+CSV_DELIMITERS = (",", ";", "\t", "|")
+
+
+def _csv_delimiter(fh: BinaryIO) -> str:
+    """The delimiter that splits the header into the most fields while every following row of the file's
+    first 64 KiB has as many (a comma when tied): files saved with semicolons (spreadsheets in many
+    locales) or pipes read like comma-separated ones."""
+    head = _opening(fh)
+    if not head:
+        return ","
+    whole = head.rsplit("\n", 1)[0] if "\n" in head else head  # the last line may be cut off
+
+    def fields(delimiter: str) -> int:
+        try:
+            rows = [r for r in csv.reader(io.StringIO(whole), delimiter=delimiter) if r][:50]
+        except csv.Error:
+            return 0
+        return len(rows[0]) if rows and all(len(r) == len(rows[0]) for r in rows) else 0
+
+    counts = {d: fields(d) for d in CSV_DELIMITERS}
+    best = max(CSV_DELIMITERS, key=lambda d: (counts[d], d == ","))
+    return best if counts[best] >= 2 else ","  # one column, or no consistent split: the comma's messages
+
+
+def _json_array_chunks(fh: BinaryIO, limit: _ChunkLimit) -> Iterator[pd.DataFrame]:
+    """A .json file holding one array of objects (what `df.to_json(orient="records")` writes), read whole:
+    unlike JSON Lines it cannot be parsed row by row, so it costs memory in proportion to the file."""
+    try:
+        data = json.load(io.TextIOWrapper(fh, encoding="utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise CorpusError("The file is not UTF-8 text; re-save it as UTF-8.") from exc
+    except json.JSONDecodeError as exc:
+        raise CorpusError(f"Not valid JSON (line {exc.lineno}: {exc.msg}).") from exc
+    if not isinstance(data, list) or not data:
+        raise CorpusError("The file is empty." if data == [] else "A JSON corpus is an array of objects, one per document.")
+    bad = next((i for i, obj in enumerate(data, start=1) if not isinstance(obj, dict)), None)
+    if bad is not None:
+        raise CorpusError(f"Unparseable row {bad}: expected a JSON object, found {type(data[bad - 1]).__name__}.")
+    step = max(1, limit.rows)
+    for start in range(0, len(data), step):
+        yield pd.DataFrame.from_records(data[start:start + step])
 
 
 def _parquet_chunks(fh: BinaryIO, limit: _ChunkLimit) -> Iterator[pd.DataFrame]:

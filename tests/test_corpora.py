@@ -37,6 +37,28 @@ def test_tsv_jsonl_parquet_txt(tmp_path):
     assert read_corpus(p)["text"].tolist() == ["from a path"]
 
 
+def test_a_json_array_and_semicolon_or_pipe_csv_read_like_the_usual_files(tmp_path):
+    """What spreadsheets and pandas write by default: `df.to_json(orient="records")` (one array, not JSON
+    Lines) and CSV with semicolons (many locales) or pipes; the old reader refused all three."""
+    df = pd.DataFrame({"body": ["Great, works well.", "Broke; in a day."], "stars": [5, 1]})
+    want = read_corpus(df.to_csv(index=False).encode(), "a.csv")
+    for name, data in (("a.json", df.to_json(orient="records").encode()),
+                       ("b.json", b"\xef\xbb\xbf  \n" + json.dumps(df.to_dict("records"), indent=2).encode()),
+                       ("semi.csv", df.to_csv(index=False, sep=";").encode()),
+                       ("pipe.csv", df.to_csv(index=False, sep="|").encode())):
+        got = read_corpus(data, name)
+        assert got["body"].tolist() == want["body"].tolist(), name
+        assert [str(v) for v in got["stars"]] == ["5", "1"], name
+        (tmp_path / name).write_bytes(data)  # streamed from a path: the same rows
+        assert read_corpus(tmp_path / name)["body"].tolist() == want["body"].tolist()
+    # a comma file whose header has a quoted semicolon stays a comma file; one column stays one column
+    assert list(read_corpus(b'text,"a;b;c"\nhello,1\n', "q.csv").columns) == ["text", "a;b;c"]
+    assert read_corpus(b"text\nhi; there\n", "one.csv")["text"].tolist() == ["hi; there"]
+    for bad, message in ((b"[1, 2]", "row 1: expected a JSON object"), (b"[]", "empty"), (b'[{"text": "a"},', "Not valid JSON")):
+        with pytest.raises(CorpusError, match=message):
+            read_corpus(bad, "bad.json")
+
+
 @pytest.mark.parametrize(
     "data,name,message",
     [
