@@ -49,6 +49,15 @@ def test_diff_of_two_corpora_and_refusals(ws: Workspace):
         ws.diff("t", "t")  # a corpus against itself finds nothing and would read as "no difference"
 
 
+def test_a_diff_by_a_numeric_column_takes_the_numbers_the_user_gave(ws: Workspace, tiny_docs):
+    ws.add_corpus("n", tiny_docs.assign(is_plot=(tiny_docs["label"] == "plot").astype(int)), "text")
+    ws.embed("n")
+    by_number = ws.diff("n", column="is_plot", value_a=1, value_b=0)
+    by_label = ws.diff("n", column="label", value_a="plot")
+    assert by_number.n_a == by_label.n_a > 0 and by_number.n_b == by_label.n_b > 0
+    pd.testing.assert_frame_equal(by_number.table, by_label.table)
+
+
 def test_an_empty_query_is_refused_with_a_message(ws: Workspace):
     for call in (lambda q: ws.retrieve("t", q), lambda q: ws.retrieve("t", q, mode="dense"),
                  lambda q: ws.retrieve("t", q, mode="hybrid"), lambda q: ws.query_features("t", q),

@@ -319,11 +319,23 @@ def lengths_differ(summary: dict, alpha: float = ALPHA) -> bool:
     return bool(np.isfinite(p) and p < alpha)
 
 
+def matching_rows(col: pd.Series, values: list) -> np.ndarray:
+    """Rows of `col` equal to one of `values`: as they are, as text (a column read back as strings), or
+    as numbers when a value is a number (1 matches "1" and "1.0"); missing entries never match."""
+    present = col.notna().to_numpy()
+    mask = col.isin(values).to_numpy() | (present & col.astype(str).isin([str(v) for v in values]).to_numpy())
+    numbers = [float(v) for v in values if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)]
+    if numbers:
+        mask |= pd.to_numeric(col, errors="coerce").isin(numbers).to_numpy()
+    return mask
+
+
 def split_by_column(X, meta: pd.DataFrame, column: str, value_a, value_b=None):
     """Split the rows of one corpus into groups A and B by a metadata column.
 
     ``value_a`` / ``value_b`` may be scalars or lists of values; ``value_b=None`` means every
-    row not in A (including missing values). Returns (XA, XB, idx_a, idx_b).
+    row not in A (including missing values). Returns (XA, XB, idx_a, idx_b). A workspace keeps metadata
+    as text, so a value matches its text too, and a number any equal number ("1" and "1.0" for 1).
     """
     X = as_csr(X)
     if len(meta) != X.shape[0]:
@@ -331,8 +343,7 @@ def split_by_column(X, meta: pd.DataFrame, column: str, value_a, value_b=None):
     col = meta[column].reset_index(drop=True)
 
     def mask_of(v) -> np.ndarray:
-        vals = list(v) if isinstance(v, (list, tuple, set, np.ndarray, pd.Series)) else [v]
-        return col.isin(vals).to_numpy()
+        return matching_rows(col, list(v) if isinstance(v, (list, tuple, set, np.ndarray, pd.Series)) else [v])
 
     mask_a = mask_of(value_a)
     mask_b = ~mask_a if value_b is None else mask_of(value_b) & ~mask_a

@@ -141,6 +141,19 @@ def test_length_summary_and_split_by_column():
     assert list(ia3) == [0, 2, 3]
 
 
+def test_split_by_column_matches_values_a_workspace_reads_back_as_text():
+    """A workspace keeps metadata as text: a user's 1 or True (their DataFrame's own values) must still
+    find the documents stored as "1", "1.0" or "True"; before, value_a=1 found no document at all."""
+    X = sp.csr_matrix(np.ones((6, 2)))
+    meta = pd.DataFrame({"label": ["1", "0", "1.0", None, "True", "x"]})
+    assert list(split_by_column(X, meta, "label", 1)[2]) == [0, 2]
+    assert list(split_by_column(X, meta, "label", 1, 0)[3]) == [1]
+    assert list(split_by_column(X, meta, "label", True)[2]) == [4]
+    assert list(split_by_column(X, meta, "label", "x")[2]) == [5]
+    assert list(split_by_column(X, meta, "label", [0.0, "x"])[2]) == [1, 5]
+    assert list(split_by_column(X, meta, "label", 2)[2]) == []
+
+
 def test_summarize_diff_folds_redundant_labels():
     fids = list(range(12))
     labels = {i: lab for i, lab in enumerate(
