@@ -140,7 +140,8 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 def cmd_add(args: argparse.Namespace) -> int:
     name = validate_corpus_name(args.name)
-    options = ReadOptions(txt_mode=args.txt_mode, split_long=args.split_long, window_chars=args.window_chars)
+    options = ReadOptions(txt_mode=args.txt_mode, split_long=args.split_long, window_chars=args.window_chars,
+                          skip_empty=args.skip_empty)
     ws = _open(args.workspace)
     ws.add_corpus(name, args.file, text_column=args.text_column, file_name=Path(args.file).name, options=options)
     corpus = ws.corpus(name)
@@ -247,6 +248,8 @@ def _add_add(sub) -> None:
     s.add_argument("--split-long", action="store_true",
                    help="split documents longer than --window-chars into windows (source_doc, char_offset columns)")
     s.add_argument("--window-chars", type=int, default=DEFAULT_WINDOW_CHARS)
+    s.add_argument("--skip-empty", action="store_true",
+                   help="drop rows with no text instead of refusing the file (source_row column: each row's place)")
     s.add_argument("--no-embed", action="store_true")
     s.set_defaults(fn=cmd_add)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet", "txt")
@@ -24,6 +25,7 @@ DEFAULT_WINDOW_CHARS = 1_200
 MAX_NAME_CHARS = 200
 TEXT_COLUMN_GUESSES = ("text", "document", "content", "body", "review", "sentence", "message")
 WINDOW_COLUMNS = ("source_doc", "char_offset")  # metadata added to each window of a split document
+SOURCE_ROW = "source_row"  # metadata added with skip_empty: each kept document's 0-based row in the input
 GUESS_SAMPLE_ROWS = 2_000
 
 
@@ -37,7 +39,9 @@ class ReadOptions:
 
     `split_long` turns each document longer than `window_chars` into consecutive windows (cut at
     whitespace where possible), each its own document with `source_doc` / `char_offset` metadata, instead of
-    letting the reader model see only its first tokens. `max_bytes` limits what is read whole into memory
+    letting the reader model see only its first tokens. `skip_empty` drops rows whose text is missing or
+    blank instead of refusing the file, and keeps each kept row's 0-based row in the input as metadata
+    `source_row` (so results map back to the file). `max_bytes` limits what is read whole into memory
     (bytes, file objects, `read_corpus`); a file path given to `Workspace.add_corpus` is streamed in chunks
     and has no size limit."""
 
@@ -47,6 +51,7 @@ class ReadOptions:
     max_doc_chars: int = DEFAULT_MAX_DOC_CHARS
     split_long: bool = False
     window_chars: int = DEFAULT_WINDOW_CHARS
+    skip_empty: bool = False
 
     def __post_init__(self) -> None:
         if self.fmt is not None and self.fmt not in FORMATS:
@@ -177,10 +182,14 @@ def validate_text_column(df: pd.DataFrame, column: str, max_doc_chars: int = DEF
     if bad.any():
         first = int(bad.to_numpy().nonzero()[0][0]) + first_row
         raise CorpusError(f"Column {column!r} is empty in {int(bad.sum())} row(s){among}, first at row {first}; "
-                          "fix or drop them.")
+                          "fix or drop them (skip_empty=True / --skip-empty drops them and keeps each other row's "
+                          f"number in the metadata column {SOURCE_ROW!r}).")
+    def row_number(i: int) -> int:  # the input's row: a frame with empty rows dropped says where each row was
+        return int(df[SOURCE_ROW].iloc[i]) + 1 if SOURCE_ROW in df.columns else i + first_row
+
     non_str = col.map(lambda v: not isinstance(v, str)).astype(bool)
     if non_str.any():
-        first = int(non_str.to_numpy().nonzero()[0][0]) + first_row
+        first = row_number(int(non_str.to_numpy().nonzero()[0][0]))
         raise CorpusError(f"Column {column!r} holds non-text values (first at row {first}); choose a text column.")
     lengths = col.astype(str).str.len().to_numpy()
     too_long = lengths > max_doc_chars
@@ -188,10 +197,24 @@ def validate_text_column(df: pd.DataFrame, column: str, max_doc_chars: int = DEF
         first = int(too_long.nonzero()[0][0])
         raise CorpusError(
             f"{int(too_long.sum())} document(s){among} are over the limit of {max_doc_chars:,} characters per document "
-            f"(first at row {first + first_row}: {int(lengths[first]):,} characters); shorten or split them."
+            f"(first at row {row_number(first)}: {int(lengths[first]):,} characters); shorten or split them."
         )
     out = df.copy()
     out[column] = col.astype(str)
+    return out.reset_index(drop=True)
+
+
+def drop_empty_rows(df: pd.DataFrame, column: str, first_row: int = 0) -> pd.DataFrame:
+    """`df` without the rows whose `column` is missing or blank, with `source_row` (each kept row's 0-based
+    row in the input; `df` may be a chunk starting at input row `first_row`)."""
+    if SOURCE_ROW in df.columns:
+        raise CorpusError(f"Skipping empty rows adds the column {SOURCE_ROW!r}, which the file already has; rename it.")
+    if column not in df.columns:
+        raise CorpusError(f"No column {column!r}; the columns are: {', '.join(map(str, df.columns))}.")
+    col = df[column]
+    keep = ~(col.isna() | (col.astype(str).str.strip() == "")).to_numpy()
+    out = df[keep].copy()
+    out[SOURCE_ROW] = first_row + keep.nonzero()[0]
     return out.reset_index(drop=True)
 
 
@@ -237,6 +260,7 @@ def split_long_documents(df: pd.DataFrame, text_column: str, window_chars: int =
             windows.append(window)
     out = df.iloc[rows].reset_index(drop=True)
     out[text_column] = windows
-    out[WINDOW_COLUMNS[0]] = [first_source_doc + r for r in rows]
+    source = df[SOURCE_ROW].to_numpy() if SOURCE_ROW in df.columns else first_source_doc + np.arange(len(df))
+    out[WINDOW_COLUMNS[0]] = [int(source[r]) for r in rows]
     out[WINDOW_COLUMNS[1]] = offsets
     return out

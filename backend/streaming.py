@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
 
 import pandas as pd
 
-from backend.corpora import (CorpusError, ReadOptions, check_columns, format_size, guess_format, guess_text_column,
+from backend.corpora import (CorpusError, ReadOptions, check_columns, drop_empty_rows, format_size, guess_format, guess_text_column,
                              over_limit_message, split_long_documents, validate_corpus_name, validate_text_column)
 from backend.store import Store
 
@@ -300,17 +300,22 @@ def _validated(first: pd.DataFrame, rest: Iterator[pd.DataFrame], column: str,
                options: ReadOptions) -> Iterator[pd.DataFrame]:
     columns = list(first.columns)
     chunk: pd.DataFrame | None = first
-    offset = 0
+    offset = kept = 0
     while chunk is not None:
         following = next(rest, None)  # read ahead one chunk: is this one the whole file?
         chunk = _aligned(chunk, columns, offset)
-        out = validate_text_column(chunk, column, options.max_doc_chars, first_row=offset + 1,
-                                   whole_file=offset == 0 and following is None)
-        if options.split_long:
-            out = split_long_documents(out, column, options.window_chars, first_source_doc=offset)
+        out = drop_empty_rows(chunk, column, offset) if options.skip_empty else chunk
+        if len(out) or not options.skip_empty:
+            out = validate_text_column(out, column, options.max_doc_chars, first_row=offset + 1,
+                                       whole_file=offset == 0 and following is None)
+            if options.split_long:
+                out = split_long_documents(out, column, options.window_chars, first_source_doc=offset)
+            kept += len(out)
+            yield out
         offset += len(chunk)
-        yield out
         chunk = following
+    if options.skip_empty and not kept:
+        raise CorpusError(f"Column {column!r} is empty in every row.")
 
 
 def _aligned(chunk: pd.DataFrame, columns: list, offset: int) -> pd.DataFrame:

@@ -59,13 +59,18 @@ def upload_section(ws: Workspace) -> None:
     split = st.toggle("Split long documents into windows", key="split_long",
                       help=f"The reader model sees the first {ws.settings.max_tokens:,} tokens of a document. Split "
                            "longer ones into consecutive windows, each its own document (with its source row and offset).")
+    n_empty = int((df[text_col].isna() | (df[text_col].astype(str).str.strip() == "")).sum())
+    skip = n_empty > 0 and st.toggle(f"Skip the {n_empty:,} row(s) with no text", key="skip_empty", value=True,
+                                     help="Each kept document records its row in the file as metadata `source_row`. "
+                                          "Off: the file is refused and nothing is stored.")
     if st.button("Add and embed", type="primary", icon=":material/upload:"):
-        add_and_embed(ws, df, text_col, name, upload.name, ReadOptions(split_long=split))
+        add_and_embed(ws, df, text_col, name, upload.name, ReadOptions(split_long=split, skip_empty=skip))
 
 
 def add_and_embed(ws: Workspace, df: pd.DataFrame, text_col: str, name: str, file_name: str, options: ReadOptions) -> None:
     try:
-        validate_text_column(df, text_col)
+        if not options.skip_empty:
+            validate_text_column(df, text_col)
         corpus_id = ws.add_corpus(name, df, text_column=text_col, file_name=file_name, options=options)
     except UserError as exc:
         st.error(f"{md_escape(exc, max_len=None)} Nothing was stored.")

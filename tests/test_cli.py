@@ -47,6 +47,11 @@ def test_cli_reports_bad_input_with_exit_code_2(tmp_path, tiny_model_dir, tiny_s
     assert main(["add", ws, "x", str(empty)]) == 2
     assert "empty" in capsys.readouterr().err
     assert main(["add", ws, "x", str(tmp_path / "missing.csv")]) == 2
+    gaps = tmp_path / "gaps.csv"
+    gaps.write_text("text,n\nhello world,1\n,2\nthe dog,3\n")
+    assert main(["add", ws, "g", str(gaps), "--no-embed"]) == 2 and "--skip-empty" in capsys.readouterr().err
+    assert main(["add", ws, "g", str(gaps), "--no-embed", "--skip-empty"]) == 0
+    assert "(2 documents)" in capsys.readouterr().out
     assert main(["show", str(tmp_path / "nope.duckdb")]) == 2
     assert main(["create", str(tmp_path / "w2.duckdb"), "--sae", str(tmp_path)]) == 2
 

@@ -301,6 +301,33 @@ def test_streamed_messages_name_rows_of_the_whole_file():
         prepare_documents(read_corpus(b"text,n\n,1\n,2\n", "a.csv"), "text")
 
 
+def test_skip_empty_drops_rows_with_no_text_and_keeps_where_each_row_was():
+    """Tweets and survey answers often have rows with no text: skip_empty stores the others, each with its
+    row in the file (`source_row`), the same whole or streamed in chunks (one chunk all empty); without it
+    the file is still refused, and the message says how to skip them."""
+    rows = [{"text": ("" if i % 7 == 3 else "  " if i == 10 else f"doc {i}" + (" long" * 12 if i == 18 else "")),
+             "n": i} for i in range(23)]
+    rows[4]["text"] = rows[5]["text"] = rows[6]["text"] = None
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    kept = [i for i, r in enumerate(rows) if r["text"] and r["text"].strip()]
+    with pytest.raises(CorpusError, match="skip_empty=True"):
+        prepare_documents(read_corpus(data, "a.jsonl"), "text")
+    skip = ReadOptions(skip_empty=True)
+    whole, _ = prepare_documents(read_corpus(data, "a.jsonl"), "text", skip)
+    assert whole["source_row"].tolist() == kept and whole["n"].tolist() == kept
+    _, chunks = streaming.prepare_chunks(_chunked(data, "a.jsonl", 3), "text", skip)  # rows 3-5: no text
+    assert pd.concat(list(chunks), ignore_index=True).equals(whole)
+    windows, _ = prepare_documents(read_corpus(data, "a.jsonl"), "text",
+                                   ReadOptions(skip_empty=True, split_long=True, window_chars=30))
+    assert windows["source_doc"].tolist() == [i for i in kept for _ in range(3 if i == 18 else 1)]
+    with pytest.raises(CorpusError, match="first at row 19"):  # the file's row, not the row among those kept
+        prepare_documents(read_corpus(data, "a.jsonl"), "text", ReadOptions(skip_empty=True, max_doc_chars=30))
+    with pytest.raises(CorpusError, match="empty in every row"):
+        list(streaming.prepare_chunks(_chunked(b"text,n\n,1\n ,2\n,3\n", "a.csv", 2), "text", skip)[1])
+    with pytest.raises(CorpusError, match="already has"):
+        prepare_documents(pd.DataFrame({"text": ["a", ""], "source_row": [1, 2]}), "text", skip)
+
+
 def test_a_streamed_jsonl_key_missing_later_is_empty_and_a_new_key_is_refused():
     data = b'{"text": "a", "tag": "x"}\n{"text": "b", "tag": "y"}\n{"text": "c"}\n'
     _, chunks = streaming.prepare_chunks(_chunked(data, "a.jsonl", 2))

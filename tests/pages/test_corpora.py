@@ -67,7 +67,6 @@ def test_upload_preview_add_and_embed(page, tiny_ws_path):
     ("header.csv", b"text,label\n", None, "Cannot read **header.csv**: The file has a header but no rows."),
     ("ragged.csv", b"text,label\nhello,a\nworld\n", None, "expected 2 fields, found 1"),
     ("numbers.jsonl", b'{"text": "hello world", "n": 1}\n{"text": "the dog", "n": 2}\n', "n", "holds non-text values"),
-    ("gaps.csv", b"text,n\nhello world,1\n,2\n", "text", "empty in 1 row(s)"),
     ("t.csv", b"text\nhello world\n", "text", "A corpus named 't' already exists"),
 ])
 def test_bad_uploads_show_an_error_and_store_nothing(page, tiny_ws_path, name, data, pick, message):
@@ -85,6 +84,25 @@ def test_bad_uploads_show_an_error_and_store_nothing(page, tiny_ws_path, name, d
         assert not [b for b in at.button if b.label == "Add and embed"]  # the page stops before offering to add
     assert not at.exception and not at.success
     assert snapshot(ws) == before and REGISTRY.get(str(ws.store.path), len(before)) is None
+
+
+def test_rows_with_no_text_are_skipped_by_default_or_refuse_the_file(page, tiny_ws_path):
+    ws = ws_of(tiny_ws_path)
+    before = snapshot(ws)
+    gaps = b"text,n\nhello world,1\n,2\n  ,3\nthe dog,4\n"
+    at = upload(page("corpora", tiny_ws_path).run(), "gaps.csv", gaps)
+    assert at.toggle(key="skip_empty").label == "Skip the 2 row(s) with no text" and at.toggle(key="skip_empty").value
+    at.toggle(key="skip_empty").set_value(False)
+    next(b for b in at.button if b.label == "Add and embed").click().run()
+    assert len(at.error) == 1 and "empty in 2 row(s)" in at.error[0].value and snapshot(ws) == before
+    at.toggle(key="skip_empty").set_value(True)
+    next(b for b in at.button if b.label == "Add and embed").click().run()
+    assert_no_errors(at)
+    wait_for_job(ws, "gaps")
+    assert ws.store.texts("gaps", [0, 1]) == ["hello world", "the dog"]
+    assert ws.store.metadata("gaps", "source_row").tolist() == ["0", "3"]
+    at = upload(page("corpora", tiny_ws_path).run(), "full.csv", b"text\nhello\n")
+    assert not [t for t in at.toggle if t.key == "skip_empty"]  # offered only when some row has no text
 
 
 def test_rename_and_delete(page, tiny_ws_path):
