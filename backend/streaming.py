@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
 
 import pandas as pd
 
-from backend.corpora import (CorpusError, ReadOptions, check_columns, drop_empty_rows, format_size, guess_format, guess_text_column,
-                             over_limit_message, split_long_documents, validate_corpus_name, validate_text_column)
+from backend.corpora import (CorpusError, ReadOptions, check_columns, drop_empty_rows, format_size, guess_format,
+                             guess_text_column, over_limit_message, split_long_documents, validate_corpus_name,
+                             validate_text_column)
 from backend.store import Store
 
 if TYPE_CHECKING:
@@ -150,8 +151,10 @@ def _json_array_chunks(fh: BinaryIO, limit: _ChunkLimit) -> Iterator[pd.DataFram
         raise CorpusError("The file is not UTF-8 text; re-save it as UTF-8.") from exc
     except json.JSONDecodeError as exc:
         raise CorpusError(f"Not valid JSON (line {exc.lineno}: {exc.msg}).") from exc
-    if not isinstance(data, list) or not data:
-        raise CorpusError("The file is empty." if data == [] else "A JSON corpus is an array of objects, one per document.")
+    if data == []:
+        raise CorpusError("The file is empty.")
+    if not isinstance(data, list):
+        raise CorpusError("A JSON corpus is an array of objects, one per document.")
     bad = next((i for i, obj in enumerate(data, start=1) if not isinstance(obj, dict)), None)
     if bad is not None:
         raise CorpusError(f"Unparseable row {bad}: expected a JSON object, found {type(data[bad - 1]).__name__}.")

@@ -90,7 +90,10 @@ def read_clusters(X, labels, vectors=None, feature_labels: dict[int, str] | None
     groups, sizes = np.unique(labels, return_counts=True)
     order = [i for i in np.lexsort((groups, -sizes)) if groups[i] >= 0] + [i for i in range(groups.size) if groups[i] < 0]
     side = {s: feats[feats["side"] == s].groupby("cluster")["feature_id"].agg(tuple) for s in READING_SIDES}
-    table = pd.DataFrame([(int(groups[i]), given_names.get(int(groups[i]), cluster_name(int(groups[i]))), int(sizes[i]), sizes[i] / labels.size,
+    def name(group: int) -> str:
+        return given_names.get(group, cluster_name(group))
+
+    table = pd.DataFrame([(int(groups[i]), name(int(groups[i])), int(sizes[i]), sizes[i] / labels.size,
                            *(side[s].get(int(groups[i]), ()) for s in READING_SIDES)) for i in order],
                          columns=["cluster", "name", "size", "share", "over", "under"])
     return ClusterReading(labels=labels, method=method, clusters=table, features=feats, documents=docs)
