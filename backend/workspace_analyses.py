@@ -27,6 +27,7 @@ from backend.errors import UserError
 from backend.label_text import split_label
 from backend.steering.inputs import steer_in_workspace, sweep_in_workspace
 from backend.finding_labels import label_findings as findings_labelled
+from backend.finding_quotes import SideSource, quote_sides
 
 if TYPE_CHECKING:
     from backend.llm import LLMConfig
@@ -62,10 +63,11 @@ class WorkspaceAnalyses:
         cfg = config or DiffConfig(length_control=length_control, **{k: v for k, v in options.items() if k in fields})
         extra = {k: v for k, v in options.items() if k not in fields}
         if column is not None:
-            XA, XB, ids_a, ids_b, la, lb, labels = self._diff_groups(a, b, column, value_a, value_b)
+            XA, XB, ids_a, ids_b, la, lb, labels, sources = self._diff_groups(a, b, column, value_a, value_b)
         else:
-            XA, XB, ids_a, ids_b, la, lb, labels = self._diff_corpora(a, b)
-        return diff_result(XA, XB, la, lb, labels, ids_a=ids_a, ids_b=ids_b, **asdict(cfg), **extra)
+            XA, XB, ids_a, ids_b, la, lb, labels, sources = self._diff_corpora(a, b)
+        result = diff_result(XA, XB, la, lb, labels, ids_a=ids_a, ids_b=ids_b, **asdict(cfg), **extra)
+        return quote_sides(self.store, result, sources)  # each finding quotes a document of its own side
 
     def _diff_groups(self, a: CorpusRef, b: CorpusRef | None, column: str, value_a: Any, value_b: Any) -> tuple:
         """Group A and B of one corpus by a metadata column: their matrices, row ids, lengths and labels."""
@@ -84,7 +86,8 @@ class WorkspaceAnalyses:
             raise UserError(f"Group {side} of the diff has no documents: no document of {corpus.name!r} has "
                             f"{column!r} = {wanted}. Its most common values: {', '.join(repr(v) for v in seen)}.")
         lengths = self.doc_lengths(corpus)
-        return XA, XB, ids_a, ids_b, lengths[ids_a], lengths[ids_b], self.labels(corpus)
+        sources = {"a": SideSource(corpus.corpus_id, ids_a), "b": SideSource(corpus.corpus_id, ids_b)}
+        return XA, XB, ids_a, ids_b, lengths[ids_a], lengths[ids_b], self.labels(corpus), sources
 
     def _diff_corpora(self, a: CorpusRef, b: CorpusRef | None) -> tuple:
         """Two corpora's matrices, row ids, lengths and labels (A's labels win where both have one)."""
@@ -98,7 +101,8 @@ class WorkspaceAnalyses:
         if XA.shape[0] == 0 or XB.shape[0] == 0:
             raise UserError(f"Corpus {(corpus_a if XA.shape[0] == 0 else corpus_b).name!r} has no embedded documents.")
         return (XA, XB, np.arange(XA.shape[0]), np.arange(XB.shape[0]), self.doc_lengths(corpus_a),
-                self.doc_lengths(corpus_b), {**self.labels(corpus_b), **self.labels(corpus_a)})
+                self.doc_lengths(corpus_b), {**self.labels(corpus_b), **self.labels(corpus_a)},
+                {"a": SideSource(corpus_a.corpus_id), "b": SideSource(corpus_b.corpus_id)})
 
     def hypotheses(
         self, result: DiffResult, llm: "LLMConfig | ChatFn", corpus_a: CorpusRef, corpus_b: CorpusRef | None = None,

@@ -1,0 +1,79 @@
+"""Each diff finding quotes a document of its own side.
+
+A feature's offline label ends with its strongest context in the whole corpus (`name — "… «token» …"`).
+In a diff that context can come from the other side: the human side of a human-vs-chatbot diff quoted a
+chatbot answer, and a two-corpus diff quoted corpus A for every finding, B's included. A reader takes the
+quote as evidence for the side, so it must come from there: among the stored top contexts of the finding's
+lead feature (`feature_contexts`, up to 20 documents) the strongest one from the side's documents, one whose
+firing token is a word of the label's name first. Labels without a quote (hand, LLM) and findings whose side
+has no stored context keep their label."""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from backend.analysis.findings import DiffResult, Finding
+from backend.label_evidence import mark_context
+from backend.label_text import EXAMPLE_SEP, LabelTextConfig, split_label
+from backend.store import Store
+
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
+
+
+@dataclass(frozen=True)
+class SideSource:
+    """Where a side's documents are: a corpus, and its doc ids (None: every document of the corpus)."""
+
+    corpus_id: int
+    doc_ids: np.ndarray | None = None
+
+
+def side_contexts(store: Store, source: SideSource, feature_ids: Sequence[int]) -> pd.DataFrame:
+    """feature_id, rank, doc_id, before, token, after: the stored top contexts of `feature_ids` that come from
+    the side's documents, strongest first per feature."""
+    ids = sorted({int(f) for f in feature_ids})
+    sql = ("SELECT feature_id, rank, doc_id, before, token, after FROM feature_contexts WHERE corpus_id = ? "
+           "AND feature_id IN (SELECT unnest(?::INTEGER[]))")
+    params: list = [int(source.corpus_id), ids]
+    if source.doc_ids is not None:
+        sql += " AND doc_id IN (SELECT unnest(?::INTEGER[]))"
+        params.append([int(d) for d in np.asarray(source.doc_ids).ravel()])
+    return store.query_df(sql + " ORDER BY feature_id, rank", params)
+
+
+def requoted(label: str, contexts: pd.DataFrame, config: LabelTextConfig = LabelTextConfig()) -> str:
+    """`label` quoting the first of `contexts` (one feature's, strongest first) whose token is a word of the
+    label's name, else the strongest; unchanged when it quotes nothing or there is no context."""
+    name, example = split_label(label)
+    if example is None or contexts.empty:
+        return label
+    words = {w.lower() for w in _WORD.findall(name)}
+    tokens = contexts["token"].fillna("").astype(str).str.strip().str.lower()
+    named = contexts[tokens.isin(words).to_numpy()]
+    row = (named if len(named) else contexts).iloc[0]
+    quote = mark_context(str(row["before"] or ""), str(row["token"] or ""), str(row["after"] or ""),
+                         config.example_before_chars, config.example_after_chars)
+    return f"{name}{EXAMPLE_SEP}{quote}\""
+
+
+def quoted_from_sides(result: DiffResult, contexts: Mapping[str, pd.DataFrame]) -> DiffResult:
+    """`result` with each finding's label quoting its own side (`contexts[side]`: `side_contexts` rows)."""
+    by_feature = {side: dict(tuple(df.groupby("feature_id"))) if len(df) else {} for side, df in contexts.items()}
+
+    def one(f: Finding) -> Finding:
+        rows = by_feature.get(f.side, {}).get(f.lead)
+        return f if rows is None else dataclasses.replace(f, label=requoted(f.label, rows))
+
+    return dataclasses.replace(result, findings=[one(f) for f in result.findings])
+
+
+def quote_sides(store: Store, result: DiffResult, sources: Mapping[str, SideSource]) -> DiffResult:
+    """The diff's findings quoting their own side's documents (see the module docstring)."""
+    leads = {side: [f.lead for f in result.findings if f.side == side] for side in sources}
+    contexts = {side: side_contexts(store, sources[side], leads[side]) for side in sources if leads[side]}
+    return quoted_from_sides(result, contexts)

@@ -1,0 +1,60 @@
+"""A diff finding quotes a document of its own side, not the corpus's strongest context from the other side."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from backend.analysis.findings import diff_result
+from backend.finding_quotes import SideSource, quoted_from_sides, requoted, side_contexts
+from backend.label_text import split_label
+
+
+def contexts(rows):
+    return pd.DataFrame(rows, columns=["feature_id", "rank", "doc_id", "before", "token", "after"])
+
+
+def test_requoted_takes_the_sides_context_whose_token_the_name_names():
+    label = 'might / may — "… the chatbot «may» help"'
+    side = contexts([(7, 2, 40, "I think it ", "could", " rain"), (7, 5, 41, "It ", "might", " rain today")])
+    assert requoted(label, side) == 'might / may — "It «might» rain today"'  # a named word beats the stronger rank
+    assert requoted(label, side.iloc[:1]) == 'might / may — "I think it «could» rain"'  # else the strongest
+    assert requoted(label, side.iloc[:0]) == label  # no context from this side: the label as it was
+    assert requoted("hedging (an LLM label)", side) == "hedging (an LLM label)"  # nothing quoted: nothing to change
+
+
+def test_findings_of_each_side_quote_that_side():
+    """Planted: feature 0 fires on A's documents, feature 1 on B's; both labels quote A's document (what a
+    two-corpus diff did: A's labels for every finding). After, B's finding quotes B."""
+    rng = np.random.default_rng(0)
+    XA = np.zeros((40, 4)); XA[:30, 0] = 1; XA[rng.random(40) < 0.1, 1] = 1
+    XB = np.zeros((40, 4)); XB[:30, 1] = 1; XB[rng.random(40) < 0.1, 0] = 1
+    labels = {0: 'cats — "a «cats» doc of A"', 1: 'dogs — "a «dogs» doc of A"'}
+    res = diff_result(sp.csr_matrix(XA), sp.csr_matrix(XB), None, None, labels)
+    by_side = {f.side: f for f in res.findings}
+    assert set(by_side) == {"a", "b"} and by_side["b"].lead == 1
+    ctx = {"a": contexts([(0, 1, 3, "my ", "cats", " sleep")]),
+           "b": contexts([(1, 4, 9, "the ", "dogs", " bark"), (0, 1, 2, "no ", "cats", " here")])}
+    out = {f.side: f for f in quoted_from_sides(res, ctx).findings}
+    assert split_label(out["b"].label) == ("dogs", "the «dogs» bark")
+    assert split_label(out["a"].label) == ("cats", "my «cats» sleep")
+    assert [f.feature_ids for f in res.findings] == [f.feature_ids for f in quoted_from_sides(res, ctx).findings]
+    assert res.findings[0].label in labels.values()  # the input result is left as it was
+
+
+def test_the_workspace_diff_quotes_each_side(tiny_workspace, tiny_docs):
+    ws = tiny_workspace
+    ws.add_corpus("t", tiny_docs, "text")
+    ws.embed("t")
+    res = ws.diff("t", column="label", value_a="plot")
+    cid = ws.corpus("t").corpus_id
+    sides = {"a": np.asarray(res.ids_a), "b": np.asarray(res.ids_b)}
+    checked = 0
+    for f in res.findings:
+        quote = split_label(f.label)[1]
+        own = side_contexts(ws.store, SideSource(cid, sides[f.side]), [f.lead])
+        if quote is None or own.empty:
+            continue
+        assert requoted(f.label, own) == f.label, f  # already quoting its own side's chosen context
+        checked += 1
+    assert checked > 0
