@@ -44,7 +44,8 @@ class DiffConfig:
     when their document sets overlap with Jaccard >= ``jaccard_threshold``, when their labels share a
     concept word (``fold_by_label``), when one's documents lie inside the other's (overlap >=
     ``containment_threshold`` of the smaller set, with co-occurrence far beyond chance; None: off), or
-    when their decoder directions have cosine >= ``cosine_threshold`` (when a decoder is given);
+    when their decoder directions have cosine >= ``cosine_threshold`` (when a decoder is given), except
+    members that would dilute the finding's difference by more than ``max_dilution`` of it (1: keep all);
     ``n_examples`` example documents per side.
     """
 
@@ -60,6 +61,7 @@ class DiffConfig:
     n_examples: int = 2
     fold_by_label: bool = True
     containment_threshold: float | None = 0.8
+    max_dilution: float = 0.1
 
     def __post_init__(self) -> None:
         if self.threshold < 0:
@@ -78,6 +80,8 @@ class DiffConfig:
             raise UserError("n_examples must be >= 0.")
         if self.containment_threshold is not None and not 0.0 < self.containment_threshold <= 1.0:
             raise UserError("containment_threshold must lie in (0, 1], or be None to turn containment off.")
+        if not 0.0 <= self.max_dilution <= 1.0:
+            raise UserError("max_dilution must lie in [0, 1] (1 keeps every folded feature).")
 
 
 # --------------------------------------------------------------------------- statistics helpers

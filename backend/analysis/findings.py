@@ -45,8 +45,8 @@ from backend.analysis.label_reading import is_formatting_label
 from backend.errors import UserError
 # Re-exported: `from backend.analysis.findings import X` keeps working for every public name it had.
 from backend.analysis.feature_grouping import (  # noqa: F401
-    CONTAINMENT_MIN_NPMI, decoder_cosine, group_features, inside_matrix, jaccard_matrix, local_labels, overlap_counts,
-    shared_words_matrix)
+    CONTAINMENT_MIN_NPMI, decoder_cosine, group_features, inside_matrix, jaccard_matrix, keep_contrast, local_labels,
+    overlap_counts, shared_words_matrix)
 from backend.analysis.label_reading import UNNAMED_PREFIX, concept_keys, label_words, names_nothing  # noqa: F401
 
 
@@ -186,6 +186,7 @@ def _side_findings(side: Side, ctx: _SideContext) -> list[Finding]:
     groups = fold_features(sp.vstack([bin_a, bin_b], format="csr"), cand, config.jaccard_threshold,
                            ctx.labels if config.fold_by_label else None, config.containment_threshold,
                            ctx.decoder, config.cosine_threshold)
+    groups = keep_contrast(groups, bin_a, bin_b, side, config.max_dilution)
     share_a, share_b, adj = _union_shares(bin_a, bin_b, groups, ctx.strata)
     cols_a, cols_b = as_csr(sub_a).tocsc(), as_csr(sub_b).tocsc()  # canonical CSC: examples read columns directly
 

@@ -339,3 +339,29 @@ def test_members_list_the_folded_features_with_their_own_shares(concept_corpora)
     own = np.asarray((XA[:, list(concept.feature_ids)] > 0).mean(axis=0)).ravel()
     assert np.allclose(members["share_a"], own) and concept.share_a > members["share_a"].max()
     assert res.to_frame().loc[res.findings.index(concept), "feature_labels"].split(" | ")[0] == labels[concept.lead]
+
+
+def test_a_member_that_fires_across_the_other_side_does_not_dilute_the_finding():
+    """Planted: "last" fires in 30% of B and no A document; ten variants sharing the word fire on those B
+    documents and each on its own 4% of A (what the templated hedged-vs-certain corpus showed). Folding them
+    all made the finding read ~40% vs 30%; they stay out now, and a variant on more B documents stays in."""
+    rng = np.random.default_rng(5)
+    n = 500
+    fire_a, fire_b = rng.random((n, 30)) < 0.02, rng.random((n, 30)) < 0.02
+    concept_b = rng.random(n) < 0.3
+    fire_a[:, 0], fire_b[:, 0] = False, concept_b
+    for k, f in enumerate(range(1, 11)):
+        fire_b[:, f] = concept_b
+        fire_a[:, f] = (np.arange(n) % 25) == k  # a distinct 4% of A each
+    fire_a[:, 11], fire_b[:, 11] = False, concept_b | (rng.random(n) < 0.1)  # more of B: strengthens it
+    labels = {f: f"f{f}x" for f in range(30)} | {f: "last / year" for f in range(0, 12)}
+    XA, XB = sp.csr_matrix(fire_a.astype(float)), sp.csr_matrix(fire_b.astype(float))
+    old = next(f for f in diff_result(XA, XB, labels=labels, max_dilution=1.0).findings if 0 in f.feature_ids)
+    assert set(range(12)) <= set(old.feature_ids) and old.share_a > 0.35  # diluted: 40% of A
+    res = diff_result(XA, XB, labels=labels)
+    last = next(f for f in res.findings if 0 in f.feature_ids)
+    assert set(last.feature_ids) & set(range(12)) == {0, 11} and last.side == "b"
+    assert last.share_a == 0.0 and last.share_b == pytest.approx((fire_b[:, 0] | fire_b[:, 11]).mean())
+    assert -last.diff >= 0.9 * fire_b[:, 0].mean()
+    with pytest.raises(UserError):
+        DiffConfig(max_dilution=1.5)
