@@ -37,6 +37,7 @@ class ExplainConfig:
     numeric_metric: Literal["spearman", "r2"] = "spearman"
     robust: bool = True
     n_strengths: int = 6
+    max_dilution: float = 0.1
 
     def __post_init__(self) -> None:
         if not 0.1 <= self.test_size <= 0.9:
@@ -49,3 +50,5 @@ class ExplainConfig:
             raise ExplainError("max_model_features and n_strengths must be at least 1, max_model_docs 4 x min_docs.")
         if self.numeric_metric not in ("spearman", "r2"):
             raise ExplainError("numeric_metric is 'spearman' or 'r2'.")
+        if not 0.0 <= self.max_dilution <= 1.0:
+            raise ExplainError("max_dilution lies in [0, 1] (1 keeps every folded feature).")

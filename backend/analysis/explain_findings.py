@@ -14,7 +14,7 @@ from backend.analysis.diff import example_documents
 from backend.analysis.explain_config import ALPHA, ExplainConfig
 from backend.analysis.explain_stats import Halves, heldout_effects
 from backend.analysis.explain_targets import Side, Targets, side_mask, sides_of
-from backend.analysis.findings import group_features, is_formatting_label, local_labels
+from backend.analysis.findings import group_features, is_formatting_label, keep_contrast_within, local_labels
 
 
 def _fmt(value: float, numeric: bool, date: bool = False) -> str:
@@ -116,9 +116,11 @@ def _examples(X: sp.csr_matrix, targets: Targets, plan: list[tuple[Side, list[in
 
 
 def _plan(B_sel: sp.csr_matrix, eff_sel: dict[str, np.ndarray], sides: list[Side], cfg: ExplainConfig,
-          labels: Mapping[int, str] | None = None) -> tuple[list[tuple[Side, list[int]]], pd.DataFrame]:
+          labels: Mapping[int, str] | None = None, masks: Mapping[str, np.ndarray] | None = None
+          ) -> tuple[list[tuple[Side, list[int]]], pd.DataFrame]:
     """Candidates per direction from the selection half, folded into concepts there as the diff folds them
-    (co-firing, a shared label word, containment)."""
+    (co-firing, a shared label word, containment; without members that dilute the group's contrast between
+    its direction's documents, ``masks[side.name]`` over the selection half, and the others)."""
     by_side = [(side, _candidates(eff_sel, side, cfg, B_sel.shape[0])) for side in sides]
     every = np.unique(np.concatenate([c for _, c in by_side]))
     Bc = as_csr(B_sel[:, every])  # sliced once for all directions
@@ -127,6 +129,8 @@ def _plan(B_sel: sp.csr_matrix, eff_sel: dict[str, np.ndarray], sides: list[Side
         local = np.searchsorted(every, cand)
         groups = group_features(Bc, local, jaccard_threshold=cfg.jaccard_threshold, containment_threshold=0.8,
                                 labels=local_labels(labels, every))
+        if masks is not None:
+            groups = keep_contrast_within(groups, Bc, masks[side.name], max_dilution=cfg.max_dilution)
         plan += [(side, [int(every[i]) for i in g]) for g in groups]
         t = eff_sel["t"][cand, side.column] * side.sign
         rows.append(pd.DataFrame({"feature_id": cand.astype(np.int64), "direction": side.name,
@@ -146,7 +150,8 @@ def build_findings(h: Halves, targets: Targets, eff_sel: dict[str, np.ndarray], 
                    labels: Mapping[int, str], column: str, doc_ids: np.ndarray) -> tuple[list[ExplainFinding], pd.DataFrame]:
     """Findings per direction, chosen on the selection half and measured on the test half; and the
     per-feature table of the candidates (held-out statistics, BH over candidates, finding index)."""
-    plan, table = _plan(h.B_sel, eff_sel, sides_of(targets), cfg, labels)
+    sides = sides_of(targets)
+    plan, table = _plan(h.B_sel, eff_sel, sides, cfg, labels, {s.name: side_mask(targets, s)[h.sel] for s in sides})
     if not plan:
         return [], table.assign(finding=pd.Series(dtype=np.int64))
     cand = np.unique(table["feature_id"].to_numpy())

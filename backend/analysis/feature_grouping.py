@@ -123,6 +123,16 @@ def keep_contrast(groups: list[list[int]], bin_a: sp.spmatrix, bin_b: sp.spmatri
     return out
 
 
+def keep_contrast_within(groups: list[list[int]], B: sp.spmatrix, inside: np.ndarray, outside: np.ndarray | None = None,
+                         max_dilution: float = 0.1) -> list[list[int]]:
+    """:func:`keep_contrast` between two sets of rows of one binary matrix: the documents of a finding's
+    direction (``inside``, a boolean mask) against ``outside`` (default: every other row)."""
+    B = as_csr(B)
+    inside = np.asarray(inside, bool)
+    outside = ~inside if outside is None else np.asarray(outside, bool)
+    return keep_contrast(groups, B[inside], B[outside], "a", max_dilution)
+
+
 def _greedy_groups(similar: np.ndarray, inside: np.ndarray | None = None) -> list[list[int]]:
     """Greedy folding in priority order: each unassigned column leads a group and takes every later
     unassigned column similar to it (similarity to the lead, so groups do not chain), then, with

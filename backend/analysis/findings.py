@@ -45,8 +45,8 @@ from backend.analysis.label_reading import is_formatting_label
 from backend.errors import UserError
 # Re-exported: `from backend.analysis.findings import X` keeps working for every public name it had.
 from backend.analysis.feature_grouping import (  # noqa: F401
-    CONTAINMENT_MIN_NPMI, decoder_cosine, group_features, inside_matrix, jaccard_matrix, keep_contrast, local_labels,
-    overlap_counts, shared_words_matrix)
+    CONTAINMENT_MIN_NPMI, decoder_cosine, group_features, inside_matrix, jaccard_matrix, keep_contrast,
+    keep_contrast_within, local_labels, overlap_counts, shared_words_matrix)
 from backend.analysis.label_reading import UNNAMED_PREFIX, concept_keys, label_words, names_nothing  # noqa: F401
 
 

@@ -22,7 +22,7 @@ from scipy import stats
 from backend.analysis import FeatureGroup, as_csr, binarize
 from backend.analysis.columns import ColumnError, ColumnValues, read_column
 from backend.analysis.diff import bh_adjust, example_documents, stratum_counts
-from backend.analysis.findings import group_features, is_formatting_label, local_labels
+from backend.analysis.findings import group_features, is_formatting_label, keep_contrast_within, local_labels
 from backend.errors import UserError
 
 ALPHA = 0.05
@@ -51,6 +51,7 @@ class TrendConfig:
     max_values: int = 30
     max_bins: int = 400
     confidence: float = 0.95
+    max_dilution: float = 0.1
 
     def __post_init__(self) -> None:
         if self.threshold < 0 or self.min_docs < 1 or self.n_candidates < 1 or self.n_examples < 0:
@@ -59,6 +60,8 @@ class TrendConfig:
             raise TrendError(f"quantiles must be between 2 and {self.max_bins}; max_values at least 2.")
         if not 0.5 <= self.confidence < 1:
             raise TrendError("confidence is between 0.5 and 1 (0.95 by default).")
+        if not 0.0 <= self.max_dilution <= 1.0:
+            raise TrendError("max_dilution lies in [0, 1] (1 keeps every folded feature).")
 
 
 # -- bins ---------------------------------------------------------------------------------------------
@@ -291,10 +294,11 @@ def _ordered(findings: list[TrendFinding]) -> list[TrendFinding]:
     return sorted(findings, key=lambda f: (not f.significant, content and f.is_formatting, -abs(f.change), f.lead))
 
 
-def _plan(B: sp.csr_matrix, feature_stats: pd.DataFrame, cfg: TrendConfig, labels: Mapping[int, str] | None = None
-          ) -> tuple[list[tuple[str, list[int]]], np.ndarray, sp.csr_matrix]:
+def _plan(B: sp.csr_matrix, feature_stats: pd.DataFrame, cfg: TrendConfig, labels: Mapping[int, str] | None = None,
+          code: np.ndarray | None = None) -> tuple[list[tuple[str, list[int]]], np.ndarray, sp.csr_matrix]:
     """Groups per direction (folded into concepts as the diff folds them: co-firing, a shared label word,
-    containment), the candidates (sorted) and their columns of ``B`` (sliced once)."""
+    containment; without members that dilute the group's late-vs-early contrast, with each document's
+    bin ``code``), the candidates (sorted) and their columns of ``B`` (sliced once)."""
     by_direction = {d: _candidates(feature_stats, d, cfg.n_candidates) for d in ("rising", "falling")}
     cand = np.unique(np.concatenate(list(by_direction.values())))
     Bc = as_csr(B[:, cand])
@@ -302,6 +306,11 @@ def _plan(B: sp.csr_matrix, feature_stats: pd.DataFrame, cfg: TrendConfig, label
     for direction, ids in by_direction.items():
         local = group_features(Bc, np.searchsorted(cand, ids), jaccard_threshold=cfg.jaccard_threshold,
                                containment_threshold=0.8, labels=local_labels(labels, cand))
+        if code is not None and code.size:
+            middle = (int(code.max()) + int(code.min())) / 2  # the later half of the bins against the earlier
+            late, early = code > middle, code < middle
+            local = keep_contrast_within(local, Bc, late if direction == "rising" else early,
+                                         early if direction == "rising" else late, cfg.max_dilution)
         plan += [(direction, [int(cand[i]) for i in g]) for g in local]
     return plan, cand, Bc
 
@@ -309,7 +318,7 @@ def _plan(B: sp.csr_matrix, feature_stats: pd.DataFrame, cfg: TrendConfig, label
 def build_trend_findings(X: sp.csr_matrix, B: sp.csr_matrix, bins: Bins, feature_stats: pd.DataFrame,
                          labels: Mapping[int, str], cfg: TrendConfig, doc_ids: np.ndarray) -> list[TrendFinding]:
     """The strongest rising and falling features folded by co-firing, each with its group's per-bin shares."""
-    plan, cand, Bc = _plan(B, feature_stats, cfg, labels)
+    plan, cand, Bc = _plan(B, feature_stats, cfg, labels, bins.code)
     if not plan:
         return []
     U = binarize(Bc @ _member_matrix([g for _, g in plan], cand), 0.0)

@@ -269,3 +269,26 @@ def test_a_categorical_explain_gives_the_same_scores_whatever_numpy_global_state
         np.random.seed(seed)
         scores.append(explain_column(X, label, "label").score)
     assert scores[0] == scores[1] == scores[2]
+
+
+def test_variants_that_also_fire_on_low_ratings_do_not_dilute_a_finding():
+    """Planted: eight variants named like UP fire on its documents and each on its own 4% of the low-rated
+    ones. Folded in, they pulled the finding's mean rating where it fires down; they stay out now."""
+    X, stars, y = planted()
+    X = X.tolil()
+    low = np.flatnonzero(y <= 2)
+    up_rows = X[:, UP].nonzero()[0]
+    variants = list(range(50, 58))
+    for k, f in enumerate(variants):
+        X[up_rows, f] = 1.0
+        X[low[k::25], f] = 1.0
+    X = X.tocsr()
+    labels = {UP: "excellent", **{f: "excellent / great" for f in variants}}
+    old = explain_column(X, stars, "stars", labels, config=ExplainConfig(max_dilution=1.0))
+    res = explain_column(X, stars, "stars", labels)
+    before = next(f for f in old.findings if UP in f.feature_ids)
+    after = next(f for f in res.findings if UP in f.feature_ids)
+    assert set(variants) & set(before.feature_ids) and not set(variants) & set(after.feature_ids)
+    assert after.effect > before.effect and after.mean_on > before.mean_on
+    with pytest.raises(ExplainError):
+        ExplainConfig(max_dilution=2.0)

@@ -170,3 +170,30 @@ def test_workspace_trend_is_the_pure_function_on_the_workspace_data(dated_worksp
     assert [f.feature_ids for f in res.findings] == [f.feature_ids for f in want.findings]
     pd.testing.assert_frame_equal(res.table, want.table)
     assert set(res.table[res.table["finding"] == -1]["feature_id"]) == {0, 1}
+
+
+def test_variants_that_also_fire_early_do_not_dilute_a_rising_finding():
+    """Planted: eight variants named like RISE fire on its documents and each on its own 4% of the first
+    half's documents. Folded in, they made the rise read flatter (the union's share in the first year
+    grew); they stay out now and the finding's first-year share is RISE's own."""
+    X, dates, frac = planted()
+    X = X.tolil()
+    early = np.flatnonzero(frac < 0.5)
+    rise_rows = X[:, RISE].nonzero()[0]
+    variants = list(range(40, 48))
+    for k, f in enumerate(variants):
+        X[rise_rows, f] = 1.0
+        X[early[k::25], f] = 1.0  # a distinct 4% of the first half each
+    X = X.tocsr()
+    labels = {RISE: "remote work", **{f: "remote / work" for f in variants}}
+    old = trend_result(X, dates, "date", labels, bins="year", config=TrendConfig(max_dilution=1.0))
+    res = trend_result(X, dates, "date", labels, bins="year")
+    before = next(f for f in old.findings if RISE in f.feature_ids)
+    after = next(f for f in res.findings if RISE in f.feature_ids)
+    assert set(variants) & set(before.feature_ids) and not set(variants) & set(after.feature_ids)
+    first_year = (dates.str[:4] == "2018").to_numpy()
+    own = float((X[first_year][:, RISE] > 0).mean())
+    assert after.shares[0] == pytest.approx(own, abs=0.02) and before.shares[0] > own + 0.1
+    assert after.change > before.change
+    with pytest.raises(TrendError):
+        TrendConfig(max_dilution=-0.1)
