@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from backend.analysis.findings import DiffResult, Finding
+from backend.analysis.findings import DiffResult, Finding, names_nothing
 from backend.label_evidence import mark_context
 from backend.label_text import EXAMPLE_SEP, LabelTextConfig, split_label
 from backend.store import Store
@@ -27,10 +27,12 @@ _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 
 @dataclass(frozen=True)
 class SideSource:
-    """Where a side's documents are: a corpus, and its doc ids (None: every document of the corpus)."""
+    """Where a side's documents are: a corpus, and its doc ids (None: every document of the corpus); with
+    `labels`, that corpus's own labels, which name the side's findings (a two-corpus diff folds by A's)."""
 
     corpus_id: int
     doc_ids: np.ndarray | None = None
+    labels: Mapping[int, str] | None = None
 
 
 def side_contexts(store: Store, source: SideSource, feature_ids: Sequence[int]) -> pd.DataFrame:
@@ -61,13 +63,18 @@ def requoted(label: str, contexts: pd.DataFrame, config: LabelTextConfig = Label
     return f"{name}{EXAMPLE_SEP}{quote}\""
 
 
-def quoted_from_sides(result: DiffResult, contexts: Mapping[str, pd.DataFrame]) -> DiffResult:
-    """`result` with each finding's label quoting its own side (`contexts[side]`: `side_contexts` rows)."""
+def quoted_from_sides(result: DiffResult, contexts: Mapping[str, pd.DataFrame],
+                      labels: Mapping[str, Mapping[int, str] | None] | None = None) -> DiffResult:
+    """`result` with each finding's label quoting its own side (`contexts[side]`: `side_contexts` rows),
+    named by the side's own label of its lead where `labels[side]` has one that names something."""
     by_feature = {side: dict(tuple(df.groupby("feature_id"))) if len(df) else {} for side, df in contexts.items()}
 
     def one(f: Finding) -> Finding:
+        own = ((labels or {}).get(f.side) or {}).get(f.lead)
+        label = own if own and not names_nothing(own) else f.label  # a side's "varied tokens" names less
         rows = by_feature.get(f.side, {}).get(f.lead)
-        return f if rows is None else dataclasses.replace(f, label=requoted(f.label, rows))
+        label = label if rows is None else requoted(label, rows)
+        return f if label == f.label else dataclasses.replace(f, label=label)
 
     return dataclasses.replace(result, findings=[one(f) for f in result.findings])
 
@@ -76,4 +83,4 @@ def quote_sides(store: Store, result: DiffResult, sources: Mapping[str, SideSour
     """The diff's findings quoting their own side's documents (see the module docstring)."""
     leads = {side: [f.lead for f in result.findings if f.side == side] for side in sources}
     contexts = {side: side_contexts(store, sources[side], leads[side]) for side in sources if leads[side]}
-    return quoted_from_sides(result, contexts)
+    return quoted_from_sides(result, contexts, {side: source.labels for side, source in sources.items()})

@@ -100,9 +100,10 @@ class WorkspaceAnalyses:
         XA, XB = self.latents(corpus_a, "max"), self.latents(corpus_b, "max")
         if XA.shape[0] == 0 or XB.shape[0] == 0:
             raise UserError(f"Corpus {(corpus_a if XA.shape[0] == 0 else corpus_b).name!r} has no embedded documents.")
+        labels_a, labels_b = self.labels(corpus_a), self.labels(corpus_b)
         return (XA, XB, np.arange(XA.shape[0]), np.arange(XB.shape[0]), self.doc_lengths(corpus_a),
-                self.doc_lengths(corpus_b), {**self.labels(corpus_b), **self.labels(corpus_a)},
-                {"a": SideSource(corpus_a.corpus_id), "b": SideSource(corpus_b.corpus_id)})
+                self.doc_lengths(corpus_b), {**labels_b, **labels_a},
+                {"a": SideSource(corpus_a.corpus_id), "b": SideSource(corpus_b.corpus_id, labels=labels_b)})
 
     def hypotheses(
         self, result: DiffResult, llm: "LLMConfig | ChatFn", corpus_a: CorpusRef, corpus_b: CorpusRef | None = None,

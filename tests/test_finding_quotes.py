@@ -40,6 +40,12 @@ def test_findings_of_each_side_quote_that_side():
     assert split_label(out["a"].label) == ("cats", "my «cats» sleep")
     assert [f.feature_ids for f in res.findings] == [f.feature_ids for f in quoted_from_sides(res, ctx).findings]
     assert res.findings[0].label in labels.values()  # the input result is left as it was
+    # a two-corpus diff: B's findings are named by B's own label when it names something
+    own_b = {1: 'hounds — "big «hounds»"'}
+    named = {f.side: f for f in quoted_from_sides(res, ctx, {"a": None, "b": own_b}).findings}
+    assert split_label(named["b"].label) == ("hounds", "the «dogs» bark") and named["a"].label == out["a"].label
+    vague = {f.side: f for f in quoted_from_sides(res, ctx, {"b": {1: 'varied tokens: a / b / c — "x «y»"'}}).findings}
+    assert vague["b"].label == out["b"].label  # a label that names nothing does not replace a readable one
 
 
 def test_the_workspace_diff_quotes_each_side(tiny_workspace, tiny_docs):
@@ -57,4 +63,25 @@ def test_the_workspace_diff_quotes_each_side(tiny_workspace, tiny_docs):
             continue
         assert requoted(f.label, own) == f.label, f  # already quoting its own side's chosen context
         checked += 1
+    assert checked > 0
+
+
+def test_a_two_corpus_diff_quotes_b_from_b(tiny_workspace, tiny_docs):
+    """Before, a two-corpus diff named and quoted every finding from A's labels: B's findings quoted A."""
+    ws = tiny_workspace
+    is_plot = (tiny_docs["label"] == "plot").to_numpy()
+    ws.add_corpus("p", tiny_docs[is_plot], "text")
+    ws.add_corpus("q", tiny_docs[~is_plot], "text")
+    ws.embed("p")
+    ws.embed("q")
+    res = ws.diff("p", "q")
+    sources = {"a": SideSource(ws.corpus("p").corpus_id), "b": SideSource(ws.corpus("q").corpus_id)}
+    checked = 0
+    for f in res.findings:
+        quote = split_label(f.label)[1]
+        own = side_contexts(ws.store, sources[f.side], [f.lead])
+        if quote is None or own.empty:
+            continue
+        assert requoted(f.label, own) == f.label, f
+        checked += f.side == "b"
     assert checked > 0
