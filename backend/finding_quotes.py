@@ -1,8 +1,9 @@
 """Each diff finding quotes a document of its own side.
 
 A feature's offline label ends with its strongest context in the whole corpus (`name — "… «token» …"`).
-In a diff that context can come from the other side: the human side of a human-vs-chatbot diff quoted a
-chatbot answer, and a two-corpus diff quoted corpus A for every finding, B's included. A reader takes the
+In a diff that context can come from the other side: the chat side of a chat-vs-docstrings diff quoted a
+docstring ("can — More arguments «can» be given"), and a two-corpus diff quoted corpus A for every finding,
+B's included. A reader takes the
 quote as evidence for the side, so it must come from there: among the stored top contexts of the finding's
 lead feature (`feature_contexts`, up to 20 documents) the strongest one from the side's documents, one whose
 firing token is a word of the label's name first. Labels without a quote (hand, LLM) and findings whose side
