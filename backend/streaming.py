@@ -374,6 +374,10 @@ def prepare_documents(df: pd.DataFrame, text_column: str | None = None,
     per-document limit, and split into windows when `options.split_long`."""
     if not isinstance(df, pd.DataFrame):
         raise CorpusError(f"Expected a DataFrame, not {type(df).__name__}.")
+    if any(not isinstance(c, str) for c in df.columns):  # a workspace names columns by text: 0 -> "0"
+        check_columns(df)
+        df = df.rename(columns=str)
+    text_column = None if text_column is None else str(text_column)
     column, chunks = prepare_chunks([df], text_column, options)
     return next(chunks), column
 

@@ -223,6 +223,17 @@ def test_corpus_name_is_stripped():
     assert validate_corpus_name("  reviews ") == "reviews"
 
 
+def test_dataframe_columns_that_are_not_text_are_named_by_their_text():
+    """A DataFrame built from lists has columns 0, 1, …: the guessed text column was '0' and the frame's
+    was 0, so the user read "No column '0'; the columns are: 0, 1"."""
+    df = pd.DataFrame({0: ["hello there", "bye now"], 1: [1, 2]})
+    for given in (None, 0, "0"):
+        out, column = prepare_documents(df, given)
+        assert column == "0" and list(out.columns) == ["0", "1"] and out["0"].tolist() == ["hello there", "bye now"]
+    with pytest.raises(CorpusError, match="Duplicate column"):
+        prepare_documents(pd.DataFrame([["a", "b"]], columns=[0, "0"]), "0")
+
+
 def test_duplicate_dataframe_columns_are_refused():
     df = pd.DataFrame([["a b", "c d"]], columns=["text", "text"])
     for call in (lambda: guess_text_column(df), lambda: validate_text_column(df, "text"),
