@@ -165,6 +165,11 @@ def guess_text_column(df: pd.DataFrame) -> str:
     return str(best)
 
 
+def empty_rows(col: pd.Series) -> np.ndarray:
+    """Which entries of a text column hold no text (missing, or only whitespace)."""
+    return (col.isna() | (col.astype(str).str.strip() == "")).to_numpy()
+
+
 def validate_text_column(df: pd.DataFrame, column: str, max_doc_chars: int = DEFAULT_MAX_DOC_CHARS,
                          first_row: int = 1, whole_file: bool = True) -> pd.DataFrame:
     """Check the chosen column and return the frame with it as clean strings.
@@ -175,12 +180,12 @@ def validate_text_column(df: pd.DataFrame, column: str, max_doc_chars: int = DEF
     if column not in df.columns:
         raise CorpusError(f"No column {column!r}; the columns are: {', '.join(map(str, df.columns))}.")
     col = df[column]
-    bad = col.isna() | (col.astype(str).str.strip() == "")
+    bad = empty_rows(col)
     among = "" if whole_file else f" among rows {first_row:,}–{first_row + len(df) - 1:,}"  # counts of this chunk
     if bad.all() and whole_file:
         raise CorpusError(f"Column {column!r} is empty in every row.")
     if bad.any():
-        first = int(bad.to_numpy().nonzero()[0][0]) + first_row
+        first = int(bad.nonzero()[0][0]) + first_row
         raise CorpusError(f"Column {column!r} is empty in {int(bad.sum())} row(s){among}, first at row {first}; "
                           "fix or drop them (skip_empty=True / --skip-empty drops them and keeps each other row's "
                           f"number in the metadata column {SOURCE_ROW!r}).")
@@ -211,8 +216,7 @@ def drop_empty_rows(df: pd.DataFrame, column: str, first_row: int = 0) -> pd.Dat
         raise CorpusError(f"Skipping empty rows adds the column {SOURCE_ROW!r}, which the file already has; rename it.")
     if column not in df.columns:
         raise CorpusError(f"No column {column!r}; the columns are: {', '.join(map(str, df.columns))}.")
-    col = df[column]
-    keep = ~(col.isna() | (col.astype(str).str.strip() == "")).to_numpy()
+    keep = ~empty_rows(df[column])
     out = df[keep].copy()
     out[SOURCE_ROW] = first_row + keep.nonzero()[0]
     return out.reset_index(drop=True)

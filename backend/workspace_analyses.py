@@ -6,7 +6,7 @@ Each method loads the corpus's embeddings through the store, then calls the pure
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,20 @@ CorpusRef = "str | int | Corpus"
 RETRIEVE_MODES = ("sae", "dense", "hybrid")
 
 
+class _DiffSides(NamedTuple):
+    """The two sides of a diff: matrices, doc ids, token lengths, the labels that fold and name findings,
+    and where each side's documents are (for quotes from its own side)."""
+
+    XA: Any
+    XB: Any
+    ids_a: np.ndarray
+    ids_b: np.ndarray
+    lengths_a: np.ndarray
+    lengths_b: np.ndarray
+    labels: dict[int, str]
+    sources: dict[str, SideSource]
+
+
 def _doc_ids(reading: ClusterReading) -> ClusterReading:
     """Typical documents named by doc_id, as everywhere on the façade."""
     reading.documents = reading.documents.rename(columns={"row": "doc_id"})
@@ -62,14 +76,12 @@ class WorkspaceAnalyses:
         fields = DiffConfig.__dataclass_fields__
         cfg = config or DiffConfig(length_control=length_control, **{k: v for k, v in options.items() if k in fields})
         extra = {k: v for k, v in options.items() if k not in fields}
-        if column is not None:
-            XA, XB, ids_a, ids_b, la, lb, labels, sources = self._diff_groups(a, b, column, value_a, value_b)
-        else:
-            XA, XB, ids_a, ids_b, la, lb, labels, sources = self._diff_corpora(a, b)
-        result = diff_result(XA, XB, la, lb, labels, ids_a=ids_a, ids_b=ids_b, **asdict(cfg), **extra)
-        return quote_sides(self.store, result, sources)  # each finding quotes a document of its own side
+        sides = self._diff_groups(a, b, column, value_a, value_b) if column is not None else self._diff_corpora(a, b)
+        result = diff_result(sides.XA, sides.XB, sides.lengths_a, sides.lengths_b, sides.labels, ids_a=sides.ids_a,
+                             ids_b=sides.ids_b, **asdict(cfg), **extra)
+        return quote_sides(self.store, result, sides.sources)  # each finding quotes a document of its own side
 
-    def _diff_groups(self, a: CorpusRef, b: CorpusRef | None, column: str, value_a: Any, value_b: Any) -> tuple:
+    def _diff_groups(self, a: CorpusRef, b: CorpusRef | None, column: str, value_a: Any, value_b: Any) -> _DiffSides:
         """Group A and B of one corpus by a metadata column: their matrices, row ids, lengths and labels."""
         if b is not None:
             raise UserError("Give either a second corpus or a metadata column to split one corpus, not both.")
@@ -87,9 +99,9 @@ class WorkspaceAnalyses:
                             f"{column!r} = {wanted}. Its most common values: {', '.join(repr(v) for v in seen)}.")
         lengths = self.doc_lengths(corpus)
         sources = {"a": SideSource(corpus.corpus_id, ids_a), "b": SideSource(corpus.corpus_id, ids_b)}
-        return XA, XB, ids_a, ids_b, lengths[ids_a], lengths[ids_b], self.labels(corpus), sources
+        return _DiffSides(XA, XB, ids_a, ids_b, lengths[ids_a], lengths[ids_b], self.labels(corpus), sources)
 
-    def _diff_corpora(self, a: CorpusRef, b: CorpusRef | None) -> tuple:
+    def _diff_corpora(self, a: CorpusRef, b: CorpusRef | None) -> _DiffSides:
         """Two corpora's matrices, row ids, lengths and labels (A's labels win where both have one)."""
         if b is None:
             raise UserError("A diff needs two sides: a second corpus, or column=… to split this one.")
@@ -101,9 +113,9 @@ class WorkspaceAnalyses:
         if XA.shape[0] == 0 or XB.shape[0] == 0:
             raise UserError(f"Corpus {(corpus_a if XA.shape[0] == 0 else corpus_b).name!r} has no embedded documents.")
         labels_a, labels_b = self.labels(corpus_a), self.labels(corpus_b)
-        return (XA, XB, np.arange(XA.shape[0]), np.arange(XB.shape[0]), self.doc_lengths(corpus_a),
-                self.doc_lengths(corpus_b), {**labels_b, **labels_a},
-                {"a": SideSource(corpus_a.corpus_id), "b": SideSource(corpus_b.corpus_id, labels=labels_b)})
+        return _DiffSides(XA, XB, np.arange(XA.shape[0]), np.arange(XB.shape[0]), self.doc_lengths(corpus_a),
+                          self.doc_lengths(corpus_b), {**labels_b, **labels_a},
+                          {"a": SideSource(corpus_a.corpus_id), "b": SideSource(corpus_b.corpus_id, labels=labels_b)})
 
     def hypotheses(
         self, result: DiffResult, llm: "LLMConfig | ChatFn", corpus_a: CorpusRef, corpus_b: CorpusRef | None = None,

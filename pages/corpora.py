@@ -13,7 +13,7 @@ import streamlit as st
 
 from backend.background import next_action, resume_interrupted, start_embedding, start_finishing
 from backend.config import DEFAULT_MODEL, shipped_saes, workspace_file
-from backend.corpora import FORMATS, CorpusError, ReadOptions, guess_text_column, validate_text_column
+from backend.corpora import FORMATS, CorpusError, ReadOptions, empty_rows, guess_text_column
 from backend.errors import UserError
 from backend.models import BUILTIN_MODELS
 from backend.saes import resolve_sae_source, sae_name, workspace_sae_name
@@ -59,7 +59,7 @@ def upload_section(ws: Workspace) -> None:
     split = st.toggle("Split long documents into windows", key="split_long",
                       help=f"The reader model sees the first {ws.settings.max_tokens:,} tokens of a document. Split "
                            "longer ones into consecutive windows, each its own document (with its source row and offset).")
-    n_empty = int((df[text_col].isna() | (df[text_col].astype(str).str.strip() == "")).sum())
+    n_empty = int(empty_rows(df[text_col]).sum())
     skip = n_empty > 0 and st.toggle(f"Skip the {n_empty:,} row(s) with no text", key="skip_empty", value=True,
                                      help="Each kept document records its row in the file as metadata `source_row`. "
                                           "Off: the file is refused and nothing is stored.")
@@ -69,8 +69,6 @@ def upload_section(ws: Workspace) -> None:
 
 def add_and_embed(ws: Workspace, df: pd.DataFrame, text_col: str, name: str, file_name: str, options: ReadOptions) -> None:
     try:
-        if not options.skip_empty:
-            validate_text_column(df, text_col)
         corpus_id = ws.add_corpus(name, df, text_column=text_col, file_name=file_name, options=options)
     except UserError as exc:
         st.error(f"{md_escape(exc, max_len=None)} Nothing was stored.")

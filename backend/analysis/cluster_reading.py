@@ -63,12 +63,11 @@ def coded_labels(labels) -> tuple[np.ndarray, dict[int, str]]:
     if values.dtype.kind == "f" and np.all(np.isfinite(values)) and np.all(values == np.round(values)):
         return values.astype(np.int64), {}
     series = pd.Series(values.ravel(), dtype=object)
-    missing = series.isna().to_numpy()
-    counts = series[~missing].astype(str).value_counts()
-    ordered = sorted(counts.index, key=lambda name: (-counts[name], name))
-    code = {name: k for k, name in enumerate(ordered)}
-    codes = np.array([-1 if m else code[str(v)] for v, m in zip(series, missing)], dtype=np.int64)
-    return codes, {k: name for name, k in code.items()} | ({-1: "none"} if missing.any() else {})
+    text = pd.Series([None if missing else str(v) for v, missing in zip(series, series.isna())], dtype=object)
+    by_name, names = pd.factorize(text, sort=True)  # missing: -1
+    codes = order_by_size(by_name.astype(np.int64))  # ties keep the name order
+    named = {int(c): str(names[n]) for c, n in zip(codes, by_name) if n >= 0}
+    return codes, named | ({-1: "none"} if (by_name < 0).any() else {})
 
 
 def read_clusters(X, labels, vectors=None, feature_labels: dict[int, str] | None = None, method: str = "",

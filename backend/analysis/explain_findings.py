@@ -98,8 +98,10 @@ def _member_matrix(groups: list[list[int]], cand: np.ndarray) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(len(rows), np.int64), (rows, cols)), shape=(len(cand), len(groups)))
 
 
-def _examples(X: sp.csr_matrix, targets: Targets, plan: list[tuple[Side, list[int]]], cfg: ExplainConfig) -> list[tuple[int, ...]]:
-    """Row positions (in X) of each group's examples: its direction's documents where the lead fires most."""
+def _examples(X: sp.csr_matrix, masks: Mapping[str, np.ndarray], plan: list[tuple[Side, list[int]]],
+              cfg: ExplainConfig) -> list[tuple[int, ...]]:
+    """Row positions (in X) of each group's examples: its direction's documents (``masks[side.name]``) where
+    the lead fires most."""
     if cfg.n_examples == 0 or not plan:
         return [() for _ in plan]
     leads = np.array([g[0] for _, g in plan], np.int64)
@@ -107,7 +109,7 @@ def _examples(X: sp.csr_matrix, targets: Targets, plan: list[tuple[Side, list[in
     out, masked = [], {}
     for j, (side, _) in enumerate(plan):
         if side.name not in masked:
-            keep = side_mask(targets, side).astype(L.dtype)
+            keep = masks[side.name].astype(L.dtype)
             masked[side.name] = (sp.diags(keep) @ L).tocsc()
             masked[side.name].sort_indices()
         rows = example_documents(masked[side.name], j, n=cfg.n_examples, threshold=cfg.threshold)
@@ -151,7 +153,8 @@ def build_findings(h: Halves, targets: Targets, eff_sel: dict[str, np.ndarray], 
     """Findings per direction, chosen on the selection half and measured on the test half; and the
     per-feature table of the candidates (held-out statistics, BH over candidates, finding index)."""
     sides = sides_of(targets)
-    plan, table = _plan(h.B_sel, eff_sel, sides, cfg, labels, {s.name: side_mask(targets, s)[h.sel] for s in sides})
+    masks = {s.name: side_mask(targets, s) for s in sides}
+    plan, table = _plan(h.B_sel, eff_sel, sides, cfg, labels, {name: m[h.sel] for name, m in masks.items()})
     if not plan:
         return [], table.assign(finding=pd.Series(dtype=np.int64))
     cand = np.unique(table["feature_id"].to_numpy())
@@ -164,7 +167,7 @@ def build_findings(h: Halves, targets: Targets, eff_sel: dict[str, np.ndarray], 
     per_feature = heldout_effects(as_csr(Bt[:, np.searchsorted(cand, table["feature_id"].to_numpy())]), Y, raw,
                                   table["column"].to_numpy(), table["sign"].to_numpy(), cfg.min_docs)
     table = pd.concat([table.drop(columns=["column", "sign"]), per_feature], axis=1)
-    examples = _examples(h.X, targets, plan, cfg)
+    examples = _examples(h.X, masks, plan, cfg)
     lead_t = {(r.direction, r.feature_id): r.t_select for r in table.itertuples()}
     findings = [ExplainFinding(
         direction=side.name, label=labels.get(members[0]) or f"feature {members[0]}",

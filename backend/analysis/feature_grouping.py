@@ -110,14 +110,15 @@ def keep_contrast(groups: list[list[int]], bin_a: sp.spmatrix, bin_b: sp.spmatri
     for group in groups:
         in_a, in_b = np.zeros(A.shape[0], bool), np.zeros(B.shape[0], bool)
         kept: list[int] = []
-        best = -np.inf
+        best, count_a, count_b = -np.inf, 0, 0
         for m in group:
             rows_a, rows_b = A.indices[A.indptr[m]:A.indptr[m + 1]], B.indices[B.indptr[m]:B.indptr[m + 1]]
-            d = sign * ((in_a.sum() + (~in_a[rows_a]).sum()) / n_a - (in_b.sum() + (~in_b[rows_b]).sum()) / n_b)
+            new_a, new_b = count_a + int((~in_a[rows_a]).sum()), count_b + int((~in_b[rows_b]).sum())
+            d = sign * (new_a / n_a - new_b / n_b)
             if kept and d < best - max_dilution * abs(best):
                 continue
             kept.append(m)
-            in_a[rows_a], in_b[rows_b] = True, True
+            in_a[rows_a], in_b[rows_b], count_a, count_b = True, True, new_a, new_b
             best = max(best, d)
         out.append(kept)
     return out

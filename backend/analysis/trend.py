@@ -302,15 +302,16 @@ def _plan(B: sp.csr_matrix, feature_stats: pd.DataFrame, cfg: TrendConfig, label
     by_direction = {d: _candidates(feature_stats, d, cfg.n_candidates) for d in ("rising", "falling")}
     cand = np.unique(np.concatenate(list(by_direction.values())))
     Bc = as_csr(B[:, cand])
+    halves = None
+    if code is not None and code.size:
+        middle = (int(code.max()) + int(code.min())) / 2  # the later half of the bins against the earlier
+        halves = {"rising": (code > middle, code < middle), "falling": (code < middle, code > middle)}
     plan = []
     for direction, ids in by_direction.items():
         local = group_features(Bc, np.searchsorted(cand, ids), jaccard_threshold=cfg.jaccard_threshold,
                                containment_threshold=0.8, labels=local_labels(labels, cand))
-        if code is not None and code.size:
-            middle = (int(code.max()) + int(code.min())) / 2  # the later half of the bins against the earlier
-            late, early = code > middle, code < middle
-            local = keep_contrast_within(local, Bc, late if direction == "rising" else early,
-                                         early if direction == "rising" else late, cfg.max_dilution)
+        if halves is not None:
+            local = keep_contrast_within(local, Bc, *halves[direction], cfg.max_dilution)
         plan += [(direction, [int(cand[i]) for i in g]) for g in local]
     return plan, cand, Bc
 
