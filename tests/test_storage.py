@@ -250,6 +250,7 @@ STREAM_RSS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # 15 s of a suite near its 10-minute budget; `make test-all` runs it
 def test_a_file_larger_than_the_memory_allowed_streams_into_the_workspace(tmp_path, tiny_workspace):
     """`ws.add_corpus(name, path)` stores a ~72 MB JSONL file in a process whose peak memory may grow by
     32 MB at most (DuckDB's cache included), measured after a small file warmed the same path up. Control:
