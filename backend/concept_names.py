@@ -8,14 +8,13 @@ downloaded at run time (NLTK's WordNet and `wn` fetch their data; none ships in 
 `ConceptNamer` embeds each feature's top contexts with MiniLM (`backend.search.sentence_embed`) and every
 concept as "name: word, word, …"; each context votes for its `top_k` nearest concepts (similarities centred
 on the mean over all contexts embedded in the call, so a concept near every text wins nothing), and a feature
-gets the concept most of its contexts (by activation) vote for, when at least `min_share` of them do.
+gets the concept most of its contexts (by activation) vote for, when at least `min_share` of them do and that
+many votes are unlikely by chance at the concept's rate among all the contexts of the call (binomial, `max_p`).
 `name_words` does the same with the word each context fires on instead of the context (`words about …`), and
-names a concept only far above its rate among all the words it is given (binomial chance under 0.1%): it named
-22% of the demo corpus's features that reach it and 2.1% of random groups (`bench/label_quality.py --chance`).
-
-The defaults (top 10 of 757 concepts, half of the weight) keep chance namings rare: on the demo corpus they
-named 6% of the features whose tokens vary and 2% of random groups of the same contexts (top 20 named 19% and
-8%; top 30 with 40%, 44% and 27%): most such features share no topic a thesaurus category can name."""
+names the concept least likely by chance: it named 23% of the demo corpus's features that reach it and 2.2% of
+random groups (`bench/label_quality.py --chance`). The labeller names by contexts only when asked
+(`label_text.LabelTextConfig.name_contexts`): even with the base-rate test most of its names were wrong
+(docs/labels.md)."""
 from __future__ import annotations
 
 import csv
@@ -131,7 +130,8 @@ class ConceptNamer:
     """Names what a feature's contexts are about, from a concept vocabulary (see the module docstring).
 
     embed: texts -> L2-normalised vectors. top_k: concepts each context votes for. min_share: the
-    activation share of contexts that must vote for the winning concept. min_population: centre the
+    activation share of contexts that must vote for the winning concept; max_p: the binomial chance of as many
+    votes at the concept's rate among all the contexts of the call must be under it. min_population: centre the
     similarities on the contexts' mean only when at least this many contexts are embedded in one call.
     use_stored: read the concept vectors shipped in data/ (MiniLM's; set False for another `embed`).
     word_top_k, word_min_share, word_max_p: how the firing words name a concept (`name_words`)."""
@@ -140,6 +140,7 @@ class ConceptNamer:
     vocab: tuple[tuple[str, tuple[str, ...]], ...] = field(default_factory=load_vocabulary)
     top_k: int = 10
     min_share: float = 0.5
+    max_p: float = 1e-3
     min_population: int = 64
     word_top_k: int = 15
     word_min_share: float = 0.4
@@ -150,8 +151,8 @@ class ConceptNamer:
     def __post_init__(self) -> None:
         if min(self.top_k, self.word_top_k) < 1 or not 0 < self.min_share <= 1 or not 0 < self.word_min_share <= 1:
             raise UserError("top_k and word_top_k must be at least 1, min_share and word_min_share in (0, 1].")
-        if not 0 < self.word_max_p < 1:
-            raise UserError("word_max_p must be in (0, 1).")
+        if not (0 < self.word_max_p < 1 and 0 < self.max_p < 1):
+            raise UserError("max_p and word_max_p must be in (0, 1).")
         if not self.vocab:
             raise UserError("The concept vocabulary is empty.")
 
@@ -180,15 +181,20 @@ class ConceptNamer:
 
     def __call__(self, contexts: list[list[str]], weights: list[np.ndarray]) -> list[Named | None]:
         """Per feature (its context texts, strongest first, and their activation weights): (concept name,
-        which contexts vote for it), or None when no concept holds `min_share` of the weight."""
+        which contexts vote for it), or None. A concept names the feature when the contexts voting for it hold
+        `min_share` of the weight and are so many that the binomial chance of as many, at the concept's rate
+        among all the contexts of the call, is under `max_p` (a concept many texts vote for names nothing)."""
         flat = [t for texts in contexts for t in texts]
         if not flat:
             return [None] * len(contexts)
         uniq = list(dict.fromkeys(flat))
         votes = self.votes(uniq)
         row = {t: i for i, t in enumerate(uniq)}
-        return [self._pick(votes[[row[t] for t in texts]], np.asarray(w, float)) if texts else None
-                for texts, w in zip(contexts, weights)]
+        ranked = [[votes[row[t]].tolist() for t in texts] for texts in contexts]
+        sets = [[set(v) for v in f] for f in ranked]
+        rates = self._rates(sets, self.top_k)
+        return [self._pick_rare(f, np.asarray(w, float), rates, self.min_share, self.max_p, _nearness(r, w)) if f else None
+                for f, r, w in zip(sets, ranked, weights)]
 
     def name_words(self, words: list[list[str | None]], weights: list[np.ndarray]) -> list[Named | None]:
         """Per feature (the word it fires on in each top context, None where that is no word, and the contexts'
@@ -203,35 +209,41 @@ class ConceptNamer:
         votes = self.votes(uniq, self.word_top_k)
         row = {w: i for i, w in enumerate(uniq)}
         sets = [[set(votes[row[w]].tolist()) if w else set() for w in ws] for ws in words]
-        base = Counter(c for feature in sets for s in feature for c in s)
-        n_all = sum(len(ws) for ws in words)
-        rates = {c: max(k / n_all, self.word_top_k / len(self.vocab)) for c, k in base.items()}
-        return [self._pick_word_concept(f, np.asarray(w, float), rates) if f else None for f, w in zip(sets, weights)]
+        rates = self._rates(sets, self.word_top_k)
+        return [self._pick_rare(f, np.asarray(w, float), rates, self.word_min_share, self.word_max_p) if f else None
+                for f, w in zip(sets, weights)]
 
-    def _pick_word_concept(self, sets: list[set[int]], weights: np.ndarray, rates: dict[int, float]) -> Named | None:
-        """The concept the words' votes hold least likely by chance (see `name_words`), or None."""
+    def _rates(self, sets: list[list[set[int]]], top_k: int) -> dict[int, float]:
+        """{concept: share of all the call's voters (contexts or words) that vote for it}, at least top_k / concepts."""
+        base = Counter(c for feature in sets for s in feature for c in s)
+        n_all = max(sum(len(f) for f in sets), 1)
+        return {c: max(k / n_all, top_k / len(self.vocab)) for c, k in base.items()}
+
+    def _pick_rare(self, sets: list[set[int]], weights: np.ndarray, rates: dict[int, float], min_share: float,
+                   max_p: float, nearness: dict[int, float] | None = None) -> Named | None:
+        """Of the concepts whose voters hold `min_share` of the weight and are unlikely by chance at its rate
+        (binomial tail under `max_p`, and at least twice the expected count), the least likely by chance; given
+        `nearness`, the one with the most weight, then the nearest (a common name such as `food` before its
+        rarer neighbour `savoriness`). None when no concept passes."""
         n, total, best = len(sets), max(float(weights.sum()), 1e-12), None
         for c, k in Counter(c for s in sets for c in s).items():
             share = sum(float(w) for s, w in zip(sets, weights) if c in s) / total
-            if share < self.word_min_share or k < 2 * rates[c] * n:
+            if share < min_share or k < 2 * rates[c] * n:
                 continue
             p = binomial_tail(k, n, rates[c])
-            if p < self.word_max_p and (best is None or (p, c) < best):
-                best = (p, c)
+            key = (p, c) if nearness is None else (-round(share, 9), -nearness[c], c)
+            if p < max_p and (best is None or key < best[0]):
+                best = (key, c)
         return None if best is None else (self.vocab[best[1]][0], [best[1] in s for s in sets])
 
-    def _pick(self, votes: np.ndarray, weights: np.ndarray) -> Named | None:
-        """The concept with the most vote weight (ties: the one ranked nearer), if it holds `min_share`."""
-        mass: dict[int, float] = {}
-        nearness: dict[int, float] = {}
-        for ctx_votes, w in zip(votes.tolist(), weights.tolist()):
-            for rank, c in enumerate(ctx_votes):
-                mass[c] = mass.get(c, 0.0) + w
-                nearness[c] = nearness.get(c, 0.0) + w * (len(ctx_votes) - rank)
-        best = max(mass, key=lambda c: (round(mass[c], 9), nearness[c], -c))
-        if mass[best] < self.min_share * float(weights.sum()):
-            return None
-        return self.vocab[best][0], [bool(best in v) for v in votes.tolist()]
+
+def _nearness(ranked: list[list[int]], weights) -> dict[int, float]:
+    """{concept: sum over contexts of weight x how near the top of the context's votes it is}."""
+    out: dict[int, float] = {}
+    for votes, w in zip(ranked, np.asarray(weights, float).tolist()):
+        for rank, c in enumerate(votes):
+            out[c] = out.get(c, 0.0) + w * (len(votes) - rank)
+    return out
 
 
 def minilm_namer() -> ConceptNamer | None:

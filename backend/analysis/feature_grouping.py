@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from backend.analysis import as_csr, binarize
 from backend.analysis.correlate import npmi_from_counts
-from backend.analysis.label_reading import concept_keys
+from backend.analysis.label_reading import base_forms, concept_keys
 
 # Containment folds a feature into another only when the two co-occur far beyond chance (NPMI >= this):
 # a rare feature inside one that fires on most documents is not the same concept.
@@ -19,9 +19,11 @@ CONTAINMENT_MIN_NPMI = 0.5
 
 
 def shared_words_matrix(labels: list[str | None]) -> np.ndarray:
-    """k x k: whether labels i and j share a concept word or, lacking any, a name (:func:`concept_keys`);
-    the diagonal is True."""
+    """k x k: whether labels i and j share a concept word (or forms of one: `program`, `programming`) or,
+    lacking any, a name (:func:`concept_keys`); the diagonal is True."""
     words = [concept_keys(label) for label in labels]
+    base = base_forms(set().union(*words))  # the forms of one word are one concept word (program, programming)
+    words = [{base[w] for w in ws} for ws in words]
     vocab = {w: i for i, w in enumerate(sorted(set().union(*words)))}
     incidence = np.zeros((len(labels), max(1, len(vocab))), np.int64)
     for i, ws in enumerate(words):

@@ -84,6 +84,29 @@ def _singular(word: str) -> str:
     return word
 
 
+_SUFFIXES = ("s", "es", "ed", "d", "ing", "er", "est", "ly", "y", "ion", "ions", "ation", "ity", "ness", "ment", "al",
+             "ied", "ies", "ier", "iest", "ily")
+
+
+def is_form_of(word: str, base: str) -> bool:
+    """Whether `word` is `base` with an inflection or derivation suffix (revealed, deeper, honesty, carried of
+    reveal, deep, honest, carry; a final e or y of the base may drop, a final consonant may double)."""
+    if len(base) < 4 or len(word) <= len(base):
+        return False
+    stems = {base, base[:-1] if base[-1] in "ey" else base, base + base[-1]}
+    return any(word == stem + suffix for stem in stems for suffix in _SUFFIXES)
+
+
+def base_forms(words: set[str] | frozenset[str]) -> dict[str, str]:
+    """{word: the shortest of `words` it is a form of, or itself}: program, programming, programmer -> program."""
+    keys = sorted(words, key=lambda k: (len(k), k))
+    to: dict[str, str] = {}
+    for i, word in enumerate(keys):
+        base = next((b for b in keys[:i] if is_form_of(word, b)), None)
+        to[word] = word if base is None else to[base]
+    return to
+
+
 def label_words(label: str | None) -> frozenset[str]:
     """The concept words of a label: the words of its name (before `` — "example"``, or the top tokens of
     an old ``top tokens: …`` label), lower-cased and singular, without function words, generic label

@@ -365,3 +365,13 @@ def test_a_member_that_fires_across_the_other_side_does_not_dilute_the_finding()
     assert -last.diff >= 0.9 * fire_b[:, 0].mean()
     with pytest.raises(UserError):
         DiffConfig(max_dilution=1.5)
+
+
+def test_the_forms_of_one_word_are_one_concept_word():
+    fire = np.zeros((8, 4), bool)
+    for f in range(4):
+        fire[2 * f: 2 * f + 2, f] = True  # disjoint documents: only labels can fold them
+    labels = {0: 'program / computer — "a «program»"', 1: "programming / programmers", 2: "pro / gram", 3: "pandemic"}
+    X = sp.csr_matrix(fire.astype(float))
+    assert group_features(X, [0, 1, 2, 3], labels=labels) == [[0, 1], [2], [3]]
+    assert group_features(X, [1, 3, 2], labels={1: "programs", 2: "programmer", 3: "program"}) == [[1, 3, 2]]
