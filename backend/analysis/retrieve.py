@@ -7,6 +7,7 @@ is the MiniLM baseline shown beside it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Collection
 
 import numpy as np
 import pandas as pd
@@ -254,14 +255,27 @@ def tail_excess(z: np.ndarray, k: int = CLARITY_K) -> float:
     return max(float(top - expected), 0.0)
 
 
+def log_scaled(scores: np.ndarray) -> np.ndarray:
+    """log(score + a tenth of the median score): scores that are non-negative with a long right tail (an IDF-
+    weighted cosine over sparse features: most documents near 0, a few far out) brought near a normal bulk.
+    :func:`tail_excess` compares a ranker's top to normal order statistics, and such a tail stands above them
+    even where the ranker is noise for the query. Scores with a negative value are returned as they are."""
+    if scores.size == 0 or float(scores.min()) < 0:
+        return scores
+    positive = scores[scores > 0]
+    floor = 0.1 * float(np.median(scores)) if float(np.median(scores)) > 0 else (
+        0.1 * float(positive.min()) if positive.size else 1.0)
+    return np.log(scores + floor)
+
+
 def _fusion_terms(vectors: dict[str, np.ndarray], ranks: dict[str, np.ndarray], fusion: str,
-                  rrf_k: int) -> dict[str, np.ndarray]:
+                  rrf_k: int, log_scale: Collection[str] = ()) -> dict[str, np.ndarray]:
     """Each ranker's term of the fused score, before the user's weights."""
     if fusion == "rrf":
         return {n: 1.0 / (rrf_k + r) for n, r in ranks.items()}
     if fusion == "zscore":
         return {n: _standardized(v) for n, v in vectors.items()}
-    z = {n: _standardized(v, robust=True) for n, v in vectors.items()}
+    z = {n: _standardized(log_scaled(v) if n in log_scale else v, robust=True) for n, v in vectors.items()}
     clarity = {n: tail_excess(v) for n, v in z.items()}
     total = sum(clarity.values())
     share = {n: (c / total if total > 0 else 1.0 / len(z)) for n, c in clarity.items()}
@@ -269,7 +283,8 @@ def _fusion_terms(vectors: dict[str, np.ndarray], ranks: dict[str, np.ndarray], 
 
 
 def fuse_scores(scores: dict[str, np.ndarray], top: int = 50, fusion: str = "adaptive",
-                weights: dict[str, float] | None = None, rrf_k: int = RRF_K) -> pd.DataFrame:
+                weights: dict[str, float] | None = None, rrf_k: int = RRF_K,
+                log_scale: Collection[str] = ()) -> pd.DataFrame:
     """One ranking from several rankers' scores of every document, best first.
 
     ``fusion="adaptive"`` (default): each ranker's scores are standardized robustly (median, MAD) and
@@ -278,8 +293,9 @@ def fuse_scores(scores: dict[str, np.ndarray], top: int = 50, fusion: str = "ada
     property such as hedging, where every sentence looks alike to MiniLM), and both count when both do.
     ``"zscore"``: the unweighted sum of standardized scores (CombSUM); ``"rrf"``: reciprocal rank
     fusion, sum of 1 / (rrf_k + rank). Both weigh a ranker that is noise for this query as much as
-    one that is not. ``weights`` scale each ranker's term (default 1). Columns: row, score, and per
-    ranker ``<name>_rank`` (1-based, over all documents) and ``<name>_score``; ties go to the lower row."""
+    one that is not. ``weights`` scale each ranker's term (default 1). ``log_scale``: the rankers whose scores
+    the adaptive fusion reads on a log scale (:func:`log_scaled`; the SAE's, in :func:`hybrid_ranking`). Columns:
+    row, score, and per ranker ``<name>_rank`` (1-based, over all documents) and ``<name>_score``; ties go to the lower row."""
     if fusion not in FUSIONS:
         raise UserError(f"fusion must be one of {', '.join(FUSIONS)}, not {fusion!r}")
     vectors = {n: np.asarray(v, dtype=np.float64).ravel() for n, v in scores.items()}
@@ -288,7 +304,7 @@ def fuse_scores(scores: dict[str, np.ndarray], top: int = 50, fusion: str = "ada
         raise UserError(f"every ranker must score the same documents, got sizes {sorted(sizes)}")
     n_docs = sizes.pop()
     ranks = {n: _ranks(v) for n, v in vectors.items()}
-    terms = _fusion_terms(vectors, ranks, fusion, rrf_k)
+    terms = _fusion_terms(vectors, ranks, fusion, rrf_k, log_scale)
     fused = sum((weights or {}).get(n, 1.0) * t for n, t in terms.items())
     sel = np.lexsort((np.arange(n_docs), -fused))[:top]
     out = pd.DataFrame({"row": sel.astype(np.int64), "score": fused[sel]})
@@ -338,7 +354,7 @@ def hybrid_ranking(X, weights: pd.DataFrame, sae_scores: np.ndarray, dense_score
     (:func:`cosine_scores`). Columns: row, score (fused), sae_rank, dense_rank (1-based over all
     documents), sae_score, dense_score, features (the query features present in the document that
     weigh most in its SAE score, :func:`explain_hits`) and why (those features as "label (share)")."""
-    fused = fuse_scores({"sae": sae_scores, "dense": dense_scores}, top=top, fusion=fusion)
+    fused = fuse_scores({"sae": sae_scores, "dense": dense_scores}, top=top, fusion=fusion, log_scale=("sae",))
     hits = explain_hits(X, weights, fused["row"].to_numpy(), top=n_why)
     labels = labels or {}
     fused["features"] = hits["feature_ids"].to_numpy()

@@ -12,6 +12,7 @@ from backend.analysis.retrieve import (
     explain_hits,
     fuse_scores,
     hybrid_ranking,
+    log_scaled,
     query_scores,
     tail_excess,
     inverse_document_frequency,
@@ -193,6 +194,29 @@ def test_adaptive_fusion_keeps_both_when_both_separate():
     assert np.isin(rel[:20], top).mean() >= 0.9 and np.isin(rel[20:], top).mean() >= 0.9
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_long_tailed_ranker_that_is_noise_does_not_lead_once_log_scaled(seed):
+    """SAE-like scores: non-negative, most documents near 0 and a long right tail (log-normal). As noise for a
+    topical query their tail looked like a separated group and outweighed the informative dense ranker; read
+    on a log scale they weigh nothing, and when their far tail is the relevant set they still lead."""
+    rng = np.random.default_rng(seed)
+    n, rel = 600, np.arange(60)
+    dense_topic = rng.normal(0.2, 0.05, n)
+    dense_topic[rel] += 0.1
+    sae_noise = rng.lognormal(-3.0, 0.9, n)
+    old = precision(fuse_scores({"sae": sae_noise, "dense": dense_topic}, top=60)["row"], rel)
+    new = precision(fuse_scores({"sae": sae_noise, "dense": dense_topic}, top=60, log_scale=("sae",))["row"], rel)
+    dense_alone = precision(np.argsort(-dense_topic, kind="stable"), rel)
+    assert new >= dense_alone - 0.1 and new > old + 0.25, (old, new, dense_alone)
+    sae_property = rng.lognormal(-3.0, 0.9, n)
+    sae_property[rel] *= np.exp(4.0)
+    dense_noise = rng.normal(0.2, 0.05, n)
+    fused = fuse_scores({"sae": sae_property, "dense": dense_noise}, top=60, log_scale=("sae",))["row"]
+    assert precision(fused, rel) >= 0.9
+    assert np.array_equal(log_scaled(np.array([-0.1, 0.5])), [-0.1, 0.5])  # not a non-negative score: unchanged
+    assert np.all(np.isfinite(log_scaled(np.array([0.0, 0.0, 0.2]))))
+
+
 def test_tail_excess_is_near_zero_for_noise_and_large_for_a_separated_group():
     rng = np.random.default_rng(0)
     noise = rng.normal(size=2000)
@@ -305,7 +329,7 @@ def test_workspace_retrieve_modes(tiny_ws):
     X = tiny_ws.latents("t", "max")
     weights, sae, _ = query_scores(X, tiny_ws.embed_text(query))
     dense = cosine_scores(doc_embeddings.embed_query(query), doc_embeddings.doc_vectors(tiny_ws, tiny_ws.corpus("t")))
-    want = fuse_scores({"sae": sae, "dense": dense}, top=6)
+    want = fuse_scores({"sae": sae, "dense": dense}, top=6, log_scale=("sae",))
     assert list(hybrid["doc_id"]) == list(want["row"]) and np.allclose(hybrid["score"], want["score"])
     assert int(hybrid["dense_rank"].iloc[0]) <= 2 or int(hybrid["sae_rank"].iloc[0]) <= 2
     query_fids = set(weights["feature_id"])
