@@ -49,7 +49,7 @@ from backend.analysis.cluster_describe import (  # noqa: F401
     READING_COLUMNS, READING_SIDES, describe_clusters, distinctive_features)
 from backend.analysis.cluster_layout import umap_2d  # noqa: F401
 from backend.analysis.cluster_reading import (  # noqa: F401
-    ClusterReading, cluster_dense_read, read_clusters, typical_documents)
+    ClusterReading, about_names, cluster_dense_read, read_clusters, typical_documents)
 
 DENSE_PATTERN_MAX = 3000  # unique patterns up to which the Jaccard affinity is dense (exact)
 KNN_NEIGHBORS = 30

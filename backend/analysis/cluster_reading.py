@@ -12,6 +12,7 @@ from backend.analysis import as_csr, binarize
 from backend.analysis.cluster_base import cluster_name, order_by_size, unit_rows
 from backend.analysis.cluster_dense import dense_cluster
 from backend.analysis.cluster_describe import READING_SIDES, distinctive_features
+from backend.analysis.label_reading import is_form_of, is_formatting_label, label_name, label_words, names_nothing
 from backend.errors import UserError
 
 
@@ -20,7 +21,8 @@ class ClusterReading:
     """Clusters made by any method (MiniLM k-means, concepts, spectral, HDBSCAN …) read through SAE features.
 
     ``labels``: one per document (negative: the none / noise groups, described like the clusters).
-    ``clusters``: one row per group: cluster, name, size, share, over and under (the ids of its most
+    ``clusters``: one row per group: cluster, name, about (the names of its most over-represented features
+    that name distinct concepts, :func:`about_names`), size, share, over and under (the ids of its most
     over- and under-represented features, strongest first). ``features``: :func:`distinctive_features`
     plus a ``label`` column. ``documents``: :func:`typical_documents` (cluster, rank, row, similarity)."""
 
@@ -70,6 +72,26 @@ def coded_labels(labels) -> tuple[np.ndarray, dict[int, str]]:
     return codes, named | ({-1: "none"} if (by_name < 0).any() else {})
 
 
+def about_names(labels: list[str], n: int = 3) -> str:
+    """What a group is about, read from its distinctive features' labels (strongest first): the names of
+    the first `n` that name distinct concepts (no label word, or form of one, in common), "a · b · c". Labels of
+    punctuation or formatting, of function words alone (`to`, `I`) and labels that name nothing shared are used
+    only when there is nothing else."""
+    def pick(candidates: list[str]) -> list[str]:
+        chosen, seen = [], set()
+        for label in candidates:
+            words = label_words(label)
+            if any(w == o or is_form_of(w, o) or is_form_of(o, w) for w in words for o in seen) or label_name(label) in chosen:
+                continue
+            seen |= words
+            chosen.append(label_name(label))
+        return chosen[:n]
+
+    labels = [lab for lab in labels if lab and lab.strip()]
+    concepts = [lab for lab in labels if label_words(lab) and not (is_formatting_label(lab) or names_nothing(lab))]
+    return " · ".join(pick(concepts) or pick(labels))
+
+
 def read_clusters(X, labels, vectors=None, feature_labels: dict[int, str] | None = None, method: str = "",
                   top: int = 5, n_docs: int = 3, min_support: int = 5, max_share: float = 0.5,
                   threshold: float = 0.0) -> ClusterReading:
@@ -92,9 +114,12 @@ def read_clusters(X, labels, vectors=None, feature_labels: dict[int, str] | None
     def name(group: int) -> str:
         return given_names.get(group, cluster_name(group))
 
-    table = pd.DataFrame([(int(groups[i]), name(int(groups[i])), int(sizes[i]), sizes[i] / labels.size,
-                           *(side[s].get(int(groups[i]), ()) for s in READING_SIDES)) for i in order],
-                         columns=["cluster", "name", "size", "share", "over", "under"])
+    def about(group: int) -> str:
+        return about_names([names.get(int(f), "") for f in side["over"].get(group, ())])
+
+    table = pd.DataFrame([(int(groups[i]), name(int(groups[i])), about(int(groups[i])), int(sizes[i]),
+                           sizes[i] / labels.size, *(side[s].get(int(groups[i]), ()) for s in READING_SIDES))
+                          for i in order], columns=["cluster", "name", "about", "size", "share", "over", "under"])
     return ClusterReading(labels=labels, method=method, clusters=table, features=feats, documents=docs)
 
 

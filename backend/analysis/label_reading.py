@@ -42,7 +42,7 @@ def is_formatting_label(label: str | None) -> bool:
     if old:
         tokens = re.findall(r"'(.*?)'(?=\s*,\s*'|\s*$)", old.group(1), flags=re.S)
         return bool(tokens) and all(_no_letters(t) for t in tokens)
-    head = re.split(r"\s+[—–]\s+", text, maxsplit=1)[0]
+    head = label_name(text)
     items = [item.strip() for item in re.split(r"\s+/\s+", head) if item.strip()]
 
     def formatting(item: str) -> bool:
@@ -107,6 +107,11 @@ def base_forms(words: set[str] | frozenset[str]) -> dict[str, str]:
     return to
 
 
+def label_name(label: str | None) -> str:
+    """A label's name: the part before `` — "example"``."""
+    return re.split(r"\s+[—–]\s+", (label or "").strip(), maxsplit=1)[0]
+
+
 def label_words(label: str | None) -> frozenset[str]:
     """The concept words of a label: the words of its name (before `` — "example"``, or the top tokens of
     an old ``top tokens: …`` label), lower-cased and singular, without function words, generic label
@@ -116,7 +121,7 @@ def label_words(label: str | None) -> frozenset[str]:
     ``pandemic / coronavirus``), so a diff folds them into one finding."""
     text = (label or "").strip()
     old = _OLD_STYLE.match(text)
-    name = old.group(1) if old else re.split(r"\s+[—–]\s+", text, maxsplit=1)[0]
+    name = old.group(1) if old else label_name(text)
     words = (_singular(w) for w in _LABEL_WORD.findall(name.lower()))
     return frozenset(w for w in words if w not in _NOT_CONCEPT and _LETTER.search(w) and len(w) > 1)
 
@@ -127,5 +132,5 @@ def concept_keys(label: str | None) -> frozenset[str]:
     words = label_words(label)
     if words or not (label or "").strip():
         return words
-    name = re.split(r"\s+[—–]\s+", label.strip(), maxsplit=1)[0]
+    name = label_name(label)
     return frozenset({"=" + " ".join(name.lower().split())})

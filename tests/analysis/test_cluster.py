@@ -334,6 +334,7 @@ def test_dense_clusters_read_through_their_planted_features():
     assert [t[0] for t in res.clusters["over"]] == [0, 1, 2]
     first = res.features[(res.features["side"] == "over") & (res.features["rank"] == 1)]
     assert list(first["label"]) == ["zero", "one", "two"]
+    assert list(res.clusters["about"]) == ["zero", "one", "two"]  # what each cluster is about, by name
     assert all(truth[r] == c for r, c in zip(res.documents["row"], res.documents["cluster"]))
     # any labels, e.g. a concept clustering's with its none group, read the same way
     given = np.where(truth == 2, cl.NONE_LABEL, truth)
@@ -383,3 +384,13 @@ def test_workspace_cluster_dense_and_describe(tiny_workspace_file, tmp_path, tin
             ws.describe_clusters("t", concepts.labels, typical="umap")
     finally:
         ws.close()
+
+
+def test_about_names_the_distinct_concepts_of_a_groups_features():
+    labels = ['computer / programs — "a «computer»"', "sentence-final period", "to", 'programming / programmer',
+              "varied tokens: a / b / c", 'Unix / C — "moral «Unix»"', "court / judges", "jury"]
+    assert cl.about_names(labels) == "computer / programs · Unix / C · court / judges"  # programming: same concept
+    assert cl.about_names(labels, n=1) == "computer / programs"
+    assert cl.about_names(["sentence-final period", "line break", "", "varied tokens: a / b"]) == \
+        "sentence-final period · line break · varied tokens: a / b"  # nothing else: formatting it is
+    assert cl.about_names([]) == ""
