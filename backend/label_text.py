@@ -55,7 +55,7 @@ from backend.label_tokens import (  # noqa: F401  (re-exported)
     IN_QUOTES, AT_LINE_START, AT_SENTENCE_START, VARIED, ABOUT, WORDS_ABOUT, CATEGORY_KINDS, _PREFIX_KINDS,
     _URL_RE, _HANDLE_RE, _HASHTAG_RE, _NUMBER_RE, _YEAR_RE, _SPAN_HINTS, _TOKEN_HINTS, _DOMAIN_PIECES,
     _SPACE_MARKERS, _is_punct, token_unit)
-from backend.word_groups import WordGroupConfig, base_rates, shared_class, shared_spelling, spelling_rates
+from backend.word_groups import WordGroupConfig, is_function_word, base_rates, shared_class, shared_spelling, spelling_rates
 
 Decoder = Callable[[tuple[int, ...]], str]
 # (context texts per feature, strongest first; their activation weights) -> per feature (concept, which contexts
@@ -570,8 +570,11 @@ def _name_concepts(labeller: _Labeller, features: list[_Feature], named: list[tu
             named[i] = labeller.named_group(f, f"{ABOUT}{concept}", full_hit)
 
 
-def _firing_words(f: _Feature) -> list[str | None]:
-    return [u.key if u.kind == "word" and u.key.isalpha() else None for u in f.word_units]
+def _firing_words(f: _Feature, content_only: bool = False) -> list[str | None]:
+    """The word each top context fires on: None where it is no word or, with `content_only` (what a concept namer
+    reads), a function word."""
+    return [u.key if u.kind == "word" and u.key.isalpha() and not (content_only and is_function_word(u.key)) else None
+            for u in f.word_units]
 
 
 @dataclass
@@ -586,13 +589,14 @@ class _WordGroups:
     def __post_init__(self) -> None:
         every = [self.labeller.near_words(np.arange(len(self.labeller.ctx.windows)), o) for o in (0, -1, 1)]
         mine = [[w for f in self.todo for w in self.labeller.near_words(f.idx, o)] for o in (0, -1, 1)]
-        self.base = [base_rates([e, m], self.labeller.bg, self.cfg) for e, m in zip(every, mine)]
+        # the firing word's class may be FUNCTION_WORDS (`word_groups.word_classes`); a neighbour's may not
+        self.base = [base_rates([e, m], self.labeller.bg, self.cfg, k == 0) for k, (e, m) in enumerate(zip(every, mine))]
         self.spelled = spelling_rates(every[0])
 
     def name(self, f: _Feature) -> tuple[str, str, float, int] | None:
         """`<class> (a / b / c)`, `after <class> (…)`, `before <class> (…)` or `words with '<letters>' (…)`."""
         for (head, offset), base in zip((("", 0), ("after ", -1), ("before ", 1)), self.base):
-            found = shared_class(self.labeller.near_words(f.idx, offset), base, self.cfg)
+            found = shared_class(self.labeller.near_words(f.idx, offset), base, self.cfg, offset == 0)
             if found is not None:
                 return self.labeller.named_group(f, head + found[0], found[1])
         found = shared_spelling(_firing_words(f), self.spelled, self.cfg)
@@ -617,7 +621,7 @@ def _name_word_groups(labeller: _Labeller, features: list[_Feature], named: list
             named[i] = found
     if word_concepts is None or not left:
         return
-    words = [_firing_words(features[i]) for i in left]
+    words = [_firing_words(features[i], content_only=True) for i in left]
     for i, found in zip(left, word_concepts(words, [features[i].weights for i in left])):
         if found is not None:
             named[i] = labeller.named_group(features[i], f"{WORDS_ABOUT}{found[0]}", found[1])

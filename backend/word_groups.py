@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
+from sklearn.feature_extraction._stop_words import ENGLISH_STOP_WORDS
+
 from backend.errors import UserError
 from backend.label_properties import word_class
 from backend.word_lexicon import CATEGORY_NAMES, POS_NAMES, lookup
@@ -28,6 +30,23 @@ Words = list["str | None"]  # the firing word of each top context (None: not a w
 FUNCTION_CLASSES = frozenset({"first-person pronouns", "second-person pronouns", "third-person pronouns", "negations",
                               "modal verbs", "forms of be, have and do", "question words", "articles and determiners",
                               "prepositions", "conjunctions", "intensifiers"})
+
+
+# words a thesaurus concept cannot name (scikit-learn's English stop words, without its content words: "fire",
+# "system", "bill", "front", …): in MiniLM they lie near arbitrary concepts ("of" votes for "composition")
+_STOP_CONTENT = frozenset("amount back bill bottom call cry describe detail empty fill find fire found front full get "
+                          "give go interest keep made mill move name part put see serious show side sincere system take "
+                          "thick thin top".split())
+_NUMBER_WORDS = frozenset("one two three four five six eight nine ten eleven twelve fifteen twenty forty fifty sixty "
+                          "hundred first third last".split())
+STOP_WORDS = frozenset(ENGLISH_STOP_WORDS) - _STOP_CONTENT - _NUMBER_WORDS | {"like", "sure", "just", "really", "merely"}
+FUNCTION_WORDS = "function words"  # the class of the firing word when it is one (`word_classes(..., function_words=True)`)
+
+
+def is_function_word(word: str | None) -> bool:
+    """Whether a lower-case word is a function word (a pronoun, determiner, preposition, conjunction, auxiliary,
+    intensifier, or another stop word), which says nothing about a concept."""
+    return bool(word) and (word in STOP_WORDS or word_class(word) in FUNCTION_CLASSES)
 
 
 @dataclass(frozen=True)
@@ -50,34 +69,37 @@ class WordGroupConfig:
 
 
 @lru_cache(maxsize=100_000)
-def word_classes(word: str | None) -> tuple[str, ...]:
-    """The classes of one lower-case word as a label names them: its part of speech, then its categories (none
-    for function words)."""
+def word_classes(word: str | None, function_words: bool = False) -> tuple[str, ...]:
+    """The classes of one lower-case word as a label names them: its part of speech, then its categories (none for
+    the closed classes of label_properties: pronouns, determiners, …); with `function_words`, FUNCTION_WORDS first
+    for any function word (a feature that fires on varied function words, `is / a / of`, shares that much)."""
+    extra = (FUNCTION_WORDS,) if function_words and is_function_word(word) else ()
     entry = lookup(word) if word and word_class(word) not in FUNCTION_CLASSES else None
     if entry is None:
-        return ()
+        return extra
     pos, cats = entry
-    return (POS_NAMES[pos], *(CATEGORY_NAMES[c] for c in cats))
+    return (*extra, POS_NAMES[pos], *(CATEGORY_NAMES[c] for c in cats))
 
 
-def class_rates(words: Iterable[str | None], counts: Counter | None = None) -> dict[str, float]:
+def class_rates(words: Iterable[str | None], counts: Counter | None = None, function_words: bool = False) -> dict[str, float]:
     """{class: share of the words (weighted by `counts` when given) that have it}; None counts as a non-word."""
     have: Counter = Counter()
     total = 0
     for w in words:
         n = counts[w] if counts is not None else 1
         total += n
-        for c in word_classes(w):
+        for c in word_classes(w, function_words):
             have[c] += n
     return {c: k / total for c, k in have.items()} if total else {}
 
 
-def base_rates(pools: Iterable[list[str | None]], background: Counter | None, cfg: WordGroupConfig) -> dict[str, float]:
+def base_rates(pools: Iterable[list[str | None]], background: Counter | None, cfg: WordGroupConfig,
+               function_words: bool = False) -> dict[str, float]:
     """Per class, the highest rate among the pools large enough to count and the background token counts."""
     out: dict[str, float] = {}
-    rated = [class_rates(p) for p in pools if len(p) >= cfg.min_pool]
+    rated = [class_rates(p, None, function_words) for p in pools if len(p) >= cfg.min_pool]
     if background:
-        rated.append(class_rates(background, background))
+        rated.append(class_rates(background, background, function_words))
     for rates in rated:
         for c, r in rates.items():
             out[c] = max(out.get(c, 0.0), r)
@@ -89,11 +111,11 @@ def binomial_tail(k: int, n: int, p: float) -> float:
     return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))
 
 
-def shared_class(words: Words, base: dict[str, float], cfg: WordGroupConfig = WordGroupConfig()
-                 ) -> tuple[str, list[bool]] | None:
+def shared_class(words: Words, base: dict[str, float], cfg: WordGroupConfig = WordGroupConfig(),
+                 function_words: bool = False) -> tuple[str, list[bool]] | None:
     """(the class the firing words share, which contexts have it), the least likely by chance, or None."""
     n = len(words)
-    classes = [set(word_classes(w)) for w in words]
+    classes = [set(word_classes(w, function_words)) for w in words]
     best: tuple[float, str] | None = None
     for c, k in Counter(c for cs in classes for c in cs).items():
         p0 = max(base.get(c, 0.0), cfg.min_base)

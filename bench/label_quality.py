@@ -40,6 +40,7 @@ from backend import feature_precompute as fp  # noqa: E402
 from backend import labels as labels_mod  # noqa: E402
 from backend.concept_names import minilm_namer  # noqa: E402
 from backend.label_text import ABOUT, WORDS_ABOUT, names_no_property, readable_labels  # noqa: E402
+from backend.word_groups import FUNCTION_WORDS  # noqa: E402
 from backend.word_lexicon import CATEGORY_NAMES, POS_NAMES  # noqa: E402
 from backend.workspace import Workspace, WorkspaceSpec  # noqa: E402
 
@@ -102,7 +103,7 @@ def label_corpus(ws: Workspace, name: str, old, chance: bool = False) -> tuple[p
     return before, after
 
 
-LEXICON_CLASSES = frozenset(POS_NAMES.values()) | frozenset(CATEGORY_NAMES.values())
+LEXICON_CLASSES = frozenset(POS_NAMES.values()) | frozenset(CATEGORY_NAMES.values()) | {FUNCTION_WORDS}
 # the labeller's steps for features with varied tokens, in the order it tries them
 RULES = ("earlier rules", "word class (lexicon)", "word before/after (lexicon)", "shared letters",
          "words about (MiniLM)", "contexts about (MiniLM)")

@@ -342,4 +342,17 @@ def test_the_firing_words_name_a_concept_last_and_only_for_features_nothing_else
     df = T.readable_labels(ctx, BACKGROUND, decode, concepts=namer).set_index("feature_id")
     assert df.loc[VARIED, "name"].startswith("words about odd things (")
     assert df.loc[50, "name"].startswith("carrying and getting (")  # the word class came first
-    assert namer.words == [["red", "dog", "to", "paris", "cat", "house", "story", "is"]]  # asked about VARIED only
+    # asked about VARIED only, and not about its function words ("to" and "is" lie near arbitrary concepts)
+    assert namer.words == [["red", "dog", None, "paris", "cat", "house", "story", None]]
+
+
+def test_a_feature_firing_on_varied_function_words_is_named_by_that():
+    words = [" is", " a", " of", " and", " to", " in", " was", " some", " and", " is"]  # no one class holds 40%
+    before, after = [" film", " good", " plot", " It", " movie"] * 2, [" story", " the", " good", " movie", " plot"] * 2
+    grammar = [([b, w, a], 1) for b, w, a in zip(before, words, after)]
+    content = [toks([" film", " good", " plot", " movie", " story", " the", " a", " film", " plot", " is"])] * 30
+    df = T.readable_labels(make_contexts({VARIED: CONTEXTS[VARIED], 60: grammar}), content, decode).set_index("feature_id")
+    assert df.loc[60, "name"].startswith("function words (")  # ten of ten, at a background rate of 30%
+    common = T.readable_labels(make_contexts({VARIED: CONTEXTS[VARIED], 60: grammar}), BACKGROUND, decode)
+    assert T.names_no_property(common.set_index("feature_id").loc[60, "name"])  # 65% of BACKGROUND: chance
+    assert T.names_no_property(df.loc[VARIED, "name"])  # two function words of eight: still varied

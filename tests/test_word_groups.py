@@ -54,3 +54,15 @@ def test_binomial_tail():
     assert G.binomial_tail(5, 5, 0.3) == pytest.approx(0.3**5)
     brute = sum(math.comb(20, k) * 0.2**k * 0.8 ** (20 - k) for k in range(8, 21))
     assert G.binomial_tail(8, 20, 0.2) == pytest.approx(brute) and np.isfinite(brute)
+
+
+def test_function_words_are_one_class_for_the_firing_word_only_far_above_their_base_rate():
+    assert G.word_classes("of") == () and G.word_classes("of", True) == (G.FUNCTION_WORDS,)
+    assert G.word_classes("carry", True) == G.word_classes("carry") != ()
+    assert G.is_function_word("though") and G.is_function_word("may") and not G.is_function_word("fire")
+    assert not G.is_function_word("five") and not G.is_function_word(None)
+    grammar = ["is", "a", "of", "and", "the", "to", "in", "with"] * 2
+    base = {G.FUNCTION_WORDS: 0.45}
+    assert G.shared_class(grammar, base, function_words=True)[0] == G.FUNCTION_WORDS
+    assert G.shared_class(grammar, base) is None  # not a class unless asked for
+    assert G.shared_class(grammar[:5] + ["red", "quickly", None, "good", "dog"], base, function_words=True) is None
