@@ -10,11 +10,11 @@ concept as "name: word, word, …"; each context votes for its `top_k` nearest c
 on the mean over all contexts embedded in the call, so a concept near every text wins nothing), and a feature
 gets the concept most of its contexts (by activation) vote for, when at least `min_share` of them do and that
 many votes are unlikely by chance at the concept's rate among all the contexts of the call (binomial, `max_p`).
-`name_words` does the same with the word each context fires on instead of the context (`words about …`), and
-names the concept least likely by chance: it named 23% of the demo corpus's features that reach it and 2.2% of
-random groups (`bench/label_quality.py --chance`). The labeller names by contexts only when asked
-(`label_text.LabelTextConfig.name_contexts`): even with the base-rate test most of its names were wrong
-(docs/labels.md)."""
+`name_words` does the same with the word each context fires on instead of the context (`words about …`), and names
+the concept least likely by chance (function words do not vote: `word_groups.is_function_word`): it named 16% of
+the demo corpus's features that reach it and 1.7% of random groups (`bench/label_quality.py --chance`). The
+labeller names by contexts only when asked (`label_text.LabelTextConfig.name_contexts`): even with the base-rate
+test most of its names were wrong (docs/labels.md)."""
 from __future__ import annotations
 
 import csv

@@ -84,15 +84,15 @@ class Contexts(Protocol):
 class LabelTextConfig:
     """How labels are built.
 
-    max_names: most words/categories a name lists. min_coverage: the named tokens must explain this
-    share of the top contexts, or the feature is labelled by its position instead. min_context_share:
-    a context n-gram ("after 'the'") must sit at this share of the positions. max_name_chars: the
-    name is cut to this length. example_before/after_chars: characters of context either side of the
-    marked token. with_example: append the quoted example to the label. max_concept_contexts: the strongest
-    contexts a concept namer reads per feature. name_contexts: name what the contexts are about when nothing
-    else names a feature (`about <concept> (…)`); off by default: its names were right for about a quarter of
-    the features on a corpus of fortunes, and near chance on the bench's (docs/labels.md). word_groups: when a word class the firing words share names a
-    feature (`backend.word_groups`)."""
+    max_names: most words/categories a name lists. min_coverage: the named tokens must explain this share of the
+    top contexts, or the feature is labelled by its position instead. min_context_share: a context n-gram ("after
+    'the'") must sit at this share of the positions. max_name_chars: the name is cut to this length.
+    example_before/after_chars: characters of context either side of the marked token. with_example: append the
+    quoted example to the label. max_concept_contexts: the strongest contexts a concept namer reads per feature.
+    name_contexts: name what the contexts are about when nothing else names a feature (`about <concept> (…)`); off
+    by default: its names were right for about a quarter of the features on a corpus of fortunes, and near chance
+    on the bench's (docs/labels.md). word_groups: when a word class the firing words share names a feature
+    (`backend.word_groups`)."""
 
     max_names: int = 5
     min_coverage: float = 0.5

@@ -81,7 +81,8 @@ def about_names(labels: list[str], n: int = 3) -> str:
         chosen, seen = [], set()
         for label in candidates:
             words = label_words(label)
-            if any(w == o or is_form_of(w, o) or is_form_of(o, w) for w in words for o in seen) or label_name(label) in chosen:
+            same = any(w == o or is_form_of(w, o) or is_form_of(o, w) for w in words for o in seen)
+            if same or label_name(label) in chosen:
                 continue
             seen |= words
             chosen.append(label_name(label))

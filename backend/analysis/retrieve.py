@@ -291,11 +291,11 @@ def fuse_scores(scores: dict[str, np.ndarray], top: int = 50, fusion: str = "ada
     summed, weighted by :func:`tail_excess`, how clearly its best documents stand apart for this query.
     So a query is led by the signal that separates documents (MiniLM on a topic, SAE features on a
     property such as hedging, where every sentence looks alike to MiniLM), and both count when both do.
-    ``"zscore"``: the unweighted sum of standardized scores (CombSUM); ``"rrf"``: reciprocal rank
-    fusion, sum of 1 / (rrf_k + rank). Both weigh a ranker that is noise for this query as much as
-    one that is not. ``weights`` scale each ranker's term (default 1). ``log_scale``: the rankers whose scores
-    the adaptive fusion reads on a log scale (:func:`log_scaled`; the SAE's, in :func:`hybrid_ranking`). Columns:
-    row, score, and per ranker ``<name>_rank`` (1-based, over all documents) and ``<name>_score``; ties go to the lower row."""
+    ``"zscore"``: the unweighted sum of standardized scores (CombSUM); ``"rrf"``: reciprocal rank fusion, sum
+    of 1 / (rrf_k + rank). Both weigh a ranker that is noise for this query as much as one that is not. ``weights``
+    scale each ranker's term (default 1). ``log_scale``: the rankers whose scores the adaptive fusion reads on a
+    log scale (:func:`log_scaled`; the SAE's, in :func:`hybrid_ranking`). Columns: row, score, and per ranker
+    ``<name>_rank`` (1-based, over all documents) and ``<name>_score``; ties go to the lower row."""
     if fusion not in FUSIONS:
         raise UserError(f"fusion must be one of {', '.join(FUSIONS)}, not {fusion!r}")
     vectors = {n: np.asarray(v, dtype=np.float64).ravel() for n, v in scores.items()}
