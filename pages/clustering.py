@@ -330,8 +330,8 @@ def show_topic(ws: Workspace, corpus: Corpus, reading: ClusterReading, row, labe
     """One topic: its over- and under-represented features and typical documents. Returns the over features."""
     feats = reading.features[reading.features["cluster"] == row.cluster]
     over = feats[feats["side"] == "over"]
-    mostly = f" · mostly *{md_escape(over['label'].iloc[0], 80)}*" if len(over) and over["label"].iloc[0] else ""
-    st.markdown(f"**Topic {row.cluster}** · {row.size:,} documents ({row.share:.0%}){mostly}")
+    about = f" · about *{md_escape(row.about, 160)}*" if row.about else ""  # what ws.cluster_dense says it is about
+    st.markdown(f"**Topic {row.cluster}** · {row.size:,} documents ({row.share:.0%}){about}")
     table = feats[["side", "feature_id", "in_share", "out_share", "lift", "z", "n_in"]].rename(
         columns={"in_share": "in_topic", "out_share": "rest"})
     show_table(with_evidence(ws, corpus, table, labels), in_topic=SHARE, rest=SHARE,

@@ -583,6 +583,8 @@ def test_clustering_opens_on_minilm_topics_read_through_sae_features(ws_path, ws
     assert any(len(g) for g in shown) and {"over", "under"} <= set(pd.concat(shown)["side"])
     heads = [m.value for m in at.markdown if m.value.startswith("**Topic ")]
     assert [h.split(" · ")[0] for h in heads] == [f"**Topic {c}**" for c in want.clusters["cluster"]]
+    abouts = [a for a in want.clusters["about"] if a]  # what each topic is about, as the notebook reads it
+    assert abouts and all(any(f" · about *{widgets.md_escape(a, 160)}*" in h for h in heads) for a in abouts)
     typical = [c.value for c in at.caption if c.value.startswith("Typical: ")]
     first_docs = want.documents[want.documents["cluster"] == 0]["doc_id"].tolist()
     assert typical and typical[0].startswith(f"Typical: {first_docs[0]}: ")
