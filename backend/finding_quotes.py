@@ -7,7 +7,11 @@ B's included. A reader takes the
 quote as evidence for the side, so it must come from there: among the stored top contexts of the finding's
 lead feature (`feature_contexts`, up to 20 documents) the strongest one from the side's documents, one whose
 firing token is a word of the label's name first. Labels without a quote (hand, LLM) and findings whose side
-has no stored context keep their label."""
+has no stored context keep their label.
+
+A finding whose lead's label names nothing (`varied tokens: …`) is named by its first member whose label
+names something, and quoted from that member's contexts: "constant / harmonic / tangent" read `varied tokens`
+while its member read `number / constant`."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from backend.analysis.findings import DiffResult, Finding, names_nothing
+from backend.analysis.label_reading import is_formatting_label
 from backend.label_evidence import mark_context
 from backend.label_text import EXAMPLE_SEP, LabelTextConfig, split_label
 from backend.store import Store
@@ -64,16 +69,33 @@ def requoted(label: str, contexts: pd.DataFrame, config: LabelTextConfig = Label
     return f"{name}{EXAMPLE_SEP}{quote}\""
 
 
+def naming_feature(f: Finding, own: Mapping[int, str] | None = None) -> tuple[int, str]:
+    """(the member whose label names the finding, that label): the lead, named by `own` (the side's own labels)
+    where that names something, else by the finding's label; where that names nothing, the first member whose
+    label names something that is not punctuation or formatting; else the lead."""
+    def label_of(fid: int, fallback: str) -> str:
+        mine = (own or {}).get(fid)
+        return mine if mine and not names_nothing(mine) else fallback  # a side's "varied tokens" names less
+
+    lead = label_of(f.lead, f.label)
+    if not names_nothing(lead):
+        return f.lead, lead
+    for fid, member in list(zip(f.feature_ids, f.feature_labels))[1:]:
+        member = label_of(fid, member)
+        if member and not names_nothing(member) and not is_formatting_label(member):
+            return fid, member
+    return f.lead, lead
+
+
 def quoted_from_sides(result: DiffResult, contexts: Mapping[str, pd.DataFrame],
                       labels: Mapping[str, Mapping[int, str] | None] | None = None) -> DiffResult:
-    """`result` with each finding's label quoting its own side (`contexts[side]`: `side_contexts` rows),
-    named by the side's own label of its lead where `labels[side]` has one that names something."""
+    """`result` with each finding named by :func:`naming_feature` (the side's own labels `labels[side]` first)
+    and quoting its own side from that feature's contexts (`contexts[side]`: `side_contexts` rows)."""
     by_feature = {side: dict(tuple(df.groupby("feature_id"))) if len(df) else {} for side, df in contexts.items()}
 
     def one(f: Finding) -> Finding:
-        own = ((labels or {}).get(f.side) or {}).get(f.lead)
-        label = own if own and not names_nothing(own) else f.label  # a side's "varied tokens" names less
-        rows = by_feature.get(f.side, {}).get(f.lead)
+        fid, label = naming_feature(f, (labels or {}).get(f.side))
+        rows = by_feature.get(f.side, {}).get(fid)
         label = label if rows is None else requoted(label, rows)
         return f if label == f.label else dataclasses.replace(f, label=label)
 
@@ -82,6 +104,7 @@ def quoted_from_sides(result: DiffResult, contexts: Mapping[str, pd.DataFrame],
 
 def quote_sides(store: Store, result: DiffResult, sources: Mapping[str, SideSource]) -> DiffResult:
     """The diff's findings quoting their own side's documents (see the module docstring)."""
-    leads = {side: [f.lead for f in result.findings if f.side == side] for side in sources}
-    contexts = {side: side_contexts(store, sources[side], leads[side]) for side in sources if leads[side]}
+    namers = {side: [naming_feature(f, sources[side].labels)[0] for f in result.findings if f.side == side]
+              for side in sources}
+    contexts = {side: side_contexts(store, sources[side], namers[side]) for side in sources if namers[side]}
     return quoted_from_sides(result, contexts, {side: source.labels for side, source in sources.items()})

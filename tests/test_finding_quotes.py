@@ -1,12 +1,14 @@
 """A diff finding quotes a document of its own side, not the corpus's strongest context from the other side."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
 from backend.analysis.findings import diff_result
-from backend.finding_quotes import SideSource, quoted_from_sides, requoted, side_contexts
+from backend.finding_quotes import SideSource, naming_feature, quoted_from_sides, requoted, side_contexts
 from backend.label_text import split_label
 
 
@@ -85,3 +87,25 @@ def test_a_two_corpus_diff_quotes_b_from_b(tiny_workspace, tiny_docs):
         assert requoted(f.label, own) == f.label, f
         checked += f.side == "b"
     assert checked > 0
+
+
+def test_a_finding_whose_lead_names_nothing_is_named_by_a_member_that_does():
+    """Planted: features 0 and 1 fire on the same documents of A (one finding, led by 0); 0's label names nothing,
+    1's names the concept. The finding reads 1's name and quotes 1's context from A; without such a member it
+    keeps the lead's label, and a punctuation member does not name it."""
+    XA = np.zeros((40, 3)); XA[:30, 0] = 1; XA[:28, 1] = 1
+    XB = np.zeros((40, 3)); XB[:2, 0] = 1
+    labels = {0: 'varied tokens: constant / harmonic / tangent — "in «harmonic» motion"',
+              1: 'number / constant — "the «number» of feet"', 2: "comma"}
+    res = diff_result(sp.csr_matrix(XA), sp.csr_matrix(XB), None, None, labels)
+    f = next(f for f in res.findings if f.side == "a")
+    assert f.feature_ids[:2] == (0, 1) and f.label == labels[0]
+    ctx = {"a": contexts([(0, 0, 5, "simple ", "harmonic", " motion"), (1, 2, 7, "a large ", "number", " of legs")])}
+    named = next(g for g in quoted_from_sides(res, ctx).findings if g.side == "a")
+    assert split_label(named.label) == ("number / constant", "a large «number» of legs")
+    assert named.feature_ids == f.feature_ids  # the same finding, only named by its member
+    vague = {0: labels[0], 1: 'varied tokens: x / y — "«x»"'}
+    res = diff_result(sp.csr_matrix(XA), sp.csr_matrix(XB), None, None, vague)
+    assert naming_feature(next(f for f in res.findings if f.side == "a")) == (0, labels[0])
+    punct = dataclasses.replace(f, feature_labels=(labels[0], "comma"))
+    assert naming_feature(punct) == (0, labels[0])
