@@ -170,6 +170,12 @@ def empty_rows(col: pd.Series) -> np.ndarray:
     return (col.isna() | (col.astype(str).str.strip() == "")).to_numpy()
 
 
+def require_column(df: pd.DataFrame, column: str) -> None:
+    """A CorpusError naming the columns there are, when `column` is not one of them."""
+    if column not in df.columns:
+        raise CorpusError(f"No column {column!r}; the columns are: {', '.join(map(str, df.columns))}.")
+
+
 def validate_text_column(df: pd.DataFrame, column: str, max_doc_chars: int = DEFAULT_MAX_DOC_CHARS,
                          first_row: int = 1, whole_file: bool = True) -> pd.DataFrame:
     """Check the chosen column and return the frame with it as clean strings.
@@ -177,8 +183,7 @@ def validate_text_column(df: pd.DataFrame, column: str, max_doc_chars: int = DEF
     `df` may be one chunk of a file (backend.streaming): `first_row` is its first row's number in the file
     and `whole_file` says whether it is all of the file, so messages name rows of the file."""
     check_columns(df)
-    if column not in df.columns:
-        raise CorpusError(f"No column {column!r}; the columns are: {', '.join(map(str, df.columns))}.")
+    require_column(df, column)
     col = df[column]
     bad = empty_rows(col)
     among = "" if whole_file else f" among rows {first_row:,}–{first_row + len(df) - 1:,}"  # counts of this chunk
@@ -214,8 +219,7 @@ def drop_empty_rows(df: pd.DataFrame, column: str, first_row: int = 0) -> pd.Dat
     row in the input; `df` may be a chunk starting at input row `first_row`)."""
     if SOURCE_ROW in df.columns:
         raise CorpusError(f"Skipping empty rows adds the column {SOURCE_ROW!r}, which the file already has; rename it.")
-    if column not in df.columns:
-        raise CorpusError(f"No column {column!r}; the columns are: {', '.join(map(str, df.columns))}.")
+    require_column(df, column)
     keep = ~empty_rows(df[column])
     out = df[keep].copy()
     out[SOURCE_ROW] = first_row + keep.nonzero()[0]

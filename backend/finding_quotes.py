@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from backend.analysis.findings import DiffResult, Finding, names_nothing
-from backend.analysis.label_reading import is_formatting_label
+from backend.analysis.label_reading import is_plain_label
 from backend.label_evidence import mark_context
 from backend.label_text import EXAMPLE_SEP, LabelTextConfig, split_label
 from backend.store import Store
@@ -82,7 +82,7 @@ def naming_feature(f: Finding, own: Mapping[int, str] | None = None) -> tuple[in
         return f.lead, lead
     for fid, member in list(zip(f.feature_ids, f.feature_labels))[1:]:
         member = label_of(fid, member)
-        if member and not names_nothing(member) and not is_formatting_label(member):
+        if member and not is_plain_label(member):
             return fid, member
     return f.lead, lead
 

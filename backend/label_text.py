@@ -590,13 +590,14 @@ class _WordGroups:
         every = [self.labeller.near_words(np.arange(len(self.labeller.ctx.windows)), o) for o in (0, -1, 1)]
         mine = [[w for f in self.todo for w in self.labeller.near_words(f.idx, o)] for o in (0, -1, 1)]
         # the firing word's class may be FUNCTION_WORDS (`word_groups.word_classes`); a neighbour's may not
-        self.base = [base_rates([e, m], self.labeller.bg, self.cfg, k == 0) for k, (e, m) in enumerate(zip(every, mine))]
+        self.base = [base_rates([e, m], self.labeller.bg, self.cfg, function_words=k == 0)
+                     for k, (e, m) in enumerate(zip(every, mine))]
         self.spelled = spelling_rates(every[0])
 
     def name(self, f: _Feature) -> tuple[str, str, float, int] | None:
         """`<class> (a / b / c)`, `after <class> (…)`, `before <class> (…)` or `words with '<letters>' (…)`."""
         for (head, offset), base in zip((("", 0), ("after ", -1), ("before ", 1)), self.base):
-            found = shared_class(self.labeller.near_words(f.idx, offset), base, self.cfg, offset == 0)
+            found = shared_class(self.labeller.near_words(f.idx, offset), base, self.cfg, function_words=offset == 0)
             if found is not None:
                 return self.labeller.named_group(f, head + found[0], found[1])
         found = shared_spelling(_firing_words(f), self.spelled, self.cfg)

@@ -12,7 +12,7 @@ from backend.analysis import as_csr, binarize
 from backend.analysis.cluster_base import cluster_name, order_by_size, unit_rows
 from backend.analysis.cluster_dense import dense_cluster
 from backend.analysis.cluster_describe import READING_SIDES, distinctive_features
-from backend.analysis.label_reading import is_form_of, is_formatting_label, label_name, label_words, names_nothing
+from backend.analysis.label_reading import base_forms, concept_keys, is_plain_label, label_name, label_words
 from backend.errors import UserError
 
 
@@ -74,23 +74,24 @@ def coded_labels(labels) -> tuple[np.ndarray, dict[int, str]]:
 
 def about_names(labels: list[str], n: int = 3) -> str:
     """What a group is about, read from its distinctive features' labels (strongest first): the names of
-    the first `n` that name distinct concepts (no label word, or form of one, in common), "a · b · c". Labels of
-    punctuation or formatting, of function words alone (`to`, `I`) and labels that name nothing shared are used
-    only when there is nothing else."""
-    def pick(candidates: list[str]) -> list[str]:
+    the first `n` that name distinct concepts (no concept key in common, the forms of one word counted as one:
+    what folds findings, :func:`feature_grouping.shared_words_matrix`), "a · b · c". Plain labels (punctuation,
+    formatting, `varied tokens`) and those of function words alone (`to`, `I`) only when there is nothing else."""
+    labels = [lab for lab in labels if lab and lab.strip()]
+    keys = [concept_keys(lab) for lab in labels]
+    base = base_forms(set().union(*keys))
+    keys = [{base[k] for k in ks} for ks in keys]
+
+    def pick(rows: list[int]) -> list[str]:
         chosen, seen = [], set()
-        for label in candidates:
-            words = label_words(label)
-            same = any(w == o or is_form_of(w, o) or is_form_of(o, w) for w in words for o in seen)
-            if same or label_name(label) in chosen:
-                continue
-            seen |= words
-            chosen.append(label_name(label))
+        for i in rows:
+            if not keys[i] & seen:
+                seen |= keys[i]
+                chosen.append(label_name(labels[i]))
         return chosen[:n]
 
-    labels = [lab for lab in labels if lab and lab.strip()]
-    concepts = [lab for lab in labels if label_words(lab) and not (is_formatting_label(lab) or names_nothing(lab))]
-    return " · ".join(pick(concepts) or pick(labels))
+    concepts = [i for i, lab in enumerate(labels) if label_words(lab) and not is_plain_label(lab)]
+    return " · ".join(pick(concepts) or pick(list(range(len(labels)))))
 
 
 def read_clusters(X, labels, vectors=None, feature_labels: dict[int, str] | None = None, method: str = "",

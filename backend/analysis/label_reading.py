@@ -63,6 +63,12 @@ def names_nothing(label: str | None) -> bool:
 
 # Words that say nothing about which concept a label names: function words, and the vocabulary labels
 # use around a concept ("varied tokens: …", "after 'the' (…)", "mentions of …", "names of …").
+def is_plain_label(label: str | None) -> bool:
+    """Whether a label names punctuation or formatting, or nothing shared (`varied tokens: …`): what a finding or
+    a cluster is named by only when no other label is there."""
+    return is_formatting_label(label) or names_nothing(label)
+
+
 _NOT_CONCEPT = frozenset(
     "a an the of and or in on at to for with by from as is are be been this that these those it its into "
     "than then via vs etc "
