@@ -1,6 +1,7 @@
 """A diff's findings labelled by an LLM, beside the offline label each one already has.
 
-The findings' lead features are LLM-labelled (explain, then score on held-out samples:
+The feature that names each finding (its lead, unless the lead's label names nothing:
+`Finding.named_by`) is LLM-labelled (explain, then score on held-out samples:
 `backend.labels.llm_label_features`), each in the corpus of the side where it is more common, since that is where
 it fires. Labels already asked for are read back from the workspace, so a second call costs no LLM call. The
 offline label (`source = 'auto'`, from `backend.label_text`) stays beside the LLM's: it says which tokens the
@@ -49,23 +50,25 @@ def offline_labels(store: Store, corpus_id: int, feature_ids: Iterable[int]) -> 
 
 
 def _corpus_groups(findings: Sequence[Finding], corpus_a: Corpus, corpus_b: Corpus) -> list[tuple[Corpus, list[int]]]:
-    """Each corpus with the lead features to label there (side-B findings in B), in findings order."""
+    """Each corpus with the features that name the findings to label there (side-B findings in B), in findings
+    order."""
     groups: dict[int, tuple[Corpus, list[int]]] = {}
     for f in findings:
         handle = corpus_b if f.side == "b" else corpus_a
         group = groups.setdefault(handle.corpus_id, (handle, []))[1]
-        if f.lead not in group:
-            group.append(f.lead)
+        fid = f.named_by
+        if fid not in group:
+            group.append(fid)
     return list(groups.values())
 
 
 def label_findings(ctx: WorkspaceContext, findings: Sequence[Finding], corpus_a: Corpus, corpus_b: Corpus | None = None,
                    llm: Labeller | None = None, progress: Progress | None = None, **kwargs: Any) -> pd.DataFrame:
-    """One row per finding (summary order): finding, side, feature_id (its lead), offline_label, offline_score,
+    """One row per finding (summary order): finding, side, feature_id (the feature that names it: its lead unless the lead's label names nothing), offline_label, offline_score,
     llm_label, llm_score (held-out accuracy), cached (the LLM label was already stored).
 
     corpus_b: where side-B documents live (None: a split of corpus_a by a column). llm: an LLMConfig or a chat
-    function; None = `configured_llm`. progress(done, total) after each lead feature. kwargs go to
+    function; None = `configured_llm`. progress(done, total) after each feature. kwargs go to
     `llm_label_features` (force, n_show, n_holdout, seed). Raises LLMError when no LLM is given or configured."""
     if llm is None:
         llm, why = configured_llm(ctx)
@@ -93,9 +96,10 @@ def _side_by_side(findings: Sequence[Finding], corpus_a: Corpus, corpus_b: Corpu
                   ) -> pd.DataFrame:
     rows = []
     for i, f in enumerate(findings):
-        key = ((corpus_b if f.side == "b" else corpus_a).corpus_id, int(f.lead))
+        fid = f.named_by
+        key = ((corpus_b if f.side == "b" else corpus_a).corpus_id, fid)
         off_label, off_score = offline.get(key, (None, float("nan")))
         llm_row = llm_rows[key]
-        rows.append((i, f.side, int(f.lead), off_label, off_score, str(llm_row["label"]), float(llm_row["score"]),
+        rows.append((i, f.side, fid, off_label, off_score, str(llm_row["label"]), float(llm_row["score"]),
                      bool(llm_row["cached"])))
     return pd.DataFrame(rows, columns=FINDING_LABEL_COLUMNS)

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from backend.analysis.findings import DiffResult, Finding, names_nothing
-from backend.analysis.label_reading import is_plain_label
+from backend.analysis.label_reading import naming_member
 from backend.label_evidence import mark_context
 from backend.label_text import EXAMPLE_SEP, LabelTextConfig, split_label
 from backend.store import Store
@@ -70,21 +70,16 @@ def requoted(label: str, contexts: pd.DataFrame, config: LabelTextConfig = Label
 
 
 def naming_feature(f: Finding, own: Mapping[int, str] | None = None) -> tuple[int, str]:
-    """(the member whose label names the finding, that label): the lead, named by `own` (the side's own labels)
-    where that names something, else by the finding's label; where that names nothing, the first member whose
-    label names something that is not punctuation or formatting; else the lead."""
+    """(the member whose label names the finding, that label), by `label_reading.naming_member` over the members'
+    labels; `own` (the side's own labels) replaces a member's label where it names something."""
     def label_of(fid: int, fallback: str) -> str:
         mine = (own or {}).get(fid)
         return mine if mine and not names_nothing(mine) else fallback  # a side's "varied tokens" names less
 
-    lead = label_of(f.lead, f.label)
-    if not names_nothing(lead):
-        return f.lead, lead
-    for fid, member in list(zip(f.feature_ids, f.feature_labels))[1:]:
-        member = label_of(fid, member)
-        if member and not is_plain_label(member):
-            return fid, member
-    return f.lead, lead
+    members = f.feature_labels if len(f.feature_labels) == len(f.feature_ids) else (f.label,)
+    names = [label_of(fid, member) for fid, member in zip(f.feature_ids, members)]
+    i = naming_member(names)
+    return f.feature_ids[i], names[i]
 
 
 def quoted_from_sides(result: DiffResult, contexts: Mapping[str, pd.DataFrame],

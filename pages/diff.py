@@ -172,9 +172,10 @@ def finding_members(res: DiffResult, finding: Finding, sides: Sides, key: str) -
 
 
 def label_findings(ws: Workspace, summary: list[Finding], sides: Sides) -> None:
-    """LLM labels for the findings' lead features, each labelled in the corpus of the side where it is more common."""
-    leads = [f.lead for f in summary]
-    corpus_of = {f.lead: sides.b for f in summary if f.side == "b" and sides.b is not None}
+    """LLM labels for the features the findings are read by (`Finding.named_by`, as `ws.label_findings` does), each
+    labelled in the corpus of the side where it is more common."""
+    leads = [f.named_by for f in summary]
+    corpus_of = {f.named_by: sides.b for f in summary if f.side == "b" and sides.b is not None}
     analysis_ui.label_on_demand(ws, sides.a, leads, key="diff_findings", corpus_of=corpus_of)
 
 

@@ -80,3 +80,12 @@ def test_side_b_findings_are_labelled_in_the_corpus_where_they_fire():
     a, b = SimpleNamespace(corpus_id=1, name="a"), SimpleNamespace(corpus_id=2, name="b")
     groups = FL._corpus_groups([finding("a", 5), finding("b", 7), finding("a", 9), finding("b", 5), finding("a", 5)], a, b)
     assert [(c.name, ids) for c, ids in groups] == [("a", [5, 9]), ("b", [7, 5])]
+
+
+def test_a_finding_whose_lead_names_nothing_is_labelled_through_the_member_that_names_it():
+    """The LLM labels the feature the finding is read by (`naming_feature`), not a lead whose label names nothing."""
+    a = SimpleNamespace(corpus_id=1, name="a")
+    vague = Finding(side="a", label="number / constant", feature_ids=(4, 8), share_a=0.5, share_b=0.1, diff=0.4,
+                    adj_diff=None, q_value=0.01, length_confounded=False, is_formatting=False, examples_a=(),
+                    examples_b=(), score=0.4, feature_labels=("varied tokens: constant / harmonic", "number / constant"))
+    assert FL._corpus_groups([vague, finding("a", 5)], a, a)[0][1] == [8, 5]

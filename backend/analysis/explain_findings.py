@@ -15,6 +15,7 @@ from backend.analysis.explain_config import ALPHA, ExplainConfig
 from backend.analysis.explain_stats import Halves, heldout_effects
 from backend.analysis.explain_targets import Side, Targets, side_mask, sides_of
 from backend.analysis.findings import group_features, is_formatting_label, keep_contrast_within, local_labels
+from backend.analysis.label_reading import group_label
 
 
 def _fmt(value: float, numeric: bool, date: bool = False) -> str:
@@ -170,7 +171,7 @@ def build_findings(h: Halves, targets: Targets, eff_sel: dict[str, np.ndarray], 
     examples = _examples(h.X, masks, plan, cfg)
     lead_t = {(r.direction, r.feature_id): r.t_select for r in table.itertuples()}
     findings = [ExplainFinding(
-        direction=side.name, label=labels.get(members[0]) or f"feature {members[0]}",
+        direction=side.name, label=group_label(labels, members),
         feature_ids=tuple(int(f) for f in members), share=float(r.share_test), n_docs=int(r.n_test),
         mean_on=float(r.mean_on), mean_off=float(r.mean_off), effect=float(r.effect),
         effect_size=float(r.effect_size), t=float(r.t), p_value=float(r.p_value), q_value=float(r.q_value),

@@ -4,6 +4,7 @@ and which concept words it names, so that features named alike fold into one fin
 from __future__ import annotations
 
 import re
+from typing import Mapping, Sequence
 
 # A label *starting* with one of these names a formatting feature ("sentence-final period", "commas in lists").
 _FORMAT_PREFIX = re.compile(
@@ -61,14 +62,29 @@ def names_nothing(label: str | None) -> bool:
     return (label or "").strip().startswith(UNNAMED_PREFIX)
 
 
-# Words that say nothing about which concept a label names: function words, and the vocabulary labels
-# use around a concept ("varied tokens: …", "after 'the' (…)", "mentions of …", "names of …").
 def is_plain_label(label: str | None) -> bool:
     """Whether a label names punctuation or formatting, or nothing shared (`varied tokens: …`): what a finding or
     a cluster is named by only when no other label is there."""
     return is_formatting_label(label) or names_nothing(label)
 
 
+def naming_member(labels: Sequence[str | None]) -> int:
+    """Which of a group's member labels (lead first) names the group: the lead's, unless it names nothing
+    (`varied tokens: …`); then the first member's that names something other than punctuation or formatting;
+    else the lead's. "constant / harmonic / tangent" read `varied tokens` while its member read `number / constant`."""
+    if not labels or not names_nothing(labels[0]):
+        return 0
+    return next((i for i, label in enumerate(labels) if i and label and not is_plain_label(label)), 0)
+
+
+
+def group_label(labels: Mapping[int, str], members: Sequence[int]) -> str:
+    """The label a group of features (lead first) is read by: its `naming_member`'s."""
+    names = [labels.get(int(m)) or f"feature {int(m)}" for m in members]
+    return names[naming_member(names)]
+
+# Words that say nothing about which concept a label names: function words, and the vocabulary labels
+# use around a concept ("varied tokens: …", "after 'the' (…)", "mentions of …", "names of …").
 _NOT_CONCEPT = frozenset(
     "a an the of and or in on at to for with by from as is are be been this that these those it its into "
     "than then via vs etc "

@@ -23,6 +23,7 @@ from backend.analysis import FeatureGroup, as_csr, binarize
 from backend.analysis.columns import ColumnError, ColumnValues, read_column
 from backend.analysis.diff import bh_adjust, example_documents, stratum_counts
 from backend.analysis.findings import group_features, is_formatting_label, keep_contrast_within, local_labels
+from backend.analysis.label_reading import group_label
 from backend.errors import UserError
 
 ALPHA = 0.05
@@ -331,7 +332,7 @@ def build_trend_findings(X: sp.csr_matrix, B: sp.csr_matrix, bins: Bins, feature
     by_id = feature_stats.set_index("feature_id")
     names = tuple(bins.table["bin"].astype(str))
     findings = [TrendFinding(
-        direction=direction, label=labels.get(members[0]) or f"feature {members[0]}",  # type: ignore[arg-type]
+        direction=direction, label=group_label(labels, members),  # type: ignore[arg-type]
         feature_ids=tuple(int(f) for f in members), change=float(ca["change"][j]), z=float(ca["z"][j]),
         p_value=float(ca["p"][j]), q_value=float(by_id.at[members[0], "q_value"]),
         shares=tuple(map(float, shares[:, j])), n_fires=tuple(int(c) for c in counts[:, j]), ci_low=tuple(map(float, lo[:, j])), ci_high=tuple(map(float, hi[:, j])),

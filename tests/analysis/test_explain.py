@@ -292,3 +292,13 @@ def test_variants_that_also_fire_on_low_ratings_do_not_dilute_a_finding():
     assert after.effect > before.effect and after.mean_on > before.mean_on
     with pytest.raises(ExplainError):
         ExplainConfig(max_dilution=2.0)
+
+
+def test_a_finding_whose_lead_names_nothing_reads_its_member_that_names_something():
+    """Planted: UP leads the 'higher' finding and COPY fires on the same documents; UP's label names nothing
+    (`varied tokens`), COPY's names the concept. The finding reads COPY's label (it read UP's), its lead stays UP."""
+    X, stars, _ = planted()
+    labels = {UP: 'varied tokens: so / it / great — "«so» good"', COPY: "praise for the acting"}
+    higher = explain_column(X, stars, "stars", labels).summary(n_per_direction=1)[0]
+    assert (higher.lead, higher.feature_ids[:2]) == (UP, (UP, COPY))
+    assert higher.label == "praise for the acting"

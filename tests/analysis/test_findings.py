@@ -10,6 +10,7 @@ import scipy.sparse as sp
 from backend.analysis.diff import DiffConfig, diff_features, example_documents, summarize_diff
 from backend.analysis.findings import diff_result, group_features, is_formatting_label, label_words
 from backend.errors import UserError
+from backend.analysis.label_reading import naming_member
 
 COPIES = list(range(100, 117))  # 17 features that all fire on the "link" documents
 REAL_B = [200, 201, 202]  # three distinct real differences, more common in B
@@ -375,3 +376,16 @@ def test_the_forms_of_one_word_are_one_concept_word():
     X = sp.csr_matrix(fire.astype(float))
     assert group_features(X, [0, 1, 2, 3], labels=labels) == [[0, 1], [2], [3]]
     assert group_features(X, [1, 3, 2], labels={1: "programs", 2: "programmer", 3: "program"}) == [[1, 3, 2]]
+
+
+def test_diff_result_names_a_finding_whose_lead_names_nothing_by_its_first_member_that_names_something():
+    """Planted: 0, 1 and 2 fire on the same documents of A (one finding, led by 0). 0 names nothing, 1 is
+    punctuation, 2 names the concept: diff_result (not only ws.diff) reads 2's label; the members' labels stay."""
+    XA = np.zeros((40, 4)); XA[:30, 0] = 3; XA[:29, 1] = 2; XA[:28, 2] = 1
+    XB = np.zeros((40, 4)); XB[:2, 0] = 1
+    labels = {0: "varied tokens: constant / harmonic / tangent", 1: "comma", 2: "number / constant"}
+    f = next(f for f in diff_result(sp.csr_matrix(XA), sp.csr_matrix(XB), None, None, labels).findings if f.side == "a")
+    assert f.lead == 0 and set(f.feature_ids) == {0, 1, 2} and f.label == "number / constant"
+    assert f.feature_labels == tuple(labels[i] for i in f.feature_ids)
+    assert naming_member([labels[0], labels[1], labels[2]]) == 2  # punctuation does not name a finding
+    assert naming_member(["varied tokens: x", "varied tokens: y"]) == 0 and naming_member([]) == 0

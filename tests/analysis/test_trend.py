@@ -197,3 +197,13 @@ def test_variants_that_also_fire_early_do_not_dilute_a_rising_finding():
     assert after.change > before.change
     with pytest.raises(TrendError):
         TrendConfig(max_dilution=-0.1)
+
+
+def test_a_finding_whose_lead_names_nothing_reads_its_member_that_names_something():
+    """Planted: RISE leads the rising finding with RISE_COPY folded in; RISE's label names nothing,
+    RISE_COPY's names the concept: the finding reads RISE_COPY's label (it read RISE's), its lead stays RISE."""
+    X, dates, _ = planted()
+    labels = {RISE: 'varied tokens: so / it / now — "«so»"', RISE_COPY: "remote work / home office"}
+    rising = next(f for f in trend_result(X, dates, "date", labels).findings if f.direction == "rising")
+    assert rising.lead == RISE and RISE_COPY in rising.feature_ids
+    assert rising.label == "remote work / home office"
