@@ -21,7 +21,9 @@ where <name> is, in this order of preference:
     speech or a General Inquirer category, `backend.word_groups`: ``carrying and getting (brings / carry /
     fetch)``, ``after verbs (…)``), or letters they share (``words with 'represent' (…)``); else, given a
     concept namer (MiniLM over a Roget's-thesaurus vocabulary, `backend.concept_names`), the concept the
-    firing words are about (``words about memory (memory / recalls)``); only with `name_contexts`, the
+    firing words are about (``words about memory (memory / recalls)``); else one of the contexts' shared
+    properties above that holds for fewer of them (30%) but far above its rate among all the contexts labelled
+    together (binomial, under 0.1%); only with `name_contexts`, the
     concept the contexts are about (``about food (cake / soup / bread)``); else ``varied tokens: a / b / c``,
     the one label that names no shared property (`names_no_property`).
 
@@ -55,7 +57,8 @@ from backend.label_tokens import (  # noqa: F401  (re-exported)
     IN_QUOTES, AT_LINE_START, AT_SENTENCE_START, VARIED, ABOUT, WORDS_ABOUT, CATEGORY_KINDS, _PREFIX_KINDS,
     _URL_RE, _HANDLE_RE, _HASHTAG_RE, _NUMBER_RE, _YEAR_RE, _SPAN_HINTS, _TOKEN_HINTS, _DOMAIN_PIECES,
     _SPACE_MARKERS, _is_punct, token_unit)
-from backend.word_groups import WordGroupConfig, is_function_word, base_rates, shared_class, shared_spelling, spelling_rates
+from backend.word_groups import (WordGroupConfig, base_rates, binomial_tail, is_function_word, shared_class,
+                                 shared_spelling, spelling_rates)
 
 Decoder = Callable[[tuple[int, ...]], str]
 # (context texts per feature, strongest first; their activation weights) -> per feature (concept, which contexts
@@ -92,7 +95,10 @@ class LabelTextConfig:
     name_contexts: name what the contexts are about when nothing else names a feature (`about <concept> (…)`); off
     by default: its names were right for about a quarter of the features on a corpus of fortunes, and near chance
     on the bench's (docs/labels.md). word_groups: when a word class the firing words share names a feature
-    (`backend.word_groups`)."""
+    (`backend.word_groups`). rare_share, rare_lift, rare_max_p: a shared property of fewer than min_context_share of
+the contexts names a feature nothing else names when it holds at least rare_share of them, at least rare_lift
+times its rate among `rate_sample` contexts of all the features labelled together, and that many are this
+unlikely by chance (binomial)."""
 
     max_names: int = 5
     min_coverage: float = 0.5
@@ -104,13 +110,19 @@ class LabelTextConfig:
     max_concept_contexts: int = 8
     name_contexts: bool = False
     word_groups: WordGroupConfig = WordGroupConfig()
+    rare_share: float = 0.3
+    rare_lift: float = 3.0
+    rare_max_p: float = 1e-3
+    rate_sample: int = 3000
 
     def __post_init__(self) -> None:
         if self.max_names < 1 or self.max_concept_contexts < 1:
             raise UserError("max_names and max_concept_contexts must be at least 1.")
-        for name in ("min_coverage", "min_context_share"):
+        for name in ("min_coverage", "min_context_share", "rare_share", "rare_max_p"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise UserError(f"{name} must be in (0, 1], not {getattr(self, name)}.")
+        if self.rare_lift < 1 or self.rate_sample < 1:
+            raise UserError("rare_lift and rate_sample must be at least 1.")
         if self.max_name_chars < 10 or self.example_before_chars < 0 or self.example_after_chars < 0:
             raise UserError("max_name_chars must be at least 10 and the example widths non-negative.")
 
@@ -433,11 +445,34 @@ class _Labeller:
             share = sum(hit) / n
             if share >= self.cfg.min_context_share and (best is None or share * weight > best[0]):
                 best = (share * weight, head, kind, hit)
-        if best is None:
-            return None
-        _, head, kind, hit = best
+        return None if best is None else self._property_label(f, t, *best[1:])
+
+    def _property_label(self, f: _Feature, t: _Tally, head: str, kind: str, hit: list[bool]) -> tuple[str, str, float, int]:
         name, kind, score, row = self._group_label(f, t, head, kind, hit)
         return (name if " / " in name or "(" in name else head), kind, score, row
+
+    def property_rates(self) -> dict[str, float]:
+        """{property head: share of a sample of all the contexts (`rate_sample`) that have it}: each property's
+        base rate, since "after articles" holds for a tenth of any contexts."""
+        rows = np.random.default_rng(0).permutation(len(self.ctx.windows))[: self.cfg.rate_sample]
+        counts: Counter = Counter()
+        for r in rows:
+            one = self.read(np.array([r]))
+            counts.update(head for head, _, hit, _ in self._properties(one, self.tally(one)) if hit[0])
+        return {head: k / max(len(rows), 1) for head, k in counts.items()}
+
+    def rare_property(self, f: _Feature, rates: Mapping[str, float]) -> tuple[str, str, float, int] | None:
+        """The shared property least likely by chance at its base rate (`rates`), when it holds for at least
+        `rare_share` of the contexts and `rare_lift` times its rate, with a binomial tail under `rare_max_p`."""
+        cfg, n, t, best = self.cfg, len(f.idx), self.tally(f), None
+        for head, kind, hit, _ in self._properties(f, t):
+            k, p0 = sum(hit), max(rates.get(head, 0.0), cfg.word_groups.min_base)
+            if k < cfg.rare_share * n or k < cfg.rare_lift * p0 * n:
+                continue
+            p = binomial_tail(k, n, p0)
+            if p < cfg.rare_max_p and (best is None or p < best[0]):
+                best = (p, head, kind, hit)
+        return None if best is None else self._property_label(f, t, *best[1:])
 
     def _properties(self, f: _Feature, t: _Tally) -> Iterator[tuple[str, str, list[bool], float]]:
         """(label head, kind, which contexts have it, preference) for each candidate shared property: the
@@ -540,6 +575,7 @@ def readable_labels(ctx: Contexts, background: list[list[int]], decode: Decoder,
     features = [labeller.read(order[s:e]) for s, e in zip(starts, np.r_[starts[1:], len(fids)].astype(int))]
     named = [labeller.label(f) for f in features]
     _name_word_groups(labeller, features, named, config.word_groups, getattr(concepts, "name_words", None))
+    _name_rare_properties(labeller, features, named)
     if concepts is not None and config.name_contexts:  # last: the firing words name what it fires on more closely
         _name_concepts(labeller, features, named, concepts, config.max_concept_contexts)
     out = []
@@ -550,6 +586,17 @@ def readable_labels(ctx: Contexts, background: list[list[int]], decode: Decoder,
         out.append((int(ctx.feature_id[f.idx[0]]), label, float(min(max(score, 0.0), 1.0)), name, kind, example,
                     len(f.idx)))
     return pd.DataFrame(out, columns=LABEL_COLUMNS)
+
+
+def _name_rare_properties(labeller: _Labeller, features: list[_Feature], named: list[tuple[str, str, float, int]]) -> None:
+    """Replace, in place, the `varied tokens` labels whose contexts share a property in fewer than
+    `min_context_share` of them but far above its base rate (`_Labeller.rare_property`)."""
+    todo = [i for i, (name, *_) in enumerate(named) if names_no_property(name)]
+    if not todo:
+        return
+    rates = labeller.property_rates()
+    for i in todo:
+        named[i] = labeller.rare_property(features[i], rates) or named[i]
 
 
 def _name_concepts(labeller: _Labeller, features: list[_Feature], named: list[tuple[str, str, float, int]],

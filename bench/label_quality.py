@@ -38,8 +38,9 @@ import pandas as pd  # noqa: E402
 from backend import builtin_data  # noqa: E402
 from backend import feature_precompute as fp  # noqa: E402
 from backend import labels as labels_mod  # noqa: E402
+from backend.analysis.findings import diff_result  # noqa: E402
 from backend.concept_names import minilm_namer  # noqa: E402
-from backend.label_text import ABOUT, WORDS_ABOUT, names_no_property, readable_labels  # noqa: E402
+from backend.label_text import ABOUT, WORDS_ABOUT, LabelTextConfig, names_no_property, readable_labels  # noqa: E402
 from backend.word_groups import FUNCTION_WORDS  # noqa: E402
 from backend.word_lexicon import CATEGORY_NAMES, POS_NAMES  # noqa: E402
 from backend.workspace import Workspace, WorkspaceSpec  # noqa: E402
@@ -106,7 +107,9 @@ def label_corpus(ws: Workspace, name: str, old, chance: bool = False) -> tuple[p
 LEXICON_CLASSES = frozenset(POS_NAMES.values()) | frozenset(CATEGORY_NAMES.values()) | {FUNCTION_WORDS}
 # the labeller's steps for features with varied tokens, in the order it tries them
 RULES = ("earlier rules", "word class (lexicon)", "word before/after (lexicon)", "shared letters",
-         "words about (MiniLM)", "contexts about (MiniLM)")
+         "words about (MiniLM)", "a property of 30%+ far above its rate", "contexts about (MiniLM)")
+RARE = RULES[5]
+NO_RARE = LabelTextConfig(rare_share=1.0)  # the labeller without that step (a property of all contexts is named earlier)
 
 
 def rule_of(name: str) -> str:
@@ -136,18 +139,27 @@ def random_groups(ctx: labels_mod.ContextSet, fids: list[int], seed: int = 0) ->
                                  centers=ctx.centers[picked])
 
 
+def steps_of(ctx, background, decode, skip, after: pd.DataFrame) -> pd.Series:
+    """Which step named each feature of `after` (by feature_id): read from the name (`rule_of`), except the rare
+    property step, whose names read like the earlier rules': the features it names are unnamed without it."""
+    without = readable_labels(ctx, background, decode, skip_ids=skip, config=NO_RARE, concepts=minilm_namer())
+    steps = after.set_index("feature_id")["name"].map(rule_of)
+    rare = without.set_index("feature_id")["name"].map(names_no_property) & (steps != "varied")
+    return steps.where(~rare.reindex(steps.index, fill_value=False), RARE)
+
+
 def rule_rates(ctx, background, decode, skip, old, before: pd.DataFrame, after: pd.DataFrame) -> dict[str, tuple[float, float]]:
     """{step: (share of the real features that reach it which it names, the same share of random groups of their
     contexts)}: how far above chance each step names. Real features: those the baseline leaves varied; random
     groups: their contexts dealt at random, those the baseline leaves varied too. A step is reached by what no
     step before it (RULES) named."""
     varied = before.loc[before["name"].map(names_no_property), "feature_id"].tolist()
-    real = after.set_index("feature_id").loc[varied, "name"].map(rule_of).value_counts()
+    real = steps_of(ctx, background, decode, skip, after).loc[varied].value_counts()
     rnd_ctx = random_groups(ctx, varied)
     rnd_before = old.readable_labels(rnd_ctx, background, decode, skip_ids=skip)
     still = rnd_before.loc[rnd_before["name"].map(names_no_property), "feature_id"]
     rnd_after = readable_labels(rnd_ctx, background, decode, skip_ids=skip, concepts=minilm_namer())
-    rnd = rnd_after.set_index("feature_id").loc[still, "name"].map(rule_of).value_counts()
+    rnd = steps_of(rnd_ctx, background, decode, skip, rnd_after).loc[still].value_counts()
     out, reached = {}, [len(varied), len(still)]
     for rule in RULES:
         named = [real.get(rule, 0), rnd.get(rule, 0)]
@@ -157,10 +169,13 @@ def rule_rates(ctx, background, decode, skip, old, before: pd.DataFrame, after: 
 
 
 def diff_top10(ws: Workspace, labels: dict[int, str]) -> tuple[int, list[str]]:
-    """(how many of the human-vs-bot diff's top 10 findings name no property, their labels)."""
-    res = ws.diff("chat", column="speaker", value_a="human", value_b="bot")
-    top = res.summary(n_per_side=5)[:10]
-    names = [labels.get(f.lead, f"feature {f.lead}") for f in top]
+    """(how many of the human-vs-bot diff's top 10 findings name no property, their labels), the diff read through
+    `labels` (not the workspace's stored ones): they fold, order and name the findings, as ws.diff does."""
+    X, lengths = ws.latents("chat", "max"), ws.doc_lengths("chat")
+    human = (ws.metadata("chat", "speaker") == "human").to_numpy()
+    ids_a, ids_b = np.flatnonzero(human), np.flatnonzero(~human)
+    res = diff_result(X[ids_a], X[ids_b], lengths[ids_a], lengths[ids_b], labels, ids_a=ids_a, ids_b=ids_b)
+    names = [f.label for f in res.summary(n_per_side=5)[:10]]
     return sum(names_no_property(n) for n in names), names
 
 

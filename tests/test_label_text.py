@@ -356,3 +356,34 @@ def test_a_feature_firing_on_varied_function_words_is_named_by_that():
     common = T.readable_labels(make_contexts({VARIED: CONTEXTS[VARIED], 60: grammar}), BACKGROUND, decode)
     assert T.names_no_property(common.set_index("feature_id").loc[60, "name"])  # 65% of BACKGROUND: chance
     assert T.names_no_property(df.loc[VARIED, "name"])  # two function words of eight: still varied
+
+
+def test_a_property_of_a_third_of_the_contexts_names_a_feature_only_far_above_its_rate_among_all_contexts():
+    """Planted: 7 of feature 70's 20 contexts fire on -ly adverbs, its other 13 on varied words; 7 of feature 71's
+    fire after 'the', which 12 other features always fire after. 35% is under the 40% a property needs, but
+    adverbs are rare among all the contexts (4%) and 'after the' is not (80%): 70 is named, 71 stays varied,
+    and without the step 70 was varied too."""
+    def row(p: str, w: str, n: str) -> tuple[list[str], int]:
+        return [p, w, n], 1
+    others = [row(p, w, n) for p, w, n in zip([" dog", " It", " and", " good", " film", " movie", " plot", " cat", " It",
+                                                " and", " good", " film", " dog"],
+                                               [" red", " dog", " cat", " house", " story", " home", " eat", " run",
+                                                " go", " see", " sleep", " many", " red"],
+                                               [" of", " was", " and", " film", " It", " in", " at", ".", ",", " to",
+                                                " by", " is", " good"])]
+    adverbs = [row(p, w, n) for p, w, n in zip([" and", " It", " film", " good", " a", " plot", " movie"],
+                                                [" quickly", " slowly", " sadly", " happily", " loudly", " brightly",
+                                                 " quickly"], [" good", ".", " and", " It", ",", " is", " was"])]
+    nouns = [" film", " plot", " dog", " cat", " house", " story", " movie", " director"]
+    after_the = [row(" the", w, n) for w, n in zip([" director", " film", " plot", " movie", " director", " film", " plot"],
+                                                  [" and", ".", ",", " It", " good", " and", "."])]
+    filler = {100 + k: [row(" the", nouns[(k + j) % 8], " was") for j in range(10)] for k in range(12)}
+    ctx = make_contexts({70: adverbs + others, 71: after_the + others, **filler})
+    df = T.readable_labels(ctx, BACKGROUND, decode).set_index("feature_id")
+    assert df.loc[70, "name"].startswith("-ly adverbs (") and "quickly" in df.loc[70, "name"], df.loc[70, "label"]
+    assert 0.35 <= df.loc[70, "score"] < 0.4  # the share of the activation it names (7 of 20, the strongest)
+    assert T.names_no_property(df.loc[71, "name"]), df.loc[71, "label"]
+    without = T.readable_labels(ctx, BACKGROUND, decode, config=T.LabelTextConfig(rare_share=1.0))
+    assert T.names_no_property(without.set_index("feature_id").loc[70, "name"])
+    with pytest.raises(UserError):
+        T.LabelTextConfig(rare_lift=0.5)
