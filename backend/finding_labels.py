@@ -64,8 +64,9 @@ def _corpus_groups(findings: Sequence[Finding], corpus_a: Corpus, corpus_b: Corp
 
 def label_findings(ctx: WorkspaceContext, findings: Sequence[Finding], corpus_a: Corpus, corpus_b: Corpus | None = None,
                    llm: Labeller | None = None, progress: Progress | None = None, **kwargs: Any) -> pd.DataFrame:
-    """One row per finding (summary order): finding, side, feature_id (the feature that names it: its lead unless the lead's label names nothing), offline_label, offline_score,
-    llm_label, llm_score (held-out accuracy), cached (the LLM label was already stored).
+    """One row per finding (summary order): finding, side, feature_id (the feature that names it,
+    `Finding.named_by`: its lead unless the lead's label names nothing), offline_label, offline_score, llm_label,
+    llm_score (held-out accuracy), cached (the LLM label was already stored).
 
     corpus_b: where side-B documents live (None: a split of corpus_a by a column). llm: an LLMConfig or a chat
     function; None = `configured_llm`. progress(done, total) after each feature. kwargs go to

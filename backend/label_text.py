@@ -95,10 +95,10 @@ class LabelTextConfig:
     name_contexts: name what the contexts are about when nothing else names a feature (`about <concept> (…)`); off
     by default: its names were right for about a quarter of the features on a corpus of fortunes, and near chance
     on the bench's (docs/labels.md). word_groups: when a word class the firing words share names a feature
-    (`backend.word_groups`). rare_share, rare_lift, rare_max_p: a shared property of fewer than min_context_share of
-the contexts names a feature nothing else names when it holds at least rare_share of them, at least rare_lift
-times its rate among `rate_sample` contexts of all the features labelled together, and that many are this
-unlikely by chance (binomial)."""
+    (`backend.word_groups`). rare_share, rare_lift, rare_max_p: a shared property of fewer than min_context_share
+    of the contexts names a feature nothing else names when it holds at least rare_share of them, at least
+    rare_lift times its rate among `rate_sample` contexts of all the features labelled together, and that many
+    are this unlikely by chance (binomial)."""
 
     max_names: int = 5
     min_coverage: float = 0.5

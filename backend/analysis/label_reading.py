@@ -77,11 +77,11 @@ def naming_member(labels: Sequence[str | None]) -> int:
     return next((i for i, label in enumerate(labels) if i and label and not is_plain_label(label)), 0)
 
 
-
 def group_label(labels: Mapping[int, str], members: Sequence[int]) -> str:
     """The label a group of features (lead first) is read by: its `naming_member`'s."""
     names = [labels.get(int(m)) or f"feature {int(m)}" for m in members]
     return names[naming_member(names)]
+
 
 # Words that say nothing about which concept a label names: function words, and the vocabulary labels
 # use around a concept ("varied tokens: …", "after 'the' (…)", "mentions of …", "names of …").
