@@ -23,7 +23,7 @@ where <name> is, in this order of preference:
     concept namer (MiniLM over a Roget's-thesaurus vocabulary, `backend.concept_names`), the concept the
     firing words are about (``words about memory (memory / recalls)``); else one of the contexts' shared
     properties above that holds for fewer of them (30%) but far above its rate among all the contexts labelled
-    together (binomial, under 0.1%); only with `name_contexts`, the
+    together (binomial, under 0.1%), said so (``partly -ly adverbs (deeply / sadly)``); only with `name_contexts`, the
     concept the contexts are about (``about food (cake / soup / bread)``); else ``varied tokens: a / b / c``,
     the one label that names no shared property (`names_no_property`).
 
@@ -54,7 +54,7 @@ from backend.label_properties import (CONTRACTION_KEYS, CONTRACTIONS, WORD_PIECE
 from backend.label_tokens import (  # noqa: F401  (re-exported)
     Unit, _PUNCT, _SYMBOL, _CONTRACTIONS, _URL_PIECES, PERIOD_FINAL, PERIOD_OTHER, LINKS, TCO_LINKS, HANDLES,
     HASHTAGS, NUMBERS, YEARS, LINE_BREAK, BLANK_LINE, SPACES, BYTES, ALL_CAPS, CAPITALISED, FIRST_TOKEN, IN_CODE,
-    IN_QUOTES, AT_LINE_START, AT_SENTENCE_START, VARIED, ABOUT, WORDS_ABOUT, CATEGORY_KINDS, _PREFIX_KINDS,
+    IN_QUOTES, AT_LINE_START, AT_SENTENCE_START, VARIED, ABOUT, WORDS_ABOUT, PARTLY, CATEGORY_KINDS, _PREFIX_KINDS,
     _URL_RE, _HANDLE_RE, _HASHTAG_RE, _NUMBER_RE, _YEAR_RE, _SPAN_HINTS, _TOKEN_HINTS, _DOMAIN_PIECES,
     _SPACE_MARKERS, _is_punct, token_unit)
 from backend.word_groups import (WordGroupConfig, base_rates, binomial_tail, is_function_word, shared_class,
@@ -472,7 +472,10 @@ class _Labeller:
             p = binomial_tail(k, n, p0)
             if p < cfg.rare_max_p and (best is None or p < best[0]):
                 best = (p, head, kind, hit)
-        return None if best is None else self._property_label(f, t, *best[1:])
+        if best is None:
+            return None
+        _, head, kind, hit = best
+        return self._property_label(f, t, PARTLY + head, kind, hit)
 
     def _properties(self, f: _Feature, t: _Tally) -> Iterator[tuple[str, str, list[bool], float]]:
         """(label head, kind, which contexts have it, preference) for each candidate shared property: the

@@ -47,6 +47,7 @@ LINE_BREAK, BLANK_LINE, SPACES, BYTES = "line break", "blank line", "spaces", "e
 ALL_CAPS, CAPITALISED, FIRST_TOKEN = "all-caps words", PROPER_NAMES, "first token of the text"
 IN_CODE, IN_QUOTES, AT_LINE_START, AT_SENTENCE_START = "in code", "inside quotations", "at line start", "at sentence start"
 VARIED, ABOUT, WORDS_ABOUT = "varied tokens: ", "about ", "words about "
+PARTLY = "partly "  # a property of only part of the contexts (label_text step 6): "partly -ly adverbs (…)"
 
 # Category names a label can be made of, with their kind (used to read the kind back from a stored label).
 CATEGORY_KINDS: dict[str, str] = {

@@ -40,7 +40,7 @@ from backend import feature_precompute as fp  # noqa: E402
 from backend import labels as labels_mod  # noqa: E402
 from backend.analysis.findings import diff_result  # noqa: E402
 from backend.concept_names import minilm_namer  # noqa: E402
-from backend.label_text import ABOUT, WORDS_ABOUT, LabelTextConfig, names_no_property, readable_labels  # noqa: E402
+from backend.label_text import ABOUT, PARTLY, WORDS_ABOUT, names_no_property, readable_labels  # noqa: E402
 from backend.word_groups import FUNCTION_WORDS  # noqa: E402
 from backend.word_lexicon import CATEGORY_NAMES, POS_NAMES  # noqa: E402
 from backend.workspace import Workspace, WorkspaceSpec  # noqa: E402
@@ -108,8 +108,7 @@ LEXICON_CLASSES = frozenset(POS_NAMES.values()) | frozenset(CATEGORY_NAMES.value
 # the labeller's steps for features with varied tokens, in the order it tries them
 RULES = ("earlier rules", "word class (lexicon)", "word before/after (lexicon)", "shared letters",
          "words about (MiniLM)", "a property of 30%+ far above its rate", "contexts about (MiniLM)")
-RARE = RULES[5]
-NO_RARE = LabelTextConfig(rare_share=1.0)  # the labeller without that step (a property of all contexts is named earlier)
+
 
 
 def rule_of(name: str) -> str:
@@ -120,7 +119,7 @@ def rule_of(name: str) -> str:
         return "varied"
     for test, rule in ((head in LEXICON_CLASSES, "word class (lexicon)"), (side in LEXICON_CLASSES, "word before/after (lexicon)"),
                        (head.startswith("words with '"), "shared letters"), (head.startswith(WORDS_ABOUT), "words about (MiniLM)"),
-                       (head.startswith(ABOUT), "contexts about (MiniLM)")):
+                       (head.startswith(PARTLY), RULES[5]), (head.startswith(ABOUT), "contexts about (MiniLM)")):
         if test:
             return rule
     return "earlier rules"
@@ -139,27 +138,18 @@ def random_groups(ctx: labels_mod.ContextSet, fids: list[int], seed: int = 0) ->
                                  centers=ctx.centers[picked])
 
 
-def steps_of(ctx, background, decode, skip, after: pd.DataFrame) -> pd.Series:
-    """Which step named each feature of `after` (by feature_id): read from the name (`rule_of`), except the rare
-    property step, whose names read like the earlier rules': the features it names are unnamed without it."""
-    without = readable_labels(ctx, background, decode, skip_ids=skip, config=NO_RARE, concepts=minilm_namer())
-    steps = after.set_index("feature_id")["name"].map(rule_of)
-    rare = without.set_index("feature_id")["name"].map(names_no_property) & (steps != "varied")
-    return steps.where(~rare.reindex(steps.index, fill_value=False), RARE)
-
-
 def rule_rates(ctx, background, decode, skip, old, before: pd.DataFrame, after: pd.DataFrame) -> dict[str, tuple[float, float]]:
     """{step: (share of the real features that reach it which it names, the same share of random groups of their
     contexts)}: how far above chance each step names. Real features: those the baseline leaves varied; random
     groups: their contexts dealt at random, those the baseline leaves varied too. A step is reached by what no
     step before it (RULES) named."""
     varied = before.loc[before["name"].map(names_no_property), "feature_id"].tolist()
-    real = steps_of(ctx, background, decode, skip, after).loc[varied].value_counts()
+    real = after.set_index("feature_id").loc[varied, "name"].map(rule_of).value_counts()
     rnd_ctx = random_groups(ctx, varied)
     rnd_before = old.readable_labels(rnd_ctx, background, decode, skip_ids=skip)
     still = rnd_before.loc[rnd_before["name"].map(names_no_property), "feature_id"]
     rnd_after = readable_labels(rnd_ctx, background, decode, skip_ids=skip, concepts=minilm_namer())
-    rnd = steps_of(rnd_ctx, background, decode, skip, rnd_after).loc[still].value_counts()
+    rnd = rnd_after.set_index("feature_id").loc[still, "name"].map(rule_of).value_counts()
     out, reached = {}, [len(varied), len(still)]
     for rule in RULES:
         named = [real.get(rule, 0), rnd.get(rule, 0)]

@@ -9,6 +9,7 @@ import pytest
 
 from backend import labels as L
 from backend import label_text as T
+from backend.analysis.label_reading import label_words
 from backend.errors import UserError
 from backend.word_groups import WordGroupConfig
 
@@ -380,8 +381,9 @@ def test_a_property_of_a_third_of_the_contexts_names_a_feature_only_far_above_it
     filler = {100 + k: [row(" the", nouns[(k + j) % 8], " was") for j in range(10)] for k in range(12)}
     ctx = make_contexts({70: adverbs + others, 71: after_the + others, **filler})
     df = T.readable_labels(ctx, BACKGROUND, decode).set_index("feature_id")
-    assert df.loc[70, "name"].startswith("-ly adverbs (") and "quickly" in df.loc[70, "name"], df.loc[70, "label"]
+    assert df.loc[70, "name"].startswith("partly -ly adverbs (") and "quickly" in df.loc[70, "name"], df.loc[70, "label"]
     assert 0.35 <= df.loc[70, "score"] < 0.4  # the share of the activation it names (7 of 20, the strongest)
+    assert "partly" not in label_words(df.loc[70, "label"])  # two partial labels do not fold findings by that word
     assert T.names_no_property(df.loc[71, "name"]), df.loc[71, "label"]
     without = T.readable_labels(ctx, BACKGROUND, decode, config=T.LabelTextConfig(rare_share=1.0))
     assert T.names_no_property(without.set_index("feature_id").loc[70, "name"])

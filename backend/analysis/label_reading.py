@@ -87,7 +87,7 @@ def group_label(labels: Mapping[int, str], members: Sequence[int]) -> str:
 # use around a concept ("varied tokens: …", "after 'the' (…)", "mentions of …", "names of …").
 _NOT_CONCEPT = frozenset(
     "a an the of and or in on at to for with by from as is are be been this that these those it its into "
-    "than then via vs etc "
+    "than then via vs etc partly "
     "text texts token tokens word words phrase phrases term terms name names feature features content "
     "about related relating mention mentions mentioning reference references referring containing contains "
     "varied various mixed other misc miscellaneous special kind kinds type types class classes category "
