@@ -109,7 +109,7 @@ def explain_findings(ws: Workspace, corpus: Corpus, res: ExplainResult) -> None:
         with st.container(border=True):
             st.markdown(f"**#{i}** {widgets.md_escape(f.sentence, max_len=240)} · q = {f.q_value:.2g}")
             analysis_ui.show_documents(ws, corpus, list(f.examples), [f.lead], key=f"explain_ex_{i}")
-    analysis_ui.label_on_demand(ws, corpus, [f.lead for f in summary], key="explain_findings")
+    analysis_ui.label_on_demand(ws, corpus, [f.named_by for f in summary], key="explain_findings")
     widgets.export_buttons(frame, key="explain_findings_export", stem=f"explain_{res.column}")
 
 
@@ -183,7 +183,7 @@ def trend_findings(ws: Workspace, corpus: Corpus, res: TrendResult) -> None:
             st.markdown(f"**#{i}** {widgets.md_escape(f.sentence, max_len=240)} · q = {f.q_value:.2g}")
             st.caption(f"Examples from {widgets.md_escape(f.peak_bin)}, where it peaks:")
             analysis_ui.show_documents(ws, corpus, list(f.examples), [f.lead], key=f"trend_ex_{i}")
-    analysis_ui.label_on_demand(ws, corpus, [f.lead for f in summary], key="trend_findings")
+    analysis_ui.label_on_demand(ws, corpus, [f.named_by for f in summary], key="trend_findings")
     widgets.export_buttons(res.to_frame(), key="trend_findings_export", stem=f"trend_{res.column}")
 
 

@@ -23,6 +23,8 @@ from types import ModuleType
 import numpy as np
 import scipy.sparse as sp
 
+from backend.analysis.label_reading import naming_member
+
 __all__ = ["binarize", "feature_counts", "as_csr", "diff", "cluster", "correlate", "retrieve", "findings", "hypotheses", "concepts"]
 
 _SUBMODULES = {"diff", "cluster", "correlate", "retrieve", "findings", "hypotheses", "concepts"}
@@ -62,10 +64,20 @@ def feature_counts(B: sp.csr_matrix) -> np.ndarray:
 
 
 class FeatureGroup:
-    """`lead` and `n_features` of a result made of several features (`feature_ids`, strongest first): the
-    findings of diff, explain and trend, and concepts, share them."""
+    """`lead`, `n_features` and `named_by` of a result made of several features (`feature_ids`, strongest first):
+    the findings of diff, explain and trend, and concepts, share them."""
 
     feature_ids: tuple[int, ...]
+
+    @property
+    def named_by(self) -> int:
+        """The member the group is read by (`label_reading.naming_member` over its `feature_labels`, where it has
+        them): its lead unless the lead's label names nothing (`varied tokens: …`) and another member's names
+        something."""
+        labels = getattr(self, "feature_labels", ())
+        if len(labels) != len(self.feature_ids):
+            return self.lead
+        return self.feature_ids[naming_member(labels)]
 
     @property
     def lead(self) -> int:

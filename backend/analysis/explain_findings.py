@@ -15,7 +15,7 @@ from backend.analysis.explain_config import ALPHA, ExplainConfig
 from backend.analysis.explain_stats import Halves, heldout_effects
 from backend.analysis.explain_targets import Side, Targets, side_mask, sides_of
 from backend.analysis.findings import group_features, is_formatting_label, keep_contrast_within, local_labels
-from backend.analysis.label_reading import group_label
+from backend.analysis.label_reading import group_label, member_labels
 
 
 def _fmt(value: float, numeric: bool, date: bool = False) -> str:
@@ -35,7 +35,8 @@ class ExplainFinding(FeatureGroup):
     of documents with that value), ``effect`` = mean_on - mean_off, ``effect_size`` (standardized on the
     tested scale: ranks for numbers), ``t``, ``p_value`` (one-sided), ``q_value`` (BH over findings).
     ``score``: the lead feature's selection-half t (what chose it). ``examples``: doc ids of documents
-    of this direction where the lead fires most strongly."""
+    of this direction where the lead fires most strongly. ``feature_labels``: each member's label, in
+    ``feature_ids`` order; ``label`` is the one that names the finding (``named_by``)."""
 
     direction: str
     label: str
@@ -54,6 +55,7 @@ class ExplainFinding(FeatureGroup):
     score: float
     numeric: bool = True
     column: str = "value"
+    feature_labels: tuple[str, ...] = ()
 
     @property
     def significant(self) -> bool:
@@ -177,6 +179,7 @@ def build_findings(h: Halves, targets: Targets, eff_sel: dict[str, np.ndarray], 
         effect_size=float(r.effect_size), t=float(r.t), p_value=float(r.p_value), q_value=float(r.q_value),
         is_formatting=is_formatting_label(labels.get(members[0])), examples=tuple(int(d) for d in doc_ids[list(ex)]),
         score=float(lead_t[(side.name, members[0])]), numeric=targets.numeric, column=column,
+        feature_labels=member_labels(labels, members),
     ) for (side, members), r, ex in zip(plan, g.itertuples(), examples)]
     findings = _ordered(findings)
     index = {(f.direction, f.lead): i for i, f in enumerate(findings)}

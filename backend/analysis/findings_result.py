@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from backend.analysis import FeatureGroup
 from backend.analysis.diff import ALPHA, DiffConfig, example_documents
-from backend.analysis.label_reading import names_nothing, naming_member
+from backend.analysis.label_reading import names_nothing
 
 Side = Literal["a", "b"]
 
@@ -71,14 +71,6 @@ class Finding(FeatureGroup):
     def sentence(self) -> str:
         """E.g. "More common in A: links (t.co URLs) — 71% vs 3% of documents (17 features)"."""
         return self.describe()
-
-    @property
-    def named_by(self) -> int:
-        """The member the finding is read by (`label_reading.naming_member`): its lead unless the lead's label
-        names nothing (`varied tokens: …`) and another member's names something."""
-        if len(self.feature_labels) != len(self.feature_ids):
-            return self.lead
-        return self.feature_ids[naming_member(self.feature_labels)]
 
 
 def ordered_findings(findings: list[Finding], include_confounded: bool) -> list[Finding]:

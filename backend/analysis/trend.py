@@ -23,7 +23,7 @@ from backend.analysis import FeatureGroup, as_csr, binarize
 from backend.analysis.columns import ColumnError, ColumnValues, read_column
 from backend.analysis.diff import bh_adjust, example_documents, stratum_counts
 from backend.analysis.findings import group_features, is_formatting_label, keep_contrast_within, local_labels
-from backend.analysis.label_reading import group_label
+from backend.analysis.label_reading import group_label, member_labels
 from backend.errors import UserError
 
 ALPHA = 0.05
@@ -227,7 +227,8 @@ class TrendFinding(FeatureGroup):
     ``shares``/``n_fires``/``ci_low``/``ci_high``: per bin, the share (and number) of documents where any
     member fires (Wilson interval); ``change``/``z``/``p_value``: the group's trend; ``q_value``: the lead feature's (BH over
     every tested feature); ``peak_bin``: the bin (label) where the group's share peaks; ``examples``:
-    doc ids there where the lead fires most strongly; ``score``: the lead's own change."""
+    doc ids there where the lead fires most strongly; ``score``: the lead's own change; ``feature_labels``: each
+    member's label, in ``feature_ids`` order (``label`` is the one that names the finding, ``named_by``)."""
 
     direction: Direction
     label: str
@@ -245,6 +246,7 @@ class TrendFinding(FeatureGroup):
     is_formatting: bool
     examples: tuple[int, ...]
     score: float
+    feature_labels: tuple[str, ...] = ()
 
     @property
     def significant(self) -> bool:
@@ -338,6 +340,7 @@ def build_trend_findings(X: sp.csr_matrix, B: sp.csr_matrix, bins: Bins, feature
         shares=tuple(map(float, shares[:, j])), n_fires=tuple(int(c) for c in counts[:, j]), ci_low=tuple(map(float, lo[:, j])), ci_high=tuple(map(float, hi[:, j])),
         bin_labels=names, peak_bin=names[int(peaks[j])], is_formatting=is_formatting_label(labels.get(members[0])),
         examples=tuple(int(d) for d in doc_ids[examples[j]]), score=float(by_id.at[members[0], "change"]),
+        feature_labels=member_labels(labels, members),
     ) for j, (direction, members) in enumerate(plan)]
     return _ordered(findings)
 

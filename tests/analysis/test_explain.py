@@ -301,4 +301,5 @@ def test_a_finding_whose_lead_names_nothing_reads_its_member_that_names_somethin
     labels = {UP: 'varied tokens: so / it / great — "«so» good"', COPY: "praise for the acting"}
     higher = explain_column(X, stars, "stars", labels).summary(n_per_direction=1)[0]
     assert (higher.lead, higher.feature_ids[:2]) == (UP, (UP, COPY))
-    assert higher.label == "praise for the acting"
+    assert higher.label == "praise for the acting" and higher.named_by == COPY  # what the page asks an LLM to label
+    assert higher.feature_labels[:2] == (labels[UP], labels[COPY])

@@ -206,4 +206,5 @@ def test_a_finding_whose_lead_names_nothing_reads_its_member_that_names_somethin
     labels = {RISE: 'varied tokens: so / it / now — "«so»"', RISE_COPY: "remote work / home office"}
     rising = next(f for f in trend_result(X, dates, "date", labels).findings if f.direction == "rising")
     assert rising.lead == RISE and RISE_COPY in rising.feature_ids
-    assert rising.label == "remote work / home office"
+    assert rising.label == "remote work / home office" and rising.named_by == RISE_COPY
+    assert rising.feature_labels[rising.feature_ids.index(RISE_COPY)] == labels[RISE_COPY]
