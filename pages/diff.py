@@ -174,9 +174,9 @@ def finding_members(res: DiffResult, finding: Finding, sides: Sides, key: str) -
 def label_findings(ws: Workspace, summary: list[Finding], sides: Sides) -> None:
     """LLM labels for the features the findings are read by (`Finding.named_by`, as `ws.label_findings` does), each
     labelled in the corpus of the side where it is more common."""
-    leads = [f.named_by for f in summary]
-    corpus_of = {f.named_by: sides.b for f in summary if f.side == "b" and sides.b is not None}
-    analysis_ui.label_on_demand(ws, sides.a, leads, key="diff_findings", corpus_of=corpus_of)
+    named_by = [f.named_by for f in summary]
+    corpus_of = {fid: sides.b for fid, f in zip(named_by, summary) if f.side == "b" and sides.b is not None}
+    analysis_ui.label_on_demand(ws, sides.a, named_by, key="diff_findings", corpus_of=corpus_of)
 
 
 def finding_examples(ws: Workspace, res: DiffResult, sides: Sides, finding: Finding, key: str) -> None:

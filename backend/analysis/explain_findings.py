@@ -15,7 +15,7 @@ from backend.analysis.explain_config import ALPHA, ExplainConfig
 from backend.analysis.explain_stats import Halves, heldout_effects
 from backend.analysis.explain_targets import Side, Targets, side_mask, sides_of
 from backend.analysis.findings import group_features, is_formatting_label, keep_contrast_within, local_labels
-from backend.analysis.label_reading import group_label, member_labels
+from backend.analysis.label_reading import group_labels
 
 
 def _fmt(value: float, numeric: bool, date: bool = False) -> str:
@@ -172,15 +172,16 @@ def build_findings(h: Halves, targets: Targets, eff_sel: dict[str, np.ndarray], 
     table = pd.concat([table.drop(columns=["column", "sign"]), per_feature], axis=1)
     examples = _examples(h.X, masks, plan, cfg)
     lead_t = {(r.direction, r.feature_id): r.t_select for r in table.itertuples()}
+    named = [group_labels(labels, members) for _, members in plan]
     findings = [ExplainFinding(
-        direction=side.name, label=group_label(labels, members),
+        direction=side.name, label=label,
         feature_ids=tuple(int(f) for f in members), share=float(r.share_test), n_docs=int(r.n_test),
         mean_on=float(r.mean_on), mean_off=float(r.mean_off), effect=float(r.effect),
         effect_size=float(r.effect_size), t=float(r.t), p_value=float(r.p_value), q_value=float(r.q_value),
         is_formatting=is_formatting_label(labels.get(members[0])), examples=tuple(int(d) for d in doc_ids[list(ex)]),
         score=float(lead_t[(side.name, members[0])]), numeric=targets.numeric, column=column,
-        feature_labels=member_labels(labels, members),
-    ) for (side, members), r, ex in zip(plan, g.itertuples(), examples)]
+        feature_labels=names,
+    ) for (side, members), r, ex, (label, names) in zip(plan, g.itertuples(), examples, named)]
     findings = _ordered(findings)
     index = {(f.direction, f.lead): i for i, f in enumerate(findings)}
     member = {(f.direction, m): index[(f.direction, f.lead)] for f in findings for m in f.feature_ids}

@@ -48,7 +48,7 @@ from backend.analysis.feature_grouping import (  # noqa: F401
     CONTAINMENT_MIN_NPMI, decoder_cosine, group_features, inside_matrix, jaccard_matrix, keep_contrast,
     keep_contrast_within, local_labels, overlap_counts, shared_words_matrix)
 from backend.analysis.label_reading import UNNAMED_PREFIX, concept_keys, label_words, names_nothing  # noqa: F401
-from backend.analysis.label_reading import member_labels, naming_member
+from backend.analysis.label_reading import group_labels
 
 
 def _doc_ids(ids: np.ndarray | None, n: int, side: str) -> np.ndarray:
@@ -200,9 +200,9 @@ def _side_findings(side: Side, ctx: _SideContext) -> list[Finding]:
     out = []
     for g, members in enumerate(groups):
         lead, lead_row = int(cand[members[0]]), rows[members[0]]
-        names = member_labels(ctx.labels, [int(cand[m]) for m in members])
+        label, names = group_labels(ctx.labels, [int(cand[m]) for m in members])
         out.append(Finding(
-            side=side, label=names[naming_member(names)], feature_ids=tuple(int(cand[m]) for m in members),
+            side=side, label=label, feature_ids=tuple(int(cand[m]) for m in members),
             share_a=float(share_a[g]), share_b=float(share_b[g]), diff=float(share_a[g] - share_b[g]),
             adj_diff=None if adj is None else float(adj[g]), q_value=float(q[lead_row]),
             length_confounded=bool(confounded[lead_row]), is_formatting=lead in ctx.formatting,

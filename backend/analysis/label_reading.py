@@ -77,15 +77,11 @@ def naming_member(labels: Sequence[str | None]) -> int:
     return next((i for i, label in enumerate(labels) if i and label and not is_plain_label(label)), 0)
 
 
-def member_labels(labels: Mapping[int, str], members: Sequence[int]) -> tuple[str, ...]:
-    """Each member's label (`feature <id>` where it has none), in order."""
-    return tuple(labels.get(int(m)) or f"feature {int(m)}" for m in members)
-
-
-def group_label(labels: Mapping[int, str], members: Sequence[int]) -> str:
-    """The label a group of features (lead first) is read by: its `naming_member`'s."""
-    names = member_labels(labels, members)
-    return names[naming_member(names)]
+def group_labels(labels: Mapping[int, str], members: Sequence[int]) -> tuple[str, tuple[str, ...]]:
+    """(the label a group of features, lead first, is read by: its `naming_member`'s; each member's label, in
+    order, `feature <id>` where it has none)."""
+    names = tuple(labels.get(int(m)) or f"feature {int(m)}" for m in members)
+    return names[naming_member(names)], names
 
 
 # Words that say nothing about which concept a label names: function words, and the vocabulary labels

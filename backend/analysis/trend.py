@@ -23,7 +23,7 @@ from backend.analysis import FeatureGroup, as_csr, binarize
 from backend.analysis.columns import ColumnError, ColumnValues, read_column
 from backend.analysis.diff import bh_adjust, example_documents, stratum_counts
 from backend.analysis.findings import group_features, is_formatting_label, keep_contrast_within, local_labels
-from backend.analysis.label_reading import group_label, member_labels
+from backend.analysis.label_reading import group_labels
 from backend.errors import UserError
 
 ALPHA = 0.05
@@ -333,14 +333,15 @@ def build_trend_findings(X: sp.csr_matrix, B: sp.csr_matrix, bins: Bins, feature
     examples = _examples(X, bins.code, leads, peaks, cfg)
     by_id = feature_stats.set_index("feature_id")
     names = tuple(bins.table["bin"].astype(str))
+    named = [group_labels(labels, members) for _, members in plan]
     findings = [TrendFinding(
-        direction=direction, label=group_label(labels, members),  # type: ignore[arg-type]
+        direction=direction, label=named[j][0],  # type: ignore[arg-type]
         feature_ids=tuple(int(f) for f in members), change=float(ca["change"][j]), z=float(ca["z"][j]),
         p_value=float(ca["p"][j]), q_value=float(by_id.at[members[0], "q_value"]),
         shares=tuple(map(float, shares[:, j])), n_fires=tuple(int(c) for c in counts[:, j]), ci_low=tuple(map(float, lo[:, j])), ci_high=tuple(map(float, hi[:, j])),
         bin_labels=names, peak_bin=names[int(peaks[j])], is_formatting=is_formatting_label(labels.get(members[0])),
         examples=tuple(int(d) for d in doc_ids[examples[j]]), score=float(by_id.at[members[0], "change"]),
-        feature_labels=member_labels(labels, members),
+        feature_labels=named[j][1],
     ) for j, (direction, members) in enumerate(plan)]
     return _ordered(findings)
 
