@@ -91,3 +91,35 @@ def inside_quotes(before: str) -> bool:
     """Whether the firing token sits inside a quotation: an odd number of double quotes precede it in its window."""
     n = sum(before.count(q) for q in _QUOTE_CHARS)
     return n % 2 == 1 or ("“" in before and before.rfind("“") > before.rfind("”"))
+
+
+_SENTENCE_END = re.compile(r"[.!?]+[\s\"')\]]|\n\s*\n|[.!?]+$")
+_WORD = re.compile(r"[A-Za-z]+(?:['’][a-z]+)?")
+_QUESTION_OPENERS = _CLASSES["question words"] | frozenset(
+    "do does did is are was were can could will would should shall may might have has had isn't aren't don't doesn't "
+    "didn't can't won't wouldn't couldn't shouldn't".split())
+IN_QUESTIONS = "in questions"
+IN_CLAUSES_WITH = "in clauses with "
+
+
+def clause_before(before: str) -> str:
+    """The words of the firing token's sentence that come before it in its window (from the last sentence end)."""
+    ends = list(_SENTENCE_END.finditer(before))
+    return before[ends[-1].end():] if ends else before
+
+
+def in_question(before: str, after: str) -> bool:
+    """Whether the firing token sits in a question: its sentence opens with a question word or an auxiliary
+    ("Why do you…", "Does it…"), or a question mark comes before the next sentence end."""
+    words = _WORD.findall(clause_before(before))
+    if words and words[0].lower() in _QUESTION_OPENERS:
+        return True
+    mark = re.search(r"[.!?]", after)
+    return mark is not None and mark.group() == "?"
+
+
+def clause_classes(before: str) -> dict[str, str]:
+    """{closed word class (`word_class`): its last word} of the words before the firing token in its sentence: a
+    feature that fires in negated or "why" clauses shares them even when it fires on different words."""
+    return {c: w.lower() for w in _WORD.findall(clause_before(before)) if (c := word_class(w)) is not None}
+

@@ -22,8 +22,10 @@ where <name> is, in this order of preference:
     fetch)``, ``after verbs (…)``), or letters they share (``words with 'represent' (…)``); else, given a
     concept namer (MiniLM over a Roget's-thesaurus vocabulary, `backend.concept_names`), the concept the
     firing words are about (``words about memory (memory / recalls)``); else one of the contexts' shared
-    properties above that holds for fewer of them (30%) but far above its rate among all the contexts labelled
-    together (binomial, under 0.1%), said so (``partly -ly adverbs (deeply / sadly)``); only with `name_contexts`, the
+    properties above, or of the sentence around the firing token (``in questions``, ``in clauses with negations
+    (not / never)``, ``near hostile words (hit / slash)``), that holds far above its rate among all the contexts
+    labelled together (binomial, under 0.1%), for fewer of them (30%) said so (``partly -ly adverbs (deeply /
+    sadly)``); only with `name_contexts`, the
     concept the contexts are about (``about food (cake / soup / bread)``); else ``varied tokens: a / b / c``,
     the one label that names no shared property (`names_no_property`).
 
@@ -49,16 +51,17 @@ import pandas as pd
 from backend.analysis.label_reading import base_forms, is_form_of  # noqa: F401  (is_form_of: re-exported)
 from backend.errors import UserError
 from backend.label_evidence import _flat, evidence, evidence_text, mark_context  # noqa: F401  (re-exported)
-from backend.label_properties import (CONTRACTION_KEYS, CONTRACTIONS, WORD_PIECES, inside_quotes, looks_like_code,
-                                      word_class, word_shape)
+from backend.label_properties import (CONTRACTION_KEYS, CONTRACTIONS, IN_CLAUSES_WITH, IN_QUESTIONS, WORD_PIECES,
+                                      clause_classes, in_question, inside_quotes, looks_like_code, word_class,
+                                      word_shape)
 from backend.label_tokens import (  # noqa: F401  (re-exported)
     Unit, _PUNCT, _SYMBOL, _CONTRACTIONS, _URL_PIECES, PERIOD_FINAL, PERIOD_OTHER, LINKS, TCO_LINKS, HANDLES,
     HASHTAGS, NUMBERS, YEARS, LINE_BREAK, BLANK_LINE, SPACES, BYTES, ALL_CAPS, CAPITALISED, FIRST_TOKEN, IN_CODE,
     IN_QUOTES, AT_LINE_START, AT_SENTENCE_START, VARIED, ABOUT, WORDS_ABOUT, PARTLY, CATEGORY_KINDS, _PREFIX_KINDS,
     _URL_RE, _HANDLE_RE, _HASHTAG_RE, _NUMBER_RE, _YEAR_RE, _SPAN_HINTS, _TOKEN_HINTS, _DOMAIN_PIECES,
     _SPACE_MARKERS, _is_punct, token_unit)
-from backend.word_groups import (WordGroupConfig, base_rates, binomial_tail, is_function_word, shared_class,
-                                 shared_spelling, spelling_rates)
+from backend.word_groups import (NEAR, WordGroupConfig, base_rates, binomial_tail, context_categories, is_function_word,
+                                 shared_class, shared_spelling, spelling_rates)
 
 Decoder = Callable[[tuple[int, ...]], str]
 # (context texts per feature, strongest first; their activation weights) -> per feature (concept, which contexts
@@ -458,24 +461,47 @@ class _Labeller:
         counts: Counter = Counter()
         for r in rows:
             one = self.read(np.array([r]))
-            counts.update(head for head, _, hit, _ in self._properties(one, self.tally(one)) if hit[0])
+            counts.update(head for head, _, hit, _ in self._rare_candidates(one, self.tally(one)) if hit[0])
         return {head: k / max(len(rows), 1) for head, k in counts.items()}
 
     def rare_property(self, f: _Feature, rates: Mapping[str, float]) -> tuple[str, str, float, int] | None:
         """The shared property least likely by chance at its base rate (`rates`), when it holds for at least
-        `rare_share` of the contexts and `rare_lift` times its rate, with a binomial tail under `rare_max_p`."""
+        `rare_share` of the contexts and `rare_lift` times its rate, with a binomial tail under `rare_max_p` (times
+        the number of sense categories tried, for those). Under `min_context_share` the name says `partly`."""
         cfg, n, t, best = self.cfg, len(f.idx), self.tally(f), None
-        for head, kind, hit, _ in self._properties(f, t):
+        candidates = list(self._rare_candidates(f, t))
+        n_near = sum(c[0].startswith(NEAR) for c in candidates)
+        for head, kind, hit, words in candidates:
             k, p0 = sum(hit), max(rates.get(head, 0.0), cfg.word_groups.min_base)
             if k < cfg.rare_share * n or k < cfg.rare_lift * p0 * n:
                 continue
-            p = binomial_tail(k, n, p0)
+            # the sense categories of the words around are many (~70) tries per feature: Bonferroni over them
+            p = binomial_tail(k, n, p0) * (n_near if head.startswith(NEAR) else 1)
             if p < cfg.rare_max_p and (best is None or p < best[0]):
-                best = (p, head, kind, hit)
+                best = (p, head, kind, hit, words)
         if best is None:
             return None
-        _, head, kind, hit = best
-        return self._property_label(f, t, PARTLY + head, kind, hit)
+        _, head, kind, hit, words = best
+        head = head if sum(hit) >= cfg.min_context_share * n else PARTLY + head
+        if words is None:
+            return self._property_label(f, t, head, kind, hit)
+        shown = [w for w, _ in Counter(w for w, h in zip(words, hit) if h and w).most_common(3)]
+        name = f"{head} ({' / '.join(_join_fit(shown, cfg.max_name_chars - len(head) - 3))})" if shown else head
+        return name, kind, float(np.dot(hit, f.weights)), self._example(f, hit)
+
+    def _rare_candidates(self, f: _Feature, t: _Tally) -> Iterator[tuple[str, str, list[bool], list[str] | None]]:
+        """What step 6 tries: (head, kind, which contexts have it, the context word that shows it in each, or None
+        to show the firing words). The shared properties (`_properties`), and what the sentence around the firing
+        token holds: a question, a closed word class before it (`in clauses with negations (not / never)`), words of
+        a sense category around it (`near hostile words (hit / slash)`). These hold for many contexts of any
+        feature, so only step 6, which weighs each by its base rate, reads them."""
+        yield from ((head, kind, hit, None) for head, kind, hit, _ in self._properties(f, t))
+        texts = [self.reader.segments(self.ctx.windows[i], int(self.ctx.centers[i])) for i in f.idx]
+        yield IN_QUESTIONS, "mixed", [in_question(b, a) for b, _, a in texts], None
+        for prefix, found in ((IN_CLAUSES_WITH, [clause_classes(b) for b, _, _ in texts]),
+                              (NEAR, [context_categories(b + a) for b, _, a in texts])):
+            for name in sorted(set().union(*found)):
+                yield prefix + name, "mixed", [name in c for c in found], [c.get(name) for c in found]
 
     def _properties(self, f: _Feature, t: _Tally) -> Iterator[tuple[str, str, list[bool], float]]:
         """(label head, kind, which contexts have it, preference) for each candidate shared property: the

@@ -60,6 +60,7 @@ CATEGORY_KINDS: dict[str, str] = {
 _PREFIX_KINDS = (("special token ", "formatting"), ("punctuation ", "punctuation"), (ALL_CAPS, "formatting"),
                  (CAPITALISED, "word"), ("capitalised words", "word"), ("in code", "mixed"),
                  ("inside quotations", "mixed"), ("at line start", "mixed"), ("at sentence start", "mixed"),
+                 ("in questions", "mixed"), ("in clauses with ", "mixed"), ("near ", "mixed"),
                  *((name, "word") for name in WORD_CLASSES + WORD_SHAPES), (WORD_PIECES, "word"), (CONTRACTIONS, "punctuation"), ("about ", "word"),
                  ("after ", "mixed"), ("before ", "mixed"), ("varied tokens:", "mixed"))
 

@@ -14,6 +14,7 @@ the class of the word before or after, 3.9% vs 0.7%; shared letters, 1.6% vs 0.1
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -174,3 +175,19 @@ def spelling_rates(words: Iterable[str | None], size: int = 4) -> dict[str, floa
         total += 1
         have.update(_spellings(w, size))
     return {s: k / total for s, k in have.items()} if total else {}
+
+
+_TEXT_WORD = re.compile(r"[A-Za-z]+")
+NEAR = "near "  # a sense category of the words around the firing token: "near political words (…)"
+
+
+def context_categories(text: str) -> dict[str, str]:
+    """{sense category (`CATEGORY_NAMES`, not a part of speech): its first word} of the content words of a context: a
+    feature that fires on varied words may still fire where a text talks about politics or violence."""
+    out: dict[str, str] = {}
+    for w in _TEXT_WORD.findall(text.lower()):
+        entry = None if is_function_word(w) else lookup(w)
+        for c in entry[1] if entry is not None else ():
+            out.setdefault(CATEGORY_NAMES[c], w)
+    return out
+

@@ -26,6 +26,7 @@ VOCAB = [
     " reveal", " revealed", " revealing", " reveals",
     " brings", " carry", " fetch", " delivered", " brought", " gather", " catch", " lift", " remove", " distribute",
     " few", " home",
+    " why", " do", "?", " not",
 ]
 ID = {t: i for i, t in enumerate(VOCAB)}
 
@@ -389,3 +390,26 @@ def test_a_property_of_a_third_of_the_contexts_names_a_feature_only_far_above_it
     assert T.names_no_property(without.set_index("feature_id").loc[70, "name"])
     with pytest.raises(UserError):
         T.LabelTextConfig(rare_lift=0.5)
+
+
+def test_what_the_sentence_around_holds_names_a_feature_that_fires_on_varied_words():
+    """Planted: 8 of feature 80's 20 contexts sit in "why" questions and 8 of feature 81's after "not" in their
+    sentence, on varied words with varied neighbours; no other feature's contexts hold either. 80 reads "in questions"
+    and 81 "in clauses with negations (not)"; where every context is a question, 80 stays varied, and so did both
+    before the step read the sentence."""
+    words = [" red", " dog", " cat", " house", " story", " home", " eat", " run", " go", " see", " sleep", " many",
+             " film", " plot", " movie", " director", " good", " quickly", " Paris", " London"]
+    subjects = [" you", " they", " we", " I"]
+    others = [([words[(j + 3) % 20], words[(j + 7) % 20], w], 2) for j, w in enumerate(words[8:])]
+    asking = {80: [([" why", " do", subjects[j % 4], w], 3) for j, w in enumerate(words[:8])] + others,
+              81: [([" It", " was", " not", [" a", " the", " good", " quickly"][j % 4], w], 4)
+                   for j, w in enumerate(words[:8])] + others}
+    filler = {100 + k: [([" the", words[(k + j) % 20], " was", "."], 1) for j in range(10)] for k in range(12)}
+    df = T.readable_labels(make_contexts({**asking, **filler}), BACKGROUND, decode).set_index("feature_id")
+    assert df.loc[80, "name"].startswith("in questions ("), df.loc[80, "label"]
+    assert df.loc[81, "name"] == "in clauses with negations (not)", df.loc[81, "label"]
+    assert "clauses" not in label_words(df.loc[81, "label"])  # two such labels fold findings only by their class
+    asked = {100 + k: [([" why", " do", " you", words[(k + j) % 20]], 3) for j in range(10)] for k in range(12)}
+    common = T.readable_labels(make_contexts({**asking, **asked}), BACKGROUND, decode).set_index("feature_id")
+    assert T.names_no_property(common.loc[80, "name"]), common.loc[80, "label"]
+

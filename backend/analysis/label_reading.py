@@ -85,10 +85,10 @@ def group_labels(labels: Mapping[int, str], members: Sequence[int]) -> tuple[str
 
 
 # Words that say nothing about which concept a label names: function words, and the vocabulary labels
-# use around a concept ("varied tokens: …", "after 'the' (…)", "mentions of …", "names of …").
+# use around a concept ("varied tokens: …", "after 'the' (…)", "in clauses with …", "near …", "mentions of …").
 _NOT_CONCEPT = frozenset(
     "a an the of and or in on at to for with by from as is are be been this that these those it its into "
-    "than then via vs etc partly "
+    "than then via vs etc partly near clause clauses "
     "text texts token tokens word words phrase phrases term terms name names feature features content "
     "about related relating mention mentions mentioning reference references referring containing contains "
     "varied various mixed other misc miscellaneous special kind kinds type types class classes category "
