@@ -287,7 +287,9 @@ class WorkspaceAnalyses:
         Strength is in `unit`: "residual" (default) adds a vector as long as the median residual at the hook, so
         1.0 is the same push for every feature; "p99_act"/"max_act" (the older units) scale by the feature's
         typical activation in `corpus`. A strength "auto" picks the largest strength whose median perplexity
-        stays within 1.5x of unsteered (`auto`: a backend.steering.AutoConfig), reported in `result.auto`.
+        stays within 1.5x of unsteered (`auto`: a backend.steering.AutoConfig), reported in `result.auto`, and
+        guides sampling: each steered generation may take, once per feature, one of the model's 32 likeliest tokens
+        because the feature fires on it (`Generation.guided`; `SteerConfig.guide`: 0 off, K candidates).
         Each generation carries its measures: the per-token activation, perplexity under the unsteered model,
         MiniLM similarity to the feature's top contexts, and `fires`: whether the feature fires anywhere in the
         output, max-pooled as documents are judged."""

@@ -4,7 +4,7 @@ recorded: no re-reading forward on the HF model; see docs/steering.md) against t
 way to make the same generations: ONE batched Hugging Face `generate` of the same rows (same model, device,
 prompts x samples x 2 kinds, left padding, sampling, exactly N new tokens).
 
-Usage: PYTHONPATH=. .venv/bin/python bench/steer_speed.py [--prompts 10] [--samples 2] [--max-new-tokens 48]
+Usage: PYTHONPATH=. .venv/bin/python bench/steer_speed.py [--prompts 10] [--samples 2] [--max-new-tokens 48] [--guide 32]
 Prints the seconds of each, the generation-only ratio, and last `ratio <HF generate seconds / steer run seconds>`
 (the whole run, measures included; target >= 0.8). Both are measured in the same process, alternated.
 """
@@ -79,6 +79,8 @@ def main() -> None:
     ap.add_argument("--strength", type=float, default=0.3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--gen-only", action="store_true", help="also time the batched step loop alone (same rows)")
+    ap.add_argument("--guide", type=int, default=None, help="SteerConfig.guide of the steer run (default: off for a "
+                    "numeric strength; 32: guided sampling, what 'auto' uses)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -89,7 +91,7 @@ def main() -> None:
     print(f"model {reader.name} on cpu ({args.threads} torch threads); SAE {DEFAULT_SAE_DIR.name}; loaded in {time.time() - t0:.1f}s")
     prompts = (PROMPTS * (args.prompts // len(PROMPTS) + 1))[: args.prompts]
     N, n = args.max_new_tokens, args.samples
-    cfg = SteerConfig(n_samples=n, temperature=0.7, max_new_tokens=N, min_new_tokens=N)
+    cfg = SteerConfig(n_samples=n, temperature=0.7, max_new_tokens=N, min_new_tokens=N, guide=args.guide)
     prompt_ids = [format_prompt(reader, p) for p in prompts]
     rows = [ids for ids in prompt_ids for _ in range(2 * n)]  # steered + unsteered rows of every prompt x sample
     pad = reader.tokenizer.pad_token_id if reader.tokenizer.pad_token_id is not None else 0
@@ -104,6 +106,8 @@ def main() -> None:
 
     def steered() -> int:
         res = steer(reader, sae, {args.feature: args.strength}, prompts, cfg)
+        if res.guide_top_k:
+            print(f"  guided: {sum(bool(g.guided) for g in res.generations)} of {len(res.generations) // 2} steered rows")
         return sum(g.n_tokens for g in res.generations)
 
     vec = greedy_check(reader, sae, prompt_ids, pad, args.feature, args.strength)

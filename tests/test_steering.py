@@ -15,6 +15,7 @@ from tests.dtypes import BF16_REL, assert_close_in, exact
 from backend.models import DEFAULT_MODEL, cached_hf_dir, load_reader, prepare_builtin
 from backend.runtime import residuals, runtime_for
 from backend.steering import (
+    GUIDE_TOP_K,
     ActivationLevels,
     Generation,
     SteerConfig,
@@ -450,7 +451,8 @@ def test_auto_strength_on_the_tiny_model_stays_within_the_bound(varied_reader):
     assert res.notes and res.notes[0].startswith("auto: chose")
     # The chosen strength measured again through the public run (same prompts, seeds, length; another batch, so
     # float rounding may flip a sampled token): within the bound.
-    again = steer(varied_reader, sae, {FEAT: chosen}, PROMPTS3[:2], cfg)
+    assert res.guide_top_k == GUIDE_TOP_K  # auto guides its probes and its run by default
+    again = steer(varied_reader, sae, {FEAT: chosen}, PROMPTS3[:2], dataclasses.replace(cfg, guide=res.guide_top_k))
 
     def median_ppl(kind: str) -> float:
         return float(torch.tensor([g.perplexity for g in again.generations if g.kind == kind]).median())
@@ -470,7 +472,7 @@ def test_auto_reports_how_often_the_feature_fired_in_its_probes(varied_reader):
     most = max(res.auto.probes, key=lambda s: res.auto.fires[s])
     assert res.auto.fires[most] > res.auto.fires[0.0]  # some strength made it fire more than unsteered
     for s in (most, res.auto.strength):
-        again = steer(varied_reader, sae, {FEAT: s}, PROMPTS3[:2], cfg)
+        again = steer(varied_reader, sae, {FEAT: s}, PROMPTS3[:2], dataclasses.replace(cfg, guide=res.guide_top_k))
         shares = again.summary()[f"share_fires_{FEAT}"]
         assert res.auto.fires[s] == pytest.approx(float(shares["steered"]))
         assert res.auto.fires[0.0] == pytest.approx(float(shares["unsteered"]))

@@ -13,15 +13,16 @@ from typing import Any
 from backend.runtime import residuals, runtime_for
 from backend.steering.auto import AutoConfig, AutoStrength, search_strength
 from backend.steering.config import (
-    AUTO, MAX_ABS_STRENGTH, MAX_GENERATIONS, MAX_NEW_TOKENS, MAX_SAMPLES, Kind, Positions, SteerConfig, SteeringError,
-    Strength, check_prompts, check_strengths,
+    AUTO, GUIDE_TOP_K, MAX_ABS_STRENGTH, MAX_GENERATIONS, MAX_NEW_TOKENS, MAX_SAMPLES, Kind, Positions, SteerConfig,
+    SteeringError, Strength, check_prompts, check_strengths,
 )
 from backend.steering.inputs import activation_levels, concept_texts, steer_in_workspace, sweep_in_workspace
 from backend.steering.measures import (
     Generation, OutputMeasures, concept_similarities, measure_outputs, perplexity_warning, pool_generations,
 )
 from backend.steering.runs import (
-    OnProgress, OnToken, SteerResult, direction_top_logits, generate_steered, steer, steered_logits, strength_sweep,
+    OnProgress, OnToken, SteerResult, direction_top_logits, generate_steered, marked_text, steer, steered_logits,
+    strength_sweep,
 )
 from backend.steering.sampling import format_prompt, generate, generate_batch, pick_tokens, stop_token_ids
 from backend.steering.units import (
@@ -30,12 +31,12 @@ from backend.steering.units import (
 )
 
 __all__ = [
-    "AUTO", "AutoConfig", "AutoStrength", "DEFAULT_UNIT", "MAX_ABS_STRENGTH", "MAX_GENERATIONS", "MAX_NEW_TOKENS",
+    "AUTO", "AutoConfig", "AutoStrength", "DEFAULT_UNIT", "GUIDE_TOP_K", "MAX_ABS_STRENGTH", "MAX_GENERATIONS", "MAX_NEW_TOKENS",
     "MAX_SAMPLES", "Strength", "check_prompts", "check_strengths", "generate_batch", "search_strength",
     "UNIT_KINDS", "ActivationLevels", "FeatureScale", "Generation", "Kind", "OnProgress", "OnToken", "OutputMeasures", "Positions",
     "SteerConfig", "SteerResult", "SteeringError", "UnitKind", "activation_levels", "concept_similarities",
     "concept_texts", "decoder_direction", "direction_top_logits", "feature_scale", "format_prompt", "generate",
-    "generate_steered", "measure_outputs", "perplexity_warning", "pick_tokens", "pool_generations", "resolve_scales",
+    "generate_steered", "marked_text", "measure_outputs", "perplexity_warning", "pick_tokens", "pool_generations", "resolve_scales",
     "steer", "steer_in_workspace", "steered_logits", "steering_vector", "stop_token_ids", "strength_sweep",
     "sweep_in_workspace", "typical_units",
 ]

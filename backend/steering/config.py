@@ -16,6 +16,8 @@ MAX_ABS_STRENGTH = 20.0  # past this any unit breaks the text; a typo like 1e9 m
 MAX_NEW_TOKENS = 512
 MAX_SAMPLES = 32
 MAX_GENERATIONS = 128  # prompts x samples of one run (each has a steered and an unsteered row)
+GUIDE_TOP_K = 32  # candidate tokens guided sampling reads per step when a strength is "auto" (docs/steering.md)
+MAX_GUIDE_TOP_K = 256
 
 
 class SteeringError(UserError):
@@ -38,6 +40,10 @@ class SteerConfig:
     fire_threshold: a feature "fires" in a generation when its max activation over the output tokens
         is above this, the rule corpus documents follow (`latents(pooling="binary", threshold=...)`).
     perplexity_warning_factor: warn when the steered perplexity passes this multiple of the unsteered one.
+    guide: guided sampling (`backend.steering.guide`): a steered generation reads its `guide` likeliest next
+        tokens at the hook and takes one a steered feature (positive strength) fires on, once per feature, if its
+        own pick does not; 0 is off. None (the default) guides with GUIDE_TOP_K when a strength is "auto" and
+        not when all strengths are numbers (a plain residual intervention).
     """
 
     features: dict[int, Strength] = field(default_factory=dict)
@@ -52,6 +58,7 @@ class SteerConfig:
     use_cache: bool = True
     fire_threshold: float = 0.0
     perplexity_warning_factor: float = 2.0
+    guide: int | None = None
 
     def __post_init__(self) -> None:
         if self.positions not in ("all", "generated"):
@@ -68,7 +75,18 @@ class SteerConfig:
             raise SteeringError("fire_threshold must be >= 0")
         if not self.perplexity_warning_factor > 1:
             raise SteeringError("perplexity_warning_factor must be above 1")
+        if self.guide is not None and (isinstance(self.guide, bool) or not 0 <= int(self.guide) <= MAX_GUIDE_TOP_K):
+            raise SteeringError(f"guide must be None or a number of candidate tokens from 0 to {MAX_GUIDE_TOP_K}, "
+                                f"not {self.guide!r}")
+        if self.guide and not self.use_cache:
+            raise SteeringError("Guided sampling needs the KV cache: set use_cache=True or guide=0.")
         check_strengths(self.features, allow_empty=True)
+
+    def guide_top_k(self, strengths: Mapping[int, Strength]) -> int:
+        """Candidate tokens guided sampling reads per step for these strengths (0: off); see `guide`."""
+        if self.guide is not None:
+            return int(self.guide)
+        return GUIDE_TOP_K if any(s == AUTO for s in strengths.values()) else 0
 
     def seeds(self) -> list[int]:
         """RNG seed of each sample index (shared by the steered and unsteered runs)."""

@@ -51,6 +51,7 @@ class Generation:
     fires: max-pooled presence: the feature fires on at least one output token (as a document would count).
     concept_similarity: MiniLM cosine of the text to the feature's top contexts (when they were given).
     nll: mean negative log-likelihood per output token under the unsteered model.
+    guided: output positions where guided sampling picked the token because a steered feature fires on it.
     """
 
     kind: str
@@ -67,6 +68,7 @@ class Generation:
     feature_sum: dict[int, float] = field(default_factory=dict, repr=False)
     fires: dict[int, bool] = field(default_factory=dict)
     concept_similarity: dict[int, float] = field(default_factory=dict)
+    guided: list[int] = field(default_factory=list)  # output positions guided sampling picked (backend.steering.guide)
 
     @property
     def n_tokens(self) -> int:

@@ -19,6 +19,7 @@ from backend.steering.auto import AutoConfig, AutoStrength, Probe, search_streng
 from backend.steering.config import (
     AUTO, Kind, Positions, SteerConfig, SteeringError, Strength, check_prompts, check_strength, check_strengths,
 )
+from backend.steering.guide import Guide
 from backend.steering.measures import (
     Generation, OutputMeasures, add_concept_similarity, measure_outputs, measures_from_record, perplexity_warning,
     pool_generations,
@@ -50,6 +51,7 @@ class SteerResult:
     seconds: float
     notes: list[str] = field(default_factory=list)
     auto: AutoStrength | None = None  # how an "auto" strength was chosen (features holds the chosen value)
+    guide_top_k: int = 0  # candidates guided sampling read per step (0: plain sampling); Generation.guided: its picks
 
     def get(self, kind: Kind, prompt_idx: int = 0, sample_idx: int = 0) -> Generation:
         for g in self.generations:
@@ -76,7 +78,7 @@ class SteerResult:
         for g in self.generations:
             row: dict[str, Any] = dict(
                 kind=g.kind, prompt_idx=g.prompt_idx, sample_idx=g.sample_idx, seed=g.seed, text=g.text,
-                n_tokens=g.n_tokens, stopped=g.stopped, perplexity=g.perplexity,
+                n_tokens=g.n_tokens, stopped=g.stopped, perplexity=g.perplexity, n_guided=len(g.guided),
             )
             for f in self.features:
                 row[f"act_mean_{f}"] = g.feature_mean.get(f, math.nan)
@@ -94,17 +96,32 @@ class SteerResult:
         return pd.DataFrame([dict(kind=kind, **self.pooled(kind)) for kind in ("unsteered", "steered")]).set_index("kind")
 
 
+def marked_text(reader: ReaderModel, g: Generation, left: str = "«", right: str = "»") -> str:
+    """A generation's text with each token guided sampling picked marked «like this» (the plain text without)."""
+    text = g.text
+    for p in sorted(g.guided, reverse=True):  # cut the decoded text where the token starts and ends, last one first
+        head = reader.tokenizer.decode(g.token_ids[:p], skip_special_tokens=True)
+        upto = reader.tokenizer.decode(g.token_ids[:p + 1], skip_special_tokens=True)
+        if not (upto.startswith(head) and text.startswith(upto)):
+            continue  # a token that decodes only with its neighbours (a piece of a character): left unmarked
+        lead = len(upto[len(head):]) - len(upto[len(head):].lstrip())
+        text = text[:len(head) + lead] + left + text[len(head) + lead:len(upto)] + right + text[len(upto):]
+    return text
+
+
 def _generations(
     reader: ReaderModel, kind: str, prompt_idx: int, outs: list[list[int]], measures: list[OutputMeasures], cfg: SteerConfig,
+    guided: list[list[int]] | None = None,
 ) -> list[Generation]:
+    guided = guided or [[] for _ in outs]
     return [
         Generation(
             kind=kind, prompt_idx=prompt_idx, sample_idx=i, seed=cfg.seeds()[i],
             text=reader.tokenizer.decode(o, skip_special_tokens=True), token_ids=list(o),
             stopped=len(o) < cfg.max_new_tokens, feature_mean=m.mean, feature_max=m.max, feature_frac=m.frac,
-            feature_sum=m.sum, fires=m.fires, nll=m.nll,
+            feature_sum=m.sum, fires=m.fires, nll=m.nll, guided=[p for p in g if p < len(o)],
         )
-        for i, (o, m) in enumerate(zip(outs, measures))
+        for i, (o, m, g) in enumerate(zip(outs, measures, guided))
     ]
 
 
@@ -127,6 +144,25 @@ class _Variants:
     vectors: list[torch.Tensor | None]
     prompt_ids: list[list[int]]
     cfg: SteerConfig
+    guide: Guide | None = None  # guided sampling of the steered rows (made by `guided`), None: plain sampling
+
+    def guided(self, sae: SAE, features: Mapping[int, float], thresholds: Mapping[int, float], top_k: int) -> _Variants:
+        """These variants with guided sampling of their steered rows toward the features of positive strength."""
+        wanted = [f for f, s in features.items() if s > 0]
+        if top_k <= 0 or not wanted:
+            return self
+
+        def encode(h: torch.Tensor) -> torch.Tensor:
+            return sae.encode(h.to(sae.W_dec.device, sae.W_dec.dtype))[:, wanted].float()
+
+        steered = [self.vectors[v] is not None for v, _, _ in self.rows()]
+        seeds = [self.cfg.seeds()[i] for _, _, i in self.rows()] if self.cfg.temperature > 0 else None
+        guide = Guide(encode, torch.tensor([thresholds[f] for f in wanted]), top_k, steered, seeds)
+        return dataclasses.replace(self, guide=guide)
+
+    def guided_positions(self) -> dict[tuple[int, int], list[list[int]]]:
+        """{(variant, prompt): per sample, the output positions guided sampling picked} (empty lists without it)."""
+        return self._grouped(self.guide.guided if self.guide is not None else [[] for _ in self.rows()])
 
     def rows(self) -> list[tuple[int, int, int]]:
         n = self.cfg.n_samples
@@ -138,7 +174,8 @@ class _Variants:
         rows = self.rows()
         step = None if on_row is None else (lambda r, toks: on_row(*rows[r], toks))
         outs = generate_batch(forward, [self.prompt_ids[j] for _, j, _ in rows], [self.vectors[v] for v, _, _ in rows],
-                              [self.cfg.seeds()[i] for _, _, i in rows], self.cfg, stop_ids, step, record=record)
+                              [self.cfg.seeds()[i] for _, _, i in rows], self.cfg, stop_ids, step, record=record,
+                              guide=self.guide)
         return self._grouped(outs)
 
     def _grouped(self, per_row: list[Any]) -> dict[tuple[int, int], list[Any]]:
@@ -198,8 +235,9 @@ def _fire_share(measures: list[OutputMeasures], feature_ids: list[int]) -> float
 
 def _auto_probe(forward: HookedForward, sae: SAE, prompt_ids: list[list[int]], fixed: torch.Tensor | None,
                 unit_vec: torch.Tensor, cfg: SteerConfig, auto_cfg: AutoConfig, stop_ids: set[int],
-                watch: tuple[list[int], Mapping[int, float], dict[float, float]]) -> Probe:
-    """probe(strengths): median perplexity ratios of short steered generations, all strengths in one batch.
+                watch: tuple[list[int], Mapping[int, float], dict[float, float]], guide_top_k: int = 0) -> Probe:
+    """probe(strengths): median perplexity ratios of short steered generations, all strengths in one batch,
+    guided as the run will be (`guide_top_k`), so the bound holds for what the user gets.
     `watch` = (feature ids, their thresholds, {strength: share of probe generations where they fire}, filled
     as a side record; strength 0 is the unsteered rows)."""
     probe_cfg = dataclasses.replace(cfg, n_samples=min(cfg.n_samples, auto_cfg.max_samples), features={},
@@ -209,7 +247,8 @@ def _auto_probe(forward: HookedForward, sae: SAE, prompt_ids: list[list[int]], f
 
     def probe(strengths: list[float]) -> list[float]:
         vectors = [None] + [unit_vec * s if fixed is None else fixed + unit_vec * s for s in strengths]
-        variants = _Variants(vectors, prompts, probe_cfg)
+        variants = _Variants(vectors, prompts, probe_cfg).guided(sae, dict.fromkeys(feature_ids, 1.0), thresholds,
+                                                                 guide_top_k)
         _, measures = variants.run(forward, sae, stop_ids, feature_ids, thresholds)
         for v, s in enumerate([0.0, *strengths]):
             fires.setdefault(float(s), _fire_share([m for (var, _), ms in measures.items() if var == v for m in ms], feature_ids))
@@ -220,9 +259,10 @@ def _auto_probe(forward: HookedForward, sae: SAE, prompt_ids: list[list[int]], f
 
 def _resolve_auto(forward: HookedForward, sae: SAE, features: dict[int, Strength], scales: dict[int, FeatureScale],
                   prompt_ids: list[list[int]], cfg: SteerConfig, auto_cfg: AutoConfig | None, stop_ids: set[int],
-                  thresholds: Mapping[int, float]) -> tuple[dict[int, float], AutoStrength | None]:
-    """Numeric strengths: the "auto" features share one strength found by `search_strength`; `result.auto.fires`
-    keeps how often they fired in the probes at each strength."""
+                  thresholds: Mapping[int, float], guide_top_k: int = 0) -> tuple[dict[int, float], AutoStrength | None]:
+    """Numeric strengths: the "auto" features share one strength found by `search_strength` (probes guided by
+    `guide_top_k` candidates, as the run); `result.auto.fires` keeps how often they fired in the probes at each
+    strength."""
     auto = [f for f, s in features.items() if s == AUTO]
     if not auto:
         return {f: float(s) for f, s in features.items()}, None
@@ -231,7 +271,7 @@ def _resolve_auto(forward: HookedForward, sae: SAE, features: dict[int, Strength
     unit_vec = steering_vector(sae, {f: scales[f] for f in auto})
     fires: dict[float, float] = {}
     probe = _auto_probe(forward, sae, prompt_ids, fixed_vec, unit_vec, cfg, auto_cfg or AutoConfig(), stop_ids,
-                        (auto, {f: thresholds[f] for f in auto}, fires))
+                        (auto, {f: thresholds[f] for f in auto}, fires), guide_top_k)
     found = with_fires(search_strength(probe, auto_cfg), fires)
     return {f: (found.strength if s == AUTO else float(s)) for f, s in features.items()}, found
 
@@ -265,18 +305,44 @@ def steer(
     with torch.inference_mode(), runtime.hooked(sae.cfg.metadata.hook_name) as forward:
         stop_ids = runtime.stop_token_ids()  # inside: the HF model (and its generation config) is loaded now
         unit_scales = resolve_scales(forward, sae, {f: 1.0 for f in requested}, typical_acts, prompt_ids)
-        strengths, found = _resolve_auto(forward, sae, requested, unit_scales, prompt_ids, cfg, auto, stop_ids, thresholds)
+        top_k = _guide_top_k(cfg, requested, forward)
+        strengths, found = _resolve_auto(forward, sae, requested, unit_scales, prompt_ids, cfg, auto, stop_ids, thresholds,
+                                         top_k)
         scales = {f: unit_scales[f].with_strength(s) for f, s in strengths.items()}
-        variants = _Variants([None, steering_vector(sae, scales)], prompt_ids, cfg)
+        variants = _Variants([None, steering_vector(sae, scales)], prompt_ids, cfg).guided(sae, strengths, thresholds, top_k)
         outs, measures = variants.run(forward, sae, stop_ids, list(strengths), thresholds, _token_streamer(reader, on_token, kinds))
+    guided = variants.guided_positions()
     gens = [g for j in range(len(prompt_ids)) for v, kind in enumerate(kinds)
-            for g in _generations(reader, kind, j, outs[(v, j)], measures[(v, j)], cfg)]
+            for g in _generations(reader, kind, j, outs[(v, j)], measures[(v, j)], cfg, guided[(v, j)])]
     notes = [n for n in [add_concept_similarity(gens, concept_texts)] if n] if concept_texts else []
     return SteerResult(
         prompts=list(prompts), prompt_ids=prompt_ids, features=strengths, scales=scales, config=cfg,
         hook_name=forward.hook_name, device=str(forward.device), backend=forward.backend, generations=gens,
-        seconds=time.time() - t0, notes=([found.note] if found else []) + notes, auto=found,
+        seconds=time.time() - t0, notes=([found.note] if found else []) + notes + _guide_notes(gens, top_k), auto=found,
+        guide_top_k=top_k if variants.guide is not None else 0,
     )
+
+
+def _guide_top_k(cfg: SteerConfig, requested: Mapping[int, Strength], forward: HookedForward) -> int:
+    """The candidates guided sampling reads per step (`SteerConfig.guide`); 0 on the TransformerLens fallback
+    unless asked for, where it is refused."""
+    top_k = cfg.guide_top_k(requested)
+    if top_k and forward.backend != "hf":
+        if cfg.guide:
+            raise SteeringError("Guided sampling needs the Hugging Face model; this reader runs on TransformerLens.")
+        return 0
+    return top_k
+
+
+def _guide_notes(gens: list[Generation], top_k: int) -> list[str]:
+    """What guided sampling did, said plainly (it changes what the steered text shows)."""
+    steered = [g for g in gens if g.kind == "steered"]
+    n = sum(bool(g.guided) for g in steered)
+    if not top_k or not steered:
+        return []
+    return [f"Guided sampling: in {n} of {len(steered)} steered generations one token per feature was picked, among "
+            f"the model's {top_k} likeliest, because the feature fires on it (marked in the text; `guide=0` turns "
+            "this off)."]
 
 
 def generate_steered(

@@ -12,6 +12,7 @@ import torch
 from backend.models import ReaderModel
 from backend.runtime import HookedForward, runtime_for
 from backend.steering.config import SteerConfig
+from backend.steering.guide import Guide
 
 OnStep = Callable[[int, int, list[int]], None]  # (variant, row, new tokens so far)
 
@@ -33,19 +34,29 @@ def stop_token_ids(reader: ReaderModel) -> set[int]:
     return runtime_for(reader).stop_token_ids()
 
 
-def pick_tokens(logits: torch.Tensor, cfg: SteerConfig, generators: list[torch.Generator], forbid: list[int]) -> list[int]:
-    """Next token of each row: greedy at temperature 0, else a top-p draw from the row's own generator."""
+def sampling_probs(logits: torch.Tensor, cfg: SteerConfig, forbid: list[int]) -> torch.Tensor:
+    """What each row samples from: the softmax at the temperature (1 when greedy), cut to the top-p nucleus and
+    without the forbidden tokens (the caller's logits stay raw: a StepRecord reads them)."""
     logits = logits.float()
     if forbid:
-        logits = logits.clone()  # the caller's logits stay raw (a StepRecord reads them)
+        logits = logits.clone()
         logits[:, forbid] = -math.inf
-    if cfg.temperature <= 0:
-        return logits.argmax(-1).tolist()
-    probs = torch.softmax(logits / cfg.temperature, dim=-1)
-    if cfg.top_p < 1.0:
+    probs = torch.softmax(logits / (cfg.temperature if cfg.temperature > 0 else 1.0), dim=-1)
+    if cfg.top_p < 1.0 and cfg.temperature > 0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         sorted_probs = sorted_probs * ((sorted_probs.cumsum(-1) - sorted_probs) < cfg.top_p)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+    return probs
+
+
+def pick_tokens(logits: torch.Tensor, cfg: SteerConfig, generators: list[torch.Generator], forbid: list[int]) -> list[int]:
+    """Next token of each row: greedy at temperature 0, else a top-p draw from the row's own generator."""
+    if cfg.temperature <= 0:
+        if forbid:
+            logits = logits.float().clone()
+            logits[:, forbid] = -math.inf
+        return logits.argmax(-1).tolist()
+    probs = sampling_probs(logits, cfg, forbid)
     # Inverse-CDF draw with one uniform per row from that row's generator (torch.multinomial is
     # ~100x slower on a CPU for a 50k vocabulary).
     u = torch.stack([torch.rand((), generator=g, device=g.device, dtype=torch.float64) for g in generators])
@@ -141,6 +152,20 @@ def _step_logits(forward: HookedForward, b: _Batch, step: int, start: int, recor
     return logits
 
 
+def _guide_step(forward: HookedForward, b: _Batch, logits: torch.Tensor, cfg: SteerConfig, forbid: list[int],
+                picks: list[int], guide: Guide, done: list[bool], position: int) -> None:
+    """Guided sampling's step (`backend.steering.guide`): the rows still to guide read their likeliest tokens at the
+    hook and may take one that fires a guided feature instead of their own pick (`picks`, in place)."""
+    rows = guide.waiting(done)
+    if not rows:
+        return
+    probs = sampling_probs(logits[rows], cfg, forbid)
+    top, candidates = probs.topk(min(guide.top_k, probs.shape[-1]), dim=-1)
+    resid = forward.candidate_residuals(b.cache, rows, candidates, b.mask, b.positions)  # [R, K, d_model]
+    acts = guide.encode(resid.reshape(-1, resid.shape[-1])).reshape(len(rows), candidates.shape[1], -1)
+    guide.choose(rows, top, candidates, acts, picks, position)
+
+
 def _finish_record(forward: HookedForward, b: _Batch, record: StepRecord) -> None:
     """Capture the positions the loop picked but never fed (the last step's tokens): a forward that stops at
     the hook. Then keep the batch's mask and positions over all captured positions."""
@@ -165,14 +190,18 @@ def generate_rows(
     stop_ids: set[int],
     on_step: Callable[[int, list[int]], None] | None = None,
     record: StepRecord | None = None,
+    guide: Guide | None = None,
 ) -> list[list[int]]:
     """One batched generation (KV cache, left padding) of every row: row i continues `prompts[i]` with
     `vectors[i]` added (None = unsteered), sampling from its own RNG seeded `seeds[i]`, so a row's tokens
     do not depend on the other rows. Returns the new token ids of each row, stop token excluded.
     With positions="generated" the vector is added from the first generated position on.
-    `record` (a fresh StepRecord) collects what measuring the outputs needs (see StepRecord)."""
+    `record` (a fresh StepRecord) collects what measuring the outputs needs (see StepRecord); `guide` guides
+    its rows' sampling toward its features (`backend.steering.guide`; needs the KV cache)."""
     pad_id = min(stop_ids) if stop_ids else 0
     b = _batch(forward, prompts, vectors, seeds, cfg, pad_id)
+    if guide is not None and b.cache is None:
+        raise ValueError("Guided sampling needs the KV cache (SteerConfig.use_cache).")
     start = b.seq.shape[1] if cfg.positions == "generated" else 0
     forbid = sorted(stop_ids)
     done, out = [False] * len(prompts), [[] for _ in prompts]
@@ -181,7 +210,10 @@ def generate_rows(
     try:
         for step in range(cfg.max_new_tokens):
             logits = _step_logits(forward, b, step, start, record)
-            nxt = pick_tokens(logits, cfg, b.generators, forbid if step < cfg.min_new_tokens else [])
+            banned = forbid if step < cfg.min_new_tokens else []
+            nxt = pick_tokens(logits, cfg, b.generators, banned)
+            if guide is not None:
+                _guide_step(forward, b, logits, cfg, banned, nxt, guide, done, step)
             if record is not None:
                 record.add_step(logits, nxt)
             for row, token in enumerate(nxt):
@@ -215,13 +247,15 @@ def generate_batch(
     stop_ids: set[int],
     on_step: Callable[[int, list[int]], None] | None = None,
     record: StepRecord | None = None,
+    guide: Guide | None = None,
 ) -> list[list[int]]:
     """`generate_rows` for any backend: the HF model takes every row in one left-padded batch; the
-    TransformerLens fallback (no attention mask with a KV cache) one batch per prompt length, and no `record`."""
+    TransformerLens fallback (no attention mask with a KV cache) one batch per prompt length, and no `record`
+    or `guide`."""
     if forward.backend == "hf":
-        return generate_rows(forward, prompts, vectors, seeds, cfg, stop_ids, on_step, record)
-    if record is not None:
-        raise ValueError("A StepRecord needs the Hugging Face model (one batch for every row).")
+        return generate_rows(forward, prompts, vectors, seeds, cfg, stop_ids, on_step, record, guide)
+    if record is not None or guide is not None:
+        raise ValueError("A StepRecord or guided sampling needs the Hugging Face model (one batch for every row).")
     out: list[list[int]] = [[] for _ in prompts]
     for length in sorted({len(p) for p in prompts}):
         rows = [i for i, p in enumerate(prompts) if len(p) == length]

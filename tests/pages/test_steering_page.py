@@ -129,6 +129,23 @@ def test_auto_is_the_default_and_the_chosen_strength_is_shown(tiny_workspace_fil
     assert bool(rare) == (res.auto.fire_share < 0.5)
 
 
+def test_auto_guides_sampling_unless_turned_off(tiny_workspace_file, feature):
+    from backend.steering import GUIDE_TOP_K
+
+    at = page(tiny_workspace_file, feature)
+    set_generation(at, n=1, max_new=4)
+    assert at.selectbox(key="steer_guide").value == "with auto strength"
+    at.button(key="steer_generate").click().run()
+    no_errors(at)
+    assert at.session_state["steer_result"].guide_top_k == GUIDE_TOP_K
+    assert any("Guided sampling" in c.value for c in at.caption)
+    at.selectbox(key="steer_guide").set_value("off")
+    at.button(key="steer_generate").click().run()
+    no_errors(at)
+    assert at.session_state["steer_result"].guide_top_k == 0
+    assert not any("Guided sampling" in c.value for c in at.caption)
+
+
 def test_generate_shows_both_columns_and_measures(tiny_workspace_file, feature):
     at, res = generated_at_strength_two(tiny_workspace_file, feature)
     f = feature["id"]
