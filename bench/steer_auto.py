@@ -118,9 +118,10 @@ def main() -> None:
               f"| {time.time() - t1:.0f}s", flush=True)
     ws.close()
     n = len(features)
+    before = "skipped" if args.no_before else f"{ok['before']}/{n}"
     print(f"features firing in >= {FIRE_SHARE:.0%} of generations at <= {PPL_FACTOR:g}x perplexity: "
-          f"before {ok['before']}/{n}, after {ok['after']}/{n}; total {time.time() - t0:.0f}s")
-    print(f"share {ok['before'] / n:.2f} -> {ok['after'] / n:.2f}")
+          f"before {before}, after {ok['after']}/{n}; total {time.time() - t0:.0f}s")
+    print(f"share {'skipped' if args.no_before else format(ok['before'] / n, '.2f')} -> {ok['after'] / n:.2f}")
 
 
 if __name__ == "__main__":
