@@ -457,7 +457,9 @@ def test_auto_strength_on_the_tiny_model_stays_within_the_bound(varied_reader):
     def median_ppl(kind: str) -> float:
         return float(torch.tensor([g.perplexity for g in again.generations if g.kind == kind]).median())
 
-    assert median_ppl("steered") / median_ppl("unsteered") <= 1.5
+    # bf16 rounds the probe's batch (several strengths) and this one differently; a flipped token among 8 also
+    # changes what guided sampling reads next, so there the bound gets a tenth of slack
+    assert median_ppl("steered") / median_ppl("unsteered") <= 1.5 * (1.0 if exact(runtime_for(varied_reader).dtype) else 1.1)
 
 
 def test_auto_reports_how_often_the_feature_fired_in_its_probes(varied_reader):
