@@ -190,38 +190,43 @@ class HookedForward:
         once per row, not per candidate. `attention_mask`/`position_ids`: the batch's so far (None: no padding)."""
         if self.hf is None or cache is None:
             raise ValueError("Reading candidate tokens needs the Hugging Face model and a KV cache.")
-        from transformers import DynamicCache
-
         kept = cache.layers[: hook_layer(self.hook_name) + 1]
         if len({layer.keys.shape[-2] for layer in kept}) > 1:  # a sliding-window layer holds fewer: one per candidate
             return self._candidate_residuals_one_by_one(kept, rows, tokens, attention_mask, position_ids)
         (n_rows, k), width = tokens.shape, kept[0].keys.shape[-2]
         idx = torch.tensor(rows, device=self.device)
-        # with the config the copy's layers take the model's types (Gemma's sliding-window ones among them)
-        view = DynamicCache(ddp_cache_data=[(layer.keys[idx], layer.values[idx]) for layer in kept], config=self.hf.config)
         seen = (attention_mask[idx].bool() if attention_mask is not None
                 else torch.ones(n_rows, width, dtype=torch.bool, device=self.device))
         allowed = torch.cat([seen[:, None, :].expand(n_rows, k, width),
                              torch.eye(k, dtype=torch.bool, device=self.device).expand(n_rows, k, k)], dim=-1)
-        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device).masked_fill_(~allowed, torch.finfo(self.dtype).min)
-        nxt = position_ids[idx][:, -1] + 1 if position_ids is not None else torch.full((n_rows,), width, device=self.device)
-        return self.residuals(tokens.to(self.device), mask[:, None], nxt[:, None].expand(n_rows, k), view)
+        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
+        mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+        if position_ids is not None:
+            nxt = position_ids[idx][:, -1] + 1
+        else:
+            nxt = torch.full((n_rows,), width, device=self.device)
+        return self.residuals(tokens.to(self.device), mask[:, None], nxt[:, None].expand(n_rows, k),
+                              self._rows_cache(kept, idx))
 
     def _candidate_residuals_one_by_one(self, kept: list[Any], rows: list[int], tokens: torch.Tensor,
                                         attention_mask: torch.Tensor | None,
                                         position_ids: torch.Tensor | None) -> torch.Tensor:
         """`candidate_residuals` with the prefix copied once per candidate (each a row of its own, one token)."""
-        from transformers import DynamicCache
-
         k = tokens.shape[1]
         idx = torch.tensor(rows, device=self.device).repeat_interleave(k)
-        view = DynamicCache(ddp_cache_data=[(layer.keys[idx], layer.values[idx]) for layer in kept], config=self.hf.config)
         mask = pos = None
         if attention_mask is not None:
             mask = torch.cat([attention_mask[idx], attention_mask.new_ones(len(idx), 1)], dim=1)
             pos = position_ids[idx][:, -1:] + 1
-        resid = self.residuals(tokens.reshape(-1, 1).to(self.device), mask, pos, view)
+        resid = self.residuals(tokens.reshape(-1, 1).to(self.device), mask, pos, self._rows_cache(kept, idx))
         return resid[:, -1].reshape(len(rows), k, -1)
+
+    def _rows_cache(self, kept: list[Any], idx: torch.Tensor) -> Any:
+        """A new KV cache holding rows `idx` of the cached layers `kept`; with the model's config its layers take the
+        model's types (Gemma's sliding-window ones among them)."""
+        from transformers import DynamicCache
+
+        return DynamicCache(ddp_cache_data=[(layer.keys[idx], layer.values[idx]) for layer in kept], config=self.hf.config)
 
     @property
     def runs_from_hook(self) -> bool:

@@ -46,7 +46,8 @@ class Guide:
         n_features = int(self.thresholds.numel())
         self.pending = [torch.full((n_features,), bool(r)) for r in self.rows]
         self.guided = [[] for _ in self.rows]
-        self._draws = None if self.seeds is None else [torch.Generator().manual_seed(s + _SEED_OFFSET) for s in self.seeds]
+        self._draws = (None if self.seeds is None
+                       else [torch.Generator().manual_seed(s + _SEED_OFFSET) for s in self.seeds])
 
     def draw(self, row: int) -> float:
         """Row `row`'s next uniform draw in [0, 1) for a choice among firing candidates (0.0 when greedy)."""
