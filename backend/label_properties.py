@@ -100,6 +100,7 @@ _QUESTION_OPENERS = _CLASSES["question words"] | frozenset(
     "didn't can't won't wouldn't couldn't shouldn't".split())
 IN_QUESTIONS = "in questions"
 IN_CLAUSES_WITH = "in clauses with "
+NEAR = "near "  # a sense category of the words around the firing token (`word_groups.context_categories`)
 
 
 def clause_before(before: str) -> str:

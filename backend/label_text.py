@@ -413,9 +413,13 @@ class _Labeller:
         for h, u in zip(hit, t.units):
             if h:
                 forms.setdefault(u.key, Counter())[u.display] += 1
-        shown = [_shown(forms[k]) for k in t.ranked if k in forms][:3]
-        words = _join_fit(shown, self.cfg.max_name_chars - len(head) - 3)
-        name = f"{head} ({' / '.join(words)})" if head else " / ".join(words)
+        return self._listed(f, head, kind, [_shown(forms[k]) for k in t.ranked if k in forms][:3], hit)
+
+    def _listed(self, f: _Feature, head: str, kind: str, shown: list[str], hit: list[bool]) -> tuple[str, str, float, int]:
+        """`head (a / b / c)` with the `shown` words that fit the name's length (`head` alone without any), the
+        activation share of the contexts in `hit` and the row of the strongest of them."""
+        words = _join_fit(shown, self.cfg.max_name_chars - len(head) - 3) if shown else []
+        name = (f"{head} ({' / '.join(words)})" if words else head) if head else " / ".join(words)
         return name, kind, float(np.dot(hit, f.weights)), self._example(f, hit)
 
     def _position_label(self, f: _Feature, t: _Tally) -> tuple[str, str, float, int]:
@@ -485,9 +489,8 @@ class _Labeller:
         head = head if sum(hit) >= cfg.min_context_share * n else PARTLY + head
         if words is None:
             return self._property_label(f, t, head, kind, hit)
-        shown = [w for w, _ in Counter(w for w, h in zip(words, hit) if h and w).most_common(3)]
-        name = f"{head} ({' / '.join(_join_fit(shown, cfg.max_name_chars - len(head) - 3))})" if shown else head
-        return name, kind, float(np.dot(hit, f.weights)), self._example(f, hit)
+        return self._listed(f, head, kind, [w for w, _ in Counter(w for w, h in zip(words, hit) if h and w).most_common(3)],
+                            hit)
 
     def _rare_candidates(self, f: _Feature, t: _Tally) -> Iterator[tuple[str, str, list[bool], list[str] | None]]:
         """What step 6 tries: (head, kind, which contexts have it, the context word that shows it in each, or None

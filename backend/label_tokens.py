@@ -9,7 +9,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from backend.label_properties import CONTRACTIONS, PROPER_NAMES, WORD_CLASSES, WORD_PIECES, WORD_SHAPES
+from backend.label_properties import (CONTRACTIONS, IN_CLAUSES_WITH, IN_QUESTIONS, NEAR, PROPER_NAMES, WORD_CLASSES,
+                                      WORD_PIECES, WORD_SHAPES)
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ CATEGORY_KINDS: dict[str, str] = {
 _PREFIX_KINDS = (("special token ", "formatting"), ("punctuation ", "punctuation"), (ALL_CAPS, "formatting"),
                  (CAPITALISED, "word"), ("capitalised words", "word"), ("in code", "mixed"),
                  ("inside quotations", "mixed"), ("at line start", "mixed"), ("at sentence start", "mixed"),
-                 ("in questions", "mixed"), ("in clauses with ", "mixed"), ("near ", "mixed"),
+                 (IN_QUESTIONS, "mixed"), (IN_CLAUSES_WITH, "mixed"), (NEAR, "mixed"),
                  *((name, "word") for name in WORD_CLASSES + WORD_SHAPES), (WORD_PIECES, "word"), (CONTRACTIONS, "punctuation"), ("about ", "word"),
                  ("after ", "mixed"), ("before ", "mixed"), ("varied tokens:", "mixed"))
 

@@ -23,7 +23,7 @@ from functools import lru_cache
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from backend.errors import UserError
-from backend.label_properties import word_class
+from backend.label_properties import NEAR, word_class  # noqa: F401  (NEAR: what `context_categories` names)
 from backend.word_lexicon import CATEGORY_NAMES, POS_NAMES, lookup
 
 Words = list["str | None"]  # the firing word of each top context (None: not a word)
@@ -178,7 +178,6 @@ def spelling_rates(words: Iterable[str | None], size: int = 4) -> dict[str, floa
 
 
 _TEXT_WORD = re.compile(r"[A-Za-z]+")
-NEAR = "near "  # a sense category of the words around the firing token: "near political words (…)"
 
 
 def context_categories(text: str) -> dict[str, str]:

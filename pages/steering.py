@@ -203,8 +203,7 @@ def measures_table(res: SteerResult) -> pd.DataFrame:
         out[f"#{f} concept similarity · steered"] = steered[f"concept_sim_{f}"].to_numpy()
     out["perplexity · unsteered"] = unsteered["perplexity"].to_numpy()
     out["perplexity · steered"] = steered["perplexity"].to_numpy()
-    if "n_guided" in steered:
-        out["guided tokens · steered"] = steered["n_guided"].to_numpy()
+    out["guided tokens · steered"] = steered["n_guided"].to_numpy()
     out["tokens · unsteered"] = unsteered["n_tokens"].to_numpy()
     out["tokens · steered"] = steered["n_tokens"].to_numpy()
     return out

@@ -337,9 +337,9 @@ def _guide_top_k(cfg: SteerConfig, requested: Mapping[int, Strength], forward: H
 def _guide_notes(gens: list[Generation], top_k: int) -> list[str]:
     """What guided sampling did, said plainly (it changes what the steered text shows)."""
     steered = [g for g in gens if g.kind == "steered"]
-    n = sum(bool(g.guided) for g in steered)
     if not top_k or not steered:
         return []
+    n = sum(bool(g.guided) for g in steered)
     return [f"Guided sampling: in {n} of {len(steered)} steered generations one token per feature was picked, among "
             f"the model's {top_k} likeliest, because the feature fires on it (marked in the text; `guide=0` turns "
             "this off)."]
