@@ -196,13 +196,14 @@ class ConceptNamer:
         return [self._pick_rare(f, np.asarray(w, float), rates, self.min_share, self.max_p, _nearness(r, w)) if f else None
                 for f, r, w in zip(sets, ranked, weights)]
 
-    def name_words(self, words: list[list[str | None]], weights: list[np.ndarray]) -> list[Named | None]:
+    def name_words(self, words: list[list[str | None]], weights: list[np.ndarray],
+                   min_share: float | None = None, max_p: float | None = None) -> list[Named | None]:
         """Per feature (the word it fires on in each top context, None where that is no word, and the contexts'
         activation weights): (the concept its words share, which contexts' words vote for it), or None. Each
         word votes for its `word_top_k` nearest concepts; a concept names the feature when the contexts voting for it
-        hold `word_min_share` of the weight and are so many that the binomial chance of as many, at the
-        concept's rate among all the words of the call (at least word_top_k / concepts), is under `word_max_p`
-        (a concept near many words names nothing). Each distinct word is embedded once."""
+        hold `min_share` (default `word_min_share`) of the weight and are so many that the binomial chance of as
+        many, at the concept's rate among all the words of the call (at least word_top_k / concepts), is under
+        `max_p` (default `word_max_p`; a concept near many words names nothing). Each distinct word is embedded once."""
         uniq = list(dict.fromkeys(w for ws in words for w in ws if w))
         if not uniq:
             return [None] * len(words)
@@ -210,7 +211,9 @@ class ConceptNamer:
         row = {w: i for i, w in enumerate(uniq)}
         sets = [[set(votes[row[w]].tolist()) if w else set() for w in ws] for ws in words]
         rates = self._rates(sets, self.word_top_k)
-        return [self._pick_rare(f, np.asarray(w, float), rates, self.word_min_share, self.word_max_p) if f else None
+        share = self.word_min_share if min_share is None else min_share
+        chance = self.word_max_p if max_p is None else max_p
+        return [self._pick_rare(f, np.asarray(w, float), rates, share, chance) if f else None
                 for f, w in zip(sets, weights)]
 
     def _rates(self, sets: list[list[set[int]]], top_k: int) -> dict[int, float]:

@@ -23,11 +23,12 @@ where <name> is, in this order of preference:
     concept namer (MiniLM over a Roget's-thesaurus vocabulary, `backend.concept_names`), the concept the
     firing words are about (``words about memory (memory / recalls)``); else one of the contexts' shared
     properties above, or of the sentence around the firing token (``in questions``, ``in clauses with negations
-    (not / never)``, ``near hostile words (hit / slash)``), that holds far above its rate among all the contexts
-    labelled together (binomial, under 0.1%), for fewer of them (30%) said so (``partly -ly adverbs (deeply /
-    sadly)``); only with `name_contexts`, the
-    concept the contexts are about (``about food (cake / soup / bread)``); else ``varied tokens: a / b / c``,
-    the one label that names no shared property (`names_no_property`).
+    (not / never)``, ``near hostile words (hit / slash)``), or one firing word, or a word class of the firing
+    words, that holds far above its rate among all the contexts labelled together (binomial, under 0.1%), for
+    fewer of them (30%) said so (``partly -ly adverbs (deeply / sadly)``, ``partly catch``), or a concept the
+    firing words of 30% are about (``partly words about cooking (sandwich / cuisine)``); only with
+    `name_contexts`, the concept the contexts are about (``about food (cake / soup / bread)``); else ``varied
+    tokens: a / b / c``, the one label that names no shared property (`names_no_property`).
 
 score in [0, 1]: how much of the feature's top activations the name accounts for, i.e. the
 activation-weighted share of its top contexts whose firing token is one of the named words or
@@ -61,18 +62,29 @@ from backend.label_tokens import (  # noqa: F401  (re-exported)
     _URL_RE, _HANDLE_RE, _HASHTAG_RE, _NUMBER_RE, _YEAR_RE, _SPAN_HINTS, _TOKEN_HINTS, _DOMAIN_PIECES,
     _SPACE_MARKERS, _is_punct, token_unit)
 from backend.word_groups import (NEAR, WordGroupConfig, base_rates, binomial_tail, context_categories, is_function_word,
-                                 shared_class, shared_spelling, spelling_rates)
+                                 shared_class, shared_spelling, spelling_rates, word_classes)
 
 Decoder = Callable[[tuple[int, ...]], str]
 # (context texts per feature, strongest first; their activation weights) -> per feature (concept, which contexts
 # it describes) or None: what `backend.concept_names.ConceptNamer` is.
 ConceptFn = Callable[[list[list[str]], list[np.ndarray]], list["tuple[str, list[bool]] | None"]]
-# The same over the firing word of each context (None: not a word): `ConceptNamer.name_words`.
-WordConceptFn = Callable[[list[list["str | None"]], list[np.ndarray]], list["tuple[str, list[bool]] | None"]]
+
+
+class WordConceptFn(Protocol):
+    """The same over the firing word of each context (None: not a word), with the share of the weight a concept
+    needs and its chance (None: the namer's own): `ConceptNamer.name_words`."""
+
+    def __call__(self, words: list[list[str | None]], weights: list[np.ndarray], min_share: float | None = None,
+                 max_p: float | None = None) -> list[tuple[str, list[bool]] | None]: ...
+
+
 KINDS = ("word", "symbol", "punctuation", "formatting", "mixed")
 FORMATTING_KINDS = frozenset({"punctuation", "formatting"})
 LABEL_COLUMNS = ["feature_id", "label", "score", "name", "kind", "example", "n_contexts"]
 EXAMPLE_SEP = ' — "'
+# step 6's keys of a firing unit and of a word class of the firing words (rates and tries; never shown)
+_FIRING_UNIT, _WORD_CLASS = "\0unit ", "\0class "
+_FAMILIES = (_FIRING_UNIT, _WORD_CLASS, NEAR)  # step 6 tries many of each per feature: Bonferroni over them
 
 
 class Contexts(Protocol):
@@ -101,7 +113,9 @@ class LabelTextConfig:
     (`backend.word_groups`). rare_share, rare_lift, rare_max_p: a shared property of fewer than min_context_share
     of the contexts names a feature nothing else names when it holds at least rare_share of them, at least
     rare_lift times its rate among `rate_sample` contexts of all the features labelled together, and that many
-    are this unlikely by chance (binomial)."""
+    are this unlikely by chance (binomial); else, with a concept namer, when the firing words of rare_share of the
+    weight are about one concept with a chance under rare_concept_max_p (a tenth of step 5's: at 1e-3 it named a
+    quarter as many random groups of contexts as features, at 1e-4 a twentieth, docs/labels.md)."""
 
     max_names: int = 5
     min_coverage: float = 0.5
@@ -116,12 +130,13 @@ class LabelTextConfig:
     rare_share: float = 0.3
     rare_lift: float = 3.0
     rare_max_p: float = 1e-3
+    rare_concept_max_p: float = 1e-4
     rate_sample: int = 3000
 
     def __post_init__(self) -> None:
         if self.max_names < 1 or self.max_concept_contexts < 1:
             raise UserError("max_names and max_concept_contexts must be at least 1.")
-        for name in ("min_coverage", "min_context_share", "rare_share", "rare_max_p"):
+        for name in ("min_coverage", "min_context_share", "rare_share", "rare_max_p", "rare_concept_max_p"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise UserError(f"{name} must be in (0, 1], not {getattr(self, name)}.")
         if self.rare_lift < 1 or self.rate_sample < 1:
@@ -471,22 +486,29 @@ class _Labeller:
     def rare_property(self, f: _Feature, rates: Mapping[str, float]) -> tuple[str, str, float, int] | None:
         """The shared property least likely by chance at its base rate (`rates`), when it holds for at least
         `rare_share` of the contexts and `rare_lift` times its rate, with a binomial tail under `rare_max_p` (times
-        the number of sense categories tried, for those). Under `min_context_share` the name says `partly`."""
+        the number of tries of its family, for the families of many: firing units, their word classes, the sense
+        categories around). Under `min_context_share` the name says `partly`."""
         cfg, n, t, best = self.cfg, len(f.idx), self.tally(f), None
         candidates = list(self._rare_candidates(f, t))
-        n_near = sum(c[0].startswith(NEAR) for c in candidates)
+        tries = Counter(_family(c[0]) for c in candidates)
         for head, kind, hit, words in candidates:
             k, p0 = sum(hit), max(rates.get(head, 0.0), cfg.word_groups.min_base)
             if k < cfg.rare_share * n or k < cfg.rare_lift * p0 * n:
                 continue
-            # the sense categories of the words around are many (~70) tries per feature: Bonferroni over them
-            p = binomial_tail(k, n, p0) * (n_near if head.startswith(NEAR) else 1)
+            family = _family(head)
+            p = binomial_tail(k, n, p0) * (tries[family] if family else 1)  # Bonferroni over a family's tries
             if p < cfg.rare_max_p and (best is None or p < best[0]):
                 best = (p, head, kind, hit, words)
-        if best is None:
-            return None
-        _, head, kind, hit, words = best
-        head = head if sum(hit) >= cfg.min_context_share * n else PARTLY + head
+        return None if best is None else self._rare_name(f, t, *best[1:])
+
+    def _rare_name(self, f: _Feature, t: _Tally, head: str, kind: str, hit: list[bool],
+                   words: list[str | None] | None) -> tuple[str, str, float, int]:
+        """`partly <property> (a / b / c)` (without `partly` from `min_context_share` of the contexts), listing the
+        context `words` that show it, or else the firing words; `partly <word>` for one firing unit."""
+        partly = "" if sum(hit) >= self.cfg.min_context_share * len(f.idx) else PARTLY
+        if head.startswith(_FIRING_UNIT):
+            return self._listed(f, "", kind, [partly + t.display(head[len(_FIRING_UNIT):])], hit)
+        head = partly + head.removeprefix(_WORD_CLASS)
         if words is None:
             return self._property_label(f, t, head, kind, hit)
         return self._listed(f, head, kind, [w for w, _ in Counter(w for w, h in zip(words, hit) if h and w).most_common(3)],
@@ -494,10 +516,16 @@ class _Labeller:
 
     def _rare_candidates(self, f: _Feature, t: _Tally) -> Iterator[tuple[str, str, list[bool], list[str] | None]]:
         """What step 6 tries: (head, kind, which contexts have it, the context word that shows it in each, or None
-        to show the firing words). The shared properties (`_properties`), and what the sentence around the firing
-        token holds: a question, a closed word class before it (`in clauses with negations (not / never)`), words of
-        a sense category around it (`near hostile words (hit / slash)`). These hold for many contexts of any
-        feature, so only step 6, which weighs each by its base rate, reads them."""
+        to show the firing words). Each firing unit and each word class of the firing words (`word_groups`, which
+        step 4 reads at 40%), the shared properties (`_properties`), and what the sentence around the firing token
+        holds: a question, a closed word class before it (`in clauses with negations (not / never)`), words of a
+        sense category around it (`near hostile words (hit / slash)`). These hold for many contexts of any feature,
+        so only step 6, which weighs each by its base rate, reads them."""
+        for key in t.ranked:
+            yield _FIRING_UNIT + key, t.first[key].kind, [u.key == key for u in t.units], None
+        classes = [set(word_classes(w)) for w in _firing_words(f)]
+        for name in sorted(set().union(*classes)):
+            yield _WORD_CLASS + name, "word", [name in c for c in classes], None
         yield from ((head, kind, hit, None) for head, kind, hit, _ in self._properties(f, t))
         texts = [self.reader.segments(self.ctx.windows[i], int(self.ctx.centers[i])) for i in f.idx]
         yield IN_QUESTIONS, "mixed", [in_question(b, a) for b, _, a in texts], None
@@ -607,7 +635,7 @@ def readable_labels(ctx: Contexts, background: list[list[int]], decode: Decoder,
     features = [labeller.read(order[s:e]) for s, e in zip(starts, np.r_[starts[1:], len(fids)].astype(int))]
     named = [labeller.label(f) for f in features]
     _name_word_groups(labeller, features, named, config.word_groups, getattr(concepts, "name_words", None))
-    _name_rare_properties(labeller, features, named)
+    _name_rare_properties(labeller, features, named, getattr(concepts, "name_words", None))
     if concepts is not None and config.name_contexts:  # last: the firing words name what it fires on more closely
         _name_concepts(labeller, features, named, concepts, config.max_concept_contexts)
     out = []
@@ -620,15 +648,32 @@ def readable_labels(ctx: Contexts, background: list[list[int]], decode: Decoder,
     return pd.DataFrame(out, columns=LABEL_COLUMNS)
 
 
-def _name_rare_properties(labeller: _Labeller, features: list[_Feature], named: list[tuple[str, str, float, int]]) -> None:
+def _name_rare_properties(labeller: _Labeller, features: list[_Feature], named: list[tuple[str, str, float, int]],
+                          word_concepts: WordConceptFn | None) -> None:
     """Replace, in place, the `varied tokens` labels whose contexts share a property in fewer than
-    `min_context_share` of them but far above its base rate (`_Labeller.rare_property`)."""
+    `min_context_share` of them but far above its base rate (`_Labeller.rare_property`), or else, given
+    `word_concepts`, a concept the firing words of `rare_share` of the weight are about (`partly words about …`),
+    at the stricter chance `rare_concept_max_p`."""
     todo = [i for i, (name, *_) in enumerate(named) if names_no_property(name)]
     if not todo:
         return
     rates = labeller.property_rates()
+    left = []
     for i in todo:
-        named[i] = labeller.rare_property(features[i], rates) or named[i]
+        found = labeller.rare_property(features[i], rates)
+        if found is None:
+            left.append(i)
+        else:
+            named[i] = found
+    if word_concepts is None or not left:
+        return
+    words = [_firing_words(features[i], content_only=True) for i in left]
+    cfg = labeller.cfg
+    weights = [features[i].weights for i in left]
+    for i, found in zip(left, word_concepts(words, weights, min_share=cfg.rare_share, max_p=cfg.rare_concept_max_p)):
+        if found is not None:
+            partly = "" if sum(found[1]) >= cfg.min_context_share * len(features[i].idx) else PARTLY
+            named[i] = labeller.named_group(features[i], f"{partly}{WORDS_ABOUT}{found[0]}", found[1])
 
 
 def _name_concepts(labeller: _Labeller, features: list[_Feature], named: list[tuple[str, str, float, int]],
@@ -647,6 +692,11 @@ def _name_concepts(labeller: _Labeller, features: list[_Feature], named: list[tu
             f = features[i]
             full_hit = list(hit) + [False] * (len(f.idx) - len(hit))
             named[i] = labeller.named_group(f, f"{ABOUT}{concept}", full_hit)
+
+
+def _family(head: str) -> str | None:
+    """Which family of many tries (`_FAMILIES`) a step-6 candidate belongs to, if any."""
+    return next((p for p in _FAMILIES if head.startswith(p)), None)
 
 
 def _firing_words(f: _Feature, content_only: bool = False) -> list[str | None]:

@@ -72,6 +72,28 @@ def test_the_firing_words_name_a_concept_only_far_above_its_rate_among_all_the_w
         C.ConceptNamer(embed=embed, vocab=vocab, word_max_p=0)
 
 
+def test_the_firing_words_of_fewer_contexts_name_a_concept_at_the_share_and_chance_asked_for():
+    """7 dogs of 20 firing words (35% of the weight) among 24 concepts (a rate of at least 1/24): under the namer's
+    own 40% none, at 30% a concept with a binomial chance of about 1e-5, which passes 1e-4; 6 of 20 (36% of the
+    weight; about 1.3e-4) passes only 1e-3."""
+    others = tuple((f"other {k}", (f"word{k}",)) for k in range(20))
+    vocab = (("animals", ("dog",)), ("food", ("bread",)), ("weather", ("rain",)), ("music", ("song",))) + others
+    axes = {"dog": 0, "bread": 1, "rain": 2, "song": 3, **{f"word{k}": 4 + k for k in range(20)}}
+
+    def embed(texts):
+        out = np.array([[1.0 if w in t else 0.0 for w in axes] for t in texts]) + 1e-3
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    namer = C.ConceptNamer(embed=embed, vocab=vocab, top_k=1, word_top_k=1, use_stored=False)
+    background = [[f"word{k % 20}", f"word{(k + 7) % 20}", None, None] for k in range(100)]
+    seven, six = ["dog"] * 7 + [None] * 13, ["dog"] * 6 + [None] * 14
+    w = [np.full(20, 0.05), np.r_[np.full(6, 0.06), np.full(14, 0.64 / 14)]] + [np.full(4, 0.25)] * 100
+    assert namer.name_words([seven, six, *background], w)[:2] == [None, None]
+    (name, hit), none = namer.name_words([seven, six, *background], w, min_share=0.3, max_p=1e-4)[:2]
+    assert name == "animals" and sum(hit) == 7 and none is None
+    assert namer.name_words([seven, six, *background], w, min_share=0.3, max_p=1e-3)[1][0] == "animals"
+
+
 def test_minilm_names_contexts_about_one_topic_after_it():
     namer = C.minilm_namer()
     if namer is None:

@@ -27,6 +27,7 @@ VOCAB = [
     " brings", " carry", " fetch", " delivered", " brought", " gather", " catch", " lift", " remove", " distribute",
     " few", " home",
     " why", " do", "?", " not",
+    " heart", " legs", " hand", " head", " arm", " foot", " eye",
 ]
 ID = {t: i for i, t in enumerate(VOCAB)}
 
@@ -333,7 +334,7 @@ class FakeWordConcepts(FakeConcepts):
     def __call__(self, contexts, weights):
         return [None] * len(contexts)
 
-    def name_words(self, words, weights):
+    def name_words(self, words, weights, min_share=None, max_p=None):
         self.words.extend(words)
         return [("odd things", [w is not None for w in ws]) for ws in words]
 
@@ -413,3 +414,60 @@ def test_what_the_sentence_around_holds_names_a_feature_that_fires_on_varied_wor
     common = T.readable_labels(make_contexts({**asking, **asked}), BACKGROUND, decode).set_index("feature_id")
     assert T.names_no_property(common.loc[80, "name"]), common.loc[80, "label"]
 
+
+
+def _third_of(planted: list[str]) -> list[tuple[list[str], int]]:
+    """20 contexts: the `planted` firing words (7), then 13 varied words with varied neighbours."""
+    varied = [" red", " dog", " cat", " house", " story", " home", " many", " Paris", " London", " Tokyo", " good",
+              " three", " slowly"]
+    before = [" and", " It", " a", " good", " in", " was", " to"]
+    after = [" of", ".", " is", ",", " at", " the", " by", " It", " and", " in", " was"]
+    return [([before[j % 7], w, after[j % 11]], 1) for j, w in enumerate(planted + varied)]
+
+
+def test_one_firing_word_or_its_word_class_in_a_third_of_the_contexts_names_a_feature_far_above_its_rate():
+    """Planted: 7 of feature 90's 20 contexts fire on " catch" and 7 of feature 91's on body parts (heart, legs, …),
+    the rest on varied words; 7 of feature 92's fire on " film", on which 12 other features fire too. 35% is under
+    the 40% a word (step 1) or a class (step 4) needs, but " catch" and body parts are rare among all the contexts:
+    90 reads "partly catch", 91 "partly body parts (…)", 92 stays varied (film is common), and without step 6 all
+    three were varied."""
+    body = [" heart", " legs", " hand", " head", " arm", " foot", " eye"]
+    nouns = [" film", " plot", " dog", " cat", " house", " story", " movie", " director"]
+    filler = {100 + k: [([" the", nouns[(k + j) % 8], " was"], 1) for j in range(10)] for k in range(12)}
+    ctx = make_contexts({90: _third_of([" catch"] * 7), 91: _third_of(body), 92: _third_of([" film"] * 7), **filler})
+    df = T.readable_labels(ctx, BACKGROUND, decode).set_index("feature_id")
+    assert df.loc[90, "name"] == "partly catch", df.loc[90, "label"]
+    assert df.loc[91, "name"].startswith("partly body parts (") and "heart" in df.loc[91, "name"], df.loc[91, "label"]
+    assert 0.35 <= df.loc[91, "score"] < 0.4  # the strongest 7 of 20
+    assert T.names_no_property(df.loc[92, "name"]), df.loc[92, "label"]
+    without = T.readable_labels(ctx, BACKGROUND, decode, config=T.LabelTextConfig(rare_share=1.0)).set_index("feature_id")
+    assert all(T.names_no_property(without.loc[f, "name"]) for f in (90, 91, 92))
+
+
+class RareWordConcepts(FakeWordConcepts):
+    """Names `sports` where the firing words include go or run, only at the share and chance step 6 asks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[tuple[float | None, float | None, int]] = []
+
+    def name_words(self, words, weights, min_share=None, max_p=None):
+        self.asked.append((min_share, max_p, len(words)))
+        if min_share is None:
+            return [None] * len(words)
+        return [("sports", [w in ("go", "run") for w in ws]) if "go" in ws else None for ws in words]
+
+
+def test_a_concept_of_the_firing_words_of_a_third_of_the_contexts_names_what_nothing_else_names():
+    """Step 6 asks the concept namer last, at `rare_share` and the stricter `rare_concept_max_p`, only about the
+    features still varied (not 93, which a rare firing word names), and says `partly`."""
+    namer = RareWordConcepts()
+    sport = _third_of([" go", " run", " go", " run", " eat", " see", " sleep"])
+    nouns = [" film", " plot", " dog", " cat", " house", " story", " movie", " director"]
+    filler = {100 + k: [([" the", nouns[(k + j) % 8], " was"], 1) for j in range(10)] for k in range(12)}
+    ctx = make_contexts({VARIED: CONTEXTS[VARIED], 93: _third_of([" catch"] * 7), 94: sport, **filler})
+    df = T.readable_labels(ctx, BACKGROUND, decode, concepts=namer,
+                           config=T.LabelTextConfig(rare_concept_max_p=1e-5)).set_index("feature_id")
+    assert df.loc[94, "name"].startswith("partly words about sports (go / run"), df.loc[94, "label"]
+    assert df.loc[93, "name"] == "partly catch" and T.names_no_property(df.loc[VARIED, "name"])
+    assert namer.asked == [(None, None, 3), (0.3, 1e-5, 2)]  # step 5 about all three, step 6 about VARIED and 94
