@@ -658,22 +658,36 @@ def _name_rare_properties(labeller: _Labeller, features: list[_Feature], named: 
     if not todo:
         return
     rates = labeller.property_rates()
+    left = _name_each(named, todo, lambda i: labeller.rare_property(features[i], rates))
+    if word_concepts is not None and left:
+        _name_by_word_concepts(labeller, features, named, left, word_concepts, partial=True,
+                               min_share=labeller.cfg.rare_share, max_p=labeller.cfg.rare_concept_max_p)
+
+
+def _name_each(named: list[tuple[str, str, float, int]], todo: list[int],
+               name_one: Callable[[int], "tuple[str, str, float, int] | None"]) -> list[int]:
+    """Replace, in place, each label `todo` lists that `name_one` names; the ones it leaves."""
     left = []
     for i in todo:
-        found = labeller.rare_property(features[i], rates)
+        found = name_one(i)
         if found is None:
             left.append(i)
         else:
             named[i] = found
-    if word_concepts is None or not left:
-        return
+    return left
+
+
+def _name_by_word_concepts(labeller: _Labeller, features: list[_Feature], named: list[tuple[str, str, float, int]],
+                           left: list[int], word_concepts: WordConceptFn, partial: bool = False,
+                           **ask: float) -> None:
+    """Replace, in place, the labels `left` lists whose firing words are about a concept (one call to
+    `word_concepts` for all, with `ask`'s share and chance) by `words about <concept> (…)`; with `partial`, `partly`
+    first when the contexts it names are fewer than `min_context_share`."""
     words = [_firing_words(features[i], content_only=True) for i in left]
-    cfg = labeller.cfg
-    weights = [features[i].weights for i in left]
-    for i, found in zip(left, word_concepts(words, weights, min_share=cfg.rare_share, max_p=cfg.rare_concept_max_p)):
+    for i, found in zip(left, word_concepts(words, [features[i].weights for i in left], **ask)):
         if found is not None:
-            partly = "" if sum(found[1]) >= cfg.min_context_share * len(features[i].idx) else PARTLY
-            named[i] = labeller.named_group(features[i], f"{partly}{WORDS_ABOUT}{found[0]}", found[1])
+            few = partial and sum(found[1]) < labeller.cfg.min_context_share * len(features[i].idx)
+            named[i] = labeller.named_group(features[i], f"{PARTLY if few else ''}{WORDS_ABOUT}{found[0]}", found[1])
 
 
 def _name_concepts(labeller: _Labeller, features: list[_Feature], named: list[tuple[str, str, float, int]],
@@ -742,16 +756,6 @@ def _name_word_groups(labeller: _Labeller, features: list[_Feature], named: list
     if not todo:
         return
     groups = _WordGroups(labeller, cfg, [features[i] for i in todo])
-    left = []
-    for i in todo:
-        found = groups.name(features[i])
-        if found is None:
-            left.append(i)
-        else:
-            named[i] = found
-    if word_concepts is None or not left:
-        return
-    words = [_firing_words(features[i], content_only=True) for i in left]
-    for i, found in zip(left, word_concepts(words, [features[i].weights for i in left])):
-        if found is not None:
-            named[i] = labeller.named_group(features[i], f"{WORDS_ABOUT}{found[0]}", found[1])
+    left = _name_each(named, todo, lambda i: groups.name(features[i]))
+    if word_concepts is not None and left:
+        _name_by_word_concepts(labeller, features, named, left, word_concepts)
