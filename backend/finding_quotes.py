@@ -72,27 +72,38 @@ def requoted(label: str, contexts: pd.DataFrame, config: LabelTextConfig = Label
 def naming_feature(f: Finding, own: Mapping[int, str] | None = None) -> tuple[int, str]:
     """(the member whose label names the finding, that label), by `label_reading.naming_member` over the members'
     labels; `own` (the side's own labels) replaces a member's label where it names something."""
+    names = _member_labels(f, own)
+    i = naming_member(names)
+    return f.feature_ids[i], names[i]
+
+
+def _member_labels(f: Finding, own: Mapping[int, str] | None) -> list[str]:
+    """The members' labels (or the finding's label alone, without them), the side's `own` label first where it
+    names something."""
     def label_of(fid: int, fallback: str) -> str:
         mine = (own or {}).get(fid)
         return mine if mine and not names_nothing(mine) else fallback  # a side's "varied tokens" names less
 
     members = f.feature_labels if len(f.feature_labels) == len(f.feature_ids) else (f.label,)
-    names = [label_of(fid, member) for fid, member in zip(f.feature_ids, members)]
-    i = naming_member(names)
-    return f.feature_ids[i], names[i]
+    return [label_of(fid, member) for fid, member in zip(f.feature_ids, members)]
 
 
 def quoted_from_sides(result: DiffResult, contexts: Mapping[str, pd.DataFrame],
                       labels: Mapping[str, Mapping[int, str] | None] | None = None) -> DiffResult:
     """`result` with each finding named by :func:`naming_feature` (the side's own labels `labels[side]` first)
-    and quoting its own side from that feature's contexts (`contexts[side]`: `side_contexts` rows)."""
+    and quoting its own side from that feature's contexts (`contexts[side]`: `side_contexts` rows); its
+    `feature_labels` are those the side read, so its `named_by` is that feature."""
     by_feature = {side: dict(tuple(df.groupby("feature_id"))) if len(df) else {} for side, df in contexts.items()}
 
     def one(f: Finding) -> Finding:
-        fid, label = naming_feature(f, (labels or {}).get(f.side))
-        rows = by_feature.get(f.side, {}).get(fid)
-        label = label if rows is None else requoted(label, rows)
-        return f if label == f.label else dataclasses.replace(f, label=label)
+        names = _member_labels(f, (labels or {}).get(f.side))
+        i = naming_member(names)
+        rows = by_feature.get(f.side, {}).get(f.feature_ids[i])
+        label = names[i] if rows is None else requoted(names[i], rows)
+        # the members' labels as the side reads them, so `named_by` is the member this label comes from
+        members = tuple(names) if len(names) == len(f.feature_ids) else f.feature_labels
+        return f if (label, members) == (f.label, f.feature_labels) else dataclasses.replace(
+            f, label=label, feature_labels=members)
 
     return dataclasses.replace(result, findings=[one(f) for f in result.findings])
 

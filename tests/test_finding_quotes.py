@@ -109,3 +109,19 @@ def test_a_finding_whose_lead_names_nothing_is_named_by_a_member_that_does():
     assert naming_feature(next(f for f in res.findings if f.side == "a")) == (0, labels[0])
     punct = dataclasses.replace(f, feature_labels=(labels[0], "comma"))
     assert naming_feature(punct) == (0, labels[0])
+
+
+def test_a_finding_of_b_is_read_by_the_member_its_label_comes_from():
+    """Planted: features 1 and 2 fire on the same documents of B (one finding, led by 1). The merged labels (A's
+    win) name 1 `varied tokens` and 2 `dogs`; B's own label of 1 is `hounds`. The finding reads `hounds` and its
+    `named_by` (what the LLM labels and the pages quote) is 1, not 2 as the merged labels would say."""
+    XA = np.zeros((40, 3)); XA[:2, 1] = 1
+    XB = np.zeros((40, 3)); XB[:30, 1] = 1; XB[:28, 2] = 1
+    merged = {1: 'varied tokens: a / b / c — "x «y»"', 2: 'dogs — "the «dogs» bark"'}
+    res = diff_result(sp.csr_matrix(XA), sp.csr_matrix(XB), None, None, merged)
+    f = next(f for f in res.findings if f.side == "b")
+    assert f.feature_ids[:2] == (1, 2) and f.named_by == 2
+    named = next(g for g in quoted_from_sides(res, {}, {"b": {1: 'hounds — "big «hounds»"'}}).findings
+                 if g.side == "b")
+    assert split_label(named.label)[0] == "hounds" and named.named_by == 1
+    assert named.feature_ids == f.feature_ids
