@@ -84,6 +84,24 @@ def test_a_guide_keeps_a_firing_pick_else_takes_the_likeliest_firing_candidate_o
     assert guide.waiting([False] * 3) == [1]
 
 
+def test_before_its_start_a_guide_only_watches():
+    """Until step `start` a row keeps its own pick: one that fires settles the feature (no pick later), one that
+    does not stays pending; from `start` on a firing candidate replaces the row's own pick."""
+    guide = Guide(lambda h: h, torch.tensor([0.5]), top_k=2, rows=[True, True], start=3)
+    probs, cands = torch.tensor([[0.6, 0.4], [0.6, 0.4]]), torch.tensor([[10, 11], [20, 21]])
+    acts = torch.zeros(2, 2, 1)
+    acts[0, 0, 0] = 1.0  # row 0: its own pick (10) fires
+    acts[1, 1, 0] = 1.0  # row 1: only the other candidate (21) fires
+    picks = [10, 20]
+    guide.choose([0, 1], probs, cands, acts, picks, position=1)
+    assert picks == [10, 20] and guide.guided == [[], []]
+    assert guide.waiting([False, False]) == [1]  # row 0 showed the feature by itself
+    guide.choose([1], probs[1:], cands[1:], acts[1:], picks, position=3)
+    assert picks == [10, 21] and guide.guided == [[], [3]]
+    with pytest.raises(ValueError):
+        Guide(lambda h: h, torch.tensor([0.5]), top_k=2, rows=[True], start=-1)
+
+
 def threshold_for(reader, sae) -> float:
     """A presence threshold that the feature passes on about one output token in 20 of the plain run."""
     runtime = runtime_for(reader)
@@ -134,3 +152,22 @@ def test_guided_sampling_is_on_with_auto_strength_by_default_and_checked():
             SteerConfig(guide=bad)
     with pytest.raises(SteeringError):
         SteerConfig(guide=8, use_cache=False)
+    assert SteerConfig(max_new_tokens=48, guide_wait=0.5).guide_start() == 24 and SteerConfig().guide_start() == 0
+    for bad in (-0.1, 1.0):
+        with pytest.raises(SteeringError):
+            SteerConfig(guide_wait=bad)
+
+
+def test_a_feature_the_model_writes_by_itself_gets_fewer_picks_when_the_guide_waits(deep_reader):
+    """Planted: a threshold the feature passes on about one output token in 20 of the plain run, so some
+    generations show it by themselves. Guiding from the first token picks a token in more generations than
+    guiding after half of them (`guide_wait`), and the waiting guide picks nothing before that."""
+    sae = make_tiny_sae(deep_reader.name, hook=HOOK)
+    thr = threshold_for(deep_reader, sae)
+    cfg = dict(n_samples=4, temperature=1.0, seed=3, max_new_tokens=12, guide=16)
+    runs = {wait: steer(deep_reader, sae, {FEATURE: 0.3}, PROMPTS, SteerConfig(**cfg, guide_wait=wait),
+                        fire_thresholds={FEATURE: thr}) for wait in (0.0, 0.5)}
+    picked = {w: sum(bool(g.guided) for g in r.generations if g.kind == "steered") for w, r in runs.items()}
+    assert picked[0.5] < picked[0.0], picked
+    late = [p for g in runs[0.5].generations for p in g.guided]
+    assert late and min(late) >= 6  # no pick before half of the 12 new tokens

@@ -44,6 +44,9 @@ class SteerConfig:
         tokens at the hook and takes one a steered feature (positive strength) fires on, once per feature, if its
         own pick does not; 0 is off. None (the default) guides with GUIDE_TOP_K when a strength is "auto" and
         not when all strengths are numbers (a plain residual intervention).
+    guide_wait: the share of max_new_tokens during which a guided generation only watches whether the model
+        writes the feature by itself; only after it may a candidate replace the model's own pick (0: from the
+        first token).
     """
 
     features: dict[int, Strength] = field(default_factory=dict)
@@ -59,6 +62,7 @@ class SteerConfig:
     fire_threshold: float = 0.0
     perplexity_warning_factor: float = 2.0
     guide: int | None = None
+    guide_wait: float = 0.0
 
     def __post_init__(self) -> None:
         if self.positions not in ("all", "generated"):
@@ -78,6 +82,8 @@ class SteerConfig:
         if self.guide is not None and (isinstance(self.guide, bool) or not 0 <= int(self.guide) <= MAX_GUIDE_TOP_K):
             raise SteeringError(f"guide must be None or a number of candidate tokens from 0 to {MAX_GUIDE_TOP_K}, "
                                 f"not {self.guide!r}")
+        if not 0.0 <= self.guide_wait < 1.0:
+            raise SteeringError(f"guide_wait must be in [0, 1), not {self.guide_wait!r}")
         if self.guide and not self.use_cache:
             raise SteeringError("Guided sampling needs the KV cache: set use_cache=True or guide=0.")
         check_strengths(self.features, allow_empty=True)
@@ -87,6 +93,10 @@ class SteerConfig:
         if self.guide is not None:
             return int(self.guide)
         return GUIDE_TOP_K if any(s == AUTO for s in strengths.values()) else 0
+
+    def guide_start(self) -> int:
+        """The first step at which guided sampling may replace a pick (`guide_wait` of max_new_tokens)."""
+        return int(self.guide_wait * self.max_new_tokens)
 
     def seeds(self) -> list[int]:
         """RNG seed of each sample index (shared by the steered and unsteered runs)."""

@@ -30,19 +30,22 @@ class Guide:
     fires, `top_k` the candidates read per row and step, `rows` which rows are guided (the steered ones).
     `seeds[r]` seeds row r's own draws among firing candidates (None: greedy, the likeliest), apart from its
     sampling RNG, so a guided row samples the same tokens as an unguided one up to its first guided pick.
-    `pending[r]` holds the features row r has not shown yet; `guided[r]` the output positions picked for them."""
+    `pending[r]` holds the features row r has not shown yet; `guided[r]` the output positions picked for them.
+    `start`: the first step at which a pick may replace the row's own; before it a row only watches, so a feature
+    the model writes by itself needs no pick."""
 
     encode: Encode
     thresholds: torch.Tensor
     top_k: int
     rows: list[bool]
     seeds: list[int] | None = None
+    start: int = 0
     pending: list[torch.Tensor] = field(default_factory=list)
     guided: list[list[int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.top_k < 1:
-            raise ValueError("top_k must be at least 1")
+        if self.top_k < 1 or self.start < 0:
+            raise ValueError("top_k must be at least 1 and start at least 0")
         n_features = int(self.thresholds.numel())
         self.pending = [torch.full((n_features,), bool(r)) for r in self.rows]
         self.guided = [[] for _ in self.rows]
@@ -67,7 +70,7 @@ class Guide:
             own = (candidates[j] == picks[r]).nonzero()
             if len(own) and bool(useful[own[0, 0]]):
                 k = int(own[0, 0])  # the model's own pick shows the feature: keep it
-            elif bool(useful.any()):
+            elif position >= self.start and bool(useful.any()):
                 weights = probs[j].float() * useful
                 k = int(torch.searchsorted(weights.cumsum(0), self.draw(r) * weights.sum(), right=True)
                         .clamp(max=len(weights) - 1))

@@ -157,7 +157,8 @@ class _Variants:
 
         steered = [self.vectors[v] is not None for v, _, _ in self.rows()]
         seeds = [self.cfg.seeds()[i] for _, _, i in self.rows()] if self.cfg.temperature > 0 else None
-        guide = Guide(encode, torch.tensor([thresholds[f] for f in wanted]), top_k, steered, seeds)
+        guide = Guide(encode, torch.tensor([thresholds[f] for f in wanted]), top_k, steered, seeds,
+                      start=self.cfg.guide_start())
         return dataclasses.replace(self, guide=guide)
 
     def guided_positions(self) -> dict[tuple[int, int], list[list[int]]]:
