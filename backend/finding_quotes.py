@@ -72,20 +72,20 @@ def requoted(label: str, contexts: pd.DataFrame, config: LabelTextConfig = Label
 def naming_feature(f: Finding, own: Mapping[int, str] | None = None) -> tuple[int, str]:
     """(the member whose label names the finding, that label), by `label_reading.naming_member` over the members'
     labels; `own` (the side's own labels) replaces a member's label where it names something."""
-    names = _member_labels(f, own)
-    i = naming_member(names)
+    names, i = _named(f, own)
     return f.feature_ids[i], names[i]
 
 
-def _member_labels(f: Finding, own: Mapping[int, str] | None) -> list[str]:
-    """The members' labels (or the finding's label alone, without them), the side's `own` label first where it
-    names something."""
+def _named(f: Finding, own: Mapping[int, str] | None) -> tuple[list[str], int]:
+    """(the members' labels, or the finding's label alone without them, the side's `own` label first where it
+    names something; the index of the one that names the finding)."""
     def label_of(fid: int, fallback: str) -> str:
         mine = (own or {}).get(fid)
         return mine if mine and not names_nothing(mine) else fallback  # a side's "varied tokens" names less
 
     members = f.feature_labels if len(f.feature_labels) == len(f.feature_ids) else (f.label,)
-    return [label_of(fid, member) for fid, member in zip(f.feature_ids, members)]
+    names = [label_of(fid, member) for fid, member in zip(f.feature_ids, members)]
+    return names, naming_member(names)
 
 
 def quoted_from_sides(result: DiffResult, contexts: Mapping[str, pd.DataFrame],
@@ -96,8 +96,7 @@ def quoted_from_sides(result: DiffResult, contexts: Mapping[str, pd.DataFrame],
     by_feature = {side: dict(tuple(df.groupby("feature_id"))) if len(df) else {} for side, df in contexts.items()}
 
     def one(f: Finding) -> Finding:
-        names = _member_labels(f, (labels or {}).get(f.side))
-        i = naming_member(names)
+        names, i = _named(f, (labels or {}).get(f.side))
         rows = by_feature.get(f.side, {}).get(f.feature_ids[i])
         label = names[i] if rows is None else requoted(names[i], rows)
         # the members' labels as the side reads them, so `named_by` is the member this label comes from

@@ -34,13 +34,19 @@ def stop_token_ids(reader: ReaderModel) -> set[int]:
     return runtime_for(reader).stop_token_ids()
 
 
-def sampling_probs(logits: torch.Tensor, cfg: SteerConfig, forbid: list[int]) -> torch.Tensor:
-    """What each row samples from: the softmax at the temperature (1 when greedy), cut to the top-p nucleus and
-    without the forbidden tokens (the caller's logits stay raw: a StepRecord reads them)."""
+def _allowed(logits: torch.Tensor, forbid: list[int]) -> torch.Tensor:
+    """Float logits without the forbidden tokens (a copy: the caller's logits stay raw, a StepRecord reads them)."""
     logits = logits.float()
     if forbid:
         logits = logits.clone()
         logits[:, forbid] = -math.inf
+    return logits
+
+
+def sampling_probs(logits: torch.Tensor, cfg: SteerConfig, forbid: list[int]) -> torch.Tensor:
+    """What each row samples from: the softmax at the temperature (1 when greedy), cut to the top-p nucleus and
+    without the forbidden tokens."""
+    logits = _allowed(logits, forbid)
     probs = torch.softmax(logits / (cfg.temperature if cfg.temperature > 0 else 1.0), dim=-1)
     if cfg.top_p < 1.0 and cfg.temperature > 0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
@@ -52,10 +58,7 @@ def sampling_probs(logits: torch.Tensor, cfg: SteerConfig, forbid: list[int]) ->
 def pick_tokens(logits: torch.Tensor, cfg: SteerConfig, generators: list[torch.Generator], forbid: list[int]) -> list[int]:
     """Next token of each row: greedy at temperature 0, else a top-p draw from the row's own generator."""
     if cfg.temperature <= 0:
-        if forbid:
-            logits = logits.float().clone()
-            logits[:, forbid] = -math.inf
-        return logits.argmax(-1).tolist()
+        return _allowed(logits, forbid).argmax(-1).tolist()
     probs = sampling_probs(logits, cfg, forbid)
     # Inverse-CDF draw with one uniform per row from that row's generator (torch.multinomial is
     # ~100x slower on a CPU for a 50k vocabulary).
