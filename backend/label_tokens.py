@@ -45,6 +45,7 @@ PERIOD_FINAL, PERIOD_OTHER = "sentence-final period", "period (not sentence-fina
 LINKS, TCO_LINKS = "links (URLs)", "links (t.co URLs)"
 HANDLES, HASHTAGS, NUMBERS, YEARS = "@handles (mentions)", "#hashtags", "numbers", "years"
 LINE_BREAK, BLANK_LINE, SPACES, BYTES = "line break", "blank line", "spaces", "emoji or symbols"
+CONTROL = "control characters"  # backspaces of nroff's bold and underline, escapes: invisible as a name
 ALL_CAPS, CAPITALISED, FIRST_TOKEN = "all-caps words", PROPER_NAMES, "first token of the text"
 IN_CODE, IN_QUOTES, AT_LINE_START, AT_SENTENCE_START = "in code", "inside quotations", "at line start", "at sentence start"
 VARIED, ABOUT, WORDS_ABOUT = "varied tokens: ", "about ", "words about "
@@ -57,6 +58,7 @@ CATEGORY_KINDS: dict[str, str] = {
     "period": "punctuation", PERIOD_FINAL: "punctuation", PERIOD_OTHER: "punctuation",
     LINKS: "symbol", TCO_LINKS: "symbol", NUMBERS: "symbol", YEARS: "symbol", BYTES: "symbol",
     LINE_BREAK: "formatting", BLANK_LINE: "formatting", SPACES: "formatting", FIRST_TOKEN: "formatting",
+    CONTROL: "formatting",
 }
 _PREFIX_KINDS = (("special token ", "formatting"), ("punctuation ", "punctuation"), (ALL_CAPS, "formatting"),
                  (CAPITALISED, "word"), ("capitalised words", "word"), ("in code", "mixed"),
@@ -93,6 +95,8 @@ def token_unit(text: str, special: bool = False) -> Unit:
         return Unit(SPACES, SPACES, "formatting", SPACES) if text else Unit(BYTES, BYTES, "symbol", BYTES)
     if "\ufffd" in s:
         return Unit(BYTES, BYTES, "symbol", BYTES)
+    if all(unicodedata.category(ch) == "Cc" for ch in s):
+        return Unit(CONTROL, CONTROL, "formatting", CONTROL)
     low = s.lower()
     if low in _URL_PIECES:
         return Unit(LINKS, LINKS, "symbol", LINKS)

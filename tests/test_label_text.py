@@ -146,6 +146,14 @@ def test_auto_labels_delegates_and_keeps_the_stored_columns():
     pd.testing.assert_frame_equal(auto, T.readable_labels(ctx, BACKGROUND, decode))
 
 
+def test_control_characters_read_as_such_not_as_an_invisible_name():
+    """Debian fortunes bold words with backspaces ("_\bi_\bs"); a feature firing on "\b" was named by an invisible
+    character."""
+    unit = T.token_unit("\x08")
+    assert (unit.key, unit.display, unit.kind) == ("control characters", "control characters", "formatting")
+    assert T.token_unit("\x1b\x08").key == "control characters" and T.token_unit("a\x08").kind == "word"
+
+
 def test_special_tokens_are_never_read_as_words():
     ctx = make_contexts({1: [([" the", " LOL", " film"], 1)] * 3})
     df = T.readable_labels(ctx, BACKGROUND, decode, skip_ids={ID[" LOL"]})
