@@ -694,12 +694,12 @@ def _name_each(named: list[tuple[str, str, float, int]], todo: list[int],
 def _name_by_word_concepts(labeller: _Labeller, features: list[_Feature], named: list[tuple[str, str, float, int]],
                            left: list[int], word_concepts: WordConceptFn, partial: bool = False,
                            **ask: float) -> None:
-    """Replace, in place, the labels `left` lists whose firing words are about a concept (one call to
-    `word_concepts` for all, with `ask`'s share and chance) by `words about <concept> (…)`; with `partial`, `partly`
-    first when the contexts it names are fewer than `min_context_share`."""
+    """Replace, in place, the labels `left` lists whose firing words, two different ones at least, are about a
+    concept (one call to `word_concepts` for all, with `ask`'s share and chance) by `words about <concept> (…)`; with
+    `partial`, `partly` first when the contexts it names are fewer than `min_context_share`."""
     words = [_firing_words(features[i], content_only=True) for i in left]
-    for i, found in zip(left, word_concepts(words, [features[i].weights for i in left], **ask)):
-        if found is not None:
+    for i, mine, found in zip(left, words, word_concepts(words, [features[i].weights for i in left], **ask)):
+        if found is not None and len({w for w, h in zip(mine, found[1]) if h and w}) >= 2:  # one word is no concept
             few = partial and sum(found[1]) < labeller.cfg.min_context_share * len(features[i].idx)
             named[i] = labeller.named_group(features[i], f"{PARTLY if few else ''}{WORDS_ABOUT}{found[0]}", found[1])
 

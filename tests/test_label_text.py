@@ -535,3 +535,21 @@ def test_names_do_not_vote_for_a_concept():
                                                                           " at", " the"])]})
     T.readable_labels(ctx, BACKGROUND, decode, concepts=namer)
     assert namer.words == [["red", None, "dog", None, "london", "cat", "house", "story"]]
+
+
+class OneWordConcepts(FakeWordConcepts):
+    """Names `sports` wherever a firing word is go, by the contexts that fire on go or run."""
+
+    def name_words(self, words, weights, min_share=None, max_p=None):
+        return [("sports", [w in ("go", "run") for w in ws]) if "go" in ws else None for ws in words]
+
+
+def test_one_firing_word_is_no_concept():
+    """A concept whose contexts all fire on one word names nothing (that word is the firing-word test's, at its own
+    base rate): 3 of 20 contexts on " go" stay `varied tokens`, where two words (go, run) read `words about sports`."""
+    one = _third_of([" go"] * 3)
+    two = _third_of([" go", " run", " go"])
+    df = T.readable_labels(make_contexts({95: one, 96: two, **_filler(12)}), BACKGROUND, decode,
+                           concepts=OneWordConcepts()).set_index("feature_id")
+    assert T.names_no_property(df.loc[95, "name"]), df.loc[95, "label"]
+    assert "words about sports (go" in df.loc[96, "name"], df.loc[96, "label"]
