@@ -119,7 +119,8 @@ class LabelTextConfig:
     words of rare_share of the weight are about one concept with a chance under rare_concept_max_p (a tenth of step
     5's: at 1e-3 it named a quarter as many random groups of contexts as features, at 1e-4 a twentieth). The
     chance test, not rare_share, keeps random groups out: at 0.25 and at 0.2 about the same share of them was named
-    (1.2-1.6%), against 11-22% of the features (docs/labels.md)."""
+    (1.2-1.6%), against 11-22% of the features (docs/labels.md). roget_max_senses: a Roget's category needs two
+    firing words listed under at most this many of its 757 categories (94% of its words are; `good` is under 49)."""
 
     max_names: int = 5
     min_coverage: float = 0.5
@@ -136,6 +137,7 @@ class LabelTextConfig:
     rare_max_p: float = 1e-3
     rare_concept_max_p: float = 1e-4
     rate_sample: int = 3000
+    roget_max_senses: int = 5
 
     def __post_init__(self) -> None:
         if self.max_names < 1 or self.max_concept_contexts < 1:
@@ -143,8 +145,8 @@ class LabelTextConfig:
         for name in ("min_coverage", "min_context_share", "rare_share", "rare_max_p", "rare_concept_max_p"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise UserError(f"{name} must be in (0, 1], not {getattr(self, name)}.")
-        if self.rare_lift < 1 or self.rate_sample < 1:
-            raise UserError("rare_lift and rate_sample must be at least 1.")
+        if self.rare_lift < 1 or self.rate_sample < 1 or self.roget_max_senses < 1:
+            raise UserError("rare_lift, rate_sample and roget_max_senses must be at least 1.")
         if self.max_name_chars < 10 or self.example_before_chars < 0 or self.example_after_chars < 0:
             raise UserError("max_name_chars must be at least 10 and the example widths non-negative.")
 
@@ -496,7 +498,7 @@ class _Labeller:
         the number of tries of its family, for the families of many: firing units, their word classes, the sense
         categories around). The share counts contexts or activation, whichever is more: a property of the
         strongest contexts is what the feature is most about. A word class must hold two different firing words
-        (one word is a firing unit). Under `min_context_share` the name says `partly`."""
+        (one word is a firing unit; `evidence_words`). Under `min_context_share` the name says `partly`."""
         cfg, n, t, best = self.cfg, len(f.idx), self.tally(f), None
         candidates = list(self._rare_candidates(f, t))
         tries = Counter(_family(c[0]) for c in candidates)
@@ -505,13 +507,22 @@ class _Labeller:
             k, p0 = sum(hit), max(rates.get(head, 0.0), cfg.word_groups.min_base)
             if max(k / n, float(np.dot(hit, f.weights))) < cfg.rare_share or k < cfg.rare_lift * p0 * n:
                 continue
-            if head.startswith((_WORD_CLASS, _ROGET)) and len({w for w, h in zip(firing, hit) if h}) < 2:
+            if head.startswith((_WORD_CLASS, _ROGET)) and len(self.evidence_words(head, firing, hit)) < 2:
                 continue
             family = _family(head)
             p = binomial_tail(k, n, p0) * (tries[family] if family else 1)  # Bonferroni over a family's tries
             if p < cfg.rare_max_p and (best is None or p < best[0]):
                 best = (p, head, kind, hit, words)
         return None if best is None else self._rare_name(f, t, *best[1:])
+
+    def evidence_words(self, head: str, firing: list[str | None], hit: list[bool]) -> set[str]:
+        """The different firing words of the contexts in `hit` that vouch for a class; for a Roget's category only
+        those listed under at most `roget_max_senses` categories: `ground`, `work` and `good` (34 to 49 each) fit
+        some rare category by chance, and read `words about visual arts (values / ground / worked)`."""
+        words = {w for w, h in zip(firing, hit) if h and w}
+        if head.startswith(_ROGET):
+            return {w for w in words if len(thesaurus_categories(w)) <= self.cfg.roget_max_senses}
+        return words
 
     def _rare_name(self, f: _Feature, t: _Tally, head: str, kind: str, hit: list[bool],
                    words: list[str | None] | None) -> tuple[str, str, float, int]:

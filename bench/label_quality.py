@@ -8,7 +8,7 @@ with today's code (token classes, shared context words and MiniLM concept names)
 share of labels that name no shared property, and how many of the top 10 findings of the human-vs-bot diff do.
 
     python bench/label_quality.py [--workspace /tmp/label_quality.duckdb] [--before afc3122] [--threads 2] [--chance]
-                                  [--fortunes /tmp/fortune_topics.duckdb]
+                                  [--fortunes /tmp/fortune_topics.duckdb] [--debates /tmp/debates.duckdb]
 
 With --chance it also labels random groups of the contexts of the features the baseline leaves varied and prints,
 per labelling step, the share of real features and of random groups that reach it which it names (`rule_rates`).
@@ -163,11 +163,12 @@ def rule_rates(ctx, background, decode, skip, old, before: pd.DataFrame, after: 
     return out
 
 
-def diff_top10(ws: Workspace, labels: dict[int, str]) -> tuple[int, list[str]]:
-    """(how many of the human-vs-bot diff's top 10 findings name no property, their labels), the diff read through
-    `labels` (not the workspace's stored ones): they fold, order and name the findings, as ws.diff does."""
-    X, lengths = ws.latents("chat", "max"), ws.doc_lengths("chat")
-    human = (ws.metadata("chat", "speaker") == "human").to_numpy()
+def diff_top10(ws: Workspace, labels: dict[int, str], corpus: str = "chat", side_a: str = "human") -> tuple[int, list[str]]:
+    """(how many of the top 10 findings of the `corpus` diff of speaker `side_a` against the rest (human-vs-bot)
+    name no property, their labels), the diff read through `labels` (not the workspace's stored ones): they fold,
+    order and name the findings, as ws.diff does."""
+    X, lengths = ws.latents(corpus, "max"), ws.doc_lengths(corpus)
+    human = (ws.metadata(corpus, "speaker") == side_a).to_numpy()
     ids_a, ids_b = np.flatnonzero(human), np.flatnonzero(~human)
     res = diff_result(X[ids_a], X[ids_b], lengths[ids_a], lengths[ids_b], labels, ids_a=ids_a, ids_b=ids_b)
     names = [f.label for f in res.summary(n_per_side=5)[:10]]
@@ -183,6 +184,8 @@ def main() -> None:
     ap.add_argument("--show", type=int, default=0, help="print this many 'after' labels of formerly varied features")
     ap.add_argument("--fortunes", type=Path, default=None, help="also count on the Debian fortunes of "
                     "bench/fortune_topics.py, in (or built once into) this workspace")
+    ap.add_argument("--debates", type=Path, default=None, help="also count on Trump's and Clinton's 2016 debate "
+                    "statements (no SAE was trained on them), in (or embedded once into) this workspace")
     ap.add_argument("--chance", action="store_true", help="also label random groups of the varied features' contexts "
                     "and print each step's naming rate on them (a few minutes more)")
     args = ap.parse_args()
@@ -210,6 +213,8 @@ def main() -> None:
     pct = {k: 100 * sum(b for b, _ in v) / max(sum(n for _, n in v), 1) for k, v in shares.items()}
     if args.fortunes:
         held_out(args.fortunes, old, args.chance)
+    if args.debates:
+        debates(args.debates, old, args.chance)
     print(f"varied before={pct['before']:.1f}% after={pct['after']:.1f}% diff_top10 before={tops['before']} "
           f"after={tops['after']}")
 
@@ -217,10 +222,50 @@ def main() -> None:
 def held_out(path: Path, old, chance: bool) -> None:
     """The same count on the 575 Debian fortunes of bench/fortune_topics.py (its workspace, built once), a corpus
     the labeller's thresholds were not chosen on; not part of the last line."""
-    before, after = label_corpus(fortunes_workspace(path), "fortunes", old, chance)
+    ws = fortunes_workspace(path)
+    before, after = label_corpus(ws, "fortunes", old, chance)
     for key, df in (("before", before), ("after", after)):
         n_bad = int(df["name"].map(names_no_property).sum())
         print(f"fortunes {key}: {n_bad} of {len(df)} labels name no shared property ({100 * n_bad / len(df):.1f}%)")
+    by_strength(ws, "fortunes", after)
+
+
+def debates_corpus() -> pd.DataFrame:
+    """Trump's and Clinton's statements in the 2016 presidential debates (scattertext's
+    presidential_debates_2016.csv.gz): the one scattertext file the shipped SAEs were not trained on."""
+    df = pd.read_csv(builtin_data.scattertext_file("presidential_debates_2016.csv.gz"))
+    df = df[df["speaker"].isin(["TRUMP", "CLINTON"])].assign(text=lambda d: d["statement"].str.strip())
+    return df[df["text"].str.len() > 20][["text", "speaker"]].reset_index(drop=True)
+
+
+def debates(path: Path, old, chance: bool) -> None:
+    """The count on the debates (`debates_corpus`, embedded once into `path`), a corpus no threshold and no SAE saw,
+    and the top 10 findings of Trump against Clinton; not part of the last line."""
+    ws = Workspace.open_or_create(path, WorkspaceSpec())
+    if not ws.has_corpus("debates"):
+        ws.add_corpus("debates", debates_corpus(), text_column="text")
+    if ws.corpus("debates").status != "ready":
+        ws.embed("debates")
+    before, after = label_corpus(ws, "debates", old, chance)
+    for key, df in (("before", before), ("after", after)):
+        n_bad = int(df["name"].map(names_no_property).sum())
+        top, names = diff_top10(ws, dict(zip(df["feature_id"], df["label"])), "debates", "TRUMP")
+        print(f"debates {key}: {n_bad} of {len(df)} labels name no shared property ({100 * n_bad / len(df):.1f}%); "
+              f"Trump-vs-Clinton top 10 findings naming none: {top}")
+        print("  " + " | ".join(n.split(" — ")[0] for n in names))
+    by_strength(ws, "debates", after)
+
+
+def by_strength(ws: Workspace, name: str, after: pd.DataFrame) -> None:
+    """The share of `varied tokens` labels in each fifth of the features (5+ contexts) by their strongest
+    activation in the corpus: the features left varied are mostly the ones that barely fire there."""
+    stats = ws.store.query_df("SELECT feature_id, max_act FROM feature_stats WHERE corpus_id = ?",
+                              [ws.corpus(name).corpus_id])
+    df = after[after["n_contexts"] >= 5].merge(stats, on="feature_id")
+    df["fifth"] = pd.qcut(df["max_act"], 5)
+    shares = df.groupby("fifth", observed=True)["name"].agg(lambda s: 100 * s.map(names_no_property).mean())
+    print(f"{name}: varied share by strongest activation (fifths, weakest first): "
+          + " | ".join(f"{iv.left:.1f}-{iv.right:.1f}: {v:.1f}%" for iv, v in shares.items()))
 
 
 if __name__ == "__main__":

@@ -524,6 +524,24 @@ def test_a_rogets_category_of_the_firing_words_names_a_feature_no_word_class_nam
     assert all(T.names_no_property(df.loc[200 + j, "name"]) for j in range(6)), df.loc[200:205, "name"].tolist()
 
 
+FURNITURE = [" home", " table", " international", " cabinet", " period", " mission"]  # each under 8+ Roget categories
+VOCAB.extend(w for w in FURNITURE if w not in ID)
+ID.update({t: i for i, t in enumerate(VOCAB)})
+
+
+def test_ambiguous_words_vouch_for_no_rogets_category():
+    """Planted like the sports: 6 of 20 contexts fire on home / table / international / cabinet / period / mission, all
+    listed under Roget's `furniture` but each under 8 to 40 categories, so some rare category fits them by chance: no
+    `words about furniture`. Counting every word (`roget_max_senses` past the most any word has) names it."""
+    filler = _filler(40)
+    ctx = make_contexts({98: _third_of(FURNITURE)[:6] + _third_of([" red"])[1:], **filler})
+    name = T.readable_labels(ctx, BACKGROUND, decode).set_index("feature_id").loc[98, "name"]
+    assert "words about" not in name, name
+    loose = T.LabelTextConfig(roget_max_senses=100)
+    name = T.readable_labels(ctx, BACKGROUND, decode, config=loose).set_index("feature_id").loc[98, "name"]
+    assert name.startswith("partly words about furniture ("), name
+
+
 def test_names_do_not_vote_for_a_concept():
     """A capitalised word the lexicon does not know (Obama, Tokyo) reaches no concept namer: MiniLM placed such names
     near arbitrary concepts (`words about the clergy (Ritchie / founder / giants)`). Known words stay, capitalised
