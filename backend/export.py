@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from backend import errors
 from backend.errors import UserError
 
 FORMATS = ("csv", "jsonl", "parquet")
@@ -39,15 +40,8 @@ def export_format(path: str | Path, fmt: str | None = None) -> str:
 
 
 def check_feature_ids(feature_ids: Iterable[int], d_sae: int) -> list[int]:
-    """Feature ids as ints, each in 0..d_sae-1; refuse the rest (a negative id would index from the end)."""
-    ids = []
-    for f in feature_ids:
-        if isinstance(f, bool) or not isinstance(f, (int, np.integer)):
-            raise ExportError(f"A feature id is a whole number, not {f!r}.")
-        if not 0 <= int(f) < d_sae:
-            raise ExportError(f"There is no feature {int(f)}: this SAE has features 0 to {d_sae - 1:,}.")
-        ids.append(int(f))
-    return ids
+    """Feature ids as ints, each in 0..d_sae-1 (`errors.check_feature_ids`); refuse the rest with an ExportError."""
+    return errors.check_feature_ids(feature_ids, d_sae, ExportError)
 
 
 def neutralise_cell(value):

@@ -22,6 +22,7 @@ from backend.context import DEFAULT_MAX_TOKENS, FORMATTINGS, WorkspaceContext, W
 from backend.config import CACHE_DIR, DEFAULT_MODEL, DEFAULT_SAE_DIR, SHIPPED_SAES, pick_device
 from backend.corpora import ReadOptions, validate_corpus_name
 from backend.engines.ray_engine import RayConfig, embed_with_ray
+from backend.errors import check_feature_ids
 from backend.feature_precompute import FinalizeProgress, finalize_corpus
 from backend.jobs import JobConfig, Progress, ProgressCallback, embed_corpus
 from backend.models import ModelDims, ReaderModel, load_reader, model_dims
@@ -301,7 +302,8 @@ class Workspace(WorkspaceAnalyses):
         return self.store.documents(corpus, doc_ids, limit)
 
     def top_documents(self, corpus: "str | int | Corpus", feature_id: int, n: int = 10) -> pd.DataFrame:
-        return self.store.top_documents(corpus, feature_id, n)
+        (fid,) = check_feature_ids([feature_id], self.d_sae, StoreError)
+        return self.store.top_documents(corpus, fid, n)
 
     def token_activations(self, corpus: "str | int | Corpus", doc_id: int, features: list[int] | int | None = None) -> TokenActivations:
         """Recompute token-level activations of one stored document (for highlighting)."""
@@ -312,7 +314,8 @@ class Workspace(WorkspaceAnalyses):
 
     def text_activations(self, text: str, features: list[int] | int | None = None) -> TokenActivations:
         """Token-level activations of any text (search by example)."""
-        feats = [features] if isinstance(features, (int, np.integer)) else features
+        feats = [features] if np.isscalar(features) else features
+        feats = None if feats is None else check_feature_ids(feats, self.d_sae)
         tokens, acts, mask = token_activations(self.reader, self.sae, self.hook, text, self.embed_config, feats)
         return TokenActivations(tokens, acts, mask, feats)
 

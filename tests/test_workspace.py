@@ -9,6 +9,7 @@ import pytest
 
 from backend.activations import embed_texts
 from backend.corpora import CorpusError
+from backend.errors import UserError
 from backend.store import StoreError
 from backend.workspace import Workspace, WorkspaceSpec
 from tests.tiny import HOOK
@@ -55,6 +56,18 @@ def test_top_documents_and_document_features(tiny_workspace, tiny_docs):
     feats = ws.store.doc_features("t", 0)
     assert set(feats["feature_id"]) == set(np.flatnonzero(X[0]).tolist())
     assert feats["max_act"].is_monotonic_decreasing
+
+
+def test_a_feature_that_does_not_exist_is_refused_with_a_message(tiny_workspace, tiny_docs):
+    """top_documents and token activations name the range (the tiny SAE has 64 features); before, a negative id gave
+    an empty table and a large one an IndexError from inside the SAE."""
+    ws = embedded(tiny_workspace, tiny_docs)
+    with pytest.raises(StoreError, match="no feature -3: this SAE has features 0 to 63"):
+        ws.top_documents("t", -3)
+    for bad in ([64], 64, 5.5, "x"):
+        with pytest.raises(UserError, match="no feature 64|whole number"):
+            ws.token_activations("t", 0, features=bad)
+    assert ws.token_activations("t", 0, features=np.int64(63)).acts.shape[1] == 1
 
 
 def test_metadata_is_kept_and_queryable(tiny_workspace, tiny_docs):
