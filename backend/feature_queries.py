@@ -258,6 +258,17 @@ class FeatureDetail:
     promoted: list[tuple[str, float]] = field(default_factory=list)
     suppressed: list[tuple[str, float]] = field(default_factory=list)
     correlated: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CORRELATED_COLUMNS))
+    weaker_share: float | None = None  # share of the corpus's live features whose strongest activation is lower
+
+
+def _q_weaker_share(store: Store, cid: int, max_act: float | None) -> float | None:
+    """Share of the corpus's live features whose strongest activation there is below `max_act`: a feature that
+    only fires weakly in a corpus fires on whatever tokens, and its label names nothing (docs/labels.md)."""
+    if max_act is None:
+        return None
+    row = store.query_one("SELECT avg(CASE WHEN max_act < ? THEN 1.0 ELSE 0.0 END) FROM feature_stats "
+                          "WHERE corpus_id = ? AND n_docs_active > 0", [float(max_act), cid])
+    return None if row is None or row[0] is None else float(row[0])
 
 
 def feature_detail(ws: WorkspaceContext, corpus: Corpus, feature_id: int, n_docs: int = 10, per_bucket: int = 3, n_logits: int = 10,
@@ -280,6 +291,7 @@ def feature_detail(ws: WorkspaceContext, corpus: Corpus, feature_id: int, n_docs
         top_tokens=_q_top_tokens(store, cid, fid, 10), contexts=_q_contexts(store, cid, fid),
         promoted=promoted, suppressed=suppressed,
         correlated=_q_correlated(store, cid, fid, n_a, n, n_correlated, max_docs_npmi, 2, ws.d_sae),
+        weaker_share=_q_weaker_share(store, cid, stats.get("max_act")),
     )
 
 

@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from backend import feature_queries
+from backend.analysis.label_reading import names_nothing
 from backend.background import wait_until_searchable
 from backend.errors import UserError
 from backend.labels import set_hand_label
@@ -387,6 +388,16 @@ def metadata_section(ws: Workspace, corpus: Corpus, fid: int) -> None:
     chart.plotly_chart(breakdown_figure(bd), key=f"meta_{fid}_{column}")
 
 
+def unnamed_note(weaker_share: float | None) -> str:
+    """Why a label reads `varied tokens`, and where this feature's strength stands in the corpus."""
+    text = "Its top contexts share nothing the offline labeller could name."
+    if weaker_share is not None:
+        text += (f" Its strongest activation here is above {100 * weaker_share:.0f}% of this corpus's features': "
+                 "features that fire only weakly in a corpus mostly get such labels (15-17% of the weakest fifth on "
+                 "two corpora, under 1% of the strongest).")
+    return text + " An LLM label (Labels, below) may say more."
+
+
 def detail_section(ws: Workspace, corpus: Corpus) -> None:
     fid = chosen_feature(ws)
     try:
@@ -396,6 +407,8 @@ def detail_section(ws: Workspace, corpus: Corpus) -> None:
         st.stop()
     st.subheader(f"Feature #{fid}")
     widgets.show_html(title_html(label_of(detail.label)))
+    if names_nothing(detail.label):
+        st.caption(unnamed_note(detail.weaker_share))
     widgets.feature_links(fid, key="detail", exclude="features")
     with st.expander("Labels", expanded=False):
         labels_panel(ws, corpus, detail)

@@ -184,6 +184,31 @@ def test_hand_label_wins_and_refreshes_the_table(page, tiny_ws_path):
     assert table(at).set_index("feature_id").loc[fid, "label"] == L.labels(ws, "t", [fid])[fid]
 
 
+def test_a_label_that_names_nothing_says_how_weakly_the_feature_fires(page, tiny_ws_path):
+    """Under a `varied tokens` label the page says so and where the feature's strongest activation stands among the
+    corpus's live features (what feature_detail computes); a label that names something gets no such note."""
+    ws = ws_of(tiny_ws_path)
+    fids = F.feature_table(ws, "t", sort_by="n_docs_active")["feature_id"].astype(int).tolist()
+    fid, other = fids[0], fids[1]
+    stats = ws.store.query_df("SELECT max_act FROM feature_stats WHERE corpus_id = ? AND n_docs_active > 0",
+                              [ws.corpus("t").corpus_id])["max_act"]
+    d = F.feature_detail(ws, "t", fid)
+    assert d.weaker_share == pytest.approx(float((stats < d.stats["max_act"]).mean()))
+    try:
+        L.set_hand_label(ws, fid, "varied tokens: a / b / c")
+        L.set_hand_label(ws, other, "negation words")
+        notes = {}
+        for f in (fid, other):
+            at = page("features", tiny_ws_path, "t", feature_id=f).run()
+            assert_no_errors(at)
+            notes[f] = [c.value for c in at.caption if "share nothing the offline labeller" in c.value]
+        assert len(notes[fid]) == 1 and not notes[other], notes
+        assert f"above {100 * d.weaker_share:.0f}% of this corpus's features'" in notes[fid][0]
+    finally:
+        L.set_hand_label(ws, fid, None)
+        L.set_hand_label(ws, other, None)
+
+
 def test_search_by_meaning_finds_python(page, tiny_ws_path):
     ws = ws_of(tiny_ws_path)
     live = F.feature_table(ws, "t")["feature_id"].astype(int).tolist()
