@@ -7,6 +7,7 @@ is the MiniLM baseline shown beside it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Collection
 
 import numpy as np
@@ -42,7 +43,8 @@ def retrieve(X, conditions: list[Condition], mode: str = "and", top: int = 50) -
     n_matched.
     """
     if mode not in {"and", "or"}:
-        raise ValueError("mode must be 'and' or 'or'")
+        raise UserError(f"mode must be 'and' or 'or', not {mode!r}")
+    top = checked_top(top)
     if not conditions:
         return _empty()
     X = as_csr(X)
@@ -74,10 +76,18 @@ def checked_query(query: str) -> str:
     return query
 
 
+def checked_top(top: int) -> int:
+    """How many documents to return, or a UserError: `top=-1` sliced off the last document, `top=2.5` raised a
+    TypeError from inside numpy."""
+    if isinstance(top, bool) or not isinstance(top, Integral) or top < 1:
+        raise UserError(f"top is how many documents to return: a whole number of at least 1, not {top!r}.")
+    return int(top)
+
+
 def dense_retrieve(query_vec: np.ndarray, doc_vecs: np.ndarray, top: int = 50) -> pd.DataFrame:
     """Cosine similarity of one dense query vector to every document vector. Columns: row, score."""
     sims = cosine_scores(query_vec, doc_vecs)
-    k = min(top, sims.size)
+    k = min(checked_top(top), sims.size)
     part = np.argpartition(-sims, k - 1)[:k] if 0 < k < sims.size else np.arange(sims.size)
     sel = part[np.lexsort((part, -sims[part]))][:k]
     return pd.DataFrame({"row": sel.astype(np.int64), "score": sims[sel]})
@@ -161,6 +171,7 @@ def rank_by_query(
     firing many unrelated features scores lower. Only documents sharing at least one query feature
     are ranked; ties go to the lower row. Features fire above ``threshold`` for document frequencies.
     """
+    top = checked_top(top)
     weights, scores, overlap = query_scores(X, query_features, weighting, threshold)
     cand = np.flatnonzero(overlap > 0)
     if cand.size == 0:
@@ -306,7 +317,7 @@ def fuse_scores(scores: dict[str, np.ndarray], top: int = 50, fusion: str = "ada
     ranks = {n: _ranks(v) for n, v in vectors.items()}
     terms = _fusion_terms(vectors, ranks, fusion, rrf_k, log_scale)
     fused = sum((weights or {}).get(n, 1.0) * t for n, t in terms.items())
-    sel = np.lexsort((np.arange(n_docs), -fused))[:top]
+    sel = np.lexsort((np.arange(n_docs), -fused))[:checked_top(top)]
     out = pd.DataFrame({"row": sel.astype(np.int64), "score": fused[sel]})
     for n in vectors:
         out[f"{n}_rank"] = ranks[n][sel]

@@ -144,6 +144,20 @@ def test_weighting_and_feature_ids_are_checked():
     assert empty.table.empty and empty.weights.empty
 
 
+@pytest.mark.parametrize("top", [-1, 0, 2.5, True, "5"])
+def test_top_must_be_a_whole_number_of_at_least_one(top):
+    """Every ranking refuses such a `top` with a message: before, -1 sliced off the last document and 2.5 raised a
+    TypeError from inside numpy."""
+    X, scores = corpus(), np.linspace(0, 1, 300)
+    calls = [lambda: rank_by_query(X, {1: 1.0}, top=top), lambda: dense_retrieve(np.ones(3), np.ones((5, 3)), top=top),
+             lambda: fuse_scores({"a": scores, "b": scores[::-1]}, top=top),
+             lambda: retrieve(X, [Condition(1)], top=top)]
+    for call in calls:
+        with pytest.raises(UserError, match="top is how many documents"):
+            call()
+    assert len(rank_by_query(X, {1: 1.0}, top=np.int64(2)).table) == 2
+
+
 # -- hybrid: SAE + dense fused ------------------------------------------------------------------
 def two_signals(seed: int, n: int = 1000, n_rel: int = 40):
     """Planted: a topical query that only the dense ranker separates (the SAE scores are noise) and a
