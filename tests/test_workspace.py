@@ -70,6 +70,16 @@ def test_a_feature_that_does_not_exist_is_refused_with_a_message(tiny_workspace,
     assert ws.token_activations("t", 0, features=np.int64(63)).acts.shape[1] == 1
 
 
+def test_a_negative_row_count_is_refused_with_a_message(tiny_workspace, tiny_docs):
+    """DuckDB refused `LIMIT -1` with a binder error; the store now says what n and limit are. 0 rows is an answer."""
+    ws = embedded(tiny_workspace, tiny_docs)
+    for call in (lambda: ws.top_documents("t", 5, n=-1), lambda: ws.documents("t", limit=-1),
+                 lambda: ws.top_documents("t", 5, n=2.5)):
+        with pytest.raises(StoreError, match="how many rows to return"):
+            call()
+    assert len(ws.top_documents("t", 5, n=0)) == 0 and len(ws.documents("t", limit=3)) == 3
+
+
 def test_metadata_is_kept_and_queryable(tiny_workspace, tiny_docs):
     ws = embedded(tiny_workspace, tiny_docs)
     docs = ws.documents("t")

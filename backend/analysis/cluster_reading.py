@@ -132,7 +132,9 @@ def cluster_dense_read(X, vectors: np.ndarray, k: int, method: str = "kmeans", s
     if int(k) < 2:
         raise UserError("ask for at least 2 clusters")
     vectors = np.asarray(vectors)
-    if vectors.shape[0] != X.shape[0] or vectors.shape[0] <= int(k):
-        raise UserError(f"{vectors.shape[0]} document vectors for {X.shape[0]} documents and k={int(k)}")
+    if vectors.shape[0] != X.shape[0]:
+        raise UserError(f"{vectors.shape[0]} document vectors for {X.shape[0]} documents")
+    if vectors.shape[0] <= int(k):
+        raise UserError(f"k={int(k)} clusters need more than {int(k)} documents; this corpus has {vectors.shape[0]}.")
     labels = order_by_size(np.asarray(dense_cluster(vectors, int(k), method=method, seed=seed), np.int64))
     return read_clusters(X, labels, vectors, feature_labels, method=f"minilm-{method}", **options)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from backend.store.common import StoreError
+from backend.store.common import StoreError, row_limit
 
 
 class DocumentsMixin:
@@ -38,7 +38,7 @@ class DocumentsMixin:
         sql += " ORDER BY d.doc_id"
         if limit is not None:
             sql += " LIMIT ?"
-            params.append(int(limit))
+            params.append(row_limit(limit, "limit"))
         df = self.query_df(sql, params)
         meta = pd.DataFrame([json.loads(m) if m else {} for m in df.pop("meta")], index=df.index)
         for c in info.meta_columns:

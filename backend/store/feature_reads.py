@@ -9,7 +9,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from backend.store import presence
-from backend.store.common import Pooling, StoreError
+from backend.store.common import Pooling, StoreError, row_limit
 
 
 class FeatureReadsMixin:
@@ -59,7 +59,7 @@ class FeatureReadsMixin:
                  (SELECT doc_id, max_act, argmax_pos, n_active FROM doc_features WHERE corpus_id = ? AND feature_id = ?
                   ORDER BY max_act DESC LIMIT ?) f
                JOIN documents d ON d.corpus_id = ? AND d.doc_id = f.doc_id ORDER BY f.max_act DESC""",
-            [cid, int(feature_id), int(n), cid],
+            [cid, int(feature_id), row_limit(n), cid],
         )
 
     def doc_features(self, corpus: str | int, doc_id: int) -> pd.DataFrame:

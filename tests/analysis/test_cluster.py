@@ -342,6 +342,8 @@ def test_dense_clusters_read_through_their_planted_features():
     assert list(read.clusters["cluster"]) == [0, 1, cl.NONE_LABEL] and read.clusters["name"].iloc[2] == "none of the chosen concepts"
     with pytest.raises(UserError):
         cl.cluster_dense_read(X, V, k=1)
+    with pytest.raises(UserError, match=f"k={X.shape[0]} clusters need more than {X.shape[0]} documents"):
+        cl.cluster_dense_read(X, V, k=X.shape[0])
 
 
 def test_named_groups_are_read_like_numbered_clusters():
