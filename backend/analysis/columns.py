@@ -132,6 +132,9 @@ def read_column(series: pd.Series, column: str = "column", kind: str = "auto",
         ok = present
     bad = present & ~ok
     examples = tuple(dict.fromkeys(text[bad].head(50).tolist()))[:3]
+    if not ok.any():  # a kind the user forced that no value reads as
+        raise ColumnError(f"No value of {column!r} reads as {chosen} (values such as "
+                          f"{', '.join(repr(e) for e in examples)}); choose another kind or column.")
     rows = np.flatnonzero(ok).astype(np.int64)
     return ColumnValues(column=column, kind=chosen, values=parsed[rows], rows=rows, n_total=int(len(text)),
                         n_missing=int(missing.sum()), n_unparseable=int(bad.sum()), bad_examples=examples)

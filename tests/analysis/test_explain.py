@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 from scipy import stats
 
-from backend.analysis.columns import read_column
+from backend.analysis.columns import ColumnError, read_column
 from backend.analysis.explain import (
     ExplainConfig,
     ExplainError,
@@ -209,6 +209,9 @@ def test_read_column_kinds():
     assert num.kind == "numeric" and num.values[0] == 1234.0
     cat = read_column(pd.Series(["fresh", "rotten", "3"] * 5), "label")
     assert cat.kind == "categorical" and cat.n_unparseable == 0
+    # a kind no value reads as says so (it said "every used document has the same value" further on)
+    with pytest.raises(ColumnError, match="No value of 'speaker' reads as numeric \\(values such as 'TRUMP', 'CLINTON'\\)"):
+        read_column(pd.Series(["TRUMP", "CLINTON"] * 5), "speaker", kind="numeric")
 
 
 # -- through the façade ------------------------------------------------------------------------------
