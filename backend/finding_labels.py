@@ -38,6 +38,17 @@ def configured_llm(ctx: WorkspaceContext) -> tuple[Labeller | None, str]:
     return None, f"no LLM server is configured and the reader model cannot serve: {status.reason}"
 
 
+def require_llm(ctx: WorkspaceContext, llm: Labeller | None, purpose: str) -> Labeller:
+    """`llm`, else the configured one (`configured_llm`), else an LLMError that says why there is none."""
+    if llm is not None:
+        return llm
+    found, why = configured_llm(ctx)
+    if found is None:
+        raise LLMError(f"{purpose} only with an LLM: {why}. Set SAEDASH_LLM_BASE_URL and SAEDASH_LLM_MODEL, or pass "
+                       "llm= (an LLMConfig or a chat function).")
+    return found
+
+
 def offline_labels(store: Store, corpus_id: int, feature_ids: Iterable[int]) -> dict[int, tuple[str, float]]:
     """{feature_id: (label, score)} of the offline ('auto') labels derived from the corpus."""
     ids = [int(f) for f in feature_ids]
@@ -71,11 +82,7 @@ def label_findings(ctx: WorkspaceContext, findings: Sequence[Finding], corpus_a:
     corpus_b: where side-B documents live (None: a split of corpus_a by a column). llm: an LLMConfig or a chat
     function; None = `configured_llm`. progress(done, total) after each feature. kwargs go to
     `llm_label_features` (force, n_show, n_holdout, seed). Raises LLMError when no LLM is given or configured."""
-    if llm is None:
-        llm, why = configured_llm(ctx)
-        if llm is None:
-            raise LLMError(f"Findings are LLM-labelled only with an LLM: {why}. Set SAEDASH_LLM_BASE_URL and "
-                           "SAEDASH_LLM_MODEL, or pass llm= (an LLMConfig or a chat function).")
+    llm = require_llm(ctx, llm, "Findings are LLM-labelled")
     groups = _corpus_groups(findings, corpus_a, corpus_b if corpus_b is not None else corpus_a)
     total, done = sum(len(ids) for _, ids in groups), 0
     llm_rows: dict[tuple[int, int], pd.Series] = {}

@@ -26,7 +26,7 @@ from backend.doc_embeddings import doc_vectors, embed_query
 from backend.errors import UserError
 from backend.label_text import split_label
 from backend.steering.inputs import steer_in_workspace, sweep_in_workspace
-from backend.finding_labels import label_findings as findings_labelled
+from backend.finding_labels import label_findings as findings_labelled, require_llm
 from backend.finding_quotes import SideSource, quote_sides
 
 if TYPE_CHECKING:
@@ -118,14 +118,16 @@ class WorkspaceAnalyses:
                           {"a": SideSource(corpus_a.corpus_id), "b": SideSource(corpus_b.corpus_id, labels=labels_b)})
 
     def hypotheses(
-        self, result: DiffResult, llm: "LLMConfig | ChatFn", corpus_a: CorpusRef, corpus_b: CorpusRef | None = None,
+        self, result: DiffResult, llm: "LLMConfig | ChatFn | None", corpus_a: CorpusRef, corpus_b: CorpusRef | None = None,
         config: HypothesisConfig = HypothesisConfig(), name_a: str = "A", name_b: str = "B",
     ) -> HypothesisReport:
         """The paper's last step: 3-5 hypotheses written by an LLM from the diff's top findings and their
         examples, each checked on a sample of A and of B documents (judged by the LLM; sample size shown).
 
         ``corpus_a``/``corpus_b``: where the two sides' documents live (one corpus for a split by a column).
-        ``llm``: an OpenAI-compatible server's ``LLMConfig``, or any ChatFn (e.g. backend.reader_llm.reader_chat)."""
+        ``llm``: an OpenAI-compatible server's ``LLMConfig``, or any ChatFn (e.g. backend.reader_llm.reader_chat); None:
+        the configured one, as for `label_findings` (an LLMError says why when there is none)."""
+        llm = require_llm(self, llm, "Hypotheses are written")
         handle_a = self.corpus(corpus_a)
         handle_b = self.corpus(corpus_b) if corpus_b is not None else handle_a
         findings = result.summary(n_per_side=config.n_findings)

@@ -71,6 +71,32 @@ def test_without_an_llm_the_findings_are_not_labelled_and_it_says_how(pyws, monk
         pyws.label_findings(res, "py")
 
 
+def test_hypotheses_without_an_llm_use_the_configured_one_or_say_how(pyws, monkeypatch):  # noqa: F811
+    """ws.hypotheses(res, None, …) asks the configured LLM, as label_findings does; with none it says how to set one
+    (it raised "'NoneType' object is not callable")."""
+    from backend.analysis.hypotheses import HypothesisConfig
+
+    for var in ENV:
+        monkeypatch.delenv(var, raising=False)
+    res = pyws.diff("py", column="topic", value_a="code")
+    with pytest.raises(L.LLMError, match="Hypotheses are written only with an LLM: .*SAEDASH_LLM_BASE_URL"):
+        pyws.hypotheses(res, None, "py")
+    asked: list[str] = []
+
+    def fake(messages):
+        prompt = messages[-1]["content"]
+        asked.append(prompt)
+        if not prompt.startswith("Hypothesis:"):
+            return "1. Documents in A more often mention python.\n"
+        docs = re.findall(r"^Document (\d+): (.*)$", prompt, flags=re.M)
+        return "\n".join(f"{i}: {'yes' if 'python' in t else 'no'}" for i, t in docs)
+
+    monkeypatch.setattr(FL, "configured_llm", lambda ctx: (fake, "a fake chat function"))
+    report = pyws.hypotheses(res, None, "py", config=HypothesisConfig(n_hypotheses=1, sample_size=10))
+    (hyp,) = report.hypotheses
+    assert asked and hyp.share_a > hyp.share_b
+
+
 def finding(side: str, lead: int) -> Finding:
     return Finding(side=side, label="x", feature_ids=(lead,), share_a=0.5, share_b=0.1, diff=0.4, adj_diff=None,
                    q_value=0.01, length_confounded=False, is_formatting=False, examples_a=(), examples_b=(), score=0.4)

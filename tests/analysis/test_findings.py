@@ -340,6 +340,10 @@ def test_members_list_the_folded_features_with_their_own_shares(concept_corpora)
     own = np.asarray((XA[:, list(concept.feature_ids)] > 0).mean(axis=0)).ravel()
     assert np.allclose(members["share_a"], own) and concept.share_a > members["share_a"].max()
     assert res.to_frame().loc[res.findings.index(concept), "feature_labels"].split(" | ")[0] == labels[concept.lead]
+    # by its index, as to_frame numbers it (an int raised an AttributeError)
+    assert res.members(res.findings.index(concept)).equals(members)
+    with pytest.raises(UserError, match=f"There is no finding {len(res.findings)}"):
+        res.members(len(res.findings))
 
 
 def test_a_member_that_fires_across_the_other_side_does_not_dilute_the_finding():
