@@ -95,8 +95,9 @@ class WorkspaceAnalyses:
             seen = pd.Series(values).dropna().astype(str).value_counts().index[:10]
             side = "A" if XA.shape[0] == 0 else "B"
             wanted = repr(value_a) if side == "A" else ("any other value" if value_b is None else repr(value_b))
+            also = " that is not in group A" if side == "B" and value_b is not None else ""
             raise UserError(f"Group {side} of the diff has no documents: no document of {corpus.name!r} has "
-                            f"{column!r} = {wanted}. Its most common values: {', '.join(repr(v) for v in seen)}.")
+                            f"{column!r} = {wanted}{also}. Its most common values: {', '.join(repr(v) for v in seen)}.")
         lengths = self.doc_lengths(corpus)
         sources = {"a": SideSource(corpus.corpus_id, ids_a), "b": SideSource(corpus.corpus_id, ids_b)}
         return _DiffSides(XA, XB, ids_a, ids_b, lengths[ids_a], lengths[ids_b], self.labels(corpus), sources)

@@ -47,6 +47,8 @@ def test_diff_of_two_corpora_and_refusals(ws: Workspace):
         ws.diff("t", column="label", value_a="no such value")  # says which values there are
     with pytest.raises(UserError, match="Both sides of the diff are corpus 't'"):
         ws.diff("t", "t")  # a corpus against itself finds nothing and would read as "no difference"
+    with pytest.raises(UserError, match="'label' = 'plot' that is not in group A"):
+        ws.diff("t", column="label", value_a="plot", value_b="plot")  # B's documents went to A first
 
 
 def test_a_diff_by_a_numeric_column_takes_the_numbers_the_user_gave(ws: Workspace, tiny_docs):
