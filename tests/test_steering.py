@@ -549,7 +549,7 @@ def test_bad_strengths_are_refused(reader, sae, strength, match):
 
 @pytest.mark.parametrize("prompts, match", [
     ([], "at least one prompt"), ([""], "Prompt 1 is empty"), ([PROMPT, "  \n\t"], "Prompt 2 is empty"),
-    ([PROMPT] * 65, "130 generations"),
+    ([PROMPT] * 65, "130 generations"), ([PROMPT, 5], "Prompt 2 is int 5, not text"),
 ])
 def test_bad_prompts_are_refused(reader, sae, prompts, match):
     with pytest.raises(SteeringError, match=match):

@@ -138,7 +138,9 @@ def check_prompts(prompts: Any, n_samples: int) -> list[str]:
     if not prompts:
         raise SteeringError("Give at least one prompt.")
     for i, p in enumerate(prompts):
-        if not isinstance(p, str) or not p.strip():
+        if not isinstance(p, str):
+            raise SteeringError(f"Prompt {i + 1} is {type(p).__name__} {p!r}, not text.")
+        if not p.strip():
             raise SteeringError(f"Prompt {i + 1} is empty; every prompt needs some text.")
     if len(prompts) * n_samples > MAX_GENERATIONS:
         raise SteeringError(f"{len(prompts)} prompts x {n_samples} samples is {len(prompts) * n_samples} generations; "
