@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from backend import labels as labels_mod
+from backend.analysis.retrieve import checked_query, checked_top
 from backend.context import WorkspaceContext
 from backend.feature_queries import feature_table
 from backend.store import Corpus, Store
@@ -240,11 +241,13 @@ def search_features(ws: WorkspaceContext, corpus: Corpus, query: str, top: int =
     one of the two embeddings is scored by that one. `complete` (the default) first embeds what is
     missing or changed, so every feature is searched; False searches the features indexed so far (the
     dashboard while a background build runs; `feature_index_status` says how many)."""
+    query = checked_query(query)  # an empty query would rank every feature by noise
+    top = checked_top(top, "features")
     store: Store = ws.store
     cid = store.corpus_id(corpus)
     if complete:
         build_feature_embeddings(ws, cid)
-    q = sentence_embed([query.strip() or " "])[0].tolist()
+    q = sentence_embed([query.strip()])[0].tolist()
     df = store.query_df(
         f"""SELECT feature_id,
                    max(CASE WHEN kind = 'label' THEN sim END) score_label,

@@ -8,6 +8,7 @@ import pytest
 from backend import features as F
 from backend import labels as L
 from backend import search as S
+from backend.errors import UserError
 
 MOVIE, PYTHON = 10, 20
 
@@ -62,6 +63,11 @@ def test_search_ranks_movie_feature_above_code_feature(ws):
     assert res["score"].is_monotonic_decreasing
     code = S.search_features(ws, "t", "programming software", top=ws.d_sae)
     assert list(code["feature_id"]).index(PYTHON) < list(code["feature_id"]).index(MOVIE)
+    # an empty query ranked every feature by noise; a top under 1 returned nothing or cut the last one off
+    for query, top, match in (("  ", 5, "query is empty"), ("cinema", 0, "how many features"),
+                              ("cinema", -1, "how many features")):
+        with pytest.raises(UserError, match=match):
+            S.search_features(ws, "t", query, top=top)
 
 
 def test_embeddings_stored_once_and_refreshed_when_labels_change(ws):

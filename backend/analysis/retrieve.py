@@ -76,11 +76,11 @@ def checked_query(query: str) -> str:
     return query
 
 
-def checked_top(top: int) -> int:
-    """How many documents to return, or a UserError: `top=-1` sliced off the last document, `top=2.5` raised a
-    TypeError from inside numpy."""
+def checked_top(top: int, what: str = "documents") -> int:
+    """How many documents (or `what`) to return, or a UserError: `top=-1` sliced off the last document, `top=2.5`
+    raised a TypeError from inside numpy."""
     if isinstance(top, bool) or not isinstance(top, Integral) or top < 1:
-        raise UserError(f"top is how many documents to return: a whole number of at least 1, not {top!r}.")
+        raise UserError(f"top is how many {what} to return: a whole number of at least 1, not {top!r}.")
     return int(top)
 
 
