@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from backend.analysis import as_csr, binarize
+from backend.analysis import as_csr, binarize, pick_finding
 from backend.analysis.columns import ColumnError, ColumnValues, read_column
 from backend.analysis.explain_config import ExplainConfig, ExplainError, Progress
 from backend.analysis.explain_findings import ExplainFinding, build_findings
@@ -105,7 +105,7 @@ class ExplainResult:
     def documents(self, finding: int | ExplainFinding) -> pd.DataFrame:
         """Every used document where any of the finding's features fires: doc_id, value, activation of the
         lead (strongest first) — the documents behind the finding, for export."""
-        f = self.findings[finding] if isinstance(finding, (int, np.integer)) else finding
+        f = pick_finding(self.findings, finding)
         sub = as_csr(self.X[:, list(f.feature_ids)])
         fires = np.flatnonzero(np.diff(binarize(sub, self.config.threshold).indptr) > 0)
         lead = np.asarray(sub[fires][:, [0]].toarray()).ravel()

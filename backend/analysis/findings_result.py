@@ -4,17 +4,15 @@ in summary order, with the per-side summary, examples, members and export)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from numbers import Integral
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from backend.analysis import FeatureGroup
+from backend.analysis import FeatureGroup, pick_finding
 from backend.analysis.diff import ALPHA, DiffConfig, example_documents
 from backend.analysis.label_reading import names_nothing
-from backend.errors import UserError
 
 Side = Literal["a", "b"]
 
@@ -153,10 +151,7 @@ class DiffResult:
         """The features folded into a finding (or the finding at that index of `findings`, `to_frame`'s `finding`),
         lead first: feature_id, label, and each one's own share_a, share_b (the finding reports the share where
         *any* of them fires)."""
-        if isinstance(finding, Integral) and not isinstance(finding, bool):
-            if not 0 <= int(finding) < len(self.findings):
-                raise UserError(f"There is no finding {int(finding)}: this result has {len(self.findings)}.")
-            finding = self.findings[int(finding)]
+        finding = pick_finding(self.findings, finding)
         rows = self.table.set_index("feature_id").loc[list(finding.feature_ids)]
         labels = finding.feature_labels or tuple(f"feature {f}" for f in finding.feature_ids)
         return pd.DataFrame({"feature_id": np.asarray(finding.feature_ids, np.int64), "label": list(labels),

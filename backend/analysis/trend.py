@@ -19,7 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy import stats
 
-from backend.analysis import FeatureGroup, as_csr, binarize
+from backend.analysis import FeatureGroup, as_csr, binarize, pick_finding
 from backend.analysis.columns import ColumnError, ColumnValues, read_column
 from backend.analysis.diff import bh_adjust, example_documents, stratum_counts
 from backend.analysis.findings import group_features, is_formatting_label, keep_contrast_within, local_labels
@@ -412,8 +412,8 @@ class TrendResult:
     def documents(self, finding: int | TrendFinding | Sequence[int], bin: int | None = None) -> pd.DataFrame:
         """The documents behind a finding (or any feature ids), optionally in one bin (its index): doc_id,
         bin, the column's bin label, activation of the first feature (strongest first), for export."""
-        ids = (self.findings[finding].feature_ids if isinstance(finding, (int, np.integer))
-               else finding.feature_ids if isinstance(finding, TrendFinding) else tuple(int(f) for f in finding))
+        picked = pick_finding(self.findings, finding)
+        ids = picked.feature_ids if isinstance(picked, TrendFinding) else tuple(int(f) for f in picked)
         sub = as_csr(self.X[:, list(ids)])
         fires = np.diff(binarize(sub, self.config.threshold).indptr) > 0
         if bin is not None:

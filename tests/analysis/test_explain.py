@@ -176,6 +176,9 @@ def test_documents_behind_a_finding_and_export_neutralise_formulas():
     fires = np.flatnonzero((X[:, list(top.feature_ids)] > 0).toarray().any(axis=1))
     assert sorted(docs["doc_id"]) == sorted(fires)
     assert docs["lead_activation"].is_monotonic_decreasing
+    for bad in (-1, len(res.findings)):  # -1 picked the last finding, past the end raised an IndexError
+        with pytest.raises(UserError, match=f"There is no finding {bad}: this result has {len(res.findings)}"):
+            res.documents(bad)
     csv = export_frame(res.to_frame(), "csv").decode()
     assert "'=HYPERLINK" in csv and "\n=HYPERLINK" not in csv
 

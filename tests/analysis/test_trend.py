@@ -16,6 +16,7 @@ from backend.analysis.trend import (
     trend_result,
     wilson_interval,
 )
+from backend.errors import UserError
 
 RISE, RISE_COPY, FALL, FLAT = 5, 6, 11, 9
 
@@ -129,6 +130,8 @@ def test_documents_behind_a_finding_in_one_bin():
     fires = (X[:, list(top.feature_ids)] > 0).toarray().any(axis=1)
     assert sorted(docs["doc_id"]) == sorted(np.flatnonzero(fires & (years == int(res.bins["bin"].iloc[last]))))
     assert list(res.to_frame()["finding"]) == list(range(len(res.findings)))
+    with pytest.raises(UserError, match="There is no finding -1"):
+        res.documents(-1)  # it picked the last finding
 
 
 def test_a_column_that_is_not_ordered_is_refused():
