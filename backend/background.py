@@ -6,6 +6,7 @@ Above the workspace: a job calls `Workspace.embed` / `Workspace.finalize`, the f
 The embedding loop itself is backend.jobs, below the workspace."""
 from __future__ import annotations
 
+import atexit
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -84,7 +85,21 @@ class JobRegistry:
             return job
 
 
+    def stop_all(self, timeout_s: float = 10.0) -> None:
+        """Cancel every running job and wait up to `timeout_s` in all for them to stop (an embedding stops between
+        batches and its corpus is pending again). Run at exit: a daemon thread still inside torch or DuckDB when the
+        interpreter finalizes is unwound by force, which can abort the process ("FATAL: exception not rethrown")."""
+        with self._lock:
+            jobs = [job for job in self._jobs.values() if job.running]
+        for job in jobs:
+            job.cancel.set()
+        deadline = time.monotonic() + timeout_s
+        for job in jobs:
+            job.thread.join(max(0.0, deadline - time.monotonic()))
+
+
 REGISTRY = JobRegistry()
+atexit.register(REGISTRY.stop_all)
 
 
 # -- what the dashboard starts: embedding and finishing jobs that follow a corpus by id ------------------

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pandas as pd
@@ -146,6 +147,42 @@ def test_registry_never_runs_two_jobs_for_one_corpus():
     c = reg.start("ws", 1, "c", 10, lambda p, c: None)
     c.thread.join(5)
     assert c is not a
+
+
+def test_stop_all_cancels_the_running_jobs_and_waits_for_them():
+    """What runs at exit (atexit): every running job is told to stop and joined, so no daemon thread is left inside
+    torch or DuckDB when the interpreter unwinds it by force. A job that ignores the request costs at most the
+    timeout."""
+    reg = JobRegistry()
+    stopped = []
+
+    def polite(progress, cancel):
+        cancel.wait(30)
+        stopped.append(cancel.is_set())
+
+    jobs = [reg.start("ws", i, f"c{i}", 10, polite, kind=k) for i, k in ((1, "embed"), (1, "feature-index"), (2, "embed"))]
+    stubborn = reg.start("ws", 3, "c3", 10, lambda p, c: time.sleep(2))
+    t0 = time.monotonic()
+    reg.stop_all(timeout_s=0.5)
+    assert stopped == [True, True, True] and not any(j.running for j in jobs)
+    assert stubborn.running and time.monotonic() - t0 < 1.5
+    stubborn.thread.join(5)
+
+
+def test_a_job_still_running_at_exit_is_stopped_before_the_interpreter_finalizes(tmp_path):
+    """The process-wide registry stops its jobs at exit: a job waiting on its cancel event sees it set."""
+    flag = tmp_path / "cancelled"
+    script = textwrap.dedent(f"""
+        from backend.background import REGISTRY
+        def run(progress, cancel):
+            if cancel.wait(60):
+                open({str(flag)!r}, "w").write("yes")
+        REGISTRY.start("ws", 1, "c", 10, run)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert flag.read_text() == "yes"
 
 
 def test_model_setup_messages_reach_the_job_status():
