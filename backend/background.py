@@ -84,7 +84,6 @@ class JobRegistry:
             job.thread.start()
             return job
 
-
     def stop_all(self, timeout_s: float = 10.0) -> None:
         """Cancel every running job and wait up to `timeout_s` in all for them to stop (an embedding stops between
         batches and its corpus is pending again). Run at exit: a daemon thread still inside torch or DuckDB when the

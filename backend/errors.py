@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from numbers import Integral
+from typing import Any
 
 
 class UserError(ValueError):
@@ -17,12 +18,25 @@ class UnavailableError(UserError, RuntimeError):
     """Something the request needs is not installed or not reachable (a model package, an LLM server)."""
 
 
+def is_whole_number(value: object) -> bool:
+    """An int or a numpy integer, not a bool (True is an int to Python, never a count or an id to a user)."""
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def check_count(value: Any, what: str, minimum: int, error: type[UserError] = UserError) -> int:
+    """`value` as an int when it is a whole number of at least `minimum`; else `error("<what>: a whole number of at
+    least <minimum>, not <value>.")`."""
+    if not is_whole_number(value) or int(value) < minimum:
+        raise error(f"{what}: a whole number of at least {minimum}, not {value!r}.")
+    return int(value)
+
+
 def check_feature_ids(feature_ids: Iterable[int], d_sae: int, error: type[UserError] = UserError) -> list[int]:
     """Feature ids as ints, each in 0..d_sae-1; refuse the rest with `error` (a negative id would index from the
     end, a larger one fail deep inside a tensor op)."""
     ids = []
     for f in feature_ids:
-        if isinstance(f, bool) or not isinstance(f, Integral):
+        if not is_whole_number(f):
             raise error(f"A feature id is a whole number, not {f!r}.")
         if not 0 <= int(f) < d_sae:
             raise error(f"There is no feature {int(f)}: this SAE has features 0 to {d_sae - 1:,}.")

@@ -498,31 +498,23 @@ class _Labeller:
         the number of tries of its family, for the families of many: firing units, their word classes, the sense
         categories around). The share counts contexts or activation, whichever is more: a property of the
         strongest contexts is what the feature is most about. A word class must hold two different firing words
-        (one word is a firing unit; `evidence_words`). Under `min_context_share` the name says `partly`."""
+        (one word is a firing unit; `_evidence_words`). Under `min_context_share` the name says `partly`."""
         cfg, n, t, best = self.cfg, len(f.idx), self.tally(f), None
         candidates = list(self._rare_candidates(f, t))
         tries = Counter(_family(c[0]) for c in candidates)
         firing = _firing_words(f)
+        unambiguous = {w for w in set(firing) if w and len(thesaurus_categories(w)) <= cfg.roget_max_senses}
         for head, kind, hit, words in candidates:
             k, p0 = sum(hit), max(rates.get(head, 0.0), cfg.word_groups.min_base)
             if max(k / n, float(np.dot(hit, f.weights))) < cfg.rare_share or k < cfg.rare_lift * p0 * n:
                 continue
-            if head.startswith((_WORD_CLASS, _ROGET)) and len(self.evidence_words(head, firing, hit)) < 2:
+            if head.startswith((_WORD_CLASS, _ROGET)) and len(_evidence_words(head, firing, hit, unambiguous)) < 2:
                 continue
             family = _family(head)
             p = binomial_tail(k, n, p0) * (tries[family] if family else 1)  # Bonferroni over a family's tries
             if p < cfg.rare_max_p and (best is None or p < best[0]):
                 best = (p, head, kind, hit, words)
         return None if best is None else self._rare_name(f, t, *best[1:])
-
-    def evidence_words(self, head: str, firing: list[str | None], hit: list[bool]) -> set[str]:
-        """The different firing words of the contexts in `hit` that vouch for a class; for a Roget's category only
-        those listed under at most `roget_max_senses` categories: `ground`, `work` and `good` (34 to 49 each) fit
-        some rare category by chance, and read `words about visual arts (values / ground / worked)`."""
-        words = {w for w, h in zip(firing, hit) if h and w}
-        if head.startswith(_ROGET):
-            return {w for w in words if len(thesaurus_categories(w)) <= self.cfg.roget_max_senses}
-        return words
 
     def _rare_name(self, f: _Feature, t: _Tally, head: str, kind: str, hit: list[bool],
                    words: list[str | None] | None) -> tuple[str, str, float, int]:
@@ -712,7 +704,7 @@ def _name_by_word_concepts(labeller: _Labeller, features: list[_Feature], named:
     `partial`, `partly` first when the contexts it names are fewer than `min_context_share`."""
     words = [_firing_words(features[i], content_only=True) for i in left]
     for i, mine, found in zip(left, words, word_concepts(words, [features[i].weights for i in left], **ask)):
-        if found is not None and len({w for w, h in zip(mine, found[1]) if h and w}) >= 2:  # one word is no concept
+        if found is not None and len(_hit_words(mine, found[1])) >= 2:  # one word is no concept
             few = partial and sum(found[1]) < labeller.cfg.min_context_share * len(features[i].idx)
             named[i] = labeller.named_group(features[i], f"{PARTLY if few else ''}{WORDS_ABOUT}{found[0]}", found[1])
 
@@ -745,6 +737,19 @@ def _firing_words(f: _Feature, content_only: bool = False) -> list[str | None]:
     reads), a function word or a name."""
     skip = (lambda u: is_function_word(u.key) or _is_name(u)) if content_only else (lambda u: False)
     return [u.key if u.kind == "word" and u.key.isalpha() and not skip(u) else None for u in f.word_units]
+
+
+def _hit_words(words: list[str | None], hit: list[bool]) -> set[str]:
+    """The different words of the contexts in `hit` (a class or concept needs two: one word is a firing unit)."""
+    return {w for w, h in zip(words, hit) if h and w}
+
+
+def _evidence_words(head: str, firing: list[str | None], hit: list[bool], unambiguous: set[str]) -> set[str]:
+    """The different firing words of the contexts in `hit` that vouch for step 6's class `head`; for a Roget's
+    category only the `unambiguous` ones, listed under at most `roget_max_senses` categories: `ground`, `work` and
+    `good` (34 to 49 each) fit some rare category by chance (`words about visual arts (values / ground / worked)`)."""
+    words = _hit_words(firing, hit)
+    return words & unambiguous if head.startswith(_ROGET) else words
 
 
 def _is_name(u: Unit) -> bool:

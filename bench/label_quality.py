@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -62,8 +63,13 @@ def chat_lines(n: int, seed: int = 0) -> pd.DataFrame:
 
 def build(path: Path, n_docs: int) -> Workspace:
     """The bench workspace, embedded (reused when it exists)."""
+    return embedded(path, {"demo": lambda: builtin_data.demo_corpus(n_docs, seed=0)[["text", "label"]],
+                           "chat": lambda: chat_lines(n_docs)})
+
+
+def embedded(path: Path, corpora: dict[str, Callable[[], pd.DataFrame]]) -> Workspace:
+    """The workspace at `path` with each of `corpora` (name: a function making its frame) added and embedded once."""
     ws = Workspace.open_or_create(path, WorkspaceSpec())
-    corpora = {"demo": lambda: builtin_data.demo_corpus(n_docs, seed=0)[["text", "label"]], "chat": lambda: chat_lines(n_docs)}
     for name, make in corpora.items():
         if not ws.has_corpus(name):
             ws.add_corpus(name, make(), text_column="text")
@@ -198,9 +204,7 @@ def main() -> None:
     for name in ("demo", "chat"):
         before, after = label_corpus(ws, name, old, args.chance)
         for key, df in (("before", before), ("after", after)):
-            n_bad = int(df["name"].map(names_no_property).sum())
-            shares[key].append((n_bad, len(df)))
-            print(f"{name} {key}: {n_bad} of {len(df)} labels name no shared property ({100 * n_bad / len(df):.1f}%)")
+            shares[key].append((report_varied(name, key, df), len(df)))
         if args.show:
             was = before.set_index("feature_id")["name"].map(names_no_property)
             for row in after[after["feature_id"].map(was)].head(args.show).itertuples():
@@ -225,9 +229,15 @@ def held_out(path: Path, old, chance: bool) -> None:
     ws = fortunes_workspace(path)
     before, after = label_corpus(ws, "fortunes", old, chance)
     for key, df in (("before", before), ("after", after)):
-        n_bad = int(df["name"].map(names_no_property).sum())
-        print(f"fortunes {key}: {n_bad} of {len(df)} labels name no shared property ({100 * n_bad / len(df):.1f}%)")
+        report_varied("fortunes", key, df)
     by_strength(ws, "fortunes", after)
+
+
+def report_varied(name: str, key: str, df: pd.DataFrame, extra: str = "") -> int:
+    """Print how many of the labels in `df` name no shared property (with `extra` after); return that number."""
+    n_bad = int(df["name"].map(names_no_property).sum())
+    print(f"{name} {key}: {n_bad} of {len(df)} labels name no shared property ({100 * n_bad / len(df):.1f}%){extra}")
+    return n_bad
 
 
 def debates_corpus() -> pd.DataFrame:
@@ -241,17 +251,11 @@ def debates_corpus() -> pd.DataFrame:
 def debates(path: Path, old, chance: bool) -> None:
     """The count on the debates (`debates_corpus`, embedded once into `path`), a corpus no threshold and no SAE saw,
     and the top 10 findings of Trump against Clinton; not part of the last line."""
-    ws = Workspace.open_or_create(path, WorkspaceSpec())
-    if not ws.has_corpus("debates"):
-        ws.add_corpus("debates", debates_corpus(), text_column="text")
-    if ws.corpus("debates").status != "ready":
-        ws.embed("debates")
+    ws = embedded(path, {"debates": debates_corpus})
     before, after = label_corpus(ws, "debates", old, chance)
     for key, df in (("before", before), ("after", after)):
-        n_bad = int(df["name"].map(names_no_property).sum())
         top, names = diff_top10(ws, dict(zip(df["feature_id"], df["label"])), "debates", "TRUMP")
-        print(f"debates {key}: {n_bad} of {len(df)} labels name no shared property ({100 * n_bad / len(df):.1f}%); "
-              f"Trump-vs-Clinton top 10 findings naming none: {top}")
+        report_varied("debates", key, df, f"; Trump-vs-Clinton top 10 findings naming none: {top}")
         print("  " + " | ".join(n.split(" — ")[0] for n in names))
     by_strength(ws, "debates", after)
 

@@ -18,7 +18,6 @@ Modules (imported lazily so ``import backend.analysis`` stays cheap):
 from __future__ import annotations
 
 import importlib
-from numbers import Integral
 from types import ModuleType
 from typing import Sequence, TypeVar
 
@@ -26,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from backend.analysis.label_reading import naming_member
-from backend.errors import UserError
+from backend.errors import UserError, is_whole_number
 
 G = TypeVar("G")
 
@@ -96,7 +95,7 @@ class FeatureGroup:
 def pick_finding(findings: Sequence[G], finding: "int | G") -> G:
     """A result's finding, given itself or its index in `findings` (`to_frame`'s `finding` column); an index out of
     range is a UserError (a negative one picked from the end, a large one raised an IndexError)."""
-    if isinstance(finding, bool) or not isinstance(finding, Integral):
+    if not is_whole_number(finding):
         return finding  # type: ignore[return-value]
     if not 0 <= int(finding) < len(findings):
         raise UserError(f"There is no finding {int(finding)}: this result has {len(findings)} (0 to {len(findings) - 1}).")

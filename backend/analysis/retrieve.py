@@ -7,7 +7,6 @@ is the MiniLM baseline shown beside it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from numbers import Integral
 from typing import Collection
 
 import numpy as np
@@ -16,7 +15,7 @@ import scipy.sparse as sp
 from scipy.special import ndtri  # the standard normal's quantile function
 
 from backend.analysis import as_csr, binarize, feature_counts
-from backend.errors import UserError
+from backend.errors import UserError, check_count
 
 RESULT_COLUMNS = ["row", "score", "n_matched"]
 
@@ -79,15 +78,14 @@ def checked_query(query: str) -> str:
 def checked_top(top: int, what: str = "documents") -> int:
     """How many documents (or `what`) to return, or a UserError: `top=-1` sliced off the last document, `top=2.5`
     raised a TypeError from inside numpy."""
-    if isinstance(top, bool) or not isinstance(top, Integral) or top < 1:
-        raise UserError(f"top is how many {what} to return: a whole number of at least 1, not {top!r}.")
-    return int(top)
+    return check_count(top, f"top is how many {what} to return", 1)
 
 
 def dense_retrieve(query_vec: np.ndarray, doc_vecs: np.ndarray, top: int = 50) -> pd.DataFrame:
     """Cosine similarity of one dense query vector to every document vector. Columns: row, score."""
+    top = checked_top(top)
     sims = cosine_scores(query_vec, doc_vecs)
-    k = min(checked_top(top), sims.size)
+    k = min(top, sims.size)
     part = np.argpartition(-sims, k - 1)[:k] if 0 < k < sims.size else np.arange(sims.size)
     sel = part[np.lexsort((part, -sims[part]))][:k]
     return pd.DataFrame({"row": sel.astype(np.int64), "score": sims[sel]})
@@ -309,6 +307,7 @@ def fuse_scores(scores: dict[str, np.ndarray], top: int = 50, fusion: str = "ada
     ``<name>_rank`` (1-based, over all documents) and ``<name>_score``; ties go to the lower row."""
     if fusion not in FUSIONS:
         raise UserError(f"fusion must be one of {', '.join(FUSIONS)}, not {fusion!r}")
+    top = checked_top(top)
     vectors = {n: np.asarray(v, dtype=np.float64).ravel() for n, v in scores.items()}
     sizes = {v.size for v in vectors.values()}
     if len(sizes) != 1:
@@ -317,7 +316,7 @@ def fuse_scores(scores: dict[str, np.ndarray], top: int = 50, fusion: str = "ada
     ranks = {n: _ranks(v) for n, v in vectors.items()}
     terms = _fusion_terms(vectors, ranks, fusion, rrf_k, log_scale)
     fused = sum((weights or {}).get(n, 1.0) * t for n, t in terms.items())
-    sel = np.lexsort((np.arange(n_docs), -fused))[:checked_top(top)]
+    sel = np.lexsort((np.arange(n_docs), -fused))[:top]
     out = pd.DataFrame({"row": sel.astype(np.int64), "score": fused[sel]})
     for n in vectors:
         out[f"{n}_rank"] = ranks[n][sel]

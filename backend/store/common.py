@@ -4,10 +4,9 @@ up `Store` (corpora, documents, ingest, presence_state, feature_reads) all stand
 from __future__ import annotations
 
 from dataclasses import dataclass
-from numbers import Integral
 from typing import Any, Literal, Sequence
 
-from backend.errors import UserError
+from backend.errors import UserError, check_count
 
 Pooling = Literal["max", "binary", "count", "sum", "mean"]
 Params = Sequence[Any] | None
@@ -19,9 +18,7 @@ class StoreError(UserError):
 
 def row_limit(n: Any, name: str = "n") -> int:
     """A row count for SQL's LIMIT, or a StoreError: DuckDB refuses a negative LIMIT with a binder error."""
-    if isinstance(n, bool) or not isinstance(n, Integral) or n < 0:
-        raise StoreError(f"{name} is how many rows to return: a whole number of at least 0, not {n!r}.")
-    return int(n)
+    return check_count(n, f"{name} is how many rows to return", 0, StoreError)
 
 
 class WorkspaceLocked(StoreError):
