@@ -43,6 +43,8 @@ _CLASSES: dict[str, frozenset[str]] = {
                               "cousin".split()),
 }
 WORD_CLASSES = tuple(_CLASSES)
+# {word: its first class}: word_class is asked hundreds of thousands of times per labelling
+_CLASS_OF = {w: name for name, words in reversed(_CLASSES.items()) for w in words}
 # Contractions read as their own categories in label_text ("possessive 's", "contraction 're"); together they are one class.
 CONTRACTION_KEYS = frozenset({"possessive 's", "contraction 're", "contraction 've", "contraction 'll", "contraction 'm",
                               "contraction 'd", "negation n't"})
@@ -57,11 +59,7 @@ _QUOTE_CHARS = '"“”'
 
 def word_class(key: str) -> str | None:
     """The closed word class of a lower-case word (without its leading space), or None."""
-    w = key.strip().lower().replace("’", "'")
-    for name, words in _CLASSES.items():
-        if w in words:
-            return name
-    return None
+    return _CLASS_OF.get(key.strip().lower().replace("’", "'"))
 
 
 _SHAPES = (("-ly adverbs", ("ly",), 5), ("-ing forms", ("ing",), 5), ("-ed forms", ("ed",), 5),

@@ -378,6 +378,22 @@ class _Labeller:
         for t, n in zip(ids.tolist(), counts.tolist()):
             self.bg[reader.unit(int(t)).bg_key] += n
         self.bg_total = max(int(counts.sum()) if len(counts) else 0, 1)
+        self._row_units: dict[int, tuple[Unit, Unit]] = {}  # each context is read by several steps: once is enough
+        self._row_segments: dict[int, tuple[str, str, str]] = {}
+
+    def units(self, row: int) -> tuple[Unit, Unit]:
+        """`_Reader.context_units` of one context, read once."""
+        got = self._row_units.get(row)
+        if got is None:
+            got = self._row_units[row] = self.reader.context_units(self.ctx.windows[row], int(self.ctx.centers[row]))
+        return got
+
+    def segments(self, row: int) -> tuple[str, str, str]:
+        """`_Reader.segments` of one context, decoded once."""
+        got = self._row_segments.get(row)
+        if got is None:
+            got = self._row_segments[row] = self.reader.segments(self.ctx.windows[row], int(self.ctx.centers[row]))
+        return got
 
     def distinctiveness(self, unit: Unit, share: float) -> float:
         """share x log(lift), lift = share / background frequency: rare words first, but not a stray
@@ -388,7 +404,7 @@ class _Labeller:
     def read(self, idx: np.ndarray) -> _Feature:
         acts = np.maximum(self.ctx.act[idx].astype(np.float64), 0.0)
         weights = acts / acts.sum() if acts.sum() > 0 else np.full(len(idx), 1.0 / len(idx))
-        pairs = [self.reader.context_units(self.ctx.windows[i], int(self.ctx.centers[i])) for i in idx]
+        pairs = [self.units(int(i)) for i in idx]
         return _Feature(idx, [p[0] for p in pairs], [p[1] for p in pairs], weights)
 
     def tally(self, f: _Feature) -> _Tally:
@@ -403,7 +419,7 @@ class _Labeller:
 
     def context_text(self, row: int) -> str:
         """A context window as one line of plain text (what a concept namer reads)."""
-        return _flat("".join(self.reader.segments(self.ctx.windows[row], int(self.ctx.centers[row])))).strip()
+        return _flat("".join(self.segments(row))).strip()
 
     def label(self, f: _Feature) -> tuple[str, str, float, int]:
         """(name, kind, score, row of the example context)."""
@@ -546,7 +562,7 @@ class _Labeller:
             for name in sorted(set().union(*classes)):
                 yield family + name, "word", [name in c for c in classes], None
         yield from ((head, kind, hit, None) for head, kind, hit, _ in self._properties(f, t))
-        texts = [self.reader.segments(self.ctx.windows[i], int(self.ctx.centers[i])) for i in f.idx]
+        texts = [self.segments(int(i)) for i in f.idx]
         yield IN_QUESTIONS, "mixed", [in_question(b, a) for b, _, a in texts], None
         for prefix, found in ((IN_CLAUSES_WITH, [clause_classes(b) for b, _, _ in texts]),
                               (NEAR, [context_categories(b + a) for b, _, a in texts])):
@@ -568,7 +584,7 @@ class _Labeller:
         starts = [self._sentence_start(i) for i in rows]
         yield CAPITALISED, "word", [u.kind == "word" and u.display[:1].isupper() and not s
                                     for u, s in zip(t.units, starts)], 1.2
-        texts = [self.reader.segments(self.ctx.windows[i], int(self.ctx.centers[i])) for i in rows]
+        texts = [self.segments(i) for i in rows]
         yield IN_CODE, "mixed", [looks_like_code("".join(x)) for x in texts], 1.1
         yield IN_QUOTES, "mixed", [inside_quotes(x[0]) for x in texts], 1.1
         yield AT_LINE_START, "mixed", [self._after_line_break(i) for i in rows], 1.0
@@ -588,7 +604,7 @@ class _Labeller:
         that is a word (None otherwise, and at the window's edge)."""
         if offset == 0:
             return [u.key if u.kind == "word" and u.key.isalpha() else None for u in
-                    (self.reader.context_units(self.ctx.windows[i], int(self.ctx.centers[i]))[0] for i in rows)]
+                    (self.units(int(i))[0] for i in rows)]
         out: list[str | None] = []
         for i in rows:
             w, c = self.ctx.windows[i], int(self.ctx.centers[i]) + offset
@@ -659,8 +675,7 @@ def readable_labels(ctx: Contexts, background: list[list[int]], decode: Decoder,
         _name_concepts(labeller, features, named, concepts, config.max_concept_contexts)
     out = []
     for f, (name, kind, score, row) in zip(features, named):
-        w, c = ctx.windows[row], int(ctx.centers[row])
-        example = mark_context(*reader.segments(w, c), config.example_before_chars, config.example_after_chars)
+        example = mark_context(*labeller.segments(row), config.example_before_chars, config.example_after_chars)
         label = f"{name}{EXAMPLE_SEP}{example}\"" if config.with_example else name
         out.append((int(ctx.feature_id[f.idx[0]]), label, float(min(max(score, 0.0), 1.0)), name, kind, example,
                     len(f.idx)))

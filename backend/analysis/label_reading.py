@@ -107,8 +107,8 @@ def _singular(word: str) -> str:
     return word
 
 
-_SUFFIXES = ("s", "es", "ed", "d", "ing", "er", "est", "ly", "y", "ion", "ions", "ation", "ity", "ness", "ment", "al",
-             "ied", "ies", "ier", "iest", "ily")
+_SUFFIXES = frozenset(("s", "es", "ed", "d", "ing", "er", "est", "ly", "y", "ion", "ions", "ation", "ity", "ness", "ment",
+                       "al", "ied", "ies", "ier", "iest", "ily"))
 
 
 def is_form_of(word: str, base: str) -> bool:
@@ -117,7 +117,7 @@ def is_form_of(word: str, base: str) -> bool:
     if len(base) < 4 or len(word) <= len(base):
         return False
     stems = {base, base[:-1] if base[-1] in "ey" else base, base + base[-1]}
-    return any(word == stem + suffix for stem in stems for suffix in _SUFFIXES)
+    return any(word.startswith(stem) and word[len(stem):] in _SUFFIXES for stem in stems)
 
 
 def base_forms(words: set[str] | frozenset[str]) -> dict[str, str]:
