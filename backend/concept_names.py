@@ -138,7 +138,9 @@ class ConceptNamer:
     word_min_share: float = 0.4
     word_max_p: float = 1e-3
     use_stored: bool = True
+    max_cached_words: int = 20_000
     _concepts: np.ndarray | None = field(default=None, repr=False)
+    _words: OrderedDict = field(default_factory=OrderedDict, repr=False)  # {word: vector}, least recently used first
 
     def __post_init__(self) -> None:
         if min(self.top_k, self.word_top_k) < 1 or not 0 < self.min_share <= 1 or not 0 < self.word_min_share <= 1:
@@ -147,6 +149,8 @@ class ConceptNamer:
             raise UserError("max_p and word_max_p must be in (0, 1).")
         if not self.vocab:
             raise UserError("The concept vocabulary is empty.")
+        if self.max_cached_words < 0:
+            raise UserError("max_cached_words must be at least 0.")
 
     @property
     def names(self) -> list[str]:
@@ -161,9 +165,23 @@ class ConceptNamer:
             self._concepts = stored if stored is not None else np.asarray(self.embed(texts), np.float32)
         return self._concepts
 
-    def votes(self, texts: list[str], top_k: int | None = None) -> np.ndarray:
-        """[len(texts), top_k] concept indices each context votes for, nearest first."""
-        emb = np.asarray(self.embed(texts), np.float32)
+    def word_vectors(self, words: list[str]) -> np.ndarray:
+        """[len(words), dim]: each word embedded once per process (steps 5 and 6 of a labelling, and later corpora,
+        ask for many of the same words), keeping the `max_cached_words` most recently used."""
+        new = [w for w in dict.fromkeys(words) if w not in self._words]
+        if new:
+            self._words.update(zip(new, np.asarray(self.embed(new), np.float32)))
+        out = np.stack([self._words[w] for w in words]) if words else np.zeros((0, self.concept_vectors().shape[1]), np.float32)
+        for w in words:
+            self._words.move_to_end(w)
+        while len(self._words) > self.max_cached_words:
+            self._words.popitem(last=False)
+        return out
+
+    def votes(self, texts: list[str], top_k: int | None = None, emb: np.ndarray | None = None) -> np.ndarray:
+        """[len(texts), top_k] concept indices each context votes for, nearest first (`emb`: their vectors, if
+        already embedded)."""
+        emb = np.asarray(self.embed(texts), np.float32) if emb is None else emb
         sims = emb @ self.concept_vectors().T
         if len(texts) >= self.min_population:
             sims = sims - sims.mean(axis=0, keepdims=True)  # a concept near every text says nothing
@@ -199,7 +217,7 @@ class ConceptNamer:
         uniq = list(dict.fromkeys(w for ws in words for w in ws if w))
         if not uniq:
             return [None] * len(words)
-        votes = self.votes(uniq, self.word_top_k)
+        votes = self.votes(uniq, self.word_top_k, self.word_vectors(uniq))
         row = {w: i for i, w in enumerate(uniq)}
         sets = [[set(votes[row[w]].tolist()) if w else set() for w in ws] for ws in words]
         rates = self._rates(sets, self.word_top_k)

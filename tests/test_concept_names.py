@@ -104,3 +104,28 @@ def test_minilm_names_contexts_about_one_topic_after_it():
     (name, hit), mixed, *rest = namer([FOOD, MIXED, *others], [w] * 14)
     assert name == "food" and sum(hit) >= 4
     assert mixed is None and not any(rest)  # six topics: no concept shared by half of them
+
+
+def test_each_firing_word_is_embedded_once_per_process_within_the_cache_size():
+    """Steps 5 and 6 of a labelling (and later corpora) name many of the same words: MiniLM embeds each once. The
+    names are those of a namer without the cache, and the cache keeps only the `max_cached_words` last used."""
+    vocab = (("animals", ("dog",)), ("food", ("bread",))) + tuple((f"other {k}", (f"word{k}",)) for k in range(20))
+    asked: list[str] = []
+
+    def embed(texts):
+        asked.extend(texts)
+        axes = [("dog", "cat"), ("bread", "soup")] + [(f"word{k}",) for k in range(20)]
+        out = np.array([[1.0 if any(w in t for w in ax) else 0.0 for ax in axes] for t in texts]) + 1e-3
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    words = [["dog", "cat"] * 4 + [None, "soup"]] + [["bread", "soup", None, None]] * 20
+    weights = [np.full(10, 0.1)] + [np.full(4, 0.25)] * 20
+    namer = C.ConceptNamer(embed=embed, vocab=vocab, top_k=1, word_top_k=1, use_stored=False, max_cached_words=3)
+    first = namer.name_words(words, weights)
+    asked.clear()
+    assert namer.name_words(words, weights) == first
+    assert sorted(asked) == ["dog"]  # the 3 last used (cat, soup, bread) were kept; dog was evicted first
+    fresh = C.ConceptNamer(embed=embed, vocab=vocab, top_k=1, word_top_k=1, use_stored=False, max_cached_words=0)
+    assert fresh.name_words(words, weights) == first and first[0][0] == "animals"
+    with pytest.raises(UserError):
+        C.ConceptNamer(embed=embed, vocab=vocab, max_cached_words=-1)
