@@ -10,7 +10,7 @@ batched, resumable (only documents without a stored vector are embedded) and rep
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,7 @@ from backend.store.schema import DOC_VECTOR_DIM
 DIM = DOC_VECTOR_DIM
 
 DocProgress = Callable[[int, int], None]  # (documents embedded so far, documents in the corpus)
+LENGTH_CHUNK = 4096  # documents read at a time and embedded shortest first, so that each batch pads little
 _build_lock = threading.Lock()  # one embedding pass at a time per process (two tabs must not double-insert)
 
 
@@ -59,11 +60,10 @@ def build_doc_embeddings(
         embedded = 0
         if progress is not None:
             progress(done, total)
-        for start in range(0, todo.size, max(1, int(batch_size))):
+        for ids, texts in _length_batches(store, cid, todo, max(1, int(batch_size))):
             if cancel is not None and cancel.is_set():
                 break
-            ids = todo[start:start + batch_size]
-            vecs = search.sentence_embed(store.texts(cid, ids), batch_size=batch_size)
+            vecs = search.sentence_embed(texts, batch_size=batch_size)
             data = pd.DataFrame({"doc_id": ids.astype(np.int32), "vec": list(vecs.astype(np.float32))})
             store.replace_rows("doc_embeddings", data, where={"corpus_id": cid, "doc_id": ids.tolist()},
                                fixed={"corpus_id": cid})
@@ -72,6 +72,21 @@ def build_doc_embeddings(
             if progress is not None:
                 progress(done, total)
     return int(embedded)
+
+
+def _length_batches(store: Store, cid: int, todo: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, list[str]]]:
+    """(doc ids, their texts) in batches of `batch_size`, of similar lengths within each `LENGTH_CHUNK` documents:
+    MiniLM pads a batch to its longest text, and batches in doc_id order padded tweets to the longest of 64 (3,000
+    fortunes embedded at 54 documents a second, against 130 sorted by length)."""
+    for lo in range(0, todo.size, LENGTH_CHUNK):
+        chunk = todo[lo:lo + LENGTH_CHUNK]
+        texts = store.texts(cid, chunk)
+        if len(texts) != chunk.size:  # ids would pair with the wrong vectors
+            raise RuntimeError(f"{chunk.size - len(texts)} of the corpus's documents are missing from the workspace.")
+        order = np.argsort(np.fromiter((len(t) for t in texts), np.int64, len(texts)), kind="stable")
+        for start in range(0, order.size, batch_size):
+            rows = order[start:start + batch_size]
+            yield chunk[rows], [texts[i] for i in rows]
 
 
 def doc_vectors(

@@ -49,6 +49,23 @@ def test_vectors_stored_once_and_reused(ws, monkeypatch):
     assert np.allclose(DE.doc_vectors(ws, "other"), E[:2], atol=1e-5)
 
 
+@pytest.mark.parametrize("chunk", [3, 4096])
+def test_batches_hold_texts_of_similar_length_and_rows_stay_in_doc_order(ws, monkeypatch, chunk):
+    """MiniLM pads a batch to its longest text: documents are embedded shortest first within each `LENGTH_CHUNK`
+    (batches in doc_id order embedded 3,000 fortunes 1.8 times slower), and each row is still its own document's."""
+    batches: list[list[str]] = []
+    real = S.sentence_embed
+    monkeypatch.setattr(S, "sentence_embed", lambda texts, batch_size=64: batches.append(list(texts)) or real(texts, batch_size))
+    monkeypatch.setattr(DE, "LENGTH_CHUNK", chunk)
+    E = DE.doc_vectors(ws, "d", batch_size=2)
+    texts = ws.store.texts("d", np.arange(5))
+    lengths = [[len(t) for t in b] for b in batches]
+    per_chunk = [[n for b in lengths[:2] for n in b], [n for b in lengths[2:] for n in b]] if chunk == 3 else [sum(lengths, [])]
+    assert all(c == sorted(c) for c in per_chunk) and sum(lengths, []) != [len(t) for t in texts]
+    assert sorted(sum(batches, [])) == sorted(texts)
+    assert np.allclose(E, real(texts), atol=1e-5)
+
+
 def test_resumes_after_a_partial_pass(ws):
     import threading
 
@@ -60,7 +77,7 @@ def test_resumes_after_a_partial_pass(ws):
 
     assert DE.build_doc_embeddings(ws, "d", batch_size=2, progress=progress, cancel=stop) == 2  # stopped after one batch
     assert DE.n_stored(ws, "d") == 2
-    assert not DE.doc_vectors(ws, "d", compute=False)[2:].any()
+    assert int(DE.doc_vectors(ws, "d", compute=False).any(axis=1).sum()) == 2  # the others are zero rows
     E = DE.doc_vectors(ws, "d", batch_size=2)
     assert DE.n_stored(ws, "d") == 5
     assert ws.store.query_one("SELECT count(DISTINCT doc_id) FROM doc_embeddings")[0] == 5
