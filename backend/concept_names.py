@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -140,7 +141,8 @@ class ConceptNamer:
     use_stored: bool = True
     max_cached_words: int = 20_000
     _concepts: np.ndarray | None = field(default=None, repr=False)
-    _words: OrderedDict = field(default_factory=OrderedDict, repr=False)  # {word: vector}, least recently used first
+    _words: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)  # {word: vector}, least recently used first
+    _words_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)  # one namer per process
 
     def __post_init__(self) -> None:
         if min(self.top_k, self.word_top_k) < 1 or not 0 < self.min_share <= 1 or not 0 < self.word_min_share <= 1:
@@ -168,14 +170,17 @@ class ConceptNamer:
     def word_vectors(self, words: list[str]) -> np.ndarray:
         """[len(words), dim]: each word embedded once per process (steps 5 and 6 of a labelling, and later corpora,
         ask for many of the same words), keeping the `max_cached_words` most recently used."""
-        new = [w for w in dict.fromkeys(words) if w not in self._words]
-        if new:
-            self._words.update(zip(new, np.asarray(self.embed(new), np.float32)))
-        out = np.stack([self._words[w] for w in words]) if words else np.zeros((0, self.concept_vectors().shape[1]), np.float32)
-        for w in words:
-            self._words.move_to_end(w)
-        while len(self._words) > self.max_cached_words:
-            self._words.popitem(last=False)
+        if not words:
+            return np.zeros((0, self.concept_vectors().shape[1]), np.float32)
+        with self._words_lock:
+            new = [w for w in dict.fromkeys(words) if w not in self._words]
+            if new:
+                self._words.update(zip(new, np.asarray(self.embed(new), np.float32)))
+            out = np.stack([self._words[w] for w in words])
+            for w in words:
+                self._words.move_to_end(w)
+            while len(self._words) > self.max_cached_words:
+                self._words.popitem(last=False)
         return out
 
     def votes(self, texts: list[str], top_k: int | None = None, emb: np.ndarray | None = None) -> np.ndarray:
