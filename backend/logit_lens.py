@@ -25,11 +25,12 @@ def logit_directions(ws: WorkspaceContext) -> tuple[Any, Any]:
     return w_dec, model.W_U.detach().float().cpu()
 
 
-def compute_logits(ws: WorkspaceContext, k: int = 20, block: int = 512,
+def compute_logits(ws: WorkspaceContext, k: int = 20, block: int = 1024,
                    progress: Callable[[float], None] | None = None) -> pd.DataFrame:
     """Top-k promoted and suppressed tokens of every feature's decoder direction through the unembedding.
 
-    `progress(fraction)` after each block of features."""
+    `progress(fraction)` after each block of features (1,024 x the vocabulary: 200 MB of float32 logits with
+    SmolLM2's 49,152 tokens; larger blocks gained little)."""
     w_dec, w_u = logit_directions(ws)
     decode = make_decoder(ws.reader.tokenizer)
     k = min(k, w_u.shape[1])
@@ -37,8 +38,8 @@ def compute_logits(ws: WorkspaceContext, k: int = 20, block: int = 512,
     with torch.inference_mode():
         for s in range(0, w_dec.shape[0], block):
             logits = w_dec[s : s + block] @ w_u
-            for kind, (vals, idx) in (("promoted", logits.topk(k, dim=1)), ("suppressed", (-logits).topk(k, dim=1))):
-                vals = vals if kind == "promoted" else -vals
+            for kind, (vals, idx) in (("promoted", logits.topk(k, dim=1)),
+                                      ("suppressed", logits.topk(k, dim=1, largest=False))):  # no negated copy
                 n = vals.shape[0]
                 parts.append(pd.DataFrame({
                     "feature_id": np.repeat(np.arange(s, s + n, dtype=np.int32), k),
