@@ -23,7 +23,6 @@ from backend.store.schema import DOC_VECTOR_DIM
 DIM = DOC_VECTOR_DIM
 
 DocProgress = Callable[[int, int], None]  # (documents embedded so far, documents in the corpus)
-LENGTH_CHUNK = 4096  # documents read at a time and embedded shortest first, so that each batch pads little
 _build_lock = threading.Lock()  # one embedding pass at a time per process (two tabs must not double-insert)
 
 
@@ -75,18 +74,16 @@ def build_doc_embeddings(
 
 
 def _length_batches(store: Store, cid: int, todo: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, list[str]]]:
-    """(doc ids, their texts) in batches of `batch_size`, of similar lengths within each `LENGTH_CHUNK` documents:
-    MiniLM pads a batch to its longest text, and batches in doc_id order padded tweets to the longest of 64 (3,000
-    fortunes embedded at 54 documents a second, against 130 sorted by length)."""
-    for lo in range(0, todo.size, LENGTH_CHUNK):
-        chunk = todo[lo:lo + LENGTH_CHUNK]
-        texts = store.texts(cid, chunk)
-        if len(texts) != chunk.size:  # ids would pair with the wrong vectors
-            raise RuntimeError(f"{chunk.size - len(texts)} of the corpus's documents are missing from the workspace.")
-        order = np.argsort(np.fromiter((len(t) for t in texts), np.int64, len(texts)), kind="stable")
-        for start in range(0, order.size, batch_size):
-            rows = order[start:start + batch_size]
-            yield chunk[rows], [texts[i] for i in rows]
+    """(doc ids, their texts) in batches of `batch_size`, shortest texts first: MiniLM pads a batch to its longest
+    text, and batches in doc_id order padded short fortunes to the longest of 64 (3,000 embedded at 49 documents a
+    second, against 83 sorted). Only the lengths are read up front; each batch's texts when it is embedded."""
+    order = todo[np.argsort(store.text_chars(cid)[todo], kind="stable")]
+    for start in range(0, order.size, batch_size):
+        ids = order[start:start + batch_size]
+        texts = store.texts(cid, ids)
+        if len(texts) != ids.size:  # ids would pair with the wrong vectors
+            raise RuntimeError(f"{ids.size - len(texts)} of the corpus's documents are missing from the workspace.")
+        yield ids, texts
 
 
 def doc_vectors(

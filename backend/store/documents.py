@@ -1,5 +1,5 @@
 """Reading a corpus's documents back: texts, documents with their metadata and token counts, one metadata
-column, and document lengths (`DocumentsMixin`, part of `Store`), through the connection's parameterized
+column, and document lengths in characters and in tokens (`DocumentsMixin`, part of `Store`), through the connection's parameterized
 queries (backend.store.database)."""
 from __future__ import annotations
 
@@ -58,11 +58,18 @@ class DocumentsMixin:
         s.loc[df["doc_id"].to_numpy()] = df["value"].to_numpy()
         return s
 
+    def text_chars(self, corpus: str | int) -> np.ndarray:
+        """Characters of each doc_id's text (0 for a doc_id without a row), read without the texts themselves."""
+        return self._per_doc(corpus, "SELECT doc_id, length(text) AS n FROM documents WHERE corpus_id = ?")
+
     def doc_lengths(self, corpus: str | int) -> np.ndarray:
         """Counted tokens per doc_id (0 where not embedded yet)."""
-        info = self.corpus(corpus)
-        r = self.fetch_numpy("SELECT doc_id, n_tokens FROM doc_status WHERE corpus_id = ?", [info.corpus_id])
-        out = np.zeros(info.n_docs, np.int64)
-        out[r["doc_id"].astype(np.int64)] = r["n_tokens"]
-        return out
+        return self._per_doc(corpus, "SELECT doc_id, n_tokens AS n FROM doc_status WHERE corpus_id = ?")
 
+    def _per_doc(self, corpus: str | int, sql: str) -> np.ndarray:
+        """One integer per doc_id from `sql` (doc_id, n; the corpus id its one parameter), 0 where it has no row."""
+        info = self.corpus(corpus)
+        r = self.fetch_numpy(sql, [info.corpus_id])
+        out = np.zeros(info.n_docs, np.int64)
+        out[r["doc_id"].astype(np.int64)] = r["n"]
+        return out
