@@ -393,8 +393,8 @@ def unnamed_note(weaker_share: float | None) -> str:
     text = "Its top contexts share nothing the offline labeller could name."
     if weaker_share is not None:
         text += (f" Its strongest activation here is above {100 * weaker_share:.0f}% of this corpus's features': "
-                 "features that fire only weakly in a corpus mostly get such labels (15-17% of the weakest fifth on "
-                 "two corpora, under 1% of the strongest).")
+                 "the features that fire only weakly in a corpus are the ones that mostly get such labels "
+                 "(docs/labels.md).")
     return text + " An LLM label (Labels, below) may say more."
 
 
