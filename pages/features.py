@@ -398,6 +398,11 @@ def unnamed_note(weaker_share: float | None) -> str:
     return text + " An LLM label (Labels, below) may say more."
 
 
+def elsewhere_note(words: tuple[str, ...]) -> str:
+    """The words the feature fires on most in the SAE's reference text: what it is about where it fires strongly."""
+    return f"In the SAE's reference text (other documents) it fires most on: {md_escape(' / '.join(words))}."
+
+
 def detail_section(ws: Workspace, corpus: Corpus) -> None:
     fid = chosen_feature(ws)
     try:
@@ -409,6 +414,8 @@ def detail_section(ws: Workspace, corpus: Corpus) -> None:
     widgets.show_html(title_html(label_of(detail.label)))
     if names_nothing(detail.label):
         st.caption(unnamed_note(detail.weaker_share))
+    if detail.elsewhere:
+        st.caption(elsewhere_note(detail.elsewhere))
     widgets.feature_links(fid, key="detail", exclude="features")
     with st.expander("Labels", expanded=False):
         labels_panel(ws, corpus, detail)

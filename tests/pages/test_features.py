@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from backend import features as F
+from backend import label_reference
 from backend import labels as L
 from pages import widgets
 from tests.fake_llm import FakeChatServer, last_prompt
@@ -443,6 +444,10 @@ def test_real_workspace_table_detail_and_example(page, real_ws_path):
     at.run(timeout=600)
     assert_no_errors(at)
     assert opened(at) == fid
+    words = label_reference.for_sae(ws.settings.sae_source, ws.settings.sae_sha256).words.get(fid, ())
+    assert d.elsewhere == words  # the shipped SAE's reference words, under the label
+    notes = [c.value for c in at.caption if "SAE's reference text" in c.value]
+    assert len(notes) == (1 if words else 0) and all(w in notes[0] for w in words), notes
     docs = doc_html(at)
     assert len(docs) == min(5, len(d.top_documents))
     alnum = lambda t: re.sub(r"[^a-z0-9]", "", t.lower())  # noqa: E731  (byte-level tokens may split accents)
