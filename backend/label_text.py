@@ -126,7 +126,8 @@ class LabelTextConfig:
     reference_min_contexts, reference_max_p: given the SAE's reference words (`backend.label_reference`), a feature
     nothing else names is named by the contexts that fire on its words in other text when they are at least
     reference_min_contexts and that many is this unlikely at those words' rate among all the contexts labelled
-    together (binomial); random pairings of features and reference words were named 0-2 times in 420 at 1e-3."""
+    together (binomial): at 1e-3 it named 43 of 410 varied fortunes features, and 2 of them when each feature was
+    given another's reference words (docs/labels.md)."""
 
     max_names: int = 5
     min_coverage: float = 0.5

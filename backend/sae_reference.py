@@ -23,12 +23,15 @@ def build_reference_words(sae: str | Path, model: str = DEFAULT_MODEL, texts: pd
     """Write the reference words of the SAE in folder `sae` (read with `model`) to `out` (default: the SAE's folder).
 
     texts: a frame with a `text` column (default `builtin_data.reference_texts()`, 2,400 short documents, about
-    two minutes on 2 CPU cores for the default SAE)."""
+    two minutes on 2 CPU cores for the default SAE). Read in float32 on every machine: a bf16 forward (CUDA, native
+    bf16 CPUs) rounds near-ties at the SAE's top k differently, and the shipped file should not depend on the CPU
+    that wrote it."""
     texts = reference_texts() if texts is None else texts
     source = (f"{len(texts)} offline documents" + (f" ({', '.join(sorted(texts['source'].unique()))})"
                                                    if "source" in texts else ""))
     with tempfile.TemporaryDirectory() as tmp:
-        ws = Workspace.create(Path(tmp) / "reference.duckdb", WorkspaceSpec(model=model, sae=str(sae)))
+        spec = WorkspaceSpec(model=model, sae=str(sae), dtype="float32")  # the same words whatever the CPU
+        ws = Workspace.create(Path(tmp) / "reference.duckdb", spec)
         try:
             ws.add_corpus("reference", texts[["text"]], "text")
             ws.embed("reference", progress=progress)

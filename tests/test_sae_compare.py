@@ -22,6 +22,16 @@ from tests.tiny import HOOK, make_tiny_sae
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.fixture(scope="module")
+def reader32(tiny_model_dir):
+    """The tiny reader in float32 on every CPU: these tests plant twins whose activations must be equal, and a bf16
+    encode (native bf16 CPUs, `backend/encode_dtype.py`) may round a permuted column differently and flip a near-tie
+    at the top k (what bf16 does to features is bench/dtype_agreement.py's)."""
+    from backend.models import load_reader
+
+    return load_reader(str(tiny_model_dir), device="cpu", dtype="float32")
+
+
 def permuted(sae, perm: np.ndarray):
     """A copy of a TopK SAE whose feature j is the original's feature perm[j]."""
     twin = make_tiny_sae(sae.cfg.metadata.model_name, d_sae=sae.cfg.d_sae, k=sae.cfg.k)
@@ -43,7 +53,7 @@ def twin_workspaces(folder, reader, sae, perm: np.ndarray, docs: pd.DataFrame):
     for name, this_sae in (("a", sae), ("b", permuted(sae, perm))):
         this_sae.save_model(folder / f"sae_{name}")
         ws = Workspace.create(folder / f"{name}.duckdb", WorkspaceSpec(model=reader.name, sae=str(folder / f"sae_{name}"),
-                                                                       presence_threshold=0.0),
+                                                                       presence_threshold=0.0, dtype="float32"),
                               device="cpu", reader=reader, sae=this_sae)
         ws.add_corpus("c", docs, "text")
         ws.embed("c")
@@ -66,11 +76,11 @@ def corpus() -> list[str]:
     return TINY_DOCS["text"].tolist() + extra
 
 
-def test_permuted_sae_finds_every_twin(tiny_reader, tiny_sae, corpus):
+def test_permuted_sae_finds_every_twin(reader32, tiny_sae, corpus):
     perm = np.random.default_rng(1).permutation(tiny_sae.cfg.d_sae)
     twin_of = np.argsort(perm)  # A's feature f is B's feature twin_of[f]
     sae_b = permuted(tiny_sae, perm)
-    X_a, X_b = embed(tiny_reader, tiny_sae, corpus), embed(tiny_reader, sae_b, corpus)
+    X_a, X_b = embed(reader32, tiny_sae, corpus), embed(reader32, sae_b, corpus)
     dec_a, dec_b = decoder_directions(tiny_sae), decoder_directions(sae_b)
 
     table = match_features(dec_a, dec_b, X_a, X_b).table
@@ -88,8 +98,8 @@ def test_permuted_sae_finds_every_twin(tiny_reader, tiny_sae, corpus):
         assert both["jaccard"] == pytest.approx(1.0)
 
     # an unrelated SAE (other seed) has no twins: the match is what the permutation planted
-    other = make_tiny_sae(tiny_reader.name, seed=7)
-    unrelated = match_features(dec_a, decoder_directions(other), X_a, embed(tiny_reader, other, corpus)).table
+    other = make_tiny_sae(reader32.name, seed=7)
+    unrelated = match_features(dec_a, decoder_directions(other), X_a, embed(reader32, other, corpus)).table
     assert unrelated["cosine"].max() < 0.99
     assert (unrelated.loc[firing, "jaccard"] < 1.0).mean() > 0.5
 
@@ -144,10 +154,10 @@ def test_shipped_saes_match_their_registry_entries():
     assert set(SHIPPED_SAES) >= {s.key for s in present}
 
 
-def test_workspace_comparison_finds_every_twin_first(tiny_reader, tiny_sae, corpus, tmp_path):
+def test_workspace_comparison_finds_every_twin_first(reader32, tiny_sae, corpus, tmp_path):
     perm = np.random.default_rng(2).permutation(tiny_sae.cfg.d_sae)
     twin_of = np.argsort(perm)
-    ws_a, ws_b = twin_workspaces(tmp_path, tiny_reader, tiny_sae, perm, pd.DataFrame({"text": corpus}))
+    ws_a, ws_b = twin_workspaces(tmp_path, reader32, tiny_sae, perm, pd.DataFrame({"text": corpus}))
     try:
         B_a = ws_a.latents("c").tocsc()
         doc_sets = [tuple(B_a[:, f].nonzero()[0]) for f in range(ws_a.d_sae)]
@@ -186,9 +196,9 @@ def test_workspace_comparison_finds_every_twin_first(tiny_reader, tiny_sae, corp
         ws_b.close()
 
 
-def test_workspace_comparison_refuses_what_it_cannot_compare(tiny_reader, tiny_sae, corpus, tmp_path, monkeypatch):
+def test_workspace_comparison_refuses_what_it_cannot_compare(reader32, tiny_sae, corpus, tmp_path, monkeypatch):
     perm = np.arange(tiny_sae.cfg.d_sae)
-    ws_a, ws_b = twin_workspaces(tmp_path, tiny_reader, tiny_sae, perm, pd.DataFrame({"text": corpus}))
+    ws_a, ws_b = twin_workspaces(tmp_path, reader32, tiny_sae, perm, pd.DataFrame({"text": corpus}))
     try:
         with pytest.raises(SAECompareError, match="not in A's SAE"):
             compare_across_workspaces(ws_a, ws_b, tiny_sae.cfg.d_sae, corpus_name="c")
