@@ -10,7 +10,6 @@ feature_top_tokens, feature_contexts, feature_labels (source 'auto'), feature_lo
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Callable
 
 import numpy as np
@@ -167,11 +166,6 @@ def background_token_ids(ws: WorkspaceContext, corpus_id: int, n: int = 500, see
     return [[t for t, m in zip(d.ids, d.count_mask) if m] for d in docs]
 
 
-def _reference_words(ws: WorkspaceContext) -> Mapping[int, tuple[str, ...]] | None:
-    ref = label_reference.for_sae(ws.settings.sae_source, ws.settings.sae_sha256)
-    return None if ref is None else ref.words
-
-
 def finalize_corpus(ws: WorkspaceContext, corpus_id: int, n_top_docs: int = 20,
                     progress: FinalizeProgress | None = None) -> None:
     """Statistics, histograms, top documents per feature, top tokens, contexts, auto labels and logit lens.
@@ -194,7 +188,7 @@ def finalize_corpus(ws: WorkspaceContext, corpus_id: int, n_top_docs: int = 20,
     background = background_token_ids(ws, corpus_id)
     report("labels", 0.2)
     auto = labels_mod.auto_labels(ctx, background, decode, skip_ids=skip, concepts=minilm_namer(),
-                                  reference=_reference_words(ws))
+                                  reference=label_reference.words_for(ws.settings.sae_source, ws.settings.sae_sha256))
     report("labels", 0.9)
     labels_mod.write_labels(store, auto, source="auto", corpus_id=corpus_id)
     report("labels", 1.0)

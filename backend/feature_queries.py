@@ -293,13 +293,10 @@ def feature_detail(ws: WorkspaceContext, corpus: Corpus, feature_id: int, n_docs
         top_tokens=_q_top_tokens(store, cid, fid, 10), contexts=_q_contexts(store, cid, fid),
         promoted=promoted, suppressed=suppressed,
         correlated=_q_correlated(store, cid, fid, n_a, n, n_correlated, max_docs_npmi, 2, ws.d_sae),
-        weaker_share=_q_weaker_share(store, cid, stats.get("max_act")), elsewhere=_reference_words(ws, fid),
+        weaker_share=_q_weaker_share(store, cid, stats.get("max_act")),
+        elsewhere=tuple(label_reference.words_for(ws.settings.sae_source, ws.settings.sae_sha256).get(fid, ())),
     )
 
-
-def _reference_words(ws: WorkspaceContext, fid: int) -> tuple[str, ...]:
-    ref = label_reference.for_sae(ws.settings.sae_source, ws.settings.sae_sha256)
-    return () if ref is None else tuple(ref.words.get(fid, ()))
 
 
 # -- search by example -----------------------------------------------------------------------

@@ -124,6 +124,12 @@ def for_sae(sae_source: str, sae_sha256: str | None) -> ReferenceWords | None:
     return find(digest, folders)
 
 
+def words_for(sae_source: str, sae_sha256: str | None) -> Mapping[int, tuple[str, ...]]:
+    """`for_sae(...).words`, or no words when the SAE has none: what the labeller and the feature page read."""
+    ref = for_sae(sae_source, sae_sha256)
+    return {} if ref is None else ref.words
+
+
 @lru_cache(maxsize=8)
 def _read_once(path: str, mtime_ns: int) -> ReferenceWords:
     """`read`, once per file version: every corpus finished and every feature page reads the same file."""

@@ -104,8 +104,7 @@ def label_corpus(ws: Workspace, name: str, old, chance: bool = False) -> tuple[p
     background = fp.background_token_ids(ws, cid)
     before = old.readable_labels(ctx, background, decode, skip_ids=skip)
     t0 = time.time()
-    found = label_reference.for_sae(ws.settings.sae_source, ws.settings.sae_sha256)
-    reference = None if found is None else found.words
+    reference = label_reference.words_for(ws.settings.sae_source, ws.settings.sae_sha256)
     after = readable_labels(ctx, background, decode, skip_ids=skip, concepts=minilm_namer(), reference=reference)
     print(f"{name}: labelled {len(after)} features in {time.time() - t0:.0f} s", flush=True)
     if chance:
